@@ -1,0 +1,89 @@
+# The README's two commands live here: `make demo` (with its issue) and `make test`.
+# `make test` must work on a fresh machine that has only Python 3.11+, Node 20 and apt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+
+.PHONY: install node chromium test lint typecheck unit test-pyodide bench demo vectors clean
+
+install: $(STAMP)
+
+# The demo needs only the runtime dependencies: quicker on a fresh machine than the dev set.
+$(RUNTIME_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+demo: $(RUNTIME_STAMP)
+	$(BIN)/perch demo
+
+# Pyodide (to run the Worker's Python in tests) and wrangler (to validate its config),
+# exactly as package-lock.json pins them. `npm ci` refuses this lock because the
+# registry here has no darwin builds of workerd; `npm install` honours it, and we
+# fail if it would have changed it.
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	cp package-lock.json .package-lock.before
+	npm install --no-audit --no-fund --loglevel=error
+	@cmp -s package-lock.json .package-lock.before || { mv .package-lock.before package-lock.json; \
+		echo "npm wanted to change package-lock.json: update it deliberately"; exit 1; }
+	rm -f .package-lock.before
+	touch $@
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+CHROMIUM ?= /usr/bin/chromium
+
+# The dashboard's browser test drives Debian's Chromium through Playwright; browsers cannot be
+# downloaded here. Installed when missing; in CI the test fails rather than skips without it.
+chromium:
+	@test -x $(CHROMIUM) || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+unit: install node chromium
+	$(BIN)/pytest
+	# Benchmarks run once each as plain tests so they cannot rot between `make bench` runs.
+	$(BIN)/pytest benchmarks --benchmark-disable -q
+
+test: lint typecheck unit
+
+# The Worker in real Pyodide under Node, and wrangler's check of its config.
+test-pyodide: install node
+	$(BIN)/pytest tests/pyodide tests/test_wrangler.py
+
+# Every benchmark in one run (~7 min on 2 cores); writes benchmarks/RESULTS.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) node
+	$(BIN)/python -m benchmarks.run
+
+# Rewrites tests/vectors/*.json from the current code. Only for a deliberate,
+# versioned change of hashing or decisions: the vectors are the contract.
+vectors: install
+	$(BIN)/python -m tests.vectors.generate --force
+
+clean:
+	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

@@ -1,0 +1,83 @@
+"""Synthetic snapshots, contexts and statistics of a given shape, from one fixed seed.
+
+Every benchmark builds its data here, so the core benchmarks, the Pyodide
+runs, the learner and the HTTP runs all speak of the same shapes:
+``arms`` arms and ``segments`` segments (a global segment plus device x
+source children), nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import random
+
+from core import Arm, Segment, Snapshot
+
+# The one seed every benchmark derives its data and generators from.
+SEED = 20_260_101
+CREATED_MS = 1_780_000_000_000
+ARMS = (2, 10, 50)
+SEGMENTS = (1, 50, 500)
+SHAPES = tuple((a, s) for a in ARMS for s in SEGMENTS)
+# The shape the README quotes: a handful of variants, device x source segments.
+HEADLINE = (10, 50)
+DEVICES = 7
+
+
+def leaf_features(i: int) -> dict[str, str]:
+    """Features of the ``i``-th segment (i >= 1) of every shape."""
+    return {"device": f"d{i % DEVICES}", "source": f"s{i}"}
+
+
+def snapshot_of_shape(
+    arms: int,
+    segments: int,
+    seed: int = SEED,
+    *,
+    created_at: int = CREATED_MS,
+    max_age_s: float = 3600.0,
+    holdout: float = 0.0,
+) -> Snapshot:
+    """``arms`` arms; a global segment plus device x source children."""
+    rng = random.Random(seed)
+    segs = [Segment("all")]
+    for i in range(1, segments):
+        segs.append(Segment(f"seg-{i}", leaf_features(i), 0))
+    alpha = [rng.uniform(1, 200) for _ in range(arms * segments)]
+    beta = [a * rng.uniform(5, 40) for a in alpha]
+    return Snapshot(
+        experiment=f"bench-{arms}x{segments}",
+        version=1,
+        created_at=created_at,
+        max_age_s=max_age_s,
+        salt="bench",
+        default_arm="a0",
+        holdout=holdout,
+        floor=0.05,
+        arms=[Arm(f"a{i}", {"i": i}, f"<b>variant {i}</b>") for i in range(arms)],
+        segments=segs,
+        alpha=alpha,
+        beta=beta,
+        allocation=[1.0 / arms] * (arms * segments),
+        context_features=("device", "source"),
+    )
+
+
+def context_for(segments: int) -> dict[str, str]:
+    """A context matching the last (most specific) segment."""
+    i = segments - 1
+    return leaf_features(i) if i else {}
+
+
+def leaf_paths(segments: int) -> list[tuple[str, ...]]:
+    """Full (device, source) paths whose segment tree has exactly ``segments`` segments.
+
+    The learner keeps the global segment, one per device seen and one per
+    path, so ``segments - 1 - DEVICES`` distinct paths over all devices give
+    ``segments`` (for 1 segment: an experiment without features, path ``()``).
+    """
+    if segments == 1:
+        return [()]
+    leaves = segments - 1 - DEVICES
+    if leaves < DEVICES:
+        raise ValueError(f"{segments} segments: need at least {2 * DEVICES + 1} for {DEVICES} devices")
+    return [(f"d{i % DEVICES}", f"s{i}") for i in range(leaves)]

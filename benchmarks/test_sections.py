@@ -1,0 +1,54 @@
+"""The heavy ``make bench`` sections at tiny sizes, so they cannot rot between runs.
+
+Plain tests (no ``benchmark`` fixture): ``make test``'s
+``pytest benchmarks --benchmark-disable`` runs them, ``--benchmark-only``
+(``make bench``'s core section) skips them.  They check that each section
+runs end to end and that the report renders; no figure is judged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks import report, run
+from benchmarks.bench_pyodide import PYODIDE_ASM
+
+
+def _execute(*sections: str) -> dict[str, Any]:
+    results = run.execute(run.SMOKE, list(sections), quick=True, command="pytest benchmarks")
+    for name in sections:
+        section = results["sections"][name]
+        assert section["ok"], section.get("error")
+    return results
+
+
+def test_learner_ingest_and_http_sections_run_and_render() -> None:
+    results = _execute("learner", "ingest", "http")
+    learner = results["sections"]["learner"]
+    big = learner["events"]["10000"]
+    assert (big["segments"], big["cells"], big["exposures"]) == (15, 14, 10_000)  # 7 leaf paths x 2 arms
+    (ingested,) = learner["ingested"].values()
+    assert ingested["exposures"] == 100
+    sqlite = results["sections"]["ingest"]["backends"]["sqlite"]
+    assert sqlite["stored"] == sqlite["acknowledged"]
+    (level,) = results["sections"]["http"]["levels"]
+    assert level["statuses"] == {"200": level["requests"]}
+    assert level["exposures_delivered"] == level["requests"]
+    text = report.render(results)
+    for heading in ("## 3. Learner scaling", "## 4. Ingestion", "## 5. HTTP at the local edge runner"):
+        assert heading in text
+
+
+def test_pyodide_section_runs_in_real_pyodide() -> None:
+    from tests.pyodide.conftest import require_tooling
+
+    require_tooling(PYODIDE_ASM)  # a skip on a developer's machine, a failure in CI
+    results = _execute("pyodide")
+    py = results["sections"]["pyodide"]
+    assert py["runtime"]["platform"] == "emscripten"
+    assert py["decide"]["10x50"]["n"] == 50
+    fetch = py["fetch"]["2x1"]
+    assert fetch["statuses"] == {"200": 50}
+    assert set(fetch["reasons_checked"]) == {"personalized"}
+    assert fetch["control_plane_posts"] >= 1
+    assert "## 2. Edge in real Pyodide" in report.render(results)

@@ -1,0 +1,125 @@
+"""``perch serve``, ``perch experiments ...``, ``perch publish``, ``perch db upgrade``.
+
+``serve`` runs the control plane; the others are clients of its HTTP API
+(``PERCH_URL``, default http://127.0.0.1:8000, with ``PERCH_ADMIN_TOKEN``), so
+an operator's laptop needs no database access.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+__all__ = ["register"]
+
+
+def _api(method: str, path: str, body: Any = None) -> Any:
+    url = os.environ.get("PERCH_URL", "http://127.0.0.1:8000").rstrip("/")
+    token = os.environ.get("PERCH_ADMIN_TOKEN")
+    if not token:
+        raise click.ClickException("set PERCH_ADMIN_TOKEN (and PERCH_URL if not http://127.0.0.1:8000)")
+    try:
+        response = httpx.request(
+            method, url + path, json=body, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        )
+    except httpx.TransportError as exc:
+        raise click.ClickException(f"cannot reach the control plane at {url}: {exc}") from None
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = {"error": response.text}
+    if response.status_code >= 400:
+        raise click.ClickException(f"{response.status_code}: {doc.get('error', doc)}")
+    return doc
+
+
+def _echo(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Run the control plane (settings from PERCH_* environment variables)."""
+    import uvicorn
+
+    from control_plane.main import app_from_env
+
+    try:
+        app = app_from_env(dict(os.environ))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"perch control plane on http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@click.group("experiments")
+def experiments() -> None:
+    """Create, list and show experiments through the API."""
+
+
+@experiments.command("create")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def experiments_create(spec: Path) -> None:
+    """Create the experiment defined in the JSON file SPEC."""
+    try:
+        doc = json.loads(spec.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{spec}: not JSON ({exc})") from None
+    _echo(_api("POST", "/v1/experiments", doc))
+
+
+@experiments.command("list")
+@click.option("--archived", is_flag=True, help="Include archived experiments.")
+def experiments_list(archived: bool) -> None:
+    """One line per experiment: key, version, arms, features."""
+    for e in _api("GET", "/v1/experiments" + ("?archived=true" if archived else ""))["experiments"]:
+        arms = ",".join(a["key"] for a in e["arms"])
+        state = " (archived)" if e["archived"] else ""
+        click.echo(f"{e['key']}\tv{e['version']}\tarms={arms}\tfeatures={','.join(e['features'])}{state}")
+
+
+@experiments.command("show")
+@click.argument("key")
+def experiments_show(key: str) -> None:
+    """Everything about one experiment: spec, snapshots, counters, history."""
+    _echo(_api("GET", f"/v1/experiments/{key}"))
+
+
+@click.command("publish")
+@click.argument("key")
+def publish(key: str) -> None:
+    """Learn and publish KEY now."""
+    _echo(_api("POST", f"/v1/experiments/{key}/publish"))
+
+
+@click.group("db")
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations to PERCH_DATABASE_URL (serve does this at startup too)."""
+    from control_plane.settings import Settings, SettingsError
+    from control_plane.store import Store
+
+    try:
+        settings = Settings.from_env(dict(os.environ))
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    Store.from_url(settings.database_url, settings.unit_salt).migrate()
+    click.echo("database is at the latest schema", file=sys.stderr)
+
+
+def register(group: click.Group) -> None:
+    for command in (serve, experiments, publish, db):
+        group.add_command(command)

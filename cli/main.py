@@ -1,0 +1,216 @@
+"""``perch``: operator commands.
+
+Snapshot tools work offline on files, which is how an operator checks what
+the edge will do with a snapshot before (or after) it is published.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli import bundle_store_commands, control_plane_commands
+from cli.demo import demo
+from core import Arm, PerchError, Segment, Snapshot, bucket, decide, decode_snapshot, encode_snapshot
+
+
+def _load(path: Path) -> Snapshot:
+    try:
+        return decode_snapshot(path.read_bytes())
+    except PerchError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def _summary(snap: Snapshot) -> dict[str, Any]:
+    n = len(snap.arms)
+    return {
+        "experiment": snap.experiment,
+        "version": snap.version,
+        "created_at": snap.created_at,
+        "max_age_s": snap.max_age_s,
+        "hash_version": snap.hash_version,
+        "default_arm": snap.default_arm,
+        "holdout": snap.holdout,
+        "floor": snap.floor,
+        "arms": [a.key for a in snap.arms],
+        "features": sorted(snap.feature_names),
+        "segments": [
+            {
+                "key": seg.key,
+                "features": seg.features,
+                "parent": seg.parent,
+                "allocation": {a.key: round(snap.allocation[s * n + i], 6) for i, a in enumerate(snap.arms)},
+                "posterior_mean": {
+                    a.key: round(snap.alpha[s * n + i] / (snap.alpha[s * n + i] + snap.beta[s * n + i]), 6)
+                    for i, a in enumerate(snap.arms)
+                },
+            }
+            for s, seg in enumerate(snap.segments)
+        ],
+    }
+
+
+@click.group()
+@click.version_option(package_name="perch")
+def main() -> None:
+    """Perch: edge personalization by Thompson sampling."""
+
+
+@main.group()
+def snapshot() -> None:
+    """Build, inspect and try out snapshot files."""
+
+
+@snapshot.command("encode")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def snapshot_encode(spec: Path, output: Path) -> None:
+    """Encode a JSON snapshot SPEC (the Snapshot fields) into wire bytes."""
+    try:
+        raw = json.loads(spec.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise click.ClickException(f"{spec}: expected a JSON object")
+        raw["arms"] = [Arm(**a) for a in raw.get("arms", [])]
+        raw["segments"] = [Segment(**s) for s in raw.get("segments", [])]
+        data = encode_snapshot(Snapshot(**raw))
+    except (ValueError, TypeError) as exc:  # JSON, dataclass and snapshot rule errors
+        raise click.ClickException(f"{spec}: {exc}") from None
+    output.write_bytes(data)
+    click.echo(f"wrote {output} ({len(data)} bytes)")
+
+
+@snapshot.command("inspect")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def snapshot_inspect(path: Path) -> None:
+    """Validate a snapshot file and print what it holds, as JSON."""
+    click.echo(json.dumps(_summary(_load(path)), indent=2))
+
+
+@snapshot.command("decide")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--unit", help="Visitor id; omit for an anonymous visitor (fresh draw).")
+@click.option("--ctx", "ctx", multiple=True, metavar="FEATURE=VALUE", help="Context feature, repeatable.")
+@click.option("--now-ms", type=int, help="Decision time in ms since the epoch (default: now).")
+@click.option("--no-consent", is_flag=True, help="Visitor withheld consent (do not personalize).")
+@click.option("--seed", type=int, help="Seed for the decision id and anonymous draws.")
+def snapshot_decide(  # noqa: PLR0917 - one parameter per click option
+    path: Path, unit: str | None, ctx: tuple[str, ...], now_ms: int | None, no_consent: bool, seed: int | None
+) -> None:
+    """Show the decision the edge would make for one visitor."""
+    context: dict[str, str] = {}
+    for item in ctx:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: expected FEATURE=VALUE", param_hint="--ctx")
+        context[name] = value
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()
+    decision = decide(
+        _load(path),
+        unit,
+        context,
+        now_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000,
+        rng=rng,
+        consent=not no_consent,
+    )
+    click.echo(json.dumps(decision.to_dict(), indent=2))
+
+
+@main.group()
+def edge() -> None:
+    """Run the edge Worker's handler locally."""
+
+
+@edge.command("dev")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8787, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="PERCH_DATA_DIR",
+    default=Path(".perch"),
+    show_default=True,
+    help="Where the local KV store lives ($PERCH_DATA_DIR).",
+)
+def edge_dev(host: str, port: int, data_dir: Path) -> None:
+    """Serve the Worker's handler on CPython, reading snapshots from the local KV store.
+
+    Configured like the Worker, from the environment: ORIGIN_URL, CONTROL_PLANE_URL,
+    PERCH_EDGE_SECRET, PERCH_USER_HEADER, PERCH_CACHE_TTL_S, PERCH_KV_TIMEOUT_S.
+    """
+    import os
+
+    import httpx
+    import uvicorn
+
+    from core import LocalKV
+    from edge.config import ConfigError, EdgeConfig
+    from edge.handler import Edge
+    from edge.local import LocalPlatform, asgi_app
+
+    try:
+        config = EdgeConfig.from_vars(os.environ)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
+    app = asgi_app(Edge(config), LocalPlatform(LocalKV(data_dir), client))
+    click.echo(f"perch edge on http://{host}:{port} (KV: {data_dir / 'kv'}, origin: {config.origin_url})")
+    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+
+
+@main.group()
+def bundle() -> None:
+    """Build versioned edge bundles."""
+
+
+@bundle.command("build")
+@click.option("--version", "version", help="Bundle version (default: <package version>-<git commit>).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bundles"),
+    show_default=True,
+)
+@click.option("--max-gzip-bytes", type=int, default=None, help="Refuse bundles larger than this, compressed.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle of the same version.")
+def bundle_build(version: str | None, out_dir: Path, max_gzip_bytes: int | None, force: bool) -> None:
+    """Assemble bundles/<version>/: Worker entry, core/, edge/, python_modules/, manifest.json."""
+    from cli.bundle import DEFAULT_MAX_GZIP_BYTES, BundleError, build_bundle
+
+    try:
+        built = build_bundle(
+            out_dir, version, max_gzip_bytes=max_gzip_bytes or DEFAULT_MAX_GZIP_BYTES, force=force
+        )
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+    m = built.manifest
+    click.echo(
+        f"built {built.path}: {len(m['files'])} files, {m['total_size']} bytes ({m['total_gzip_size']} gzip)"
+    )
+    click.echo(f"deploy: npx wrangler deploy -c {built.path / 'wrangler.toml'}")
+
+
+@main.command("bucket")
+@click.argument("unit")
+@click.option("--salt", required=True)
+@click.option("--version", "hash_version", type=int, default=1, show_default=True)
+def bucket_cmd(unit: str, salt: str, hash_version: int) -> None:
+    """Print the bucket in [0, 1) that UNIT hashes to under SALT."""
+    try:
+        click.echo(repr(bucket(unit, salt, hash_version)))
+    except PerchError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+control_plane_commands.register(main)
+bundle_store_commands.register(bundle)
+main.add_command(demo)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

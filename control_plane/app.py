@@ -1,0 +1,382 @@
+"""The control plane's HTTP API (Starlette), composed explicitly.
+
+``create_app(settings, store, kv)`` wires routes, auth and the publish
+schedule; nothing here is a module-level global, so tests build as many apps
+as they like.  Admin endpoints take ``Authorization: Bearer <token>``;
+``/v1/events`` takes the edge's ``X-Perch-Signature``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
+
+from control_plane import privacy
+from control_plane.dashboard import dashboard_routes, has_session
+from control_plane.experiments import ExperimentError, ExperimentSpec
+from control_plane.ingest import ingest
+from control_plane.kv_publishers import KVPublisher
+from control_plane.metrics import Metrics
+from control_plane.publish import Gate, PublishResult, publish_all, publish_experiment
+from control_plane.report import build_report
+from control_plane.settings import Settings
+from control_plane.store import Conflict, NotFound, Store
+from core import SIGNATURE_HEADER, EventError, SignatureError, parse_batch, verify
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("perch.control_plane")
+
+schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "Perch control plane", "version": "1"}})
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refusing past ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json(request: Request, limit: int) -> Any:
+    raw = await _body(request, limit)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(400, f"body must be JSON ({exc})") from None
+
+
+class Api:
+    """The endpoints, bound to one store, KV publisher and metrics registry."""
+
+    def __init__(
+        self, settings: Settings, store: Store, kv: KVPublisher, metrics: Metrics, now_ms: Callable[[], int]
+    ) -> None:
+        self.settings, self.store, self.kv, self.metrics, self.now_ms = settings, store, kv, metrics, now_ms
+        self.token = settings.admin_token.encode()
+
+    def admin(self, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+            raise HTTPException(
+                401,
+                "admin endpoints need 'Authorization: Bearer <PERCH_ADMIN_TOKEN>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def experiment_or_404(self, key: str) -> Any:
+        record = self.store.get_experiment(key)
+        if record is None or record.archived:
+            raise HTTPException(404, f"no experiment {key!r}")
+        return record
+
+    async def healthz(self, request: Request) -> Response:
+        """
+        responses:
+          200:
+            description: The service and its database answer.
+        """
+        await run_in_threadpool(self.store.list_experiments)
+        return JSONResponse({"status": "ok", "database": self.store.dialect})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """
+        responses:
+          200:
+            description: Prometheus metrics.
+        """
+        await run_in_threadpool(self._refresh_snapshot_ages)
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def _refresh_snapshot_ages(self) -> None:
+        now = self.now_ms()
+        for record in self.store.list_experiments():
+            last = self.store.last_snapshot(record.spec.key)
+            if last is not None:
+                self.metrics.snapshot_version.labels(record.spec.key).set(last["version"])
+                self.metrics.snapshot_age.labels(record.spec.key).set((now - last["created_ms"]) / 1000)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(schemas.get_schema(routes=request.app.routes))
+
+    async def create_experiment(self, request: Request) -> Response:
+        """
+        summary: Create an experiment (admin).
+        requestBody:
+          description: "ExperimentSpec: key, arms [{key, payload?, html?}], default_arm, holdout, floor,
+            features, reward {kind, window_s, max_value}, prior {alpha, beta, shrinkage}, half_life_s,
+            max_age_s, max_segments."
+        responses:
+          201: {description: Created; the stored experiment with its version.}
+          409: {description: An experiment with this key exists.}
+          422: {description: The definition breaks a rule; the message names it.}
+        """
+        self.admin(request)
+        doc = await _json(request, self.settings.max_admin_body_bytes)
+        spec = ExperimentSpec.from_dict(doc)
+        record = await run_in_threadpool(self.store.create_experiment, spec, self.now_ms())
+        return JSONResponse(record.to_dict(), status_code=201)
+
+    async def list_experiments(self, request: Request) -> Response:
+        """
+        summary: List experiments (admin).
+        responses:
+          200: {description: "{experiments: [...]}"}
+        """
+        self.admin(request)
+        archived = request.query_params.get("archived") == "true"
+        records = await run_in_threadpool(self.store.list_experiments, archived)
+        return JSONResponse({"experiments": [r.to_dict() for r in records]})
+
+    async def experiment(self, request: Request) -> Response:
+        """
+        summary: Show (GET), change (PATCH, optional If-Match version) or archive (DELETE) an experiment.
+        responses:
+          200: {description: The experiment.}
+          404: {description: No such experiment.}
+          409: {description: If-Match version is not the current one.}
+          422: {description: The change breaks a rule.}
+        """
+        self.admin(request)
+        key = request.path_params["key"]
+        if request.method == "GET":
+            record = await run_in_threadpool(self.experiment_or_404, key)
+            doc = record.to_dict()
+            doc["snapshots"] = await run_in_threadpool(self.store.snapshot_history, key, 20)
+            doc["counters"] = await run_in_threadpool(self.store.counters, key)
+            doc["outcomes"] = await run_in_threadpool(self.store.outcome_statuses, key)
+            doc["history"] = await run_in_threadpool(self.store.history, key)
+            return JSONResponse(doc)
+        if request.method == "DELETE":
+            record = await run_in_threadpool(self.store.archive_experiment, key, self.now_ms())
+            return JSONResponse(record.to_dict())
+        changes = await _json(request, self.settings.max_admin_body_bytes)
+        if not isinstance(changes, dict):
+            raise HTTPException(400, "PATCH body must be a JSON object of the fields to change")
+        expected = request.headers.get("if-match")
+        if expected is not None and not expected.strip('"').isdigit():
+            raise HTTPException(400, "If-Match must be the experiment version you read, e.g. If-Match: 3")
+        version = int(expected.strip('"')) if expected else None
+        record = await run_in_threadpool(self.store.update_experiment, key, changes, self.now_ms(), version)
+        return JSONResponse(record.to_dict())
+
+    async def publish(self, request: Request) -> Response:
+        """
+        summary: Learn and publish an experiment now (admin).
+        responses:
+          200: {description: "{snapshot_version, kv_key, bytes}"}
+          404: {description: No such experiment.}
+        """
+        self.admin(request)
+        record = await run_in_threadpool(self.experiment_or_404, request.path_params["key"])
+
+        def publish_now() -> PublishResult:
+            with self.store.publish_lock(wait=True):
+                return publish_experiment(
+                    self.store,
+                    self.kv,
+                    record,
+                    self.metrics,
+                    now_ms=self.now_ms,
+                    force=True,
+                    draws=self.settings.learner_draws,
+                    gate=Gate(tolerance=self.settings.promotion_tolerance),
+                )
+
+        result = await run_in_threadpool(publish_now)
+        return JSONResponse(result.to_dict())
+
+    async def report(self, request: Request) -> Response:
+        """
+        summary: "Per arm and per segment: exposures, outcomes, rate, posterior, P(best), allocation;
+          personalized vs holdout lift with a 95% interval; snapshot history; alerts (admin)."
+        responses:
+          200: {description: The report (docs/report.md).}
+          404: {description: No such experiment.}
+        """
+        if not has_session(request, self.settings, self.now_ms()):  # the dashboard links here
+            self.admin(request)
+        record = await run_in_threadpool(self.experiment_or_404, request.path_params["key"])
+        return JSONResponse(await run_in_threadpool(build_report, self.store, record, self.now_ms()))
+
+    async def user(self, request: Request) -> Response:
+        """
+        summary: "GET /v1/users/{unit}/export: everything held about a visitor; DELETE /v1/users/{unit}:
+          erase it and take it out of the statistics (admin)."
+        responses:
+          200: {description: "The export, or {deleted: {exposures, outcomes, stitches}}"}
+        """
+        self.admin(request)
+        unit = request.path_params["unit"]
+        if not 0 < len(unit) <= 256:
+            raise HTTPException(400, "unit ids are 1-256 characters")
+        if request.method == "DELETE":
+            deleted = await run_in_threadpool(privacy.erase, self.store, unit)
+            return JSONResponse({"deleted": deleted})
+        return JSONResponse(await run_in_threadpool(privacy.export, self.store, unit))
+
+    async def events(self, request: Request) -> Response:
+        """
+        summary: Ingest a signed batch of exposures, outcomes and stitches from the edge.
+        description: "Header X-Perch-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + '.' + body)>;
+          body {schema: 1, events: [...]}. Acknowledged only once committed; resending is harmless."
+        responses:
+          200: {description: "Stored: {accepted, duplicates, joined, late, pending, rejected}"}
+          400: {description: Malformed batch.}
+          401: {description: Missing, wrong or expired signature, or a replayed batch.}
+          413: {description: Batch too large.}
+        """
+        body = await _body(request, self.settings.max_event_body_bytes)
+        header = request.headers.get(SIGNATURE_HEADER)
+        try:
+            verify(
+                self.settings.edge_secret,
+                header,
+                body,
+                now=self.now_ms() // 1000,
+                tolerance_s=self.settings.signature_tolerance_s,
+            )
+        except SignatureError as exc:
+            self.metrics.events_rejected.labels("signature").inc()
+            return _error(401, str(exc))
+        try:
+            valid, rejected = parse_batch(body)
+        except EventError as exc:
+            self.metrics.events_rejected.labels("malformed").inc()
+            return _error(400, str(exc))
+        if rejected:
+            self.metrics.events_rejected.labels("invalid_event").inc(len(rejected))
+        if not valid:
+            return _error(400, "no valid event in the batch", rejected=rejected[:20])
+        signature = (header or "").rpartition("v1=")[2][:64]
+        try:
+            result = await run_in_threadpool(ingest, self.store, valid, signature, self.now_ms())
+        except Exception as exc:
+            if _is_duplicate_signature(exc):
+                self.metrics.events_rejected.labels("replay").inc()
+                return _error(401, "this batch was already accepted (replayed signature)")
+            raise
+        for kind, count in result.accepted.items():
+            self.metrics.events_accepted.labels(kind).inc(count)
+        self.metrics.events_duplicate.inc(result.duplicates)
+        return JSONResponse({**result.to_dict(), "rejected": rejected[:100]})
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    kv: KVPublisher,
+    *,
+    metrics: Metrics | None = None,
+    now_ms: Callable[[], int] = _now_ms,
+    schedule: bool = True,
+) -> Starlette:
+    metrics = metrics or Metrics()
+    api = Api(settings, store, kv, metrics, now_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(_schedule(settings, store, kv, metrics, now_ms)) if schedule else None
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+
+    routes = [
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", api.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"], include_in_schema=False),
+        Route("/v1/experiments", api.create_experiment, methods=["POST"]),
+        Route("/v1/experiments", api.list_experiments, methods=["GET"]),
+        Route("/v1/experiments/{key}", api.experiment, methods=["GET", "PATCH", "DELETE"]),
+        Route("/v1/experiments/{key}/publish", api.publish, methods=["POST"]),
+        Route("/v1/experiments/{key}/report", api.report, methods=["GET"]),
+        Route("/v1/events", api.events, methods=["POST"]),
+        Route("/v1/users/{unit}/export", api.user, methods=["GET"]),
+        Route("/v1/users/{unit}", api.user, methods=["DELETE"]),
+        *dashboard_routes(store, settings, now_ms),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ExperimentError: _status(422),
+        NotFound: _status(404),
+        Conflict: _status(409),
+        HTTPException: _on_http,
+        Exception: _on_unexpected,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.state.metrics = metrics
+    return app
+
+
+def _status(code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        return _error(code, str(exc))
+
+    return handler
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error(500, "internal error; see the control plane's log")
+
+
+def _is_duplicate_signature(exc: Exception) -> bool:
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(exc, IntegrityError) and "seen_batches" in str(exc)
+
+
+async def _schedule(
+    settings: Settings, store: Store, kv: KVPublisher, metrics: Metrics, now_ms: Callable[[], int]
+) -> None:
+    while True:
+        await asyncio.sleep(settings.publish_interval_s)
+        try:
+            cycle = partial(
+                publish_all,
+                store,
+                kv,
+                metrics,
+                now_ms=now_ms,
+                draws=settings.learner_draws,
+                gate=Gate(tolerance=settings.promotion_tolerance),
+            )
+            await run_in_threadpool(cycle)
+        except Exception:  # the schedule must outlive one bad cycle
+            log.exception("publish cycle failed")

@@ -1,0 +1,307 @@
+"""Event ingestion: idempotent storage, the outcome join, incremental statistics.
+
+One signed batch is one transaction; it is acknowledged only after commit, so
+an acknowledged event survives a crash, and a batch the edge resends is
+harmless (events are idempotent by id, exposures by decision id).
+
+* An exposure updates the statistics of its (experiment, feature path, arm)
+  cell if it was a personalized decision (holdout, stale and consent
+  decisions are kept for reporting but say nothing about the policy's arms).
+* An outcome joins its exposure by decision id within the experiment's reward
+  window: ``joined`` adds its reward to the exposure and its cell, ``late``
+  and ``extra`` (a second conversion of a binary decision) are kept and
+  counted, ``pending`` waits for an exposure that has not arrived yet and is
+  joined when it does — orphans are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from control_plane.experiments import ExperimentSpec
+from control_plane.schema import exposures, outcomes, seen_batches, stats, stitches
+from control_plane.store import Store, decay
+
+__all__ = ["IngestResult", "ingest", "path_of"]
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class IngestResult:
+    accepted: dict[str, int] = field(default_factory=lambda: {"exposure": 0, "outcome": 0, "stitch": 0})
+    duplicates: int = 0
+    joined: int = 0
+    late: int = 0
+    pending: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "joined": self.joined,
+            "late": self.late,
+            "pending": self.pending,
+        }
+
+
+def path_of(spec: ExperimentSpec, context: dict[str, str]) -> list[str]:
+    """The exposure's cell: the experiment's features in order (absent ones as 'unknown')."""
+    return [context.get(name, UNKNOWN) for name in spec.features]
+
+
+def _reward(spec: ExperimentSpec, value: float, already: float) -> float:
+    if spec.reward.kind == "binary":
+        return 1.0 if value > 0 and already == 0 else 0.0
+    scaled = min(max(value / spec.reward.max_value, 0.0), 1.0)
+    return min(scaled, 1.0 - already)  # an exposure is at most one success
+
+
+class _Cells:
+    """Stat deltas gathered over a batch, then written once per cell."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
+
+    def add(self, experiment: str, path: str, arm: str, *, ts: int, n: float, r: float) -> None:
+        self.deltas.setdefault((experiment, path, arm), []).append((ts, n, r))
+
+    def flush(self, store: Store, conn: Connection, specs: dict[str, ExperimentSpec]) -> None:
+        for (experiment, path, arm), items in sorted(self.deltas.items()):
+            half_life = specs[experiment].half_life_s
+            key = (stats.c.experiment == experiment) & (stats.c.path == path) & (stats.c.arm == arm)
+            conn.execute(
+                store.insert(stats)
+                .values(
+                    experiment=experiment,
+                    path=path,
+                    arm=arm,
+                    exposures=0.0,
+                    reward=0.0,
+                    decayed_exposures=0.0,
+                    decayed_reward=0.0,
+                    ref_ms=0,
+                )
+                .on_conflict_do_nothing()
+            )
+            row = conn.execute(select(stats).where(key).with_for_update()).one()
+            n, r, dn, dr, ref = (
+                row.exposures,
+                row.reward,
+                row.decayed_exposures,
+                row.decayed_reward,
+                row.ref_ms,
+            )
+            for ts, add_n, add_r in sorted(items):
+                n, r = n + add_n, r + add_r
+                if ts >= ref:
+                    dn = decay(dn, ref, ts, half_life) + add_n
+                    dr = decay(dr, ref, ts, half_life) + add_r
+                    ref = ts
+                else:  # an older event: it weighs less at the reference time
+                    dn += decay(add_n, ts, ref, half_life)
+                    dr += decay(add_r, ts, ref, half_life)
+            conn.execute(
+                stats.update()
+                .where(key)
+                .values(exposures=n, reward=r, decayed_exposures=dn, decayed_reward=dr, ref_ms=ref)
+            )
+            store.bump(conn, experiment, "updates")
+
+
+def _spec_cache(store: Store, conn: Connection, keys: Iterable[str]) -> dict[str, ExperimentSpec]:
+    from control_plane.schema import experiments
+
+    rows = conn.execute(select(experiments.c.key, experiments.c.spec).where(experiments.c.key.in_(set(keys))))
+    return {key: ExperimentSpec.from_dict(json.loads(spec)) for key, spec in rows}
+
+
+_CHUNK = 500  # ids per IN (...): well under SQLite's bound-parameter limit
+
+
+def _insert_new(store: Store, conn: Connection, table: Any, key: Any, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert ``rows`` in bulk, skipping ones already stored; the keys that were new.
+
+    One cached statement executed for many rows (SQLAlchemy batches it with
+    RETURNING), rather than a VALUES list that would be compiled anew per batch.
+    """
+    if not rows:
+        return set()
+    stmt = store.insert(table).on_conflict_do_nothing().returning(key)
+    return set(conn.execute(stmt, rows).scalars())
+
+
+def _join_outcomes(
+    store: Store,
+    conn: Connection,
+    *,
+    cells: _Cells,
+    specs: dict[str, ExperimentSpec],
+    result: IngestResult,
+    pending: list[Any],
+) -> None:
+    """Join outcomes to their exposures (those that exist), in time order, and write the results."""
+    ids = list({o.decision_id for o in pending})
+    shown: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), _CHUNK):
+        for row in conn.execute(
+            select(exposures).where(exposures.c.decision_id.in_(ids[start : start + _CHUNK]))
+        ):
+            shown[row.decision_id] = dict(row._mapping)
+    statuses: dict[str, list[str]] = {}
+    for outcome in sorted(pending, key=lambda o: (o.ts_ms, o.event_id)):
+        exposure = shown.get(outcome.decision_id)
+        spec = specs.get(exposure["experiment"]) if exposure else None
+        if exposure is None or spec is None:
+            result.pending += 1
+            continue
+        if outcome.ts_ms - exposure["ts_ms"] > spec.reward.window_s * 1000:
+            statuses.setdefault("late", []).append(outcome.event_id)
+            result.late += 1
+            store.bump(conn, exposure["experiment"], "late_outcomes")
+            continue
+        reward = _reward(spec, outcome.value, exposure["reward"])
+        status = "joined"
+        if reward <= 0 and spec.reward.kind == "binary" and exposure["outcomes"] > 0:
+            status = "extra"
+            store.bump(conn, exposure["experiment"], "extra_outcomes")
+        statuses.setdefault(status, []).append(outcome.event_id)
+        result.joined += 1
+        exposure["reward"] += reward
+        exposure["outcomes"] += 1
+        exposure["touched"] = True
+        if reward > 0 and exposure["reason"] == "personalized":
+            cells.add(
+                exposure["experiment"],
+                exposure["path"],
+                exposure["arm"],
+                ts=exposure["ts_ms"],
+                n=0.0,
+                r=reward,
+            )
+    for decision_id, exposure in shown.items():
+        if exposure.get("touched"):
+            conn.execute(
+                exposures.update()
+                .where(exposures.c.decision_id == decision_id)
+                .values(reward=exposure["reward"], outcomes=exposure["outcomes"])
+            )
+    for status, event_ids in statuses.items():
+        for start in range(0, len(event_ids), _CHUNK):
+            conn.execute(
+                outcomes.update()
+                .where(outcomes.c.event_id.in_(event_ids[start : start + _CHUNK]))
+                .values(status=status)
+            )
+
+
+def ingest(store: Store, events: list[dict[str, Any]], signature: str | None, now_ms: int) -> IngestResult:
+    """Store one validated batch in one transaction; raises nothing for duplicates.
+
+    Bulk statements per event type: a batch of hundreds of events costs a handful
+    of round trips, which is what lets one control plane keep up with many edges.
+    """
+    result = IngestResult()
+    by_type: dict[str, list[dict[str, Any]]] = {"exposure": [], "outcome": [], "stitch": []}
+    for event in events:
+        by_type[event["type"]].append(event)
+    with store.write() as conn:
+        if signature is not None:
+            conn.execute(seen_batches.insert().values(signature=signature, ts=now_ms // 1000))
+            conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_ms // 1000 - 900))
+        specs = _spec_cache(store, conn, {e["experiment"] for e in events if "experiment" in e})
+        cells = _Cells()
+
+        rows: dict[str, dict[str, Any]] = {}
+        for event in by_type["exposure"]:
+            spec = specs.get(event["experiment"])
+            rows.setdefault(
+                event["decision_id"],
+                {
+                    "decision_id": event["decision_id"],
+                    "experiment": event["experiment"],
+                    "arm": event["arm"],
+                    "unit_hash": store.hash_unit(event.get("unit")),
+                    "path": json.dumps(path_of(spec, event.get("context", {})) if spec else []),
+                    "segment": event.get("segment"),
+                    "reason": event["reason"],
+                    "propensity": event.get("propensity"),
+                    "snapshot_version": event.get("snapshot_version"),
+                    "ts_ms": event["ts"],
+                    "reward": 0.0,
+                    "outcomes": 0,
+                },
+            )
+        new_exposures = _insert_new(store, conn, exposures, exposures.c.decision_id, list(rows.values()))
+        result.accepted["exposure"] = len(new_exposures)
+        result.duplicates += len(by_type["exposure"]) - len(new_exposures)
+        for decision_id in sorted(new_exposures):
+            row = rows[decision_id]
+            if row["experiment"] not in specs:
+                store.bump(conn, row["experiment"], "unknown_experiment")
+            elif row["reason"] == "personalized":
+                cells.add(row["experiment"], row["path"], row["arm"], ts=row["ts_ms"], n=1.0, r=0.0)
+
+        outcome_rows: dict[str, dict[str, Any]] = {}
+        for event in by_type["outcome"]:
+            outcome_rows.setdefault(
+                event["id"],
+                {
+                    "event_id": event["id"],
+                    "decision_id": event["decision_id"],
+                    "experiment": event["experiment"],
+                    "value": float(event["value"]),
+                    "unit_hash": store.hash_unit(event.get("unit")),
+                    "ts_ms": event["ts"],
+                    "status": "pending",
+                },
+            )
+        new_outcomes = _insert_new(store, conn, outcomes, outcomes.c.event_id, list(outcome_rows.values()))
+        result.accepted["outcome"] = len(new_outcomes)
+        result.duplicates += len(by_type["outcome"]) - len(new_outcomes)
+        # Outcomes of this batch, and older ones that were waiting for an exposure of this batch.
+        waiting = (
+            []
+            if not new_exposures
+            else conn.execute(
+                select(outcomes).where(
+                    outcomes.c.decision_id.in_(list(new_exposures)),
+                    outcomes.c.status == "pending",
+                    outcomes.c.event_id.not_in(list(new_outcomes) or [""]),
+                )
+            ).all()
+        )
+        fresh = [
+            _OutcomeRow(**{k: outcome_rows[i][k] for k in ("event_id", "decision_id", "value", "ts_ms")})
+            for i in sorted(new_outcomes)
+        ]
+        if fresh or waiting:
+            _join_outcomes(store, conn, cells=cells, specs=specs, result=result, pending=[*fresh, *waiting])
+
+        stitch_rows = {
+            e["id"]: {
+                "event_id": e["id"],
+                "anonymous_hash": store.hash_unit(e["anonymous_id"]),
+                "user_hash": store.hash_unit(e["user_id"]),
+                "ts_ms": e["ts"],
+            }
+            for e in by_type["stitch"]
+        }
+        new_stitches = _insert_new(store, conn, stitches, stitches.c.event_id, list(stitch_rows.values()))
+        result.accepted["stitch"] = len(new_stitches)
+        result.duplicates += len(by_type["stitch"]) - len(new_stitches)
+        cells.flush(store, conn, specs)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _OutcomeRow:
+    event_id: str
+    decision_id: str
+    value: float
+    ts_ms: int

@@ -1,0 +1,197 @@
+"""Learn and publish: statistics -> learner -> snapshot -> KV.
+
+Runs on a schedule in the app and on demand.  Publishes only when the inputs
+changed (the experiment's version or its statistics) or the last snapshot is
+half-way to its ``max_age_s`` (so the edge never goes stale while nothing
+happens); never writes one KV key twice within a second (Workers KV's limit);
+with several replicas only the holder of the PostgreSQL advisory lock publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.evaluation import logged_exposures, policy_eval
+from control_plane.kv_publishers import KVPublisher
+from control_plane.learner import learn
+from control_plane.metrics import Metrics
+from control_plane.store import ExperimentRecord, Store
+from core import Snapshot, decode_snapshot, encode_snapshot, snapshot_key
+
+__all__ = ["Gate", "PublishResult", "publish_all", "publish_experiment", "snapshot_summary"]
+
+log = logging.getLogger("perch.publish")
+KV_MIN_INTERVAL_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    experiment: str
+    published: bool
+    snapshot_version: int | None
+    kv_key: str
+    bytes: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment,
+            "published": self.published,
+            "snapshot_version": self.snapshot_version,
+            "kv_key": self.kv_key,
+            "bytes": self.bytes,
+            "reason": self.reason,
+        }
+
+
+def snapshot_summary(snapshot: Snapshot) -> dict[str, Any]:
+    """Per segment: features, allocation and posterior of every arm (what reports chart)."""
+    n = len(snapshot.arms)
+    keys = [a.key for a in snapshot.arms]
+    return {
+        "segments": [
+            {
+                "key": seg.key,
+                "features": dict(seg.features),
+                "parent": seg.parent,
+                "allocation": dict(zip(keys, snapshot.allocation[s * n : (s + 1) * n], strict=True)),
+                "alpha": dict(zip(keys, snapshot.alpha[s * n : (s + 1) * n], strict=True)),
+                "beta": dict(zip(keys, snapshot.beta[s * n : (s + 1) * n], strict=True)),
+            }
+            for s, seg in enumerate(snapshot.segments)
+        ]
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """The promotion gate: a learnt snapshot replaces the current one only if its
+    self-normalised IPS estimate, on recent logged exposures, is not worse than
+    the current snapshot's by more than ``tolerance`` (reward per decision)."""
+
+    tolerance: float = 0.005
+    window_ms: int = 7 * 24 * 3600 * 1000
+    min_exposures: int = 500
+    max_exposures: int = 20_000
+
+
+def _gate(
+    store: Store, spec: Any, candidate: Snapshot, last: dict[str, Any] | None, *, gate: Gate, now: int
+) -> dict[str, Any] | None:
+    """The evaluation behind the decision, or None when there is nothing to compare with."""
+    if last is None or last.get("data") is None:
+        return None
+    current = decode_snapshot(last["data"])
+    if [a.key for a in current.arms] != [a.key for a in candidate.arms]:
+        return None  # arms changed: the old policy is not a comparable baseline
+    rows = logged_exposures(store, spec.key, now - gate.window_ms, gate.max_exposures)
+    if len(rows) < gate.min_exposures:
+        return None
+    new, old = policy_eval(rows, candidate, spec), policy_eval(rows, current, spec)
+    return {
+        "candidate": new.to_dict(),
+        "current": old.to_dict(),
+        "current_version": last["version"],
+        "tolerance": gate.tolerance,
+        "exposures": len(rows),
+        "passed": new.snips is not None and old.snips is not None and new.snips >= old.snips - gate.tolerance,
+    }
+
+
+def publish_experiment(
+    store: Store,
+    kv: KVPublisher,
+    record: ExperimentRecord,
+    metrics: Metrics,
+    *,
+    now_ms: Callable[[], int],
+    force: bool = False,
+    draws: int = 20_000,
+    sleep: Callable[[float], None] = time.sleep,
+    gate: Gate | None = None,
+) -> PublishResult:
+    gate = gate or Gate()
+    spec = record.spec
+    key = snapshot_key(spec.key)
+    digest = f"{record.version}:{store.counters(spec.key).get('updates', 0)}"
+    last = store.last_snapshot(spec.key)
+    now = now_ms()
+    fresh = last is not None and now - last["created_ms"] < spec.max_age_s * 500
+    if not force and last is not None and last["digest"] == digest and fresh:
+        return PublishResult(spec.key, False, last["version"], key, last["size"], "unchanged")
+    if last is not None and now - last["created_ms"] < KV_MIN_INTERVAL_MS:
+        sleep((KV_MIN_INTERVAL_MS - (now - last["created_ms"])) / 1000)
+        now = now_ms()
+    started = time.perf_counter()
+    version = store.next_snapshot_version(spec.key)
+    snapshot = learn(spec, store.cells(spec, now), version=version, now_ms=now, draws=draws)
+    evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now)
+    if evaluation is not None and not evaluation["passed"]:
+        message = (
+            f"learnt snapshot {version} held back: SNIPS {evaluation['candidate']['snips']:.4f} vs "
+            f"{evaluation['current']['snips']:.4f} for the current snapshot {last['version'] if last else ''}"
+            f" (tolerance {gate.tolerance})"
+        )
+        log.warning("%s: %s", spec.key, message)
+        store.add_alert(spec.key, now, "promotion_blocked", message, evaluation)
+        metrics.promotion_blocked.labels(spec.key).inc()
+        return PublishResult(
+            spec.key,
+            False,
+            last["version"] if last else None,
+            key,
+            last["size"] if last else 0,
+            "held back by the promotion gate",
+        )
+    data = encode_snapshot(snapshot)
+    kv.put_many({key: data})
+    store.record_snapshot(
+        {
+            "experiment": spec.key,
+            "version": version,
+            "created_ms": now,
+            "kv_key": key,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "digest": digest,
+            "spec_version": record.version,
+            "data": data,
+            "summary": json.dumps({**snapshot_summary(snapshot), "gate": evaluation}),
+        }
+    )
+    metrics.publish_seconds.observe(time.perf_counter() - started)
+    metrics.snapshot_version.labels(spec.key).set(version)
+    metrics.snapshot_created.labels(spec.key).set(now / 1000)
+    return PublishResult(spec.key, True, version, key, len(data), "forced" if force else "changed")
+
+
+def publish_all(
+    store: Store,
+    kv: KVPublisher,
+    metrics: Metrics,
+    *,
+    now_ms: Callable[[], int],
+    draws: int = 20_000,
+    gate: Gate | None = None,
+) -> list[PublishResult]:
+    """One scheduled cycle over every active experiment; one failure does not stop the others."""
+    results: list[PublishResult] = []
+    with store.publish_lock() as leader:
+        if not leader:
+            log.info("another replica holds the publish lock; skipping this cycle")
+            return results
+        for record in store.list_experiments():
+            try:
+                results.append(
+                    publish_experiment(store, kv, record, metrics, now_ms=now_ms, draws=draws, gate=gate)
+                )
+            except Exception:
+                log.exception("publishing %s failed", record.spec.key)
+                metrics.publish_failures.labels(record.spec.key).inc()
+    return results

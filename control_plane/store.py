@@ -1,0 +1,362 @@
+"""The control plane's database: experiments, snapshots, statistics, locks.
+
+SQLAlchemy Core over SQLite (embedded default) or PostgreSQL (production);
+the schema is created and changed only by Alembic migrations.  Event
+ingestion lives in :mod:`control_plane.ingest`, on top of this store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from control_plane.experiments import ExperimentError, ExperimentSpec
+from control_plane.learner import CellStats
+from control_plane.migrate import migrate
+from control_plane.schema import audit, counters, experiments, snapshots, stats
+
+__all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store", "decay"]
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentRecord:
+    spec: ExperimentSpec
+    version: int
+    archived: bool
+    created_ms: int
+    updated_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.spec.to_dict(),
+            "version": self.version,
+            "archived": self.archived,
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+        }
+
+
+def decay(value: float, from_ms: int, to_ms: int, half_life_s: float | None) -> float:
+    """``value`` observed at ``from_ms``, as it weighs at ``to_ms``."""
+    if not half_life_s or to_ms <= from_ms:
+        return value
+    return value * math.pow(2.0, -(to_ms - from_ms) / (half_life_s * 1000.0))
+
+
+class Store:
+    def __init__(self, engine: Engine, unit_key: str) -> None:
+        self.engine = engine
+        self.unit_key = unit_key.encode()
+        self.dialect = engine.dialect.name
+        # SQLite allows one writer; serialising writers here avoids "database is locked".
+        self.write_lock = threading.RLock()
+        self._publish_mutex = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, unit_key: str) -> Store:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection: Any, _: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                # WAL keeps readers off the writer's back; FULL syncs each commit so an
+                # acknowledged batch survives a crash (kill -9 or power).
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+        else:
+            engine = create_engine(
+                url.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True
+            )
+        return cls(engine, unit_key)
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    def insert(self, table: Any) -> Any:
+        """A dialect insert that knows ON CONFLICT."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.write_lock, self.engine.begin() as conn:
+            yield conn
+
+    def hash_unit(self, unit: str | None) -> str | None:
+        """Units are stored keyed, never raw (a salted HMAC, 128 bits)."""
+        if unit is None:
+            return None
+        return hmac.new(self.unit_key, unit.encode(), hashlib.sha256).hexdigest()[:32]
+
+    # --- experiments -------------------------------------------------------------------------
+
+    def _record(self, row: Any) -> ExperimentRecord:
+        spec = ExperimentSpec.from_dict(json.loads(row.spec))
+        return ExperimentRecord(spec, row.version, bool(row.archived), row.created_ms, row.updated_ms)
+
+    def get_experiment(self, key: str) -> ExperimentRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(experiments).where(experiments.c.key == key)).first()
+        return self._record(row) if row else None
+
+    def list_experiments(self, include_archived: bool = False) -> list[ExperimentRecord]:
+        query = select(experiments).order_by(experiments.c.key)
+        if not include_archived:
+            query = query.where(experiments.c.archived.is_(False))
+        with self.engine.connect() as conn:
+            return [self._record(row) for row in conn.execute(query)]
+
+    def _audit(self, conn: Connection, spec: ExperimentSpec, version: int, action: str, now_ms: int) -> None:
+        conn.execute(
+            audit.insert().values(
+                experiment=spec.key,
+                version=version,
+                action=action,
+                spec=json.dumps(spec.to_dict(), sort_keys=True),
+                at_ms=now_ms,
+            )
+        )
+
+    def create_experiment(self, spec: ExperimentSpec, now_ms: int) -> ExperimentRecord:
+        doc = json.dumps(spec.to_dict(), sort_keys=True)
+        try:
+            with self.write() as conn:
+                conn.execute(
+                    experiments.insert().values(
+                        key=spec.key,
+                        spec=doc,
+                        version=1,
+                        archived=False,
+                        created_ms=now_ms,
+                        updated_ms=now_ms,
+                    )
+                )
+                self._audit(conn, spec, 1, "create", now_ms)
+        except IntegrityError:
+            raise Conflict(f"experiment {spec.key!r} exists; PATCH it instead") from None
+        return ExperimentRecord(spec, 1, False, now_ms, now_ms)
+
+    # Fixed at creation: changing them would reshuffle visitors or orphan statistics.
+    IMMUTABLE = ("key", "salt", "features")
+
+    def update_experiment(
+        self, key: str, changes: Mapping[str, Any], now_ms: int, expected_version: int | None = None
+    ) -> ExperimentRecord:
+        with self.write() as conn:
+            row = conn.execute(select(experiments).where(experiments.c.key == key).with_for_update()).first()
+            if row is None or row.archived:
+                raise NotFound(f"no experiment {key!r}")
+            if expected_version is not None and row.version != expected_version:
+                raise Conflict(f"experiment {key!r} is at version {row.version}, not {expected_version}")
+            current = json.loads(row.spec)
+            for name in self.IMMUTABLE:
+                if name in changes and changes[name] != current.get(name):
+                    raise ExperimentError(f"{name} cannot change after creation (create a new experiment)")
+            removed = {a["key"] for a in current["arms"]} - {
+                a.get("key") for a in changes.get("arms", current["arms"]) if isinstance(a, Mapping)
+            }
+            if removed:
+                raise ExperimentError(
+                    f"arms {sorted(removed)} cannot be removed (their data would be orphaned)"
+                )
+            spec = ExperimentSpec.from_dict({**current, **changes})
+            version = row.version + 1
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.key == key)
+                .values(spec=json.dumps(spec.to_dict(), sort_keys=True), version=version, updated_ms=now_ms)
+            )
+            self._audit(conn, spec, version, "update", now_ms)
+        return ExperimentRecord(spec, version, False, row.created_ms, now_ms)
+
+    def archive_experiment(self, key: str, now_ms: int) -> ExperimentRecord:
+        """DELETE keeps the data (events, statistics, history); the experiment stops being published."""
+        with self.write() as conn:
+            row = conn.execute(select(experiments).where(experiments.c.key == key)).first()
+            if row is None or row.archived:
+                raise NotFound(f"no experiment {key!r}")
+            record = self._record(row)
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.key == key)
+                .values(archived=True, version=row.version + 1, updated_ms=now_ms)
+            )
+            self._audit(conn, record.spec, row.version + 1, "archive", now_ms)
+        return ExperimentRecord(record.spec, row.version + 1, True, row.created_ms, now_ms)
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(audit).where(audit.c.experiment == key).order_by(audit.c.id))
+            return [
+                {"version": r.version, "action": r.action, "at_ms": r.at_ms, "spec": json.loads(r.spec)}
+                for r in rows
+            ]
+
+    # --- statistics --------------------------------------------------------------------------
+
+    def bump(self, conn: Connection, experiment: str, name: str, by: int = 1) -> None:
+        stmt = self.insert(counters).values(experiment=experiment, name=name, value=by)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["experiment", "name"], set_={"value": counters.c.value + by}
+            )
+        )
+
+    def counters(self, experiment: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(counters.c.name, counters.c.value).where(counters.c.experiment == experiment)
+            )
+            return {name: int(value) for name, value in rows}
+
+    def outcome_statuses(self, experiment: str) -> dict[str, int]:
+        """Outcomes by what became of them; ``pending`` ones are orphans so far."""
+        from control_plane.schema import outcomes
+
+        query = (
+            select(outcomes.c.status, func.count())
+            .where(outcomes.c.experiment == experiment)
+            .group_by(outcomes.c.status)
+        )
+        with self.engine.connect() as conn:
+            return {status: int(count) for status, count in conn.execute(query)}
+
+    def cells(self, spec: ExperimentSpec, now_ms: int) -> dict[tuple[str, ...], dict[str, CellStats]]:
+        """The learner's input: every (path, arm) cell, decayed to ``now_ms``; O(cells)."""
+        out: dict[tuple[str, ...], dict[str, CellStats]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(stats).where(stats.c.experiment == spec.key)):
+                n = decay(row.decayed_exposures, row.ref_ms, now_ms, spec.half_life_s)
+                r = decay(row.decayed_reward, row.ref_ms, now_ms, spec.half_life_s)
+                out.setdefault(tuple(json.loads(row.path)), {})[row.arm] = CellStats(n, min(r, n))
+        return out
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def last_snapshot(self, experiment: str) -> dict[str, Any] | None:
+        """The latest published snapshot's row, including its bytes (``data``) and ``summary``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(snapshots)
+                .where(snapshots.c.experiment == experiment)
+                .order_by(snapshots.c.version.desc())
+                .limit(1)
+            ).first()
+        return dict(row._mapping) if row else None
+
+    def snapshot_history(self, experiment: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first, without the bytes; ``summary`` is parsed JSON (or None for old rows)."""
+        columns = [c for c in snapshots.c if c.name != "data"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(*columns)
+                .where(snapshots.c.experiment == experiment)
+                .order_by(snapshots.c.version.desc())
+                .limit(limit)
+            )
+            out = [dict(r._mapping) for r in rows]
+        for row in out:
+            row["summary"] = json.loads(row["summary"]) if row["summary"] else None
+        return out
+
+    def add_alert(self, experiment: str, at_ms: int, kind: str, message: str, details: Any = None) -> None:
+        from control_plane.schema import alerts
+
+        with self.write() as conn:
+            conn.execute(
+                alerts.insert().values(
+                    experiment=experiment,
+                    at_ms=at_ms,
+                    kind=kind,
+                    message=message,
+                    details=json.dumps(details) if details is not None else None,
+                )
+            )
+
+    def alerts(self, experiment: str, limit: int = 50) -> list[dict[str, Any]]:
+        from control_plane.schema import alerts
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(alerts)
+                .where(alerts.c.experiment == experiment)
+                .order_by(alerts.c.id.desc())
+                .limit(limit)
+            )
+            return [
+                {
+                    "at_ms": r.at_ms,
+                    "kind": r.kind,
+                    "message": r.message,
+                    "details": json.loads(r.details) if r.details else None,
+                }
+                for r in rows
+            ]
+
+    def next_snapshot_version(self, experiment: str) -> int:
+        with self.engine.connect() as conn:
+            current = conn.execute(
+                select(func.max(snapshots.c.version)).where(snapshots.c.experiment == experiment)
+            ).scalar()
+        return int(current or 0) + 1
+
+    def record_snapshot(self, row: Mapping[str, Any]) -> None:
+        with self.write() as conn:
+            conn.execute(snapshots.insert().values(**row))
+
+    @contextmanager
+    def publish_lock(self, wait: bool = False) -> Iterator[bool]:
+        """True for the one publisher allowed now: in this process (the schedule and on-demand
+        publishes share a mutex) and across replicas (a PostgreSQL advisory lock).
+
+        ``wait=False`` (the schedule) gives up at once when another holds it; ``wait=True``
+        (an operator's publish) queues behind it.
+        """
+        if not self._publish_mutex.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            if self.dialect != "postgresql":
+                yield True  # SQLite is one process's database
+                return
+            with self.engine.connect() as conn:
+                if wait:
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+                    got = True
+                else:
+                    got = bool(
+                        conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
+                    )
+                try:
+                    yield got
+                finally:
+                    if got:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                    conn.commit()
+        finally:
+            self._publish_mutex.release()
+
+
+# "perch-publish" as a signed 64-bit key for pg_advisory_lock.
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"perch-publish").digest()[:8], "big", signed=True)

@@ -1,0 +1,64 @@
+"""Perch's decision core: hashing, snapshots, and Thompson-sampling decisions.
+
+Standard library and msgpack only, so the same code runs at the origin
+(CPython 3.11+) and at the edge (Pyodide in Cloudflare Python Workers).
+"""
+
+from __future__ import annotations
+
+from core.codec import MAX_SNAPSHOT_BYTES, SCHEMA_VERSION, decode_snapshot, encode_snapshot
+from core.decide import REASONS, Decision, Generator, decide, draw_stream
+from core.errors import HashingError, PerchError, SnapshotError
+from core.events import (
+    EventError,
+    encode_batch,
+    exposure_event,
+    outcome_event,
+    parse_batch,
+    parse_beacon,
+    stitch_event,
+)
+from core.hashing import HASH_VERSION, bucket, seed64
+from core.kv import SNAPSHOT_PREFIX, LocalKV, snapshot_key
+from core.sampling import beta_variate, beta_variates, gamma_variate
+from core.signing import SIGNATURE_HEADER, SignatureError, sign, verify
+from core.snapshot import KEY_RE, Arm, Segment, Snapshot
+
+__all__ = [
+    "HASH_VERSION",
+    "KEY_RE",
+    "SIGNATURE_HEADER",
+    "SNAPSHOT_PREFIX",
+    "MAX_SNAPSHOT_BYTES",
+    "REASONS",
+    "SCHEMA_VERSION",
+    "Arm",
+    "Decision",
+    "EventError",
+    "Generator",
+    "HashingError",
+    "LocalKV",
+    "PerchError",
+    "Segment",
+    "Snapshot",
+    "SignatureError",
+    "SnapshotError",
+    "beta_variate",
+    "beta_variates",
+    "bucket",
+    "decide",
+    "decode_snapshot",
+    "draw_stream",
+    "encode_batch",
+    "encode_snapshot",
+    "exposure_event",
+    "gamma_variate",
+    "outcome_event",
+    "parse_batch",
+    "parse_beacon",
+    "seed64",
+    "sign",
+    "snapshot_key",
+    "stitch_event",
+    "verify",
+]

@@ -1,0 +1,145 @@
+"""Choosing an arm for one unit: the edge's whole decision procedure.
+
+``decide`` is a plain function of (snapshot, unit, context, now, generator);
+it holds no state, so the edge and the tests call it the same way.  Its
+Thompson draw is seeded from a hash of (unit, experiment, snapshot version),
+which makes a visitor's arm sticky for the life of a snapshot without any
+sticky-bucket store, while the allocation table in the snapshot (computed by
+the learner for exactly this procedure) gives the exact propensity of every
+arm for off-policy evaluation.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.hashing import bucket, seed64
+from core.sampling import beta_variates
+from core.snapshot import Snapshot
+
+__all__ = ["REASONS", "Decision", "Generator", "decide", "draw_stream"]
+
+REASONS = ("personalized", "holdout", "consent", "stale", "fallback")
+
+
+class Generator(Protocol):
+    """What ``decide`` needs of a random generator; ``random.Random`` fits."""
+
+    def random(self) -> float: ...
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one decision, as logged and as returned to callers."""
+
+    experiment: str
+    arm: str
+    payload: Any
+    html: str | None
+    propensity: float
+    reason: str
+    segment: str | None
+    snapshot_version: int
+    snapshot_age_s: float
+    decision_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        # Shallow on purpose: asdict() would deep-copy every payload per request.
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def draw_stream(snapshot: Snapshot, unit: str) -> _random.Random:
+    """The unit's generator for this snapshot: same inputs, same draws.
+
+    Python guarantees that ``Random(seed).random()`` yields the same sequence
+    on every version for an integer seed; seeding costs ~5 us on CPython and
+    each draw ~0.04 us, which beat a pure-Python generator from 10 draws on
+    (a Thompson draw over two arms already takes about 10).
+    """
+    salt = f"{snapshot.salt}:draw:{snapshot.experiment}:{snapshot.version}"
+    return _random.Random(seed64(unit, salt, snapshot.hash_version))
+
+
+def decide(
+    snapshot: Snapshot,
+    unit: str | None,
+    context: Mapping[str, str] | None,
+    *,
+    now_ms: int,
+    rng: Generator,
+    consent: bool = True,
+) -> Decision:
+    """Choose an arm of ``snapshot`` for ``unit`` in ``context``.
+
+    In order: no consent -> default arm (``consent``); unit in the permanent
+    holdout -> default arm (``holdout``); snapshot older than ``max_age_s`` ->
+    default arm (``stale``); otherwise a Thompson draw in the most specific
+    matching segment, or with probability ``floor`` a uniform pick
+    (``personalized``).  ``rng`` supplies the decision id and, for a unit
+    without an id, the draws themselves.
+    """
+    decision_id = f"{rng.getrandbits(128):032x}"
+    age_s = max(0.0, (now_ms - snapshot.created_at) / 1000.0)
+    if not unit:
+        unit = None
+
+    def deterministic(reason: str, segment: str | None) -> Decision:
+        arm = snapshot.arms[snapshot.arm_index[snapshot.default_arm]]
+        return Decision(
+            snapshot.experiment,
+            arm.key,
+            arm.payload,
+            arm.html,
+            1.0,
+            reason,
+            segment,
+            snapshot.version,
+            age_s,
+            decision_id,
+        )
+
+    if not consent:
+        return deterministic("consent", None)
+    s = snapshot.segment_for(context or {})
+    segment = snapshot.segments[s].key
+    if snapshot.holdout > 0.0:
+        salt = snapshot.salt + ":holdout"
+        draw = rng.random() if unit is None else bucket(unit, salt, snapshot.hash_version)
+        if draw < snapshot.holdout:
+            return deterministic("holdout", segment)
+    # A snapshot from further in the future than it may age is no more
+    # trustworthy than a stale one: some clock is badly wrong.
+    if age_s > snapshot.max_age_s or snapshot.created_at - now_ms > snapshot.max_age_s * 1000:
+        return deterministic("stale", segment)
+
+    uniform = (rng if unit is None else draw_stream(snapshot, unit)).random
+    n = len(snapshot.arms)
+    if snapshot.floor > 0.0 and uniform() < snapshot.floor:
+        best = min(int(uniform() * n), n - 1)
+    else:
+        lo = s * n
+        draws = beta_variates(uniform, snapshot.alpha[lo : lo + n], snapshot.beta[lo : lo + n])
+        best = max(range(n), key=draws.__getitem__)
+        if draws.count(draws[best]) > 1:
+            # Exact ties happen when tiny shapes round draws to 0.0 or 1.0;
+            # a uniform pick among them keeps low arm indices from winning.
+            tied = [i for i, d in enumerate(draws) if d == draws[best]]
+            best = tied[min(int(uniform() * len(tied)), len(tied) - 1)]
+    arm = snapshot.arms[best]
+    return Decision(
+        snapshot.experiment,
+        arm.key,
+        arm.payload,
+        arm.html,
+        float(snapshot.allocation[s * n + best]),
+        "personalized",
+        segment,
+        snapshot.version,
+        age_s,
+        decision_id,
+    )

@@ -1,0 +1,294 @@
+"""The events the edge sends home, and validation of browser beacons.
+
+Shared by the edge (which builds and signs batches) and the control plane
+(which validates and stores them), so both agree on one schema:
+
+``{"schema": 1, "events": [event, ...]}`` with events of three types, each
+carrying an ``id`` the control plane deduplicates on:
+
+* ``exposure`` — a decision was shown: ``decision_id, experiment, arm, unit
+  (null without consent), propensity, reason, segment, snapshot_version,
+  context`` (the experiment's segment features; empty without consent);
+* ``outcome`` — a reward for a decision: ``decision_id, experiment, value,
+  unit``;
+* ``stitch`` — an anonymous id became a known user: ``anonymous_id, user_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from core.decide import REASONS, Decision
+from core.errors import PerchError
+from core.snapshot import KEY_RE
+
+__all__ = [
+    "EVENT_SCHEMA",
+    "MAX_BATCH_EVENTS",
+    "MAX_BEACON_EVENTS",
+    "EventError",
+    "encode_batch",
+    "exposure_event",
+    "outcome_event",
+    "parse_batch",
+    "parse_beacon",
+    "validate_event",
+    "stitch_event",
+]
+
+EVENT_SCHEMA = 1
+MAX_BEACON_EVENTS = 100
+MAX_ABS_VALUE = 1e12
+
+_DECISION_ID = re.compile(r"[0-9a-f]{32}")
+_EVENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+
+class EventError(PerchError, ValueError):
+    """An event or beacon breaks the schema; the message says what was expected."""
+
+
+def exposure_event(
+    decision: Decision, unit: str | None, ts_ms: int, context: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``context`` holds the experiment's segment features as the edge saw them."""
+    return {
+        "type": "exposure",
+        "id": f"x-{decision.decision_id}",
+        "ts": ts_ms,
+        "decision_id": decision.decision_id,
+        "experiment": decision.experiment,
+        "arm": decision.arm,
+        "unit": unit,
+        "propensity": decision.propensity,
+        "reason": decision.reason,
+        "segment": decision.segment,
+        "snapshot_version": decision.snapshot_version,
+        "context": context or {},
+    }
+
+
+def outcome_event(
+    decision_id: str,
+    experiment: str,
+    value: float,
+    *,
+    ts_ms: int,
+    unit: str | None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    if event_id is None:
+        # A retried beacon carries the same (decision, value): same id, one row.
+        digest = hashlib.sha256(f"{decision_id}|{experiment}|{value!r}".encode()).hexdigest()[:24]
+        event_id = f"o-{digest}"
+    return {
+        "type": "outcome",
+        "id": event_id,
+        "ts": ts_ms,
+        "decision_id": decision_id,
+        "experiment": experiment,
+        "value": value,
+        "unit": unit,
+    }
+
+
+def stitch_event(anonymous_id: str, user_id: str, ts_ms: int) -> dict[str, Any]:
+    digest = hashlib.sha256(f"{anonymous_id}|{user_id}".encode()).hexdigest()[:24]
+    return {
+        "type": "stitch",
+        "id": f"s-{digest}",
+        "ts": ts_ms,
+        "anonymous_id": anonymous_id,
+        "user_id": user_id,
+    }
+
+
+def encode_batch(events: Sequence[dict[str, Any]]) -> bytes:
+    return json.dumps({"schema": EVENT_SCHEMA, "events": list(events)}, separators=(",", ":")).encode()
+
+
+def _outcome_fields(item: object, where: str) -> tuple[str, str, float, str | None]:
+    if not isinstance(item, dict):
+        raise EventError(f"{where}: expected an object with decision_id, experiment and value")
+    decision_id = item.get("decision_id")
+    if not isinstance(decision_id, str) or not _DECISION_ID.fullmatch(decision_id):
+        raise EventError(f"{where}: decision_id must be the 32 lowercase hex characters of a decision")
+    experiment = item.get("experiment")
+    if not isinstance(experiment, str) or not KEY_RE.fullmatch(experiment):
+        raise EventError(f"{where}: experiment must be an experiment key (letters, digits, '_.:-')")
+    value = item.get("value", 1)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise EventError(f"{where}: value must be a finite number, got {value!r}")
+    if abs(value) > MAX_ABS_VALUE:
+        raise EventError(f"{where}: value must be within +/-{MAX_ABS_VALUE:g}")
+    event_id = item.get("id")
+    if event_id is not None and (not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id)):
+        raise EventError(f"{where}: id must be 1-128 characters of letters, digits and '_.:-'")
+    return decision_id, experiment, float(value), event_id
+
+
+def parse_beacon(body: bytes, ts_ms: int, unit: str | None) -> list[dict[str, Any]]:
+    """Outcome events from a browser beacon: one object, or ``{"events": [...]}``."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"body must be JSON ({exc})") from None
+    items = doc.get("events") if isinstance(doc, dict) and "events" in doc else [doc]
+    if not isinstance(items, list) or not items:
+        raise EventError("'events' must be a non-empty list of outcome objects")
+    if len(items) > MAX_BEACON_EVENTS:
+        raise EventError(f"{len(items)} events, at most {MAX_BEACON_EVENTS} per beacon")
+    events = []
+    for i, item in enumerate(items):
+        decision_id, experiment, value, event_id = _outcome_fields(item, f"events[{i}]")
+        events.append(
+            outcome_event(decision_id, experiment, value, ts_ms=ts_ms, unit=unit, event_id=event_id)
+        )
+    return events
+
+
+MAX_BATCH_EVENTS = 5000
+_HEX32 = _DECISION_ID
+
+
+def _require(event: dict[str, Any], name: str, ok: bool, expected: str, where: str) -> None:
+    if not ok:
+        raise EventError(f"{where}.{name}: expected {expected}, got {event.get(name)!r}"[:300])
+
+
+def _check_common(event: dict[str, Any], where: str) -> None:
+    event_id, ts = event.get("id"), event.get("ts")
+    _require(
+        event,
+        "id",
+        isinstance(event_id, str) and bool(_EVENT_ID.fullmatch(event_id)),
+        "1-128 characters of letters, digits and '_.:-'",
+        where,
+    )
+    _require(
+        event,
+        "ts",
+        isinstance(ts, int) and not isinstance(ts, bool) and 0 <= ts < 2**63,
+        "an integer timestamp in ms",
+        where,
+    )
+
+
+def _optional_text(value: object, limit: int = 256) -> bool:
+    return value is None or (isinstance(value, str) and 0 < len(value) <= limit and "\x00" not in value)
+
+
+def validate_event(event: object, where: str) -> dict[str, Any]:
+    """One event of a batch, checked against its type's schema."""
+    if not isinstance(event, dict):
+        raise EventError(f"{where}: expected an event object")
+    kind = event.get("type")
+    _check_common(event, where)
+    if kind in ("exposure", "outcome"):
+        _require(
+            event,
+            "decision_id",
+            isinstance(event.get("decision_id"), str) and bool(_HEX32.fullmatch(event["decision_id"])),
+            "32 lowercase hex characters",
+            where,
+        )
+        _require(
+            event,
+            "experiment",
+            isinstance(event.get("experiment"), str) and bool(KEY_RE.fullmatch(event["experiment"])),
+            "an experiment key",
+            where,
+        )
+        _require(event, "unit", _optional_text(event.get("unit")), "a unit id or null", where)
+    if kind == "exposure":
+        _require(
+            event,
+            "arm",
+            isinstance(event.get("arm"), str) and bool(KEY_RE.fullmatch(event["arm"])),
+            "an arm key",
+            where,
+        )
+        _require(event, "reason", event.get("reason") in REASONS, f"one of {REASONS}", where)
+        p = event.get("propensity")
+        _require(
+            event,
+            "propensity",
+            p is None or (isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 < p <= 1.0),
+            "a number in (0, 1] or null",
+            where,
+        )
+        _require(event, "segment", _optional_text(event.get("segment"), 128), "a segment key or null", where)
+        v = event.get("snapshot_version")
+        _require(
+            event,
+            "snapshot_version",
+            v is None or (isinstance(v, int) and not isinstance(v, bool)),
+            "an integer or null",
+            where,
+        )
+        ctx = event.get("context", {})
+        _require(
+            event,
+            "context",
+            isinstance(ctx, dict)
+            and len(ctx) <= 16
+            and all(
+                isinstance(k, str) and isinstance(val, str) and len(k) <= 64 and len(val) <= 128
+                for k, val in ctx.items()
+            ),
+            "an object of at most 16 string features",
+            where,
+        )
+    elif kind == "outcome":
+        value = event.get("value")
+        _require(
+            event,
+            "value",
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and abs(value) <= MAX_ABS_VALUE,
+            "a finite number",
+            where,
+        )
+    elif kind == "stitch":
+        for name in ("anonymous_id", "user_id"):
+            _require(
+                event, name, isinstance(event.get(name), str) and _optional_text(event[name]), "an id", where
+            )
+    else:
+        raise EventError(f"{where}.type: expected 'exposure', 'outcome' or 'stitch', got {kind!r}")
+    return event
+
+
+def parse_batch(body: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A batch's valid events, and ``{"index", "error"}`` for each invalid one.
+
+    The batch as a whole must be well-formed (else :class:`EventError`); one bad
+    event does not cost the others their place.
+    """
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f'body must be JSON {{"schema": {EVENT_SCHEMA}, "events": [...]}} ({exc})') from None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("schema") != EVENT_SCHEMA
+        or not isinstance(doc.get("events"), list)
+    ):
+        raise EventError(f'body must be {{"schema": {EVENT_SCHEMA}, "events": [...]}}')
+    events = doc["events"]
+    if len(events) > MAX_BATCH_EVENTS:
+        raise EventError(f"{len(events)} events, at most {MAX_BATCH_EVENTS} per batch")
+    valid, rejected = [], []
+    for i, event in enumerate(events):
+        try:
+            valid.append(validate_event(event, f"events[{i}]"))
+        except EventError as exc:
+            rejected.append({"index": i, "error": str(exc)})
+    return valid, rejected

@@ -1,0 +1,377 @@
+"""The edge's request handler: parse, call core, respond.
+
+Runs unchanged under workerd, Pyodide in Node and CPython; the runtime is
+reached only through :class:`edge.platform.Platform`.  Routes:
+
+* ``GET|POST /v1/decide`` — decisions as JSON;
+* ``POST /v1/events`` — outcome beacons, validated and forwarded home;
+* ``GET /v1/health`` — what this isolate holds;
+* any other ``GET`` — the origin's page with ``data-perch-slot`` elements filled.
+
+Personalization never fails a page: without a usable snapshot a slot keeps
+the origin's own content and a decision says ``fallback`` and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import (
+    KEY_RE,
+    SIGNATURE_HEADER,
+    Decision,
+    EventError,
+    Generator,
+    decide,
+    encode_batch,
+    exposure_event,
+    parse_beacon,
+    sign,
+    stitch_event,
+)
+from edge.cache import CacheEntry, SnapshotCache
+from edge.config import EdgeConfig
+from edge.context import ContextError, build_context
+from edge.identity import Identity, identify, known_unit, parse_cookies
+from edge.platform import EdgeRequest, EdgeResponse, Platform
+from edge.rewrite import SLOT_ATTRIBUTE, rewrite_slots
+
+__all__ = ["Edge", "handle"]
+
+log = logging.getLogger("perch.edge")
+
+MAX_BODY_BYTES = 64 * 1024
+UNKNOWN = "unknown"  # control_plane.ingest.UNKNOWN: the value of a feature a request does not carry
+MAX_EVENTS_PER_BATCH = 1000
+SEND_ATTEMPTS = 3
+_LOOKAHEAD_BYTES = 512 * 1024
+_JSON = "application/json"
+
+
+class Outbox:
+    """Events waiting to go home, shared by the requests of one isolate.
+
+    The first request that has events schedules a drain through its
+    ``waitUntil``; events of requests that come before the drain runs ride
+    along in the same signed batch.  ``event_linger_ms`` holds the drain back
+    a little to gather more (the local runner uses it; on Workers it is 0).
+    """
+
+    def __init__(self) -> None:
+        self.queue: list[dict[str, Any]] = []
+        self.scheduled = False
+
+    def add(self, platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> None:
+        self.queue.extend(events)
+        if not self.scheduled:
+            self.scheduled = True
+            platform.wait_until(self._drain(platform, config))
+
+    async def _drain(self, platform: Platform, config: EdgeConfig) -> None:
+        if config.event_linger_ms:
+            await asyncio.sleep(config.event_linger_ms / 1000)
+        self.scheduled = False
+        batch, self.queue = self.queue, []
+        for start in range(0, len(batch), MAX_EVENTS_PER_BATCH):
+            await send_events(platform, config, batch[start : start + MAX_EVENTS_PER_BATCH])
+
+
+@dataclass
+class Edge:
+    """What lives as long as the isolate: settings, the snapshot cache, the outbox."""
+
+    config: EdgeConfig
+    cache: SnapshotCache = field(init=False)
+    outbox: Outbox = field(init=False)
+    started_ms: int = 0
+    requests: int = 0
+
+    def __post_init__(self) -> None:
+        self.cache = SnapshotCache(self.config)
+        self.outbox = Outbox()
+
+
+def _json(status: int, doc: Any, headers: list[tuple[str, str]] | None = None) -> EdgeResponse:
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return EdgeResponse(status, [("content-type", _JSON), *(headers or [])], body)
+
+
+def _error(status: int, message: str) -> EdgeResponse:
+    return _json(status, {"error": message}, [("cache-control", "no-store")])
+
+
+def _why(decision: Decision, max_age_s: float) -> str:
+    segment = f"segment {decision.segment!r}"
+    return {
+        "personalized": f"chosen for {segment} by Thompson sampling (propensity {decision.propensity:.3f})",
+        "holdout": f"in the holdout group of {decision.experiment!r}: always the default variant",
+        "consent": "no personalization without consent: the default variant",
+        "stale": f"snapshot is {decision.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): default variant",
+    }.get(decision.reason, decision.reason)
+
+
+def _fallback(experiment: str, entry: CacheEntry, rng: Generator) -> dict[str, Any]:
+    return {
+        "experiment": experiment,
+        "arm": None,
+        "payload": None,
+        "html": None,
+        "propensity": None,
+        "reason": "fallback",
+        "segment": None,
+        "snapshot_version": None,
+        "snapshot_age_s": None,
+        "decision_id": f"{rng.getrandbits(128):032x}",
+        "why": f"no snapshot available ({entry.error or 'not loaded yet'}): keep your default variant",
+    }
+
+
+class _Request:
+    """One request's decisions and the events they produce."""
+
+    def __init__(self, edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> None:
+        self.edge, self.platform, self.request, self.rng = edge, platform, request, rng
+        self.cookies = parse_cookies(request.header("cookie"))
+        self.identity: Identity = identify(
+            request, self.cookies, edge.config.user_header, rng, edge.config.cookie_max_age_s
+        )
+        self.events: list[dict[str, Any]] = []
+        self.decide_s = 0.0
+        if self.identity.stitch:
+            self.events.append(stitch_event(*self.identity.stitch, platform.now_ms()))
+
+    async def decide(self, experiment: str, context: Mapping[str, str]) -> dict[str, Any]:
+        started = self.platform.perf_s()
+        try:
+            entry = await self.edge.cache.get(experiment, self.platform)
+            snap = entry.snapshot
+            if snap is None:
+                return _fallback(experiment, entry, self.rng)
+            now = self.platform.now_ms()
+            if snap.context_features:
+                # A feature the request lacks counts as "unknown", as the control plane records it,
+                # so the learner's "unknown" segments are the ones these visitors match.
+                missing = [f for f in snap.context_features if f not in context]
+                if missing:
+                    context = {**context, **dict.fromkeys(missing, UNKNOWN)}
+            decision = decide(
+                snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=self.identity.consent
+            )
+            reported = {f: context[f] for f in snap.context_features if f in context}
+            self.events.append(exposure_event(decision, self.identity.unit, now, reported))
+            out = decision.to_dict()
+            out["why"] = _why(decision, snap.max_age_s)
+            return out
+        finally:
+            self.decide_s += self.platform.perf_s() - started
+
+    def headers(self, cache_control: str | None = "private, no-store") -> list[tuple[str, str]]:
+        out = [("set-cookie", c) for c in self.identity.set_cookies]
+        if cache_control:
+            out.append(("cache-control", cache_control))
+        out.append(("server-timing", f"perch;dur={self.decide_s * 1000:.3f}"))
+        return out
+
+    def flush(self) -> None:
+        """Send this request's events home in the background."""
+        if self.events:
+            events, self.events = self.events, []
+            self.edge.outbox.add(self.platform, self.edge.config, events)
+
+
+async def send_events(platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> bool:
+    """POST a signed batch to the control plane, retrying; never raises."""
+    if not config.control_plane_url or not config.edge_secret:
+        log.warning("dropping %d events: CONTROL_PLANE_URL or PERCH_EDGE_SECRET not set", len(events))
+        return False
+    body = encode_batch(events)
+    url = f"{config.control_plane_url}/v1/events"
+    for attempt in range(SEND_ATTEMPTS):
+        headers = {
+            "content-type": _JSON,
+            SIGNATURE_HEADER: sign(config.edge_secret, body, platform.now_ms() // 1000),
+        }
+        try:
+            status = await platform.post(url, body, headers)
+        except Exception as exc:  # the network is allowed to fail; the page already went out
+            status, reason = 0, f"{type(exc).__name__}: {exc}"
+        else:
+            reason = f"HTTP {status}"
+            if status < 300:
+                return True
+            if 400 <= status < 500 and status != 429:
+                break  # the batch itself is refused: resending cannot help
+        if attempt + 1 < SEND_ATTEMPTS:
+            await asyncio.sleep(0.2 * 4**attempt)
+    log.warning("dropping %d events after %d attempts: %s", len(events), attempt + 1, reason)
+    return False
+
+
+def _experiments(raw: object, limit: int) -> list[str]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError('name at least one experiment: ?experiment=KEY or {"experiments": [KEY, ...]}')
+    if len(raw) > limit:
+        raise ValueError(f"{len(raw)} experiments, at most {limit} per request")
+    for key in raw:
+        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+            raise ValueError(f"experiment {key!r}: keys are 1-128 of letters, digits and '_.:-'")
+    return list(dict.fromkeys(raw))
+
+
+async def _decide_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:
+    if request.method == "POST":
+        if len(request.body) > MAX_BODY_BYTES:
+            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            doc = json.loads(request.body or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(400, f'body must be JSON {{"experiments": [...], "context": {{...}}}} ({exc})')
+        if not isinstance(doc, dict):
+            return _error(400, 'body must be a JSON object {"experiments": [...], "context": {...}}')
+        raw_experiments, explicit = doc.get("experiments"), doc.get("context", {})
+        if not isinstance(explicit, dict):
+            return _error(400, '"context" must be an object of feature names to values')
+    elif request.method == "GET":
+        query = request.query
+        raw_experiments = [v for k, v in query if k == "experiment"]
+        explicit = {k[4:]: v for k, v in query if k.startswith("ctx.")}
+    else:
+        return _error(405, "use GET or POST on /v1/decide")
+    try:
+        experiments = _experiments(raw_experiments, edge.config.max_experiments)
+        run = _Request(edge, platform, request, rng)
+        context = build_context(request, run.cookies, explicit) if run.identity.consent else {}
+    except (ValueError, ContextError) as exc:
+        return _error(400, str(exc))
+    decisions = [await run.decide(e, context) for e in experiments]
+    run.flush()
+    return _json(200, {"decisions": decisions}, run.headers())
+
+
+async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
+    if request.method != "POST":
+        return _error(405, "use POST on /v1/events")
+    if len(request.body) > MAX_BODY_BYTES:
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    cookies = parse_cookies(request.header("cookie"))
+    # A beacon never mints a visitor id: without one the outcome joins by decision id alone.
+    unit = known_unit(request, cookies, edge.config.user_header)
+    try:
+        events = parse_beacon(request.body, platform.now_ms(), unit)
+    except EventError as exc:
+        return _error(400, str(exc))
+    edge.outbox.add(platform, edge.config, events)
+    return _json(202, {"accepted": len(events)}, [("cache-control", "no-store")])
+
+
+def _health(edge: Edge, platform: Platform) -> EdgeResponse:
+    now = platform.now_ms()
+    doc = {
+        "status": "ok",
+        "isolate": {"started_ms": edge.started_ms, "requests": edge.requests},
+        "snapshots": edge.cache.health(now),
+    }
+    return _json(200, doc, [("cache-control", "no-store")])
+
+
+async def _peek_for_slots(body: AsyncIterator[bytes]) -> tuple[bool, AsyncIterator[bytes]]:
+    """Read ahead until a slot shows up (or the page ends): headers depend on it."""
+    seen: list[bytes] = []
+    size = 0
+    found = False
+    needle = SLOT_ATTRIBUTE.encode()
+    tail = b""
+    async for chunk in body:
+        seen.append(chunk)
+        size += len(chunk)
+        if needle in (tail + chunk).lower():
+            found = True
+            break
+        if size > _LOOKAHEAD_BYTES:
+            found = True  # too far to look: assume it may be personalized
+            break
+        tail = chunk[-len(needle) :]
+
+    async def replay() -> AsyncIterator[bytes]:
+        for chunk in seen:
+            yield chunk
+        async for chunk in body:
+            yield chunk
+
+    return found, replay()
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
+async def _page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:
+    if not edge.config.origin_url:
+        return _error(502, "ORIGIN_URL is not configured")
+    split = request.url.split("/", 3)
+    url = f"{edge.config.origin_url}/{split[3] if len(split) > 3 else ''}"
+    try:
+        origin = await platform.fetch_origin(request, url)
+    except Exception as exc:  # the origin, not personalization, failed
+        log.warning("origin fetch failed: %s", exc)
+        return _error(502, f"origin unreachable: {type(exc).__name__}")
+    # Runtimes hand over the body already decoded: its old framing headers no longer apply.
+    headers = [(k, v) for k, v in origin.headers if k.lower() not in _HOP_BY_HOP]
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    if request.method != "GET" or origin.status != 200 or "text/html" not in content_type.lower():
+        return EdgeResponse(origin.status, headers, origin.body)
+    has_slots, body = await _peek_for_slots(origin.body)
+    if not has_slots:
+        return EdgeResponse(origin.status, headers, body)
+    run = _Request(edge, platform, request, rng)
+    context = build_context(request, run.cookies, {}) if run.identity.consent else {}
+
+    async def fill(experiment: str) -> str | None:
+        try:
+            decision = await run.decide(experiment, context)
+        except Exception:  # mid-stream: the slot keeps the origin's content, the page goes on
+            log.exception("deciding %r for a page failed", experiment)
+            return None
+        html = decision.get("html")
+        return html if isinstance(html, str) else None
+
+    charset = content_type.lower().partition("charset=")[2].split(";")[0].strip() or "utf-8"
+    headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]
+    headers += [h for h in run.headers() if h[0] != "server-timing"]
+
+    async def rendered() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in rewrite_slots(body, fill, charset):
+                yield chunk
+        finally:
+            run.flush()
+
+    return EdgeResponse(origin.status, headers, rendered())
+
+
+async def handle(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:
+    """Answer one request; never raises."""
+    started = platform.perf_s()
+    edge.requests += 1
+    if not edge.started_ms:
+        edge.started_ms = platform.now_ms()
+    path = request.path
+    try:
+        if path == "/v1/decide":
+            response = await _decide_route(edge, platform, request, rng)
+        elif path == "/v1/events":
+            response = await _events_route(edge, platform, request)
+        elif path == "/v1/health":
+            response = _health(edge, platform)
+        else:
+            response = await _page_route(edge, platform, request, rng)
+    except Exception:  # a bug of ours must not take the site down
+        log.exception("edge handler failed on %s %s", request.method, path)
+        response = _error(500, "internal error in the Perch edge")
+    if not any(k == "server-timing" for k, _ in response.headers):
+        response.headers.append(("server-timing", f"perch;dur={(platform.perf_s() - started) * 1000:.3f}"))
+    return response

@@ -1,0 +1,141 @@
+"""The edge handler on CPython: ``perch edge dev``, the demo and end-to-end tests.
+
+Same handler as the Worker, over a :class:`LocalPlatform`: KV is the
+on-disk :class:`core.LocalKV` that the control plane publishes to, the
+origin and the control plane are reached with httpx, ``waitUntil`` is an
+asyncio task.  Served as a small ASGI app by uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+
+from core import LocalKV
+from edge.handler import Edge, handle
+from edge.platform import EdgeRequest, OriginResponse
+
+__all__ = ["LocalPlatform", "asgi_app"]
+
+MAX_REQUEST_BYTES = 1024 * 1024
+# Lets local tests and the demo pose as visitors from elsewhere: JSON that
+# stands in for workerd's request.cf. Only this dev runner reads it.
+DEV_CF_HEADER = "x-perch-dev-cf"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class LocalPlatform:
+    def __init__(self, kv: LocalKV, client: httpx.AsyncClient) -> None:
+        self.kv, self.client = kv, client
+        self.tasks: set[asyncio.Future[Any]] = set()
+
+    async def kv_get(self, key: str) -> bytes | None:
+        return self.kv.get(key)
+
+    async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
+        headers = [
+            (k, v) for k, v in request.headers.items() if k not in ("host", "content-length", DEV_CF_HEADER)
+        ]
+        upstream = self.client.build_request(
+            request.method, url, headers=headers, content=request.body or None
+        )
+        response = await self.client.send(upstream, stream=True)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+            finally:
+                await response.aclose()
+
+        return OriginResponse(response.status_code, list(response.headers.multi_items()), body())
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        response = await self.client.post(url, content=body, headers=dict(headers))
+        return response.status_code
+
+    def wait_until(self, task: Awaitable[Any]) -> None:
+        future = asyncio.ensure_future(task)
+        self.tasks.add(future)
+        future.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for background work (tests, and shutdown)."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def perf_s(self) -> float:
+        return time.perf_counter()
+
+
+def _edge_request(scope: Scope, body: bytes) -> EdgeRequest:
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    host = headers.get("host") or f"{scope['server'][0]}:{scope['server'][1]}"
+    query = scope.get("query_string", b"").decode("latin-1")
+    url = f"{scope.get('scheme', 'http')}://{host}{scope['path']}" + (f"?{query}" if query else "")
+    cf: dict[str, Any] = {}
+    raw_cf = headers.get(DEV_CF_HEADER)
+    if raw_cf:
+        try:
+            loaded = json.loads(raw_cf)
+            cf = loaded if isinstance(loaded, dict) else {}
+        except json.JSONDecodeError:
+            cf = {}
+    return EdgeRequest(scope["method"], url, headers, body, cf)
+
+
+def asgi_app(edge: Edge, platform: LocalPlatform, rng: Callable[[], Any] = random.SystemRandom) -> Any:
+    """An ASGI app serving ``edge`` on ``platform``; ``rng`` makes one generator per request."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await platform.drain()
+                    await platform.client.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_REQUEST_BYTES:
+                await _send_simple(send, 413, b'{"error":"request body larger than 1 MiB"}')
+                return
+            if not message.get("more_body"):
+                break
+        response = await handle(edge, platform, _edge_request(scope, body), rng())
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if isinstance(response.body, bytes):
+            await send({"type": "http.response.body", "body": response.body})
+            return
+        async for chunk in response.body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def _send_simple(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})

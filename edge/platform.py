@@ -1,0 +1,74 @@
+"""What the edge handler needs from its runtime, and the values it trades.
+
+The handler (``edge.handler``) is plain async Python; everything that
+differs between workerd, Pyodide under Node and CPython (KV, subrequests,
+``waitUntil``, clocks, HTML rewriting) is reached through a :class:`Platform`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+__all__ = ["EdgeRequest", "EdgeResponse", "OriginResponse", "Platform", "SlotFill"]
+
+# Called for each slot's experiment key; returns the HTML to put inside the
+# element, or None to leave the origin's own content there.
+SlotFill = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes = b""
+    cf: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path or "/"
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        return parse_qsl(urlsplit(self.url).query, keep_blank_values=True)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass(slots=True)
+class OriginResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    native: Any = None  # the runtime's own response object, for HTMLRewriter
+
+
+@dataclass(slots=True)
+class EdgeResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | AsyncIterator[bytes] = b""
+
+
+class Platform(Protocol):
+    async def kv_get(self, key: str) -> bytes | None:
+        """The KV value of ``key`` or None; raises on KV errors."""
+
+    async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
+        """Forward ``request`` to ``url`` at the origin."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST to the control plane; returns the HTTP status."""
+
+    def wait_until(self, task: Awaitable[Any]) -> None:
+        """Run ``task`` after the response is sent, without delaying it."""
+
+    def now_ms(self) -> int:
+        """Wall-clock time, ms since the epoch."""
+
+    def perf_s(self) -> float:
+        """A monotonic clock for durations, in seconds."""

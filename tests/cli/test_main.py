@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.main import main
+from core import bucket, decode_snapshot, encode_snapshot
+from tests.core.conftest import build_snapshot
+
+SPEC = {
+    "experiment": "cta",
+    "version": 2,
+    "created_at": 1_780_000_000_000,
+    "max_age_s": 600,
+    "salt": "cta",
+    "default_arm": "blue",
+    "holdout": 0.0,
+    "floor": 0.1,
+    "arms": [{"key": "blue", "payload": {"color": "#00f"}}, {"key": "green", "html": "<b>go</b>"}],
+    "segments": [{"key": "all"}, {"key": "mobile", "features": {"device": "mobile"}, "parent": 0}],
+    "alpha": [1, 30, 30, 1],
+    "beta": [30, 1, 1, 30],
+    "allocation": [0.05, 0.95, 0.95, 0.05],
+}
+
+
+def test_encode_inspect_decide(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    out = tmp_path / "snap.bin"
+    runner = CliRunner()
+    result = runner.invoke(main, ["snapshot", "encode", str(spec), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert decode_snapshot(out.read_bytes()).arms[1].html == "<b>go</b>"
+
+    summary = json.loads(runner.invoke(main, ["snapshot", "inspect", str(out)]).output)
+    assert summary["features"] == ["device"]
+    assert summary["segments"][1]["allocation"] == {"blue": 0.95, "green": 0.05}
+
+    args = [
+        "snapshot",
+        "decide",
+        str(out),
+        "--unit",
+        "u-1",
+        "--ctx",
+        "device=mobile",
+        "--seed",
+        "1",
+        "--now-ms",
+        str(SPEC["created_at"]),
+    ]
+    decision = json.loads(runner.invoke(main, args).output)
+    assert decision["segment"] == "mobile"
+    assert decision["reason"] == "personalized"
+    consent = json.loads(runner.invoke(main, [*args, "--no-consent"]).output)
+    assert (consent["arm"], consent["reason"]) == ("blue", "consent")
+
+
+def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(encode_snapshot(build_snapshot())[:-2])
+    result = runner.invoke(main, ["snapshot", "inspect", str(bad)])
+    assert result.exit_code == 1
+    assert "truncated" in result.output
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**SPEC, "holdout": 2}))
+    result = runner.invoke(main, ["snapshot", "encode", str(spec), "-o", str(tmp_path / "x.bin")])
+    assert result.exit_code == 1
+    assert "holdout=2, must be a number in [0.0, 1.0)" in result.output
+    result = runner.invoke(main, ["snapshot", "decide", str(bad), "--ctx", "novalue"])
+    assert result.exit_code == 2
+    assert "expected FEATURE=VALUE" in result.output
+
+
+def test_bucket_command() -> None:
+    result = CliRunner().invoke(main, ["bucket", "u-42", "--salt", "home:holdout"])
+    assert float(result.output) == bucket("u-42", "home:holdout")
+    assert CliRunner().invoke(main, ["bucket", "u", "--salt", "s", "--version", "3"]).exit_code == 1

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from control_plane.ingest import ingest
+from control_plane.schema import exposures, outcomes
+from control_plane.store import Store
+from tests.control_plane.conftest import NOW, spec
+
+HOUR = 3_600_000
+
+
+def exposure(
+    i: int,
+    *,
+    arm: str = "b",
+    reason: str = "personalized",
+    ts: int = NOW,
+    unit: str | None = "u-1",
+    context: dict[str, str] | None = None,
+    experiment: str = "hero",
+) -> dict[str, Any]:
+    return {
+        "type": "exposure",
+        "id": f"x-{i:032x}",
+        "ts": ts,
+        "decision_id": f"{i:032x}",
+        "experiment": experiment,
+        "arm": arm,
+        "unit": unit,
+        "propensity": 0.5,
+        "reason": reason,
+        "segment": "all",
+        "snapshot_version": 1,
+        "context": {"device": "mobile", "source": "search"} if context is None else context,
+    }
+
+
+def outcome(i: int, *, value: float = 1.0, ts: int = NOW + 1000, event: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "outcome",
+        "id": event or f"o-{i}",
+        "ts": ts,
+        "decision_id": f"{i:032x}",
+        "experiment": "hero",
+        "value": value,
+        "unit": "u-1",
+    }
+
+
+def cells(
+    store: Store, now: int = NOW, **overrides: Any
+) -> dict[tuple[str, ...], dict[str, tuple[float, float]]]:
+    return {
+        path: {arm: (round(c.exposures, 6), round(c.reward, 6)) for arm, c in arms.items()}
+        for path, arms in store.cells(spec(**overrides), now).items()
+    }
+
+
+@pytest.fixture
+def hero(store: Store) -> Store:
+    store.create_experiment(spec(), NOW)
+    return store
+
+
+def test_exposures_build_cells_by_feature_path(hero: Store) -> None:
+    result = ingest(
+        hero, [exposure(1), exposure(2), exposure(3, arm="c", context={"device": "desktop"})], None, NOW
+    )
+    assert result.accepted["exposure"] == 3
+    assert cells(hero) == {("mobile", "search"): {"b": (2, 0)}, ("desktop", "unknown"): {"c": (1, 0)}}
+
+
+def test_events_are_idempotent(hero: Store) -> None:
+    batch = [exposure(1), outcome(1)]
+    ingest(hero, batch, None, NOW)
+    again = ingest(hero, batch, None, NOW)
+    assert (again.accepted, again.duplicates) == ({"exposure": 0, "outcome": 0, "stitch": 0}, 2)
+    assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}
+
+
+def test_only_personalized_decisions_teach_the_learner(hero: Store) -> None:
+    ingest(
+        hero,
+        [
+            exposure(1, reason="holdout", arm="a"),
+            exposure(2, reason="stale", arm="a"),
+            exposure(3, reason="consent", arm="a", unit=None, context={}),
+        ],
+        None,
+        NOW,
+    )
+    assert cells(hero) == {}
+    with hero.engine.connect() as conn:
+        assert conn.execute(select(exposures)).rowcount != 0
+        assert len(conn.execute(select(exposures.c.decision_id)).all()) == 3
+
+
+def test_binary_outcomes_join_once_within_the_window(hero: Store) -> None:
+    ingest(hero, [exposure(1), exposure(2), exposure(3)], None, NOW)
+    result = ingest(
+        hero, [outcome(1), outcome(1, event="o-again"), outcome(2, ts=NOW + 25 * HOUR)], None, NOW
+    )
+    assert (result.joined, result.late) == (2, 1)
+    assert cells(hero) == {("mobile", "search"): {"b": (3, 1)}}
+    assert hero.counters("hero") == {"updates": 2, "late_outcomes": 1, "extra_outcomes": 1}
+    with hero.engine.connect() as conn:
+        statuses = dict(conn.execute(select(outcomes.c.event_id, outcomes.c.status)).all())
+    assert statuses == {"o-1": "joined", "o-again": "extra", "o-2": "late"}
+
+
+def test_outcome_before_its_exposure_waits_then_joins(hero: Store) -> None:
+    first = ingest(hero, [outcome(7)], None, NOW)
+    assert first.pending == 1
+    assert cells(hero) == {}
+    assert hero.outcome_statuses("hero") == {"pending": 1}
+    second = ingest(hero, [exposure(7)], None, NOW)
+    assert second.joined == 1
+    assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}
+    assert hero.outcome_statuses("hero") == {"joined": 1}
+
+
+def test_numeric_rewards_are_scaled_and_capped_per_exposure(store: Store) -> None:
+    store.create_experiment(spec(reward={"kind": "numeric", "max_value": 100.0}), NOW)
+    ingest(
+        store,
+        [
+            exposure(1),
+            exposure(2),
+            outcome(1, value=25.0),
+            outcome(2, value=80.0),
+            outcome(2, value=80.0, event="o-2b"),
+        ],
+        None,
+        NOW,
+    )
+    got = cells(store, reward={"kind": "numeric", "max_value": 100.0})
+    assert got == {("mobile", "search"): {"b": (2, 1.25)}}  # 0.25 + min(0.8 + 0.8, 1)
+
+
+def test_decay_weighs_old_evidence_less(store: Store) -> None:
+    store.create_experiment(spec(half_life_s=3600), NOW)
+    ingest(store, [exposure(1, ts=NOW), exposure(2, ts=NOW + HOUR), exposure(3, ts=NOW - HOUR)], None, NOW)
+    got = cells(store, NOW + HOUR, half_life_s=3600)
+    # weights at NOW + 1h: 0.5 (NOW), 1 (NOW + 1h), 0.25 (NOW - 1h)
+    assert got[("mobile", "search")]["b"][0] == pytest.approx(1.75)
+
+
+def test_unknown_experiments_are_kept_and_counted(hero: Store) -> None:
+    result = ingest(hero, [exposure(1, experiment="ghost")], None, NOW)
+    assert result.accepted["exposure"] == 1
+    assert hero.counters("ghost") == {"unknown_experiment": 1}
+
+
+def test_no_raw_unit_id_is_stored(hero: Store) -> None:
+    stitch = {
+        "type": "stitch",
+        "id": "s-1",
+        "ts": NOW,
+        "anonymous_id": "anon-secret-id",
+        "user_id": "alice@example",
+    }
+    ingest(hero, [exposure(1, unit="visitor-secret-id"), outcome(1), stitch], None, NOW)
+    with hero.engine.connect() as conn:
+        for table in ("exposures", "outcomes", "stitches"):
+            dump = json.dumps([list(map(str, row)) for row in conn.execute(text(f"SELECT * FROM {table}"))])
+            for raw in ("visitor-secret-id", "anon-secret-id", "alice@example", "u-1"):
+                assert raw not in dump, (table, raw)
+
+
+def test_a_failed_batch_leaves_nothing_behind(hero: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from control_plane import ingest as module
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(module._Cells, "flush", broken)
+    with pytest.raises(RuntimeError):
+        ingest(hero, [exposure(1), outcome(1)], None, NOW)
+    monkeypatch.undo()
+    with hero.engine.connect() as conn:
+        assert conn.execute(select(exposures.c.decision_id)).all() == []
+    assert ingest(hero, [exposure(1)], None, NOW).accepted["exposure"] == 1  # the resend is accepted

@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from control_plane.ingest import ingest
+from control_plane.kv_publishers import LocalKVPublisher
+from control_plane.metrics import Metrics
+from control_plane.publish import publish_all, publish_experiment
+from control_plane.store import Store
+from core import LocalKV, decode_snapshot, snapshot_key
+from tests.control_plane.conftest import NOW, PG_URL, UNIT_KEY, reset_postgres, spec
+from tests.control_plane.test_ingest import exposure
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = NOW
+        self.slept: list[float] = []
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.ms += int(seconds * 1000)
+
+
+@pytest.fixture
+def setup(store: Store, tmp_path: Path) -> tuple[Store, LocalKV, Clock]:
+    store.create_experiment(spec(max_age_s=3600), NOW)
+    return store, LocalKV(tmp_path), Clock()
+
+
+def _publish(store: Store, kv: LocalKV, clock: Clock, force: bool = False):  # type: ignore[no-untyped-def]
+    record = store.get_experiment("hero")
+    assert record is not None
+    return publish_experiment(
+        store,
+        LocalKVPublisher(kv),
+        record,
+        Metrics(),
+        now_ms=clock,
+        force=force,
+        draws=10_000,
+        sleep=clock.sleep,
+    )
+
+
+def test_publishes_only_when_something_changed(setup: tuple[Store, LocalKV, Clock]) -> None:
+    store, kv, clock = setup
+    first = _publish(store, kv, clock)
+    assert first.published and first.snapshot_version == 1
+    clock.ms += 10_000
+    assert _publish(store, kv, clock).reason == "unchanged"
+    ingest(store, [exposure(1)], None, clock.ms)
+    second = _publish(store, kv, clock)
+    assert second.published and second.snapshot_version == 2
+    clock.ms += 10_000
+    store.update_experiment("hero", {"floor": 0.2}, clock.ms)
+    third = _publish(store, kv, clock)
+    assert third.published and decode_snapshot(kv.get(snapshot_key("hero")) or b"").floor == pytest.approx(
+        0.2
+    )
+
+
+def test_republishes_before_the_edge_would_call_it_stale(setup: tuple[Store, LocalKV, Clock]) -> None:
+    store, kv, clock = setup
+    _publish(store, kv, clock)
+    clock.ms += 1_799_000
+    assert not _publish(store, kv, clock).published
+    clock.ms += 2_000  # past half of max_age_s = 3600 s
+    assert _publish(store, kv, clock).published
+
+
+def test_never_writes_a_kv_key_twice_within_a_second(setup: tuple[Store, LocalKV, Clock]) -> None:
+    store, kv, clock = setup
+    _publish(store, kv, clock, force=True)
+    clock.ms += 300
+    _publish(store, kv, clock, force=True)
+    assert clock.slept == [pytest.approx(0.7)]
+    history = store.snapshot_history("hero")
+    assert history[0]["created_ms"] - history[1]["created_ms"] >= 1000
+
+
+def test_one_failing_experiment_does_not_stop_the_cycle(setup: tuple[Store, LocalKV, Clock]) -> None:
+    store, kv, clock = setup
+    store.create_experiment(spec(key="second"), NOW)
+
+    class Flaky(LocalKVPublisher):
+        def put_many(self, items):  # type: ignore[no-untyped-def]
+            if snapshot_key("hero") in items:
+                raise OSError("KV down")
+            super().put_many(items)
+
+    metrics = Metrics()
+    results = publish_all(store, Flaky(kv), metrics, now_ms=clock, draws=10_000)
+    assert [r.experiment for r in results] == ["second"]
+    assert kv.get(snapshot_key("second")) is not None
+    assert 'perch_publish_failures_total{experiment="hero"} 1.0' in metrics.render().decode()
+
+
+def test_only_the_advisory_lock_holder_publishes(tmp_path: Path) -> None:
+    # PostgreSQL only: SQLite is one process's database, with no replicas to coordinate.
+    from control_plane.store import _LOCK_KEY
+
+    reset_postgres(PG_URL)
+    store = Store.from_url(PG_URL, UNIT_KEY)
+    store.migrate()
+    store.create_experiment(spec(), NOW)
+    kv, clock = LocalKV(tmp_path), Clock()
+    other = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with other.connect() as conn:
+            assert conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
+            assert publish_all(store, LocalKVPublisher(kv), Metrics(), now_ms=clock, draws=10_000) == []
+            assert kv.get(snapshot_key("hero")) is None
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+            conn.commit()
+        published = publish_all(store, LocalKVPublisher(kv), Metrics(), now_ms=clock, draws=10_000)
+        assert [r.experiment for r in published] == ["hero"]
+    finally:
+        other.dispose()
+        store.engine.dispose()
+
+
+def _logged(store: Store, n: int, clock: Clock, first: int = 1000) -> None:
+    """Logged personalized exposures where arm 'b' converts at 30% and 'c' at 5%."""
+    import random
+
+    rng = random.Random(3)
+    events = []
+    for i in range(n):
+        arm = "b" if i % 2 else "c"
+        events.append({**exposure(first + i, arm=arm, ts=clock.ms - 3_600_000), "propensity": 0.5})
+        if rng.random() < (0.30 if arm == "b" else 0.05):
+            events.append(
+                {
+                    "type": "outcome",
+                    "id": f"o-{i}",
+                    "ts": clock.ms - 3_500_000,
+                    "decision_id": f"{first + i:032x}",
+                    "experiment": "hero",
+                    "value": 1,
+                    "unit": "u",
+                }
+            )
+    ingest(store, events, None, clock.ms)
+
+
+def test_the_promotion_gate_holds_back_a_worse_snapshot(
+    setup: tuple[Store, LocalKV, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from control_plane import publish as module
+    from control_plane.learner import learn as real_learn
+    from control_plane.publish import Gate
+
+    store, kv, clock = setup
+    _logged(store, 1200, clock)
+    assert _publish(store, kv, clock).published  # learnt from the data: prefers 'b'
+    current = kv.get(snapshot_key("hero"))
+
+    def contrarian(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        # A learner gone wrong: it puts nearly all traffic on 'c', the worse arm.
+        snap = real_learn(*args, **kwargs)  # type: ignore[arg-type]
+        n = len(snap.arms)
+        allocation = [
+            0.9 if snap.arms[i % n].key == "c" else 0.1 / (n - 1) for i in range(len(snap.allocation))
+        ]
+        return type(snap)(
+            **{
+                **{
+                    f: getattr(snap, f)
+                    for f in (
+                        "experiment",
+                        "version",
+                        "created_at",
+                        "max_age_s",
+                        "salt",
+                        "default_arm",
+                        "holdout",
+                        "floor",
+                        "arms",
+                        "segments",
+                        "alpha",
+                        "beta",
+                        "hash_version",
+                        "context_features",
+                    )
+                },
+                "allocation": allocation,
+            }
+        )
+
+    monkeypatch.setattr(module, "learn", contrarian)
+    clock.ms += 10_000
+    record = store.get_experiment("hero")
+    assert record is not None
+    metrics = Metrics()
+    result = publish_experiment(
+        store,
+        LocalKVPublisher(kv),
+        record,
+        metrics,
+        now_ms=clock,
+        force=True,
+        draws=10_000,
+        sleep=clock.sleep,
+        gate=Gate(tolerance=0.01, min_exposures=500),
+    )
+    assert not result.published and result.reason == "held back by the promotion gate"
+    assert kv.get(snapshot_key("hero")) == current  # the previous snapshot stays
+    (alert,) = store.alerts("hero")
+    assert alert["kind"] == "promotion_blocked" and "held back" in alert["message"]
+    assert alert["details"]["candidate"]["snips"] < alert["details"]["current"]["snips"] - 0.01
+    assert 'perch_promotion_blocked_total{experiment="hero"} 1.0' in metrics.render().decode()
+
+
+def test_the_gate_lets_an_equal_or_better_snapshot_through(setup: tuple[Store, LocalKV, Clock]) -> None:
+    store, kv, clock = setup
+    _logged(store, 1200, clock)
+    _publish(store, kv, clock)
+    clock.ms += 10_000
+    _logged(store, 10, clock, first=9000)
+    result = _publish(store, kv, clock)
+    assert result.published
+    summary = store.snapshot_history("hero")[0]["summary"]
+    assert summary["gate"]["passed"] is True and summary["gate"]["exposures"] >= 500

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from core import Snapshot, encode_snapshot, snapshot_key
+from edge.config import EdgeConfig
+from edge.handler import Edge, handle
+from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
+from tests.core.conftest import NOW_MS, build_snapshot
+
+SECRET = "edge-secret"
+CONFIG = EdgeConfig(origin_url="https://origin.test", control_plane_url="https://cp.test", edge_secret=SECRET)
+
+
+class FakePlatform:
+    """An in-memory Platform with failure injection and a hand-driven clock."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, bytes] = {}
+        self.kv_error: Exception | None = None
+        self.kv_delay_s = 0.0
+        self.kv_reads = 0
+        self.pages: dict[str, tuple[int, list[tuple[str, str]], list[bytes]]] = {}
+        self.origin_error: Exception | None = None
+        self.posts: list[tuple[str, bytes, dict[str, str]]] = []
+        self.post_status = [202]
+        self.tasks: list[Awaitable[Any]] = []
+        self.clock_ms = NOW_MS
+        self.perf = 0.0
+
+    def put(self, snapshot: Snapshot) -> None:
+        self.kv[snapshot_key(snapshot.experiment)] = encode_snapshot(snapshot)
+
+    async def kv_get(self, key: str) -> bytes | None:
+        self.kv_reads += 1
+        if self.kv_delay_s:
+            await asyncio.sleep(self.kv_delay_s)
+        if self.kv_error is not None:
+            raise self.kv_error
+        return self.kv.get(key)
+
+    async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
+        if self.origin_error is not None:
+            raise self.origin_error
+        status, headers, chunks = self.pages.get(url, (404, [("content-type", "text/plain")], [b"not found"]))
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        return OriginResponse(status, list(headers), body())
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        self.posts.append((url, body, dict(headers)))
+        return self.post_status.pop(0) if len(self.post_status) > 1 else self.post_status[0]
+
+    def wait_until(self, task: Awaitable[Any]) -> None:
+        self.tasks.append(task)
+
+    async def drain(self) -> None:
+        while self.tasks:
+            task = self.tasks.pop(0)
+            await task
+
+    def now_ms(self) -> int:
+        return self.clock_ms
+
+    def perf_s(self) -> float:
+        self.perf += 0.0001
+        return self.perf
+
+
+def request(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    cf: dict[str, Any] | None = None,
+) -> EdgeRequest:
+    return EdgeRequest(method, url, {k.lower(): v for k, v in (headers or {}).items()}, body, cf or {})
+
+
+async def read_body(response: EdgeResponse) -> bytes:
+    if isinstance(response.body, bytes):
+        return response.body
+    return b"".join([chunk async for chunk in response.body])
+
+
+def header(response: EdgeResponse, name: str) -> list[str]:
+    return [v for k, v in response.headers if k.lower() == name]
+
+
+@pytest.fixture
+def platform() -> Iterator[FakePlatform]:
+    p = FakePlatform()
+    p.put(build_snapshot())
+    yield p
+    for task in p.tasks:  # background work a test chose not to run
+        if inspect.iscoroutine(task):
+            task.close()
+
+
+@pytest.fixture
+def edge() -> Edge:
+    return Edge(CONFIG)
+
+
+def serve(edge: Edge, platform: FakePlatform, req: EdgeRequest, seed: int = 1) -> EdgeResponse:
+    return asyncio.run(handle(edge, platform, req, random.Random(seed)))

@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from core import verify
+from edge.handler import Edge
+from tests.core.conftest import NOW_MS, build_snapshot
+from tests.edge.conftest import SECRET, FakePlatform, header, read_body, request, serve
+
+UID = "0123456789abcdef0123456789abcdef"
+DECIDE_FIELDS = {
+    "experiment",
+    "arm",
+    "payload",
+    "html",
+    "propensity",
+    "reason",
+    "segment",
+    "snapshot_version",
+    "snapshot_age_s",
+    "decision_id",
+    "why",
+}
+PAGE = (
+    b'<html><body><h1 data-perch-slot="home-hero">Welcome</h1>'
+    b'<p data-perch-slot="unknown-exp">keep me</p></body></html>'
+)
+
+
+def body_json(edge: Edge, platform: FakePlatform, *args: object, **kwargs: object) -> tuple[int, dict, list]:  # type: ignore[type-arg]
+    response = serve(edge, platform, request(*args, **kwargs))  # type: ignore[arg-type]
+    return response.status, json.loads(asyncio.run(read_body(response))), response.headers
+
+
+def events(platform: FakePlatform) -> list[dict]:  # type: ignore[type-arg]
+    asyncio.run(platform.drain())
+    out = []
+    for url, body, headers in platform.posts:
+        assert url == "https://cp.test/v1/events"
+        verify(SECRET, headers["X-Perch-Signature"], body, now=NOW_MS // 1000)
+        out += json.loads(body)["events"]
+    return out
+
+
+def test_get_decide_contract(edge: Edge, platform: FakePlatform) -> None:
+    status, doc, headers = body_json(
+        edge,
+        platform,
+        "https://s.test/v1/decide?experiment=home-hero&experiment=nope&ctx.device=mobile",
+        headers={"cookie": f"perch_uid={UID}"},
+    )
+    assert status == 200
+    first, second = doc["decisions"]
+    assert set(first) == DECIDE_FIELDS
+    assert first["experiment"] == "home-hero" and first["snapshot_version"] == 7
+    assert first["segment"] == "mobile" and first["reason"] in ("personalized", "holdout")
+    assert first["snapshot_age_s"] == 60.0
+    assert second["reason"] == "fallback" and second["arm"] is None and "no snapshot in KV" in second["why"]
+    assert ("cache-control", "private, no-store") in headers
+    assert re.fullmatch(r"perch;dur=\d+\.\d{3}", dict(headers)["server-timing"])
+    (exposure,) = events(platform)  # the fallback has no arm to learn from
+    assert exposure["type"] == "exposure" and exposure["unit"] == UID
+    assert exposure["context"] == {}  # this snapshot asks for no context features
+    assert exposure["decision_id"] == first["decision_id"] and exposure["arm"] == first["arm"]
+
+
+def test_post_decide_with_context(edge: Edge, platform: FakePlatform) -> None:
+    body = json.dumps(
+        {"experiments": ["home-hero"], "context": {"device": "mobile", "source": "search"}}
+    ).encode()
+    status, doc, _ = body_json(
+        edge, platform, "https://s.test/v1/decide", "POST", {"cookie": f"perch_uid={UID}"}, body
+    )
+    assert status == 200 and doc["decisions"][0]["segment"] == "mobile-search"
+
+
+def test_exposures_carry_the_context_features_the_snapshot_asks_for(
+    edge: Edge, platform: FakePlatform
+) -> None:
+    platform.put(build_snapshot(context_features=["device", "country", "plan"]))
+    body_json(
+        edge,
+        platform,
+        "https://s.test/v1/decide?experiment=home-hero&ctx.device=mobile&ctx.other=x",
+        headers={"cookie": f"perch_uid={UID}"},
+        cf={"country": "DE"},
+    )
+    (exposure,) = events(platform)
+    assert exposure["context"] == {"device": "mobile", "country": "DE", "plan": "unknown"}
+
+
+def test_same_visitor_same_arm_across_requests(edge: Edge, platform: FakePlatform) -> None:
+    url = "https://s.test/v1/decide?experiment=home-hero"
+    arms = {
+        body_json(edge, platform, url, headers={"cookie": f"perch_uid={UID}"})[1]["decisions"][0]["arm"]
+        for _ in range(5)
+    }
+    assert len(arms) == 1
+
+
+def test_new_visitor_gets_a_cookie_and_consent_withheld_gets_none(edge: Edge, platform: FakePlatform) -> None:
+    response = serve(edge, platform, request("https://s.test/v1/decide?experiment=home-hero"))
+    (cookie,) = header(response, "set-cookie")
+    assert re.fullmatch(
+        r"perch_uid=[0-9a-f]{32}; Path=/; Max-Age=31536000; HttpOnly; Secure; SameSite=Lax", cookie
+    )
+    response = serve(
+        edge, platform, request("https://s.test/v1/decide?experiment=home-hero", headers={"sec-gpc": "1"})
+    )
+    assert header(response, "set-cookie") == []
+    decision = json.loads(asyncio.run(read_body(response)))["decisions"][0]
+    assert (decision["arm"], decision["reason"]) == ("control", "consent")
+    assert all(e.get("unit") is None for e in events(platform)[1:])
+
+
+def test_stitch_is_logged(edge: Edge, platform: FakePlatform) -> None:
+    body_json(
+        edge,
+        platform,
+        "https://s.test/v1/decide?experiment=home-hero",
+        headers={"cookie": f"perch_uid={UID}", "x-perch-user": "user-7"},
+    )
+    stitches = [e for e in events(platform) if e["type"] == "stitch"]
+    assert [(e["anonymous_id"], e["user_id"]) for e in stitches] == [(UID, "user-7")]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (("https://s.test/v1/decide",), 400, "name at least one experiment"),
+        (("https://s.test/v1/decide?experiment=bad key",), 400, "keys are 1-128"),
+        (("https://s.test/v1/decide?" + "&".join(f"experiment=e{i}" for i in range(21)),), 400, "at most 20"),
+        (("https://s.test/v1/decide?experiment=a&ctx.Bad=1",), 400, "names are 1-64"),
+        (("https://s.test/v1/decide", "POST", {}, b"{nope"), 400, "body must be JSON"),
+        (("https://s.test/v1/decide", "POST", {}, b"[1]"), 400, "body must be a JSON object"),
+        (
+            ("https://s.test/v1/decide", "POST", {}, b'{"experiments":["a"],"context":[]}'),
+            400,
+            '"context" must be',
+        ),
+        (("https://s.test/v1/decide", "POST", {}, b" " * 70_000), 413, "larger than"),
+        (("https://s.test/v1/decide", "PUT"), 405, "use GET or POST"),
+        (("https://s.test/v1/events",), 405, "use POST"),
+        (("https://s.test/v1/events", "POST", {}, b"{}"), 400, "decision_id must be"),
+        (
+            (
+                "https://s.test/v1/events",
+                "POST",
+                {},
+                b'{"decision_id":"' + b"a" * 32 + b'","experiment":"x","value":"1"}',
+            ),
+            400,
+            "value must be a finite number",
+        ),
+    ],
+)
+def test_bad_input_gets_a_4xx_that_says_what_was_expected(
+    edge: Edge,
+    platform: FakePlatform,
+    args: tuple,
+    status: int,
+    message: str,  # type: ignore[type-arg]
+) -> None:
+    got, doc, headers = body_json(edge, platform, *args)
+    assert got == status
+    assert message in doc["error"]
+    assert "server-timing" in dict(headers)
+
+
+def test_beacons_are_validated_and_forwarded_signed(edge: Edge, platform: FakePlatform) -> None:
+    beacon = {
+        "events": [
+            {"decision_id": "a" * 32, "experiment": "home-hero", "value": 1},
+            {"decision_id": "b" * 32, "experiment": "home-hero", "value": 19.5, "id": "order-1"},
+        ]
+    }
+    status, doc, _ = body_json(
+        edge,
+        platform,
+        "https://s.test/v1/events",
+        "POST",
+        {"cookie": f"perch_uid={UID}"},
+        json.dumps(beacon).encode(),
+    )
+    assert (status, doc) == (202, {"accepted": 2})
+    sent = events(platform)
+    assert [(e["type"], e["decision_id"], e["value"], e["unit"]) for e in sent] == [
+        ("outcome", "a" * 32, 1.0, UID),
+        ("outcome", "b" * 32, 19.5, UID),
+    ]
+    assert sent[1]["id"] == "order-1"
+
+
+def test_event_delivery_retries_then_gives_up_without_raising(edge: Edge, platform: FakePlatform) -> None:
+    platform.post_status = [503, 429, 202]
+    body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    assert len(events(platform)) == 3  # three attempts, same batch
+    platform.posts.clear()
+    platform.post_status = [400]
+    body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    asyncio.run(platform.drain())
+    assert len(platform.posts) == 1  # a refused batch is not resent
+
+
+def test_health_lists_what_the_isolate_holds(edge: Edge, platform: FakePlatform) -> None:
+    body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    status, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
+    assert status == 200
+    assert doc["snapshots"]["home-hero"]["version"] == 7
+    assert doc["isolate"]["requests"] == 2
+
+
+def test_kv_failure_serves_fallback_never_5xx(edge: Edge, platform: FakePlatform) -> None:
+    platform.kv_error = OSError("KV is down")
+    status, doc, _ = body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    assert status == 200
+    assert doc["decisions"][0]["reason"] == "fallback"
+    assert "KV is down" in doc["decisions"][0]["why"]
+
+
+def _page(
+    platform: FakePlatform, headers: list[tuple[str, str]] | None = None, chunks: list[bytes] | None = None
+) -> None:
+    default_headers = [
+        ("content-type", "text/html; charset=utf-8"),
+        ("cache-control", "public, max-age=600"),
+        ("content-length", "123"),
+    ]
+    platform.pages["https://origin.test/products/1?x=1"] = (
+        200,
+        headers or default_headers,
+        chunks or [PAGE[:30], PAGE[30:]],
+    )
+
+
+def test_page_slots_are_filled_and_the_response_is_private(edge: Edge, platform: FakePlatform) -> None:
+    _page(platform)
+    platform.put(
+        build_snapshot(holdout=0.0, floor=0.0, alpha=[1.0, 500.0, 1.0] * 4, beta=[500.0, 1.0, 500.0] * 4)
+    )
+    response = serve(
+        edge, platform, request("https://s.test/products/1?x=1", headers={"cookie": f"perch_uid={UID}"})
+    )
+    html = asyncio.run(read_body(response)).decode()
+    assert response.status == 200
+    assert '<h1 data-perch-slot="home-hero"><h1>Go</h1></h1>' in html  # arm 'bold' carries this fragment
+    assert '<p data-perch-slot="unknown-exp">keep me</p>' in html  # no snapshot: origin content stays
+    assert header(response, "cache-control") == ["private, no-store"]
+    assert header(response, "content-length") == []
+    assert [e["arm"] for e in events(platform) if e["type"] == "exposure"] == ["bold"]
+
+
+def test_page_without_slots_keeps_origin_caching(edge: Edge, platform: FakePlatform) -> None:
+    _page(platform, chunks=[b"<html><body>plain</body></html>"])
+    response = serve(edge, platform, request("https://s.test/products/1?x=1"))
+    assert asyncio.run(read_body(response)) == b"<html><body>plain</body></html>"
+    assert header(response, "cache-control") == ["public, max-age=600"]
+    assert header(response, "set-cookie") == []
+
+
+def test_non_html_passes_through(edge: Edge, platform: FakePlatform) -> None:
+    _page(platform, headers=[("content-type", "application/json")], chunks=[b'{"data-perch-slot":1}'])
+    response = serve(edge, platform, request("https://s.test/products/1?x=1"))
+    assert asyncio.run(read_body(response)) == b'{"data-perch-slot":1}'
+
+
+def test_kv_down_page_still_renders_with_origin_content(edge: Edge, platform: FakePlatform) -> None:
+    _page(platform)
+    platform.kv_error = OSError("KV is down")
+    response = serve(edge, platform, request("https://s.test/products/1?x=1"))
+    assert response.status == 200
+    assert asyncio.run(read_body(response)) == PAGE
+
+
+def test_origin_down_is_a_502_with_a_reason(edge: Edge, platform: FakePlatform) -> None:
+    platform.origin_error = ConnectionError("refused")
+    status, doc, _ = body_json(edge, platform, "https://s.test/anything")
+    assert status == 502 and "origin unreachable" in doc["error"]
+
+
+def test_a_bug_in_the_handler_is_contained(
+    edge: Edge, platform: FakePlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge import handler
+
+    def boom(*_: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(handler, "_health", boom)
+    status, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
+    assert status == 500 and doc == {"error": "internal error in the Perch edge"}
+
+
+def test_events_of_concurrent_requests_share_one_signed_batch(edge: Edge, platform: FakePlatform) -> None:
+    for i in range(3):
+        body_json(
+            edge,
+            platform,
+            "https://s.test/v1/decide?experiment=home-hero",
+            headers={"cookie": f"perch_uid={i:032x}"},
+        )
+    assert len(platform.tasks) == 1  # one drain scheduled, the later requests ride along
+    sent = events(platform)
+    assert len(platform.posts) == 1 and len(sent) == 3
+    body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    assert len(platform.tasks) == 1  # after a drain, the next request schedules a new one

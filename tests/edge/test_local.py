@@ -1,0 +1,166 @@
+"""`perch edge dev` as a real process on loopback, with a real origin and control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from core import LocalKV, encode_snapshot, snapshot_key, verify
+from tests.core.conftest import build_snapshot
+
+SECRET = "local-secret"
+PAGE = b'<html><body><div data-perch-slot="local-hero">default</div></body></html>'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Upstream:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(PAGE)))
+                self.end_headers()
+                self.wfile.write(PAGE)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                try:
+                    verify(SECRET, self.headers.get("x-perch-signature"), body, now=int(time.time()))
+                except ValueError:
+                    upstream.bad_signatures += 1
+                upstream.events += json.loads(body)["events"]
+                self.send_response(202)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, _Upstream]]:
+    data = tmp_path_factory.mktemp("perch-data")
+    snap = build_snapshot(
+        experiment="local-hero",
+        holdout=0.0,
+        floor=0.0,
+        created_at=int(time.time() * 1000),
+        alpha=[1.0, 500.0, 1.0] * 4,
+        beta=[500.0, 1.0, 500.0] * 4,
+    )
+    LocalKV(data).put(snapshot_key("local-hero"), encode_snapshot(snap))
+    upstream = _Upstream()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PERCH_DATA_DIR": str(data),
+        "ORIGIN_URL": upstream.url,
+        "CONTROL_PLANE_URL": upstream.url,
+        "PERCH_EDGE_SECRET": SECRET,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "edge", "dev", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"{base}/v1/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            raise RuntimeError(f"perch edge dev did not start: {proc.communicate()[0]!r}")
+        yield base, upstream
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        upstream.http.shutdown()
+        upstream.http.server_close()
+
+
+def _wait_for_events(upstream: _Upstream, count: int) -> None:
+    for _ in range(50):
+        if len(upstream.events) >= count:
+            return
+        time.sleep(0.05)
+
+
+def test_decide_over_http_sets_cookie_and_logs_signed_exposure(running: tuple[str, _Upstream]) -> None:
+    base, upstream = running
+    with httpx.Client(base_url=base) as client:
+        r = client.get("/v1/decide", params={"experiment": "local-hero", "ctx.device": "mobile"})
+        assert r.status_code == 200
+        (decision,) = r.json()["decisions"]
+        assert (decision["arm"], decision["segment"], decision["reason"]) == (
+            "bold",
+            "mobile",
+            "personalized",
+        )
+        assert r.headers["server-timing"].startswith("perch;dur=")
+        uid = r.cookies["perch_uid"]
+        # httpx holds Secure cookies back over http (browsers treat localhost as secure): send it by hand.
+        again = client.get(
+            "/v1/decide", params={"experiment": "local-hero"}, headers={"cookie": f"perch_uid={uid}"}
+        )
+        assert "set-cookie" not in again.headers
+    _wait_for_events(upstream, 2)
+    assert upstream.bad_signatures == 0
+    assert [e["unit"] for e in upstream.events[-2:]] == [uid, uid]
+
+
+def test_page_is_rendered_through_the_local_runner(running: tuple[str, _Upstream]) -> None:
+    base, _ = running
+    r = httpx.get(f"{base}/some/page")
+    assert r.status_code == 200
+    assert r.text == PAGE.decode().replace(">default<", "><h1>Go</h1><")
+    assert r.headers["cache-control"] == "private, no-store"
+
+
+def test_bad_input_is_a_4xx_over_http(running: tuple[str, _Upstream]) -> None:
+    base, _ = running
+    r = httpx.post(f"{base}/v1/events", content=b"not json")
+    assert r.status_code == 400 and "body must be JSON" in r.json()["error"]
+
+
+def test_missing_kv_dir_is_a_fallback_not_an_error(running: tuple[str, _Upstream]) -> None:
+    base, _ = running
+    r = httpx.get(f"{base}/v1/decide", params={"experiment": "never-published"})
+    assert r.status_code == 200 and r.json()["decisions"][0]["reason"] == "fallback"
+
+
+def test_health_reports_the_snapshot_held(running: tuple[str, _Upstream]) -> None:
+    base, _ = running
+    health = httpx.get(f"{base}/v1/health").json()
+    assert health["snapshots"]["local-hero"]["version"] == 7

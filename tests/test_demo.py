@@ -1,0 +1,57 @@
+"""`perch demo` end to end, small: real processes, real HTTP, the report and the files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cli.demo import ARMS, oracle_arm, population, summarize, true_rate
+
+
+def test_population_is_reproducible_and_mixed() -> None:
+    visits = population(4000, seed=1)
+    assert visits == population(4000, seed=1)
+    assert {v.device for v in visits} == {"desktop", "mobile", "tablet"}
+    assert 0.05 < sum(not v.consent for v in visits) / len(visits) < 0.11
+    assert len({v.visitor for v in visits}) < len(visits)  # returning visitors
+    # The best arm is not the same for everyone.
+    assert len({oracle_arm(d, s) for d in ("desktop", "mobile", "tablet") for s in ("search", "social")}) >= 3
+    assert all(0 < true_rate(v.device, v.source, a) < 0.1 for v in visits[:50] for a in ARMS)
+
+
+def test_summary_compares_against_uniform_and_oracle() -> None:
+    from cli.demo import Outcome
+
+    visits = population(2000, seed=2)
+    oracle = [
+        Outcome(
+            arm=oracle_arm(v.device, v.source),
+            expected=true_rate(v.device, v.source, oracle_arm(v.device, v.source)),
+        )
+        for v in visits
+    ]
+    summary = summarize(visits, oracle)
+    assert summary["lift_captured"] == 1.0
+    assert summary["regret"]["perch"] == 0.0 and summary["regret"]["uniform"] > 0
+
+
+def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo", "--visitors", "3000", "--exit", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for expected in ("oracle", "Perch", "uniform A/B", "Server-Timing", "holdout lift", "Dashboard: http://"):
+        assert expected in out, out
+    summary = json.loads((data / "summary.json").read_text())
+    assert summary["visits"] == 3000 and summary["errors"] == 0
+    assert set(summary["reasons"]) >= {"personalized", "holdout", "consent"}
+    svg = (data / "regret.svg").read_text()
+    assert svg.startswith("<svg") and "Perch" in svg

@@ -1,0 +1,162 @@
+"""Writes the golden vectors from the current code: ``make vectors``.
+
+The vectors are the contract between edge and origin.  Regenerating them is
+a deliberate act that must come with a new hash or schema version; this
+script refuses to overwrite existing files without ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import sys
+import zlib
+from typing import Any
+
+import msgpack
+
+from core import Arm, Segment, Snapshot, SnapshotError, bucket, decode_snapshot, encode_snapshot
+from tests.allocation import monte_carlo_allocation
+from tests.vectors.runner import HERE, run_decision
+
+CREATED = 1_780_000_000_000
+DEVICES = ["desktop", "mobile", "tablet"]
+SOURCES = ["search", "social", "direct"]
+
+
+def _snapshot(
+    name: str, arms: int, segments: list[Segment], *, holdout: float, floor: float, seed: int
+) -> Snapshot:
+    rng = random.Random(seed)
+    cells = arms * len(segments)
+    # Mostly informative posteriors, with some shapes below 1 to cover the
+    # small-shape sampler path.
+    alpha = [
+        rng.choice([rng.uniform(0.2, 0.9), rng.uniform(1, 40), rng.uniform(50, 900)]) for _ in range(cells)
+    ]
+    beta = [a * rng.uniform(1, 30) for a in alpha]
+    return Snapshot(
+        experiment=name,
+        version=rng.randrange(1, 10_000),
+        created_at=CREATED,
+        max_age_s=600.0,
+        salt=f"{name}-salt",
+        default_arm="arm-0",
+        holdout=holdout,
+        floor=floor,
+        arms=[
+            Arm(f"arm-{i}", {"variant": i, "title": f"Variant {i}"}, f"<p data-v='{i}'>Variant {i}</p>")
+            for i in range(arms)
+        ],
+        segments=segments,
+        alpha=alpha,
+        beta=beta,
+        allocation=monte_carlo_allocation(alpha, beta, arms, floor, draws=200_000, seed=seed),
+    )
+
+
+def snapshots() -> dict[str, Snapshot]:
+    tree = [Segment("all")]
+    for d in DEVICES[1:]:
+        tree.append(Segment(d, {"device": d}, 0))
+    tree.append(Segment("search", {"source": "search"}, 0))
+    tree.append(Segment("mobile-search", {"device": "mobile", "source": "search"}, 1))
+    tree.append(Segment("mobile-social", {"device": "mobile", "source": "social"}, 1))
+    return {
+        "hero": _snapshot("home-hero", 4, tree, holdout=0.1, floor=0.05, seed=1),
+        "wide": _snapshot("catalog-sort", 50, tree[:3], holdout=0.0, floor=0.01, seed=2),
+        "pair": _snapshot("cta-color", 2, [Segment("all")], holdout=0.5, floor=0.2, seed=3),
+    }
+
+
+def hashing_cases() -> list[dict[str, Any]]:
+    units = ["", "a", "user-1", "user-2", "ünïcødé", "🦜 perch", "x" * 300, "0", "00", "a:b", "ab"]
+    units += [f"visitor-{i}" for i in range(100)]
+    salts = ["", "home-hero", "home-hero:holdout", "s"]
+    return [{"unit": u, "salt": s, "version": 1, "bucket": bucket(u, s, 1)} for u in units for s in salts]
+
+
+def decision_cases(snaps: dict[str, Snapshot]) -> list[dict[str, Any]]:
+    rng = random.Random(42)
+    cases = []
+    for name in snaps:
+        for i in range(120):
+            unit = None if i % 10 == 9 else rng.choice([f"visitor-{rng.randrange(10**6)}", f"ü-{i}", str(i)])
+            context = {"device": rng.choice(DEVICES), "source": rng.choice(SOURCES)} if i % 4 else {}
+            now = (
+                CREATED + rng.choice([0, 1_000, 599_000, 601_000, 86_400_000])
+                if i % 7 == 0
+                else CREATED + 5_000
+            )
+            case = {
+                "snapshot": name,
+                "unit": unit,
+                "context": context,
+                "now_ms": now,
+                "rng_seed": rng.randrange(2**32),
+                "consent": i % 13 != 5,
+            }
+            case["expected"] = run_decision(snaps, case)
+            cases.append(case)
+    return cases
+
+
+def rejection_cases(valid: bytes) -> list[dict[str, Any]]:
+    envelope = msgpack.unpackb(valid)
+    body = msgpack.unpackb(envelope["payload"])
+
+    def wrap(b: dict[str, Any], **over: Any) -> bytes:
+        payload = msgpack.packb(b, use_bin_type=True)
+        fields = {"schema": 1, "crc32": zlib.crc32(payload), "payload": payload, **over}
+        return msgpack.packb(fields, use_bin_type=True)
+
+    nan = b"\x00\x00\xc0\x7f"
+    broken = {
+        "truncated": valid[:-3],
+        "unknown-schema": wrap(body, schema=2),
+        "bad-checksum": wrap(body, crc32=1),
+        "short-table": wrap({**body, "beta": body["beta"][:-4]}),
+        "nan-alpha": wrap({**body, "alpha": nan + body["alpha"][4:]}),
+        "zero-beta": wrap({**body, "beta": bytes(4) + body["beta"][4:]}),
+        "unknown-default": wrap({**body, "default_arm": "arm-99"}),
+        "allocation-sum": wrap({**body, "allocation": body["alpha"]}),
+    }
+    cases = []
+    for name, data in broken.items():
+        try:
+            decode_snapshot(data)
+        except SnapshotError as exc:
+            cases.append({"name": name, "bytes": base64.b64encode(data).decode(), "error": str(exc)})
+        else:
+            raise AssertionError(f"{name} decoded")
+    return cases
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--force", action="store_true", help="overwrite existing vectors")
+    args = parser.parse_args()
+    snaps = snapshots()
+    encoded = {name: encode_snapshot(s) for name, s in snaps.items()}
+    files = {
+        "hashing.json": {"hash_version": 1, "cases": hashing_cases()},
+        "decisions.json": {
+            "snapshots": {name: base64.b64encode(data).decode() for name, data in encoded.items()},
+            "cases": decision_cases(snaps),
+        },
+        "rejections.json": {"cases": rejection_cases(encoded["hero"])},
+    }
+    for name, doc in files.items():
+        path = HERE / name
+        if path.exists() and not args.force:
+            print(f"{path} exists; pass --force to overwrite the contract", file=sys.stderr)
+            return 1
+        path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
