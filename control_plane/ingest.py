@@ -17,11 +17,16 @@ harmless (events are idempotent by id, exposures by decision id).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from control_plane.experiments import ExperimentSpec
 from control_plane.schema import exposures, outcomes, seen_batches, stats, stitches
@@ -63,55 +68,126 @@ def _reward(spec: ExperimentSpec, value: float, already: float) -> float:
 
 
 class _Cells:
-    """Stat deltas gathered over a batch, then written once per cell."""
+    """Stat deltas and counter bumps gathered over a batch, then written in a few bulk statements.
+
+    Per cell the work is a read-modify-write (the decayed sums need the stored
+    reference time), but the statements are per batch, not per cell: one bulk
+    insert makes sure every cell exists, one ordered ``SELECT ... FOR UPDATE``
+    per experiment reads (and on PostgreSQL locks, always in the same order, so
+    concurrent writers cannot deadlock) them, one executemany writes them back.
+    """
 
     def __init__(self) -> None:
         self.deltas: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
+        self.bumps: Counter[tuple[str, str]] = Counter()
 
     def add(self, experiment: str, path: str, arm: str, *, ts: int, n: float, r: float) -> None:
         self.deltas.setdefault((experiment, path, arm), []).append((ts, n, r))
 
+    def bump(self, experiment: str, name: str) -> None:
+        self.bumps[experiment, name] += 1
+
     def flush(self, store: Store, conn: Connection, specs: dict[str, ExperimentSpec]) -> None:
-        for (experiment, path, arm), items in sorted(self.deltas.items()):
+        keys = sorted(self.deltas)
+        if keys:
+            conn.execute(
+                _ensure_cell(store.dialect),
+                [{"experiment": e, "path": p, "arm": a} for e, p, a in keys],
+            )
+        updates: list[dict[str, Any]] = []
+        for experiment, cells in groupby(keys, key=itemgetter(0)):
+            wanted = {(path, arm) for _, path, arm in cells}
+            paths = sorted({path for path, _ in wanted})
             half_life = specs[experiment].half_life_s
-            key = (stats.c.experiment == experiment) & (stats.c.path == path) & (stats.c.arm == arm)
-            conn.execute(
-                store.insert(stats)
-                .values(
-                    experiment=experiment,
-                    path=path,
-                    arm=arm,
-                    exposures=0.0,
-                    reward=0.0,
-                    decayed_exposures=0.0,
-                    decayed_reward=0.0,
-                    ref_ms=0,
-                )
-                .on_conflict_do_nothing()
-            )
-            row = conn.execute(select(stats).where(key).with_for_update()).one()
-            n, r, dn, dr, ref = (
-                row.exposures,
-                row.reward,
-                row.decayed_exposures,
-                row.decayed_reward,
-                row.ref_ms,
-            )
-            for ts, add_n, add_r in sorted(items):
-                n, r = n + add_n, r + add_r
-                if ts >= ref:
-                    dn = decay(dn, ref, ts, half_life) + add_n
-                    dr = decay(dr, ref, ts, half_life) + add_r
-                    ref = ts
-                else:  # an older event: it weighs less at the reference time
-                    dn += decay(add_n, ts, ref, half_life)
-                    dr += decay(add_r, ts, ref, half_life)
-            conn.execute(
-                stats.update()
-                .where(key)
-                .values(exposures=n, reward=r, decayed_exposures=dn, decayed_reward=dr, ref_ms=ref)
-            )
-            store.bump(conn, experiment, "updates")
+            for start in range(0, len(paths), _CHUNK):
+                for row in conn.execute(
+                    _READ_CELLS, {"experiment": experiment, "paths": paths[start : start + _CHUNK]}
+                ):
+                    if (row.path, row.arm) in wanted:
+                        updates.append(
+                            _apply(row, self.deltas[experiment, row.path, row.arm], half_life)
+                        )
+            self.bumps[experiment, "updates"] += len(wanted)
+        if updates:
+            conn.execute(_WRITE_CELL, updates)
+        for (experiment, name), by in sorted(self.bumps.items()):
+            store.bump(conn, experiment, name, by)
+
+
+def _apply(row: Any, items: list[tuple[int, float, float]], half_life: float | None) -> dict[str, Any]:
+    """A cell's stored sums with the batch's deltas added, decayed to the newest event time."""
+    n, r, dn, dr, ref = row.exposures, row.reward, row.decayed_exposures, row.decayed_reward, row.ref_ms
+    for ts, add_n, add_r in sorted(items):
+        n, r = n + add_n, r + add_r
+        if ts >= ref:
+            dn = decay(dn, ref, ts, half_life) + add_n
+            dr = decay(dr, ref, ts, half_life) + add_r
+            ref = ts
+        else:  # an older event: it weighs less at the reference time
+            dn += decay(add_n, ts, ref, half_life)
+            dr += decay(add_r, ts, ref, half_life)
+    return {
+        "k_experiment": row.experiment,
+        "k_path": row.path,
+        "k_arm": row.arm,
+        "exposures": n,
+        "reward": r,
+        "decayed_exposures": dn,
+        "decayed_reward": dr,
+        "ref_ms": ref,
+    }
+
+
+# Statements built once: building and cache-keying a statement per row cost more
+# than executing it.
+@cache
+def _ensure_cell(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(stats)
+        .values(
+            experiment=bindparam("experiment"),
+            path=bindparam("path"),
+            arm=bindparam("arm"),
+            exposures=0.0,
+            reward=0.0,
+            decayed_exposures=0.0,
+            decayed_reward=0.0,
+            ref_ms=0,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+_READ_CELLS = (
+    select(stats)
+    .where(
+        stats.c.experiment == bindparam("experiment"),
+        stats.c.path.in_(bindparam("paths", expanding=True)),
+    )
+    .order_by(stats.c.path, stats.c.arm)
+    .with_for_update()
+)
+_WRITE_CELL = (
+    stats.update()
+    .where(
+        stats.c.experiment == bindparam("k_experiment"),
+        stats.c.path == bindparam("k_path"),
+        stats.c.arm == bindparam("k_arm"),
+    )
+    .values(
+        exposures=bindparam("exposures"),
+        reward=bindparam("reward"),
+        decayed_exposures=bindparam("decayed_exposures"),
+        decayed_reward=bindparam("decayed_reward"),
+        ref_ms=bindparam("ref_ms"),
+    )
+)
+_WRITE_JOIN = (
+    exposures.update()
+    .where(exposures.c.decision_id == bindparam("k_decision_id"))
+    .values(reward=bindparam("reward"), outcomes=bindparam("outcomes"))
+)
 
 
 def _spec_cache(store: Store, conn: Connection, keys: Iterable[str]) -> dict[str, ExperimentSpec]:
@@ -163,13 +239,13 @@ def _join_outcomes(
         if outcome.ts_ms - exposure["ts_ms"] > spec.reward.window_s * 1000:
             statuses.setdefault("late", []).append(outcome.event_id)
             result.late += 1
-            store.bump(conn, exposure["experiment"], "late_outcomes")
+            cells.bump(exposure["experiment"], "late_outcomes")
             continue
         reward = _reward(spec, outcome.value, exposure["reward"])
         status = "joined"
         if reward <= 0 and spec.reward.kind == "binary" and exposure["outcomes"] > 0:
             status = "extra"
-            store.bump(conn, exposure["experiment"], "extra_outcomes")
+            cells.bump(exposure["experiment"], "extra_outcomes")
         statuses.setdefault(status, []).append(outcome.event_id)
         result.joined += 1
         exposure["reward"] += reward
@@ -184,13 +260,13 @@ def _join_outcomes(
                 n=0.0,
                 r=reward,
             )
-    for decision_id, exposure in shown.items():
-        if exposure.get("touched"):
-            conn.execute(
-                exposures.update()
-                .where(exposures.c.decision_id == decision_id)
-                .values(reward=exposure["reward"], outcomes=exposure["outcomes"])
-            )
+    joined = [
+        {"k_decision_id": decision_id, "reward": exposure["reward"], "outcomes": exposure["outcomes"]}
+        for decision_id, exposure in sorted(shown.items())
+        if exposure.get("touched")
+    ]
+    if joined:
+        conn.execute(_WRITE_JOIN, joined)
     for status, event_ids in statuses.items():
         for start in range(0, len(event_ids), _CHUNK):
             conn.execute(
@@ -243,7 +319,7 @@ def ingest(store: Store, events: list[dict[str, Any]], signature: str | None, no
         for decision_id in sorted(new_exposures):
             row = rows[decision_id]
             if row["experiment"] not in specs:
-                store.bump(conn, row["experiment"], "unknown_experiment")
+                cells.bump(row["experiment"], "unknown_experiment")
             elif row["reason"] == "personalized":
                 cells.add(row["experiment"], row["path"], row["arm"], ts=row["ts_ms"], n=1.0, r=0.0)
 

@@ -106,6 +106,8 @@ def test_acknowledged_events_survive_kill_9(db_url: str, tmp_path: Path) -> None
     assert acked <= stored, f"{len(acked - stored)} acknowledged events lost"
 
     # After a restart the edge's resends fill in whatever was not acknowledged, without duplicates.
+    # A resend is signed anew, later than the original (an identical body and timestamp is a replay).
+    resent_at = int(time.time()) + 1
     proc = _start(db_url, tmp_path, port)
     try:
         with httpx.Client(timeout=10) as client:
@@ -114,7 +116,7 @@ def test_acknowledged_events_survive_kill_9(db_url: str, tmp_path: Path) -> None
                 r = client.post(
                     f"{base}/v1/events",
                     content=body,
-                    headers={"X-Perch-Signature": sign(SECRET, body, int(time.time()))},
+                    headers={"X-Perch-Signature": sign(SECRET, body, resent_at)},
                 )
                 assert r.status_code == 200, r.text
     finally:

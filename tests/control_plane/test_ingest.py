@@ -8,7 +8,7 @@ from sqlalchemy import select, text
 
 from control_plane.ingest import ingest
 from control_plane.schema import exposures, outcomes
-from control_plane.store import Store
+from control_plane.store import Store, decay
 from tests.control_plane.conftest import NOW, spec
 
 HOUR = 3_600_000
@@ -148,6 +148,60 @@ def test_decay_weighs_old_evidence_less(store: Store) -> None:
     got = cells(store, NOW + HOUR, half_life_s=3600)
     # weights at NOW + 1h: 0.5 (NOW), 1 (NOW + 1h), 0.25 (NOW - 1h)
     assert got[("mobile", "search")]["b"][0] == pytest.approx(1.75)
+
+
+def test_statistics_do_not_depend_on_how_events_are_batched(store: Store) -> None:
+    """One batch of many cells (bulk read-modify-write) == the same events one per batch, shuffled."""
+    import random
+
+    for key in ("hero", "twin"):
+        store.create_experiment(spec(key=key, half_life_s=3600), NOW)
+    rng = random.Random(7)
+    contexts = [{"device": d, "source": s} for d in ("mobile", "desktop") for s in ("search", "ad", "direct")]
+    events: list[dict[str, Any]] = []
+    for i in range(120):
+        events.append(
+            exposure(
+                i + 1,
+                arm=rng.choice("abc"),
+                ts=NOW + rng.randrange(-2 * HOUR, 2 * HOUR),
+                context=rng.choice(contexts),
+                reason=rng.choice(["personalized"] * 5 + ["holdout"]),
+            )
+        )
+        if rng.random() < 0.4:
+            events.append(outcome(i + 1, ts=events[-1]["ts"] + rng.randrange(1, 60_000)))
+    twin = [
+        {**e, "experiment": "twin", "id": "t" + e["id"], "decision_id": "f" + e["decision_id"][1:]}
+        for e in events
+    ]
+    ingest(store, events, None, NOW)
+    rng.shuffle(twin)
+    for event in twin:
+        ingest(store, [event], None, NOW)
+
+    def table(key: str) -> dict[tuple[str, str], tuple[float, ...]]:
+        with store.engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM stats WHERE experiment = :k"), {"k": key}).all()
+        return {
+            (r.path, r.arm): tuple(
+                round(v, 9)
+                for v in (
+                    r.exposures,
+                    r.reward,
+                    decay(r.decayed_exposures, r.ref_ms, NOW + 3 * HOUR, 3600),
+                    decay(r.decayed_reward, r.ref_ms, NOW + 3 * HOUR, 3600),
+                )
+            )
+            for r in rows
+        }
+
+    hero, twin_cells = table("hero"), table("twin")
+    assert len(hero) == 18 and sum(v[0] for v in hero.values()) > 80
+    assert hero.keys() == twin_cells.keys()
+    for cell, values in hero.items():
+        assert values == pytest.approx(twin_cells[cell], rel=1e-9), cell
+    assert store.counters("hero")["updates"] <= len(hero)  # one bump per cell per batch, not per event
 
 
 def test_unknown_experiments_are_kept_and_counted(hero: Store) -> None:

@@ -11,7 +11,7 @@ from control_plane.metrics import Metrics
 from control_plane.publish import publish_all, publish_experiment
 from control_plane.store import Store
 from core import LocalKV, decode_snapshot, snapshot_key
-from tests.control_plane.conftest import NOW, PG_URL, UNIT_KEY, reset_postgres, spec
+from tests.control_plane.conftest import NOW, UNIT_KEY, reset_postgres, spec
 from tests.control_plane.test_ingest import exposure
 
 
@@ -102,16 +102,16 @@ def test_one_failing_experiment_does_not_stop_the_cycle(setup: tuple[Store, Loca
     assert 'perch_publish_failures_total{experiment="hero"} 1.0' in metrics.render().decode()
 
 
-def test_only_the_advisory_lock_holder_publishes(tmp_path: Path) -> None:
+def test_only_the_advisory_lock_holder_publishes(tmp_path: Path, pg_url: str) -> None:
     # PostgreSQL only: SQLite is one process's database, with no replicas to coordinate.
     from control_plane.store import _LOCK_KEY
 
-    reset_postgres(PG_URL)
-    store = Store.from_url(PG_URL, UNIT_KEY)
+    reset_postgres(pg_url)
+    store = Store.from_url(pg_url, UNIT_KEY)
     store.migrate()
     store.create_experiment(spec(), NOW)
     kv, clock = LocalKV(tmp_path), Clock()
-    other = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    other = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with other.connect() as conn:
             assert conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
