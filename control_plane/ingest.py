@@ -104,9 +104,7 @@ class _Cells:
                     _READ_CELLS, {"experiment": experiment, "paths": paths[start : start + _CHUNK]}
                 ):
                     if (row.path, row.arm) in wanted:
-                        updates.append(
-                            _apply(row, self.deltas[experiment, row.path, row.arm], half_life)
-                        )
+                        updates.append(_apply(row, self.deltas[experiment, row.path, row.arm], half_life))
             self.bumps[experiment, "updates"] += len(wanted)
         if updates:
             conn.execute(_WRITE_CELL, updates)
