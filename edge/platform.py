@@ -26,14 +26,16 @@ class EdgeRequest:
     headers: Mapping[str, str]  # lower-case names
     body: bytes = b""
     cf: Mapping[str, Any] = field(default_factory=dict)
+    # Parsed once here: routing, context and the decision all read them.
+    path: str = field(init=False)
+    query: tuple[tuple[str, str], ...] = field(init=False)
+    hostname: str = field(init=False)
 
-    @property
-    def path(self) -> str:
-        return urlsplit(self.url).path or "/"
-
-    @property
-    def query(self) -> list[tuple[str, str]]:
-        return parse_qsl(urlsplit(self.url).query, keep_blank_values=True)
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        object.__setattr__(self, "path", parts.path or "/")
+        object.__setattr__(self, "query", tuple(parse_qsl(parts.query, keep_blank_values=True)))
+        object.__setattr__(self, "hostname", (parts.hostname or "").lower())
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

@@ -15,7 +15,7 @@ from typing import Any
 
 import js
 from pyodide.ffi import create_proxy, to_js
-from workers import Response, WorkerEntrypoint
+from workers import WorkerEntrypoint
 
 from edge.config import EdgeConfig
 from edge.handler import Edge, handle
@@ -36,6 +36,7 @@ _VARS = (
     "PERCH_KV_TIMEOUT_S",
     "PERCH_EVENT_LINGER_MS",
 )
+_NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
 # KV's own edge cache: the minimum Cloudflare allows; our isolate cache sits on top.
 KV_CACHE_TTL_S = 30
 
@@ -112,18 +113,32 @@ class WorkersPlatform:
         self.ctx.waitUntil(task)
 
     def now_ms(self) -> int:
-        return int(js.Date.now())
+        # Python's clock is Date.now() underneath (frozen per request on workerd),
+        # without a trip through the JS proxy.
+        return time.time_ns() // 1_000_000
 
     def perf_s(self) -> float:
         return time.perf_counter()
 
 
 async def _edge_request(request: Any) -> EdgeRequest:
-    method = str(getattr(request.method, "value", request.method)).upper()
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    body = await request.bytes() if method not in ("GET", "HEAD") else b""
-    cf = request.cf
-    return EdgeRequest(method, str(request.url), headers, body, cf.to_py() if cf is not None else {})
+    # Read straight off the JS Request: the SDK's `headers` builds an email
+    # HTTPMessage per request, which costs more than the decision.
+    native = getattr(request, "js_object", request)
+    method = str(native.method).upper()
+    headers = {str(k).lower(): str(v) for k, v in js.Object.fromEntries(native.headers).to_py().items()}
+    body = (await native.arrayBuffer()).to_bytes() if method not in ("GET", "HEAD") else b""
+    cf = getattr(native, "cf", None)
+    return EdgeRequest(method, str(native.url), headers, body, cf.to_py() if cf is not None else {})
+
+
+def _js_response(response: EdgeResponse) -> Any:
+    """A JS Response built directly (a third of the cost of the SDK's ``Response``)."""
+    body: Any = None  # a null-body status (a 304 passed through from the origin) must have none at all
+    if response.status not in _NULL_BODY_STATUSES:
+        body = to_js(response.body) if isinstance(response.body, bytes) else _readable(response.body)
+    init = {"status": response.status, "headers": [[k, v] for k, v in response.headers]}
+    return js.Response.new(body, _js_options(init))
 
 
 def _env_var(env: Any, name: str) -> Any:
@@ -142,5 +157,4 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # the SDK ships no types
         # Fresh OS entropy per request: ids and anonymous draws differ across isolates.
         rng = random.SystemRandom()
         response: EdgeResponse = await handle(edge, platform, await _edge_request(request), rng)
-        body: Any = response.body if isinstance(response.body, bytes) else _readable(response.body)
-        return Response(body, status=response.status, headers=response.headers)
+        return _js_response(response)

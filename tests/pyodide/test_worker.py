@@ -34,6 +34,11 @@ class _Servers:
                 pass
 
             def do_GET(self) -> None:
+                if self.path.startswith("/cached") and self.headers.get("if-none-match") == '"v1"':
+                    self.send_response(304)
+                    self.send_header("etag", '"v1"')
+                    self.end_headers()
+                    return
                 body = PAGE if self.path.startswith("/page") else b"<html>plain</html>"
                 self.send_response(200)
                 self.send_header("content-type", "text/html; charset=utf-8")
@@ -222,6 +227,14 @@ def test_page_slots_are_rendered_through_a_stream(pyodide: Harness, servers: _Se
     plain = _fetch(pyodide, servers, "https://shop.test/plain")
     assert plain["body_text"] == "<html>plain</html>"
     assert dict(plain["headers"])["cache-control"] == "public, max-age=60"
+
+
+def test_a_not_modified_page_passes_through_without_a_body(pyodide: Harness, servers: _Servers) -> None:
+    # A JS Response with status 304 must be built with a null body, or the runtime throws.
+    r = _fetch(pyodide, servers, "https://shop.test/cached", headers=[["if-none-match", '"v1"']])
+    assert (r["status"], r["body_b64"], dict(r["headers"])["etag"]) == (304, "", '"v1"')
+    fresh = _fetch(pyodide, servers, "https://shop.test/cached")
+    assert (fresh["status"], fresh["body_text"]) == (200, "<html>plain</html>")
 
 
 def test_beacons_in_pyodide(pyodide: Harness, servers: _Servers) -> None:
