@@ -155,7 +155,8 @@ def _version(command: list[str]) -> str | None:
         out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout or out.stderr).strip().splitlines()[0]
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else None  # `git status --porcelain` says nothing on a clean tree
 
 
 def _package(name: str) -> str | None:

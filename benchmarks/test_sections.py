@@ -52,3 +52,14 @@ def test_pyodide_section_runs_in_real_pyodide() -> None:
     assert set(fetch["reasons_checked"]) == {"personalized"}
     assert fetch["control_plane_posts"] >= 1
     assert "## 2. Edge in real Pyodide" in report.render(results)
+
+
+def test_machine_description_survives_a_clean_checkout() -> None:
+    import sys
+
+    from benchmarks import common
+
+    # `git status --porcelain` prints nothing on a clean tree: that is "not dirty", not a crash.
+    assert common._version([sys.executable, "-c", "pass"]) is None
+    assert common._version([sys.executable, "-c", "print('v1\\nv2')"]) == "v1"
+    assert isinstance(common.machine()["dirty"], bool)
