@@ -29,12 +29,13 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from control_plane.experiments import ExperimentSpec
-from control_plane.schema import exposures, outcomes, seen_batches, stats, stitches
+from control_plane.schema import experiments, exposures, outcomes, seen_batches, stats, stitches
 from control_plane.store import Store, decay
 
 __all__ = ["IngestResult", "ingest", "path_of"]
 
 UNKNOWN = "unknown"
+REPLAY_MEMORY_S = 900
 
 
 @dataclass
@@ -189,10 +190,27 @@ _WRITE_JOIN = (
 
 
 def _spec_cache(store: Store, conn: Connection, keys: Iterable[str]) -> dict[str, ExperimentSpec]:
-    from control_plane.schema import experiments
-
-    rows = conn.execute(select(experiments.c.key, experiments.c.spec).where(experiments.c.key.in_(set(keys))))
-    return {key: ExperimentSpec.from_dict(json.loads(spec)) for key, spec in rows}
+    """The specs of ``keys`` that exist; parsed only when their version is new to this store."""
+    versions = conn.execute(
+        select(experiments.c.key, experiments.c.version).where(experiments.c.key.in_(set(keys)))
+    ).all()
+    specs: dict[str, ExperimentSpec] = {}
+    stale: list[str] = []
+    for key, version in versions:
+        cached = store.parsed_specs.get(key)
+        if cached is not None and cached[0] == version:
+            specs[key] = cached[1]
+        else:
+            stale.append(key)
+    if stale:
+        for key, version, doc in conn.execute(
+            select(experiments.c.key, experiments.c.version, experiments.c.spec).where(
+                experiments.c.key.in_(stale)
+            )
+        ):
+            specs[key] = ExperimentSpec.from_dict(json.loads(doc))
+            store.parsed_specs[key] = (version, specs[key])
+    return specs
 
 
 _CHUNK = 500  # ids per IN (...): well under SQLite's bound-parameter limit
@@ -286,8 +304,12 @@ def ingest(store: Store, events: list[dict[str, Any]], signature: str | None, no
         by_type[event["type"]].append(event)
     with store.write() as conn:
         if signature is not None:
-            conn.execute(seen_batches.insert().values(signature=signature, ts=now_ms // 1000))
-            conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_ms // 1000 - 900))
+            now_s = now_ms // 1000
+            conn.execute(seen_batches.insert().values(signature=signature, ts=now_s))
+            if now_s - store.replays_purged_s >= 60:
+                # Kept past the signature tolerance (+/- 5 min) so a replay is always recognised.
+                conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_s - REPLAY_MEMORY_S))
+                store.replays_purged_s = now_s
         specs = _spec_cache(store, conn, {e["experiment"] for e in events if "experiment" in e})
         cells = _Cells()
 

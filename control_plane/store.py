@@ -70,6 +70,10 @@ class Store:
         # SQLite allows one writer; serialising writers here avoids "database is locked".
         self.write_lock = threading.RLock()
         self._publish_mutex = threading.Lock()
+        # Ingestion's per-batch shortcuts: specs parsed once per (key, version), and
+        # expired replay signatures purged once a minute rather than on every batch.
+        self.parsed_specs: dict[str, tuple[int, ExperimentSpec]] = {}
+        self.replays_purged_s = 0
 
     @classmethod
     def from_url(cls, url: str, unit_key: str) -> Store:

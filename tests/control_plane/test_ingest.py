@@ -113,6 +113,27 @@ def test_binary_outcomes_join_once_within_the_window(hero: Store) -> None:
     assert statuses == {"o-1": "joined", "o-again": "extra", "o-2": "late"}
 
 
+def test_a_changed_reward_window_applies_to_the_next_batch(hero: Store) -> None:
+    # Ingestion keeps parsed specs between batches: a PATCH must still take effect at once.
+    ingest(hero, [exposure(1), exposure(2)], None, NOW)
+    assert ingest(hero, [outcome(1, ts=NOW + 25 * HOUR)], None, NOW).late == 1  # default window: 24 h
+    hero.update_experiment("hero", {"reward": {"kind": "binary", "window_s": 48 * 3600}}, NOW)
+    assert ingest(hero, [outcome(2, ts=NOW + 25 * HOUR)], None, NOW).joined == 1
+
+
+def test_replay_signatures_are_kept_past_the_tolerance_then_purged(hero: Store) -> None:
+    from control_plane.ingest import REPLAY_MEMORY_S
+    from control_plane.schema import seen_batches
+
+    ingest(hero, [exposure(1)], "a" * 64, NOW)
+    ingest(hero, [exposure(2)], "b" * 64, NOW + 120_000)  # too young to purge
+    ingest(hero, [exposure(3)], "c" * 64, NOW + (REPLAY_MEMORY_S + 60) * 1000)
+    with hero.engine.connect() as conn:
+        kept = set(conn.execute(select(seen_batches.c.signature)).scalars())
+    assert kept == {"b" * 64, "c" * 64}
+    assert REPLAY_MEMORY_S > 300  # longer than the signature tolerance
+
+
 def test_outcome_before_its_exposure_waits_then_joins(hero: Store) -> None:
     first = ingest(hero, [outcome(7)], None, NOW)
     assert first.pending == 1
