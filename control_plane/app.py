@@ -29,7 +29,7 @@ from starlette.schemas import SchemaGenerator
 from control_plane import privacy
 from control_plane.dashboard import dashboard_routes, has_session
 from control_plane.experiments import ExperimentError, ExperimentSpec
-from control_plane.ingest import ingest
+from control_plane.group_commit import IngestWriter, ReplayedBatch
 from control_plane.kv_publishers import KVPublisher
 from control_plane.metrics import Metrics
 from control_plane.publish import Gate, PublishResult, publish_all, publish_experiment
@@ -83,6 +83,9 @@ class Api:
     ) -> None:
         self.settings, self.store, self.kv, self.metrics, self.now_ms = settings, store, kv, metrics, now_ms
         self.token = settings.admin_token.encode()
+        self.writer = IngestWriter(
+            store, on_commit=lambda batches, _events: metrics.ingest_group_batches.observe(batches)
+        )
 
     def admin(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -280,9 +283,9 @@ class Api:
             return _error(400, "no valid event in the batch", rejected=rejected[:20])
         signature = (header or "").rpartition("v1=")[2][:64]
         try:
-            result = await run_in_threadpool(ingest, self.store, valid, signature, self.now_ms())
+            result = await self.writer.submit(valid, signature, self.now_ms())
         except Exception as exc:
-            if _is_duplicate_signature(exc):
+            if isinstance(exc, ReplayedBatch) or _is_duplicate_signature(exc):
                 self.metrics.events_rejected.labels("replay").inc()
                 return _error(401, "this batch was already accepted (replayed signature)")
             raise

@@ -32,7 +32,7 @@ from control_plane.experiments import ExperimentSpec
 from control_plane.schema import experiments, exposures, outcomes, seen_batches, stats, stitches
 from control_plane.store import Store, decay
 
-__all__ = ["IngestResult", "ingest", "path_of"]
+__all__ = ["IngestResult", "ingest", "ingest_into", "path_of"]
 
 UNKNOWN = "unknown"
 REPLAY_MEMORY_S = 900
@@ -298,100 +298,107 @@ def ingest(store: Store, events: list[dict[str, Any]], signature: str | None, no
     Bulk statements per event type: a batch of hundreds of events costs a handful
     of round trips, which is what lets one control plane keep up with many edges.
     """
+    with store.write() as conn:
+        return ingest_into(store, conn, events, signature, now_ms)
+
+
+def ingest_into(
+    store: Store, conn: Connection, events: list[dict[str, Any]], signature: str | None, now_ms: int
+) -> IngestResult:
+    """:func:`ingest` inside the caller's transaction (group commit stores several batches in one)."""
     result = IngestResult()
     by_type: dict[str, list[dict[str, Any]]] = {"exposure": [], "outcome": [], "stitch": []}
     for event in events:
         by_type[event["type"]].append(event)
-    with store.write() as conn:
-        if signature is not None:
-            now_s = now_ms // 1000
-            conn.execute(seen_batches.insert().values(signature=signature, ts=now_s))
-            if now_s - store.replays_purged_s >= 60:
-                # Kept past the signature tolerance (+/- 5 min) so a replay is always recognised.
-                conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_s - REPLAY_MEMORY_S))
-                store.replays_purged_s = now_s
-        specs = _spec_cache(store, conn, {e["experiment"] for e in events if "experiment" in e})
-        cells = _Cells()
+    if signature is not None:
+        now_s = now_ms // 1000
+        conn.execute(seen_batches.insert().values(signature=signature, ts=now_s))
+        if now_s - store.replays_purged_s >= 60:
+            # Kept past the signature tolerance (+/- 5 min) so a replay is always recognised.
+            conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_s - REPLAY_MEMORY_S))
+            store.replays_purged_s = now_s
+    specs = _spec_cache(store, conn, {e["experiment"] for e in events if "experiment" in e})
+    cells = _Cells()
 
-        rows: dict[str, dict[str, Any]] = {}
-        for event in by_type["exposure"]:
-            spec = specs.get(event["experiment"])
-            rows.setdefault(
-                event["decision_id"],
-                {
-                    "decision_id": event["decision_id"],
-                    "experiment": event["experiment"],
-                    "arm": event["arm"],
-                    "unit_hash": store.hash_unit(event.get("unit")),
-                    "path": json.dumps(path_of(spec, event.get("context", {})) if spec else []),
-                    "segment": event.get("segment"),
-                    "reason": event["reason"],
-                    "propensity": event.get("propensity"),
-                    "snapshot_version": event.get("snapshot_version"),
-                    "ts_ms": event["ts"],
-                    "reward": 0.0,
-                    "outcomes": 0,
-                },
-            )
-        new_exposures = _insert_new(store, conn, exposures, exposures.c.decision_id, list(rows.values()))
-        result.accepted["exposure"] = len(new_exposures)
-        result.duplicates += len(by_type["exposure"]) - len(new_exposures)
-        for decision_id in sorted(new_exposures):
-            row = rows[decision_id]
-            if row["experiment"] not in specs:
-                cells.bump(row["experiment"], "unknown_experiment")
-            elif row["reason"] == "personalized":
-                cells.add(row["experiment"], row["path"], row["arm"], ts=row["ts_ms"], n=1.0, r=0.0)
-
-        outcome_rows: dict[str, dict[str, Any]] = {}
-        for event in by_type["outcome"]:
-            outcome_rows.setdefault(
-                event["id"],
-                {
-                    "event_id": event["id"],
-                    "decision_id": event["decision_id"],
-                    "experiment": event["experiment"],
-                    "value": float(event["value"]),
-                    "unit_hash": store.hash_unit(event.get("unit")),
-                    "ts_ms": event["ts"],
-                    "status": "pending",
-                },
-            )
-        new_outcomes = _insert_new(store, conn, outcomes, outcomes.c.event_id, list(outcome_rows.values()))
-        result.accepted["outcome"] = len(new_outcomes)
-        result.duplicates += len(by_type["outcome"]) - len(new_outcomes)
-        # Outcomes of this batch, and older ones that were waiting for an exposure of this batch.
-        waiting = (
-            []
-            if not new_exposures
-            else conn.execute(
-                select(outcomes).where(
-                    outcomes.c.decision_id.in_(list(new_exposures)),
-                    outcomes.c.status == "pending",
-                    outcomes.c.event_id.not_in(list(new_outcomes) or [""]),
-                )
-            ).all()
+    rows: dict[str, dict[str, Any]] = {}
+    for event in by_type["exposure"]:
+        spec = specs.get(event["experiment"])
+        rows.setdefault(
+            event["decision_id"],
+            {
+                "decision_id": event["decision_id"],
+                "experiment": event["experiment"],
+                "arm": event["arm"],
+                "unit_hash": store.hash_unit(event.get("unit")),
+                "path": json.dumps(path_of(spec, event.get("context", {})) if spec else []),
+                "segment": event.get("segment"),
+                "reason": event["reason"],
+                "propensity": event.get("propensity"),
+                "snapshot_version": event.get("snapshot_version"),
+                "ts_ms": event["ts"],
+                "reward": 0.0,
+                "outcomes": 0,
+            },
         )
-        fresh = [
-            _OutcomeRow(**{k: outcome_rows[i][k] for k in ("event_id", "decision_id", "value", "ts_ms")})
-            for i in sorted(new_outcomes)
-        ]
-        if fresh or waiting:
-            _join_outcomes(store, conn, cells=cells, specs=specs, result=result, pending=[*fresh, *waiting])
+    new_exposures = _insert_new(store, conn, exposures, exposures.c.decision_id, list(rows.values()))
+    result.accepted["exposure"] = len(new_exposures)
+    result.duplicates += len(by_type["exposure"]) - len(new_exposures)
+    for decision_id in sorted(new_exposures):
+        row = rows[decision_id]
+        if row["experiment"] not in specs:
+            cells.bump(row["experiment"], "unknown_experiment")
+        elif row["reason"] == "personalized":
+            cells.add(row["experiment"], row["path"], row["arm"], ts=row["ts_ms"], n=1.0, r=0.0)
 
-        stitch_rows = {
-            e["id"]: {
-                "event_id": e["id"],
-                "anonymous_hash": store.hash_unit(e["anonymous_id"]),
-                "user_hash": store.hash_unit(e["user_id"]),
-                "ts_ms": e["ts"],
-            }
-            for e in by_type["stitch"]
+    outcome_rows: dict[str, dict[str, Any]] = {}
+    for event in by_type["outcome"]:
+        outcome_rows.setdefault(
+            event["id"],
+            {
+                "event_id": event["id"],
+                "decision_id": event["decision_id"],
+                "experiment": event["experiment"],
+                "value": float(event["value"]),
+                "unit_hash": store.hash_unit(event.get("unit")),
+                "ts_ms": event["ts"],
+                "status": "pending",
+            },
+        )
+    new_outcomes = _insert_new(store, conn, outcomes, outcomes.c.event_id, list(outcome_rows.values()))
+    result.accepted["outcome"] = len(new_outcomes)
+    result.duplicates += len(by_type["outcome"]) - len(new_outcomes)
+    # Outcomes of this batch, and older ones that were waiting for an exposure of this batch.
+    waiting = (
+        []
+        if not new_exposures
+        else conn.execute(
+            select(outcomes).where(
+                outcomes.c.decision_id.in_(list(new_exposures)),
+                outcomes.c.status == "pending",
+                outcomes.c.event_id.not_in(list(new_outcomes) or [""]),
+            )
+        ).all()
+    )
+    fresh = [
+        _OutcomeRow(**{k: outcome_rows[i][k] for k in ("event_id", "decision_id", "value", "ts_ms")})
+        for i in sorted(new_outcomes)
+    ]
+    if fresh or waiting:
+        _join_outcomes(store, conn, cells=cells, specs=specs, result=result, pending=[*fresh, *waiting])
+
+    stitch_rows = {
+        e["id"]: {
+            "event_id": e["id"],
+            "anonymous_hash": store.hash_unit(e["anonymous_id"]),
+            "user_hash": store.hash_unit(e["user_id"]),
+            "ts_ms": e["ts"],
         }
-        new_stitches = _insert_new(store, conn, stitches, stitches.c.event_id, list(stitch_rows.values()))
-        result.accepted["stitch"] = len(new_stitches)
-        result.duplicates += len(by_type["stitch"]) - len(new_stitches)
-        cells.flush(store, conn, specs)
+        for e in by_type["stitch"]
+    }
+    new_stitches = _insert_new(store, conn, stitches, stitches.c.event_id, list(stitch_rows.values()))
+    result.accepted["stitch"] = len(new_stitches)
+    result.duplicates += len(by_type["stitch"]) - len(new_stitches)
+    cells.flush(store, conn, specs)
     return result
 
 

@@ -22,6 +22,12 @@ class Metrics:
         self.events_duplicate = Counter(
             "perch_events_duplicate", "Events already stored (resent batches)", registry=self.registry
         )
+        self.ingest_group_batches = Histogram(
+            "perch_ingest_group_batches",
+            "Event batches stored per transaction (group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.publish_seconds = Histogram(
             "perch_publish_seconds", "Time to learn and publish one experiment", registry=self.registry
         )

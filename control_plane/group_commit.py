@@ -1,0 +1,138 @@
+"""Group commit for event ingestion: batches that arrive together share one transaction.
+
+Every acknowledged batch must be on disk, so each transaction ends in an fsync
+(SQLite ``synchronous=FULL``; PostgreSQL's WAL flush). When every edge request
+posts its own small batch, that fsync, not the SQL, bounds how many events per
+second one control plane takes. :class:`IngestWriter` lets the batches that
+arrive while a commit is in flight queue up, then stores them all in the next
+transaction and answers each only after that transaction commits: the same
+guarantee as one transaction per batch, with one fsync for many batches.
+
+A group must never let one batch fail another. Replayed signatures, the one
+failure a well-formed batch can meet, are found before writing; if the group's
+transaction fails anyway, every batch in it is retried in a transaction of its
+own, so only the batch at fault gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from control_plane.ingest import IngestResult, ingest, ingest_into
+from control_plane.schema import seen_batches
+from control_plane.store import Store
+
+__all__ = ["IngestWriter", "ReplayedBatch", "ingest_group"]
+
+
+class ReplayedBatch(Exception):
+    """A batch whose signature was already accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    events: list[dict[str, Any]]
+    signature: str | None
+    now_ms: int
+
+
+Outcome = IngestResult | Exception
+
+
+def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
+    """Store ``batches`` in one transaction; per batch, its result or the error that refused it."""
+    if len(batches) == 1:
+        return [_alone(store, batches[0])]
+    try:
+        with store.write() as conn:
+            signatures = [b.signature for b in batches if b.signature is not None]
+            taken = set(
+                conn.execute(
+                    select(seen_batches.c.signature).where(seen_batches.c.signature.in_(signatures))
+                ).scalars()
+            )
+            out: list[Outcome] = []
+            for batch in batches:
+                if batch.signature is not None and batch.signature in taken:
+                    out.append(ReplayedBatch("this batch was already accepted (replayed signature)"))
+                    continue
+                if batch.signature is not None:
+                    taken.add(batch.signature)
+                out.append(ingest_into(store, conn, batch.events, batch.signature, batch.now_ms))
+        return out
+    except Exception:
+        # Nothing of the group was committed: each batch again, alone, so only a faulty one fails.
+        return [_alone(store, batch) for batch in batches]
+
+
+def _alone(store: Store, batch: Batch) -> Outcome:
+    try:
+        return ingest(store, batch.events, batch.signature, batch.now_ms)
+    except Exception as exc:
+        return exc
+
+
+class IngestWriter:
+    """Queues batches from concurrent requests and commits them in groups, in order of arrival.
+
+    Lives in one event loop (the app's): ``submit`` is awaited by request
+    handlers, and one drain task at a time hands groups to a worker thread.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_events: int = 5_000,
+        on_commit: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_events = max_events
+        self.on_commit = on_commit  # (batches, events) of each group, for metrics
+        self._queue: deque[tuple[Batch, asyncio.Future[IngestResult]]] = deque()
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def submit(self, events: list[dict[str, Any]], signature: str | None, now_ms: int) -> IngestResult:
+        """Store one batch; returns once it is committed, or raises what refused it."""
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((Batch(events, signature, now_ms), future))
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = asyncio.create_task(self._drain())
+        return await future
+
+    def _take(self) -> list[tuple[Batch, asyncio.Future[IngestResult]]]:
+        group: list[tuple[Batch, asyncio.Future[IngestResult]]] = []
+        size = 0
+        while self._queue and (not group or size + len(self._queue[0][0].events) <= self.max_events):
+            item = self._queue.popleft()
+            group.append(item)
+            size += len(item[0].events)
+        return group
+
+    async def _drain(self) -> None:
+        while self._queue:
+            group = self._take()
+            batches = [batch for batch, _ in group]
+            try:
+                outcomes = await run_in_threadpool(ingest_group, self.store, batches)
+            except BaseException as exc:  # cancelled at shutdown: nobody is left acknowledged
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                raise
+            if self.on_commit is not None:
+                self.on_commit(len(batches), sum(len(b.events) for b in batches))
+            for (_, future), outcome in zip(group, outcomes, strict=True):
+                if future.done():  # the client went away; the batch is stored all the same
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
