@@ -152,9 +152,22 @@ class _Sender:
                         self.accepted[kind] += count
 
 
-def _load(base: str, batch_size: int, senders: int, duration_s: float) -> dict[str, Any]:
+def _group_commits(base: str) -> tuple[float, float]:
+    """(batches, transactions) so far, from the server's group-commit histogram."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    values = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("perch_ingest_group_batches_")
+    )
+    return float(values.get("perch_ingest_group_batches_sum", 0)), float(
+        values.get("perch_ingest_group_batches_count", 0)
+    )
+
+
+def _load(base: str, batch_size: int, senders: int, duration_s: float, run_no: int) -> dict[str, Any]:
     stop = threading.Event()
-    workers = [_Sender(base, w + batch_size * 1000, batch_size) for w in range(senders)]
+    # Distinct seeds per run: a decision id sent twice would be counted as a duplicate, not accepted.
+    workers = [_Sender(base, run_no * 1000 + w, batch_size) for w in range(senders)]
+    batches_before, commits_before = _group_commits(base)
     threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
     started = time.perf_counter()
     for t in threads:
@@ -171,9 +184,12 @@ def _load(base: str, batch_size: int, senders: int, duration_s: float) -> dict[s
             failed[k] = failed.get(k, 0) + v
     latencies = [x for w in workers for x in w.latencies_ns]
     total = sum(accepted.values())
+    batches_after, commits_after = _group_commits(base)
+    commits = commits_after - commits_before
     return {
         "batch_size": batch_size,
         "senders": senders,
+        "batches_per_commit": (batches_after - batches_before) / commits if commits else None,
         "seconds": elapsed,
         "batches": len(latencies),
         "accepted": accepted,
@@ -197,7 +213,7 @@ def _count(url: str) -> dict[str, int]:
 
 
 def _backend(
-    name: str, url: str, root: Path, *, batch_sizes: tuple[int, ...], senders: int, duration_s: float
+    name: str, url: str, root: Path, *, loads: tuple[tuple[int, int], ...], duration_s: float
 ) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -214,8 +230,8 @@ def _backend(
             f"{base}/v1/experiments", json=_spec(), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
         )
         created.raise_for_status()
-        for size in batch_sizes:
-            runs.append(_load(base, size, senders, duration_s))
+        for run_no, (size, senders) in enumerate(loads, start=1):
+            runs.append(_load(base, size, senders, duration_s, run_no))
     stored = _count(url)
     acknowledged = {k: sum(r["accepted"][k] for r in runs) for k in ("exposure", "outcome")}
     return {"runs": runs, "stored": stored, "acknowledged": acknowledged}
@@ -224,8 +240,9 @@ def _backend(
 def run(
     *,
     duration_s: float = 8.0,
-    batch_sizes: tuple[int, ...] = (1, 50),
-    senders: int = 4,
+    # (events per batch, concurrent senders): one page view's exposure per batch from 4 and from 16
+    # edges at once (group commit shares transactions between them), and fuller batches.
+    loads: tuple[tuple[int, int], ...] = ((1, 4), (1, 16), (50, 4)),
     backends: tuple[str, ...] = ("sqlite", "postgresql"),
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="perch-bench-ingest-"))
@@ -242,9 +259,7 @@ def run(
             else:
                 (root / backend).mkdir(parents=True, exist_ok=True)
                 url = f"sqlite:///{root / backend / 'perch.db'}"
-            out["backends"][backend] = _backend(
-                backend, url, root, batch_sizes=batch_sizes, senders=senders, duration_s=duration_s
-            )
+            out["backends"][backend] = _backend(backend, url, root, loads=loads, duration_s=duration_s)
         out["load_after"] = load_average()
         return out
     finally:

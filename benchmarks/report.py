@@ -349,13 +349,15 @@ def ingest_section(ing: dict[str, Any]) -> list[str]:
         f"{ing.get('postgresql_version', '?')} in its own `perch_bench` database), signed batches "
         "posted on loopback by sender threads for a bounded time. Batches of 1 are one page view's "
         "exposure; batches of 50 hold 45 exposures and 5 outcomes joining earlier ones. Counted: events "
-        "acknowledged (200 after commit); *stored* checks them against the database afterwards.",
+        "acknowledged (200 after commit); *stored* checks them against the database afterwards. "
+        "*Batches per commit* is the server's group commit at work (`perch_ingest_group_batches`): "
+        "batches that arrive while a transaction commits share the next one.",
         "",
     ]
     rows = []
     for backend, b in ing.get("backends", {}).items():
         if "skipped" in b:
-            rows.append([backend, "—", "—", "—", "—", "—", "—", "—", b["skipped"]])
+            rows.append([backend, "—", "—", "—", "—", "—", "—", "—", "—", b["skipped"]])
             continue
         ok = b["stored"] == b["acknowledged"]
         for r in b["runs"]:
@@ -369,6 +371,7 @@ def ingest_section(ing: dict[str, Any]) -> list[str]:
                     f"{r['seconds']:.1f}",
                     f"{sum(r['accepted'].values()):,}",
                     f"**{r['events_per_s']:,.0f}**",
+                    "—" if r.get("batches_per_commit") is None else f"{r['batches_per_commit']:.1f}",
                     _ms(_p(lat, "p50_us")),
                     _ms(_p(lat, "p99_us")),
                     failed + ("" if ok else " (stored != acknowledged!)"),
@@ -382,6 +385,7 @@ def ingest_section(ing: dict[str, Any]) -> list[str]:
             "seconds",
             "events accepted",
             "events/s",
+            "batches per commit",
             "batch p50 ms",
             "batch p99 ms",
             "failed",
@@ -517,7 +521,7 @@ def _headline(sections: dict[str, Any]) -> tuple[list[str], list[str]]:
             for r in b.get("runs", []):
                 rows.append(
                     [
-                        f"Ingestion, {backend}, {r['batch_size']} events/batch",
+                        f"Ingestion, {backend}, {r['batch_size']} events/batch, {r['senders']} senders",
                         f"{r['events_per_s']:,.0f} events/s",
                         "—",
                         "",

@@ -60,7 +60,7 @@ QUICK = Plan(
         "grid_events": 10**4,
         "repeats": 1,
     },
-    ingest={"duration_s": 0.5, "batch_sizes": (1, 50), "senders": 2},
+    ingest={"duration_s": 0.5, "loads": ((1, 2), (1, 8), (50, 2))},
     http={"concurrency": (1, 4), "requests": 100, "seconds": 3.0, "warmup": 20},
 )
 # What `pytest benchmarks --benchmark-disable` (make test) runs, so no section can rot unnoticed.
@@ -76,7 +76,7 @@ SMOKE = Plan(
         "repeats": 1,
         "shape": (2, 15),
     },
-    ingest={"duration_s": 0.3, "batch_sizes": (1, 50), "senders": 2, "backends": ("sqlite",)},
+    ingest={"duration_s": 0.3, "loads": ((1, 2), (1, 8), (50, 2)), "backends": ("sqlite",)},
     http={"concurrency": (2,), "requests": 40, "seconds": 3.0, "warmup": 10},
 )
 
