@@ -65,6 +65,10 @@ class Outbox:
     def __init__(self) -> None:
         self.queue: list[dict[str, Any]] = []
         self.scheduled = False
+        # What became of this isolate's events, for /v1/health: a dropped batch is
+        # otherwise only a log line, and operators need to see lost exposures.
+        self.delivered = 0
+        self.dropped = 0
 
     def add(self, platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> None:
         self.queue.extend(events)
@@ -78,7 +82,14 @@ class Outbox:
         self.scheduled = False
         batch, self.queue = self.queue, []
         for start in range(0, len(batch), MAX_EVENTS_PER_BATCH):
-            await send_events(platform, config, batch[start : start + MAX_EVENTS_PER_BATCH])
+            part = batch[start : start + MAX_EVENTS_PER_BATCH]
+            if await send_events(platform, config, part):
+                self.delivered += len(part)
+            else:
+                self.dropped += len(part)
+
+    def health(self) -> dict[str, int]:
+        return {"queued": len(self.queue), "delivered": self.delivered, "dropped": self.dropped}
 
 
 @dataclass
@@ -275,6 +286,7 @@ def _health(edge: Edge, platform: Platform) -> EdgeResponse:
         "status": "ok",
         "isolate": {"started_ms": edge.started_ms, "requests": edge.requests},
         "snapshots": edge.cache.health(now),
+        "events": edge.outbox.health(),
     }
     return _json(200, doc, [("cache-control", "no-store")])
 
@@ -309,13 +321,27 @@ async def _peek_for_slots(body: AsyncIterator[bytes]) -> tuple[bool, AsyncIterat
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
+def _origin_url(edge: Edge, request: EdgeRequest) -> str:
+    split = request.url.split("/", 3)
+    return f"{edge.config.origin_url}/{split[3] if len(split) > 3 else ''}"
+
+
+async def _passthrough(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
+    """The origin's response as it came: what a page gets when personalization itself broke."""
+    try:
+        origin = await platform.fetch_origin(request, _origin_url(edge, request))
+    except Exception as exc:
+        log.warning("origin fetch failed: %s", exc)
+        return _error(502, f"origin unreachable: {type(exc).__name__}")
+    headers = [(k, v) for k, v in origin.headers if k.lower() not in _HOP_BY_HOP]
+    return EdgeResponse(origin.status, headers, origin.body)
+
+
 async def _page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:
     if not edge.config.origin_url:
         return _error(502, "ORIGIN_URL is not configured")
-    split = request.url.split("/", 3)
-    url = f"{edge.config.origin_url}/{split[3] if len(split) > 3 else ''}"
     try:
-        origin = await platform.fetch_origin(request, url)
+        origin = await platform.fetch_origin(request, _origin_url(edge, request))
     except Exception as exc:  # the origin, not personalization, failed
         log.warning("origin fetch failed: %s", exc)
         return _error(502, f"origin unreachable: {type(exc).__name__}")
@@ -371,7 +397,10 @@ async def handle(edge: Edge, platform: Platform, request: EdgeRequest, rng: Gene
             response = await _page_route(edge, platform, request, rng)
     except Exception:  # a bug of ours must not take the site down
         log.exception("edge handler failed on %s %s", request.method, path)
-        response = _error(500, "internal error in the Perch edge")
+        if path.startswith("/v1/") or not edge.config.origin_url:
+            response = _error(500, "internal error in the Perch edge")
+        else:  # a page: the visitor gets it as the origin made it, unpersonalized
+            response = await _passthrough(edge, platform, request)
     if not any(k == "server-timing" for k, _ in response.headers):
         response.headers.append(("server-timing", f"perch;dur={(platform.perf_s() - started) * 1000:.3f}"))
     return response

@@ -204,6 +204,9 @@ def test_event_delivery_retries_then_gives_up_without_raising(edge: Edge, platfo
     body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
     asyncio.run(platform.drain())
     assert len(platform.posts) == 1  # a refused batch is not resent
+    # Lost exposures show in the isolate's health, not only in a log line.
+    _, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
+    assert doc["events"] == {"queued": 0, "delivered": 1, "dropped": 1}
 
 
 def test_health_lists_what_the_isolate_holds(edge: Edge, platform: FakePlatform) -> None:
@@ -293,6 +296,27 @@ def test_a_bug_in_the_handler_is_contained(
     monkeypatch.setattr(handler, "_health", boom)
     status, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
     assert status == 500 and doc == {"error": "internal error in the Perch edge"}
+
+
+def test_a_bug_on_a_page_serves_the_origin_page_unpersonalized(
+    edge: Edge, platform: FakePlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge import handler
+
+    def boom(*_: object) -> None:
+        raise RuntimeError("bug in context building")
+
+    _page(platform)
+    monkeypatch.setattr(handler, "build_context", boom)
+    response = serve(
+        edge, platform, request("https://s.test/products/1?x=1", headers={"cookie": f"perch_uid={UID}"})
+    )
+    assert response.status == 200
+    assert asyncio.run(read_body(response)) == PAGE  # the visitor still gets the page
+    assert header(response, "cache-control") == ["public, max-age=600"]  # as the origin sent it
+    platform.origin_error = ConnectionError("refused")
+    status, doc, _ = body_json(edge, platform, "https://s.test/products/1?x=1")
+    assert status == 502 and "origin unreachable" in doc["error"]
 
 
 def test_events_of_concurrent_requests_share_one_signed_batch(edge: Edge, platform: FakePlatform) -> None:
