@@ -17,6 +17,7 @@ own, so only the batch at fault gets the error.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ from typing import Any
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.ingest import IngestResult, ingest, ingest_into
+from control_plane.ingest import Cells, IngestResult, ingest, ingest_into
 from control_plane.schema import seen_batches
 from control_plane.store import Store
 
 __all__ = ["IngestWriter", "ReplayedBatch", "ingest_group"]
+
+log = logging.getLogger("perch.ingest")
 
 
 class ReplayedBatch(Exception):
@@ -59,13 +62,17 @@ def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
                 ).scalars()
             )
             out: list[Outcome] = []
+            # One set of cell deltas for the group, written last: each statistics and counter row
+            # is locked once, in sorted order, whatever the batches touched.
+            cells = Cells()
             for batch in batches:
                 if batch.signature is not None and batch.signature in taken:
                     out.append(ReplayedBatch("this batch was already accepted (replayed signature)"))
                     continue
                 if batch.signature is not None:
                     taken.add(batch.signature)
-                out.append(ingest_into(store, conn, batch.events, batch.signature, batch.now_ms))
+                out.append(ingest_into(store, conn, batch.events, batch.signature, batch.now_ms, cells=cells))
+            cells.flush(store, conn)
         return out
     except Exception:
         # Nothing of the group was committed: each batch again, alone, so only a faulty one fails.
@@ -82,8 +89,10 @@ def _alone(store: Store, batch: Batch) -> Outcome:
 class IngestWriter:
     """Queues batches from concurrent requests and commits them in groups, in order of arrival.
 
-    Lives in one event loop (the app's): ``submit`` is awaited by request
-    handlers, and one drain task at a time hands groups to a worker thread.
+    Lives in one event loop (the app's, under uvicorn): ``submit`` is awaited
+    by request handlers, and one drain task at a time hands groups to a worker
+    thread.  Should the loop change (a test client run after another), the
+    queue starts afresh in the new one.
     """
 
     def __init__(
@@ -98,10 +107,14 @@ class IngestWriter:
         self.on_commit = on_commit  # (batches, events) of each group, for metrics
         self._queue: deque[tuple[Batch, asyncio.Future[IngestResult]]] = deque()
         self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, events: list[dict[str, Any]], signature: str | None, now_ms: int) -> IngestResult:
         """Store one batch; returns once it is committed, or raises what refused it."""
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._queue, self._drain_task = loop, deque(), None
+        future: asyncio.Future[IngestResult] = loop.create_future()
         self._queue.append((Batch(events, signature, now_ms), future))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._drain())
@@ -119,20 +132,23 @@ class IngestWriter:
     async def _drain(self) -> None:
         while self._queue:
             group = self._take()
-            batches = [batch for batch, _ in group]
+            outcomes: list[Outcome] = []
             try:
-                outcomes = await run_in_threadpool(ingest_group, self.store, batches)
-            except BaseException as exc:  # cancelled at shutdown: nobody is left acknowledged
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
-                raise
+                outcomes = await run_in_threadpool(ingest_group, self.store, [b for b, _ in group])
+            finally:
+                # Every waiter gets an answer, whatever happened here; without an outcome (the
+                # thread call itself failed or was cancelled) nothing is acknowledged.
+                failed = RuntimeError("the batch could not be stored; resend it")
+                for i, (_, future) in enumerate(group):
+                    if future.done():  # the client went away; a stored batch stays stored
+                        continue
+                    outcome = outcomes[i] if i < len(outcomes) else failed
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
             if self.on_commit is not None:
-                self.on_commit(len(batches), sum(len(b.events) for b in batches))
-            for (_, future), outcome in zip(group, outcomes, strict=True):
-                if future.done():  # the client went away; the batch is stored all the same
-                    continue
-                if isinstance(outcome, Exception):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+                try:
+                    self.on_commit(len(group), sum(len(b.events) for b, _ in group))
+                except Exception:  # metrics must never stop ingestion
+                    log.exception("group commit metrics failed")

@@ -32,7 +32,7 @@ from control_plane.experiments import ExperimentSpec
 from control_plane.schema import experiments, exposures, outcomes, seen_batches, stats, stitches
 from control_plane.store import Store, decay
 
-__all__ = ["IngestResult", "ingest", "ingest_into", "path_of"]
+__all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of"]
 
 UNKNOWN = "unknown"
 REPLAY_MEMORY_S = 900
@@ -68,7 +68,7 @@ def _reward(spec: ExperimentSpec, value: float, already: float) -> float:
     return min(scaled, 1.0 - already)  # an exposure is at most one success
 
 
-class _Cells:
+class Cells:
     """Stat deltas and counter bumps gathered over a batch, then written in a few bulk statements.
 
     Per cell the work is a read-modify-write (the decayed sums need the stored
@@ -81,6 +81,7 @@ class _Cells:
     def __init__(self) -> None:
         self.deltas: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
         self.bumps: Counter[tuple[str, str]] = Counter()
+        self.specs: dict[str, ExperimentSpec] = {}  # of the experiments with deltas (half-lives)
 
     def add(self, experiment: str, path: str, arm: str, *, ts: int, n: float, r: float) -> None:
         self.deltas.setdefault((experiment, path, arm), []).append((ts, n, r))
@@ -88,7 +89,8 @@ class _Cells:
     def bump(self, experiment: str, name: str) -> None:
         self.bumps[experiment, name] += 1
 
-    def flush(self, store: Store, conn: Connection, specs: dict[str, ExperimentSpec]) -> None:
+    def flush(self, store: Store, conn: Connection) -> None:
+        specs = self.specs
         keys = sorted(self.deltas)
         if keys:
             conn.execute(
@@ -102,7 +104,8 @@ class _Cells:
             half_life = specs[experiment].half_life_s
             for start in range(0, len(paths), _CHUNK):
                 for row in conn.execute(
-                    _READ_CELLS, {"experiment": experiment, "paths": paths[start : start + _CHUNK]}
+                    _read_cells(store.dialect),
+                    {"experiment": experiment, "paths": paths[start : start + _CHUNK]},
                 ):
                     if (row.path, row.arm) in wanted:
                         updates.append(_apply(row, self.deltas[experiment, row.path, row.arm], half_life))
@@ -158,15 +161,23 @@ def _ensure_cell(dialect: str) -> Any:
     )
 
 
-_READ_CELLS = (
-    select(stats)
-    .where(
-        stats.c.experiment == bindparam("experiment"),
-        stats.c.path.in_(bindparam("paths", expanding=True)),
+@cache
+def _read_cells(dialect: str) -> Any:
+    # Rows are locked in the order they come back: the same order as Python's
+    # sorted() of the paths (code points; "C" on PostgreSQL, SQLite's BINARY).
+    path = stats.c.path.collate("C") if dialect == "postgresql" else stats.c.path
+    arm = stats.c.arm.collate("C") if dialect == "postgresql" else stats.c.arm
+    return (
+        select(stats)
+        .where(
+            stats.c.experiment == bindparam("experiment"),
+            stats.c.path.in_(bindparam("paths", expanding=True)),
+        )
+        .order_by(path, arm)
+        .with_for_update()
     )
-    .order_by(stats.c.path, stats.c.arm)
-    .with_for_update()
-)
+
+
 _WRITE_CELL = (
     stats.update()
     .where(
@@ -232,7 +243,7 @@ def _join_outcomes(
     store: Store,
     conn: Connection,
     *,
-    cells: _Cells,
+    cells: Cells,
     specs: dict[str, ExperimentSpec],
     result: IngestResult,
     pending: list[Any],
@@ -303,9 +314,21 @@ def ingest(store: Store, events: list[dict[str, Any]], signature: str | None, no
 
 
 def ingest_into(
-    store: Store, conn: Connection, events: list[dict[str, Any]], signature: str | None, now_ms: int
+    store: Store,
+    conn: Connection,
+    events: list[dict[str, Any]],
+    signature: str | None,
+    now_ms: int,
+    *,
+    cells: Cells | None = None,
 ) -> IngestResult:
-    """:func:`ingest` inside the caller's transaction (group commit stores several batches in one)."""
+    """:func:`ingest` inside the caller's transaction (group commit stores several batches in one).
+
+    With ``cells`` the statistics are only gathered there, for the caller to
+    flush once for the whole group: every cell and counter row is then locked
+    once, in one order, so concurrent replicas cannot deadlock on them.
+    """
+    own_cells = cells is None
     result = IngestResult()
     by_type: dict[str, list[dict[str, Any]]] = {"exposure": [], "outcome": [], "stitch": []}
     for event in events:
@@ -318,7 +341,9 @@ def ingest_into(
             conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_s - REPLAY_MEMORY_S))
             store.replays_purged_s = now_s
     specs = _spec_cache(store, conn, {e["experiment"] for e in events if "experiment" in e})
-    cells = _Cells()
+    if cells is None:
+        cells = Cells()
+    cells.specs.update(specs)
 
     rows: dict[str, dict[str, Any]] = {}
     for event in by_type["exposure"]:
@@ -398,7 +423,8 @@ def ingest_into(
     new_stitches = _insert_new(store, conn, stitches, stitches.c.event_id, list(stitch_rows.values()))
     result.accepted["stitch"] = len(new_stitches)
     result.duplicates += len(by_type["stitch"]) - len(new_stitches)
-    cells.flush(store, conn, specs)
+    if own_cells:
+        cells.flush(store, conn)
     return result
 
 

@@ -55,6 +55,12 @@ class Settings:
             )
         if not (math.isfinite(self.promotion_tolerance) and self.promotion_tolerance >= 0):
             raise SettingsError(f"PERCH_PROMOTION_TOLERANCE={self.promotion_tolerance}, must be >= 0")
+        if not 1 <= self.signature_tolerance_s <= 420:
+            # Accepted signatures are remembered 900 s: a batch must not outlive that memory.
+            raise SettingsError(
+                f"signature_tolerance_s={self.signature_tolerance_s}, must be in [1, 420] "
+                "(replays are recognised for 900 s)"
+            )
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'perch.db').resolve()}")
         if not self.unit_salt:

@@ -353,8 +353,12 @@ async def _page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng:
     has_slots, body = await _peek_for_slots(origin.body)
     if not has_slots:
         return EdgeResponse(origin.status, headers, body)
-    run = _Request(edge, platform, request, rng)
-    context = build_context(request, run.cookies, {}) if run.identity.consent else {}
+    try:
+        run = _Request(edge, platform, request, rng)
+        context = build_context(request, run.cookies, {}) if run.identity.consent else {}
+    except Exception:  # a bug of ours: the page goes out as the origin made it
+        log.exception("personalizing %s failed; serving the origin's page", request.path)
+        return EdgeResponse(origin.status, headers, body)
 
     async def fill(experiment: str) -> str | None:
         try:
@@ -397,9 +401,9 @@ async def handle(edge: Edge, platform: Platform, request: EdgeRequest, rng: Gene
             response = await _page_route(edge, platform, request, rng)
     except Exception:  # a bug of ours must not take the site down
         log.exception("edge handler failed on %s %s", request.method, path)
-        if path.startswith("/v1/") or not edge.config.origin_url:
+        if path.startswith("/v1/") or not edge.config.origin_url or request.method not in ("GET", "HEAD"):
             response = _error(500, "internal error in the Perch edge")
-        else:  # a page: the visitor gets it as the origin made it, unpersonalized
+        else:  # a page (safe to ask the origin again): the visitor gets it unpersonalized
             response = await _passthrough(edge, platform, request)
     if not any(k == "server-timing" for k, _ in response.headers):
         response.headers.append(("server-timing", f"perch;dur={(platform.perf_s() - started) * 1000:.3f}"))

@@ -32,10 +32,14 @@ class EdgeRequest:
     hostname: str = field(init=False)
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
+        try:
+            parts = urlsplit(self.url)
+            hostname = (parts.hostname or "").lower()
+        except ValueError:  # e.g. a bad IPv6 host from a raw local request: a page, no query
+            parts, hostname = urlsplit("/"), ""
         object.__setattr__(self, "path", parts.path or "/")
         object.__setattr__(self, "query", tuple(parse_qsl(parts.query, keep_blank_values=True)))
-        object.__setattr__(self, "hostname", (parts.hostname or "").lower())
+        object.__setattr__(self, "hostname", hostname)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

@@ -64,10 +64,12 @@ def test_replays_are_refused_alone(hero: Store) -> None:
 def test_a_failing_batch_does_not_take_the_group_down(hero: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     real = group_commit.ingest_into
 
-    def poisoned(store: Store, conn: Any, events: list[dict[str, Any]], *args: Any) -> IngestResult:
+    def poisoned(
+        store: Store, conn: Any, events: list[dict[str, Any]], *args: Any, **kwargs: Any
+    ) -> IngestResult:
         if events[0]["decision_id"] == f"{2:032x}":
             raise RuntimeError("disk full")
-        return real(store, conn, events, *args)
+        return real(store, conn, events, *args, **kwargs)
 
     monkeypatch.setattr(group_commit, "ingest_into", poisoned)
     monkeypatch.setattr("control_plane.ingest.ingest_into", poisoned)
@@ -131,3 +133,28 @@ def test_groups_are_bounded_in_events(hero: Store) -> None:
     while writer._queue:
         sizes.append(sum(len(b.events) for b, _ in writer._take()))
     assert sizes == [4, 4, 2]
+
+
+def test_a_group_writes_each_cell_once(hero: Store) -> None:
+    # Three batches on one cell: one read-modify-write of it (and of its counter) for the group,
+    # so concurrent replicas lock rows once each, in one order.
+    ingest_group(hero, [Batch([exposure(i)], f"{i:064x}", NOW) for i in (1, 2, 3)])
+    assert hero.counters("hero") == {"updates": 1}
+    (arms,) = hero.cells(spec(), NOW).values()
+    assert arms["b"].exposures == 3
+
+
+def test_a_failing_metrics_hook_neither_hangs_nor_fails_a_batch(hero: Store) -> None:
+    def broken(batches: int, events: int) -> None:
+        raise ValueError("metrics backend down")
+
+    writer = IngestWriter(hero, on_commit=broken)
+
+    async def scenario() -> list[IngestResult]:
+        return list(await asyncio.gather(*(writer.submit([exposure(i)], None, NOW) for i in (1, 2))))
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert [r.accepted["exposure"] for r in results] == [1, 1]
+    # A writer used from a new event loop (a second test client) starts afresh there.
+    again = asyncio.run(asyncio.wait_for(writer.submit([exposure(3)], None, NOW), 30))
+    assert again.accepted["exposure"] == 1 and _stored(hero) == 3

@@ -253,7 +253,7 @@ def test_a_failed_batch_leaves_nothing_behind(hero: Store, monkeypatch: pytest.M
     def broken(*_: Any, **__: Any) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(module._Cells, "flush", broken)
+    monkeypatch.setattr(module.Cells, "flush", broken)
     with pytest.raises(RuntimeError):
         ingest(hero, [exposure(1), outcome(1)], None, NOW)
     monkeypatch.undo()

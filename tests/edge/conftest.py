@@ -28,6 +28,7 @@ class FakePlatform:
         self.kv_reads = 0
         self.pages: dict[str, tuple[int, list[tuple[str, str]], list[bytes]]] = {}
         self.origin_error: Exception | None = None
+        self.origin_fetches: list[tuple[str, str]] = []
         self.posts: list[tuple[str, bytes, dict[str, str]]] = []
         self.post_status = [202]
         self.tasks: list[Awaitable[Any]] = []
@@ -46,6 +47,7 @@ class FakePlatform:
         return self.kv.get(key)
 
     async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
+        self.origin_fetches.append((request.method, url))
         if self.origin_error is not None:
             raise self.origin_error
         status, headers, chunks = self.pages.get(url, (404, [("content-type", "text/plain")], [b"not found"]))

@@ -314,9 +314,20 @@ def test_a_bug_on_a_page_serves_the_origin_page_unpersonalized(
     assert response.status == 200
     assert asyncio.run(read_body(response)) == PAGE  # the visitor still gets the page
     assert header(response, "cache-control") == ["public, max-age=600"]  # as the origin sent it
-    platform.origin_error = ConnectionError("refused")
-    status, doc, _ = body_json(edge, platform, "https://s.test/products/1?x=1")
-    assert status == 502 and "origin unreachable" in doc["error"]
+    assert len(platform.origin_fetches) == 1  # the response already fetched, not a second request
+
+    # A bug elsewhere on the page path: a GET is asked of the origin again, plainly; a POST never twice.
+    async def fetch_then_fail(edge: Edge, platform: FakePlatform, req: object, rng: object) -> None:
+        await platform.fetch_origin(req, handler._origin_url(edge, req))  # type: ignore[arg-type]
+        raise RuntimeError("bug after the origin was asked")
+
+    monkeypatch.setattr(handler, "_page_route", fetch_then_fail)
+    platform.origin_fetches.clear()
+    assert asyncio.run(read_body(serve(edge, platform, request("https://s.test/products/1?x=1")))) == PAGE
+    assert platform.origin_fetches == [("GET", "https://origin.test/products/1?x=1")] * 2
+    platform.origin_fetches.clear()
+    status, _doc, _ = body_json(edge, platform, "https://s.test/products/1?x=1", method="POST", body=b"a=1")
+    assert (status, platform.origin_fetches) == (500, [("POST", "https://origin.test/products/1?x=1")])
 
 
 def test_events_of_concurrent_requests_share_one_signed_batch(edge: Edge, platform: FakePlatform) -> None:
