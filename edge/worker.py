@@ -128,8 +128,15 @@ async def _edge_request(request: Any) -> EdgeRequest:
     method = str(native.method).upper()
     headers = {str(k).lower(): str(v) for k, v in js.Object.fromEntries(native.headers).to_py().items()}
     body = (await native.arrayBuffer()).to_bytes() if method not in ("GET", "HEAD") else b""
+    return EdgeRequest(method, str(native.url), headers, body, _cf(native))
+
+
+def _cf(native: Any) -> dict[str, Any]:
+    """``request.cf`` as a dict; absent, null (``jsnull``) or odd, it is simply empty."""
     cf = getattr(native, "cf", None)
-    return EdgeRequest(method, str(native.url), headers, body, cf.to_py() if cf is not None else {})
+    to_py = getattr(cf, "to_py", None)
+    value = to_py() if callable(to_py) else None
+    return value if isinstance(value, dict) else {}
 
 
 def _js_response(response: EdgeResponse) -> Any:

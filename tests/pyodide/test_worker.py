@@ -100,6 +100,7 @@ def _fetch(
     kv: dict[str, Any] | None = None,
     kv_mode: dict[str, str] | None = None,
     cf: dict[str, Any] | None = None,
+    cf_null: bool = False,
 ) -> dict[str, Any]:
     job: dict[str, Any] = {
         "op": "fetch",
@@ -118,6 +119,8 @@ def _fetch(
     }
     if body is not None:
         job["request"]["body"] = body
+    if cf_null:
+        job["request"]["cf"] = None  # a request whose `cf` is JS null
     result = h(**job)
     assert result["ok"], result
     return result
@@ -166,6 +169,17 @@ def test_decide_contract_matches_cpython(pyodide: Harness, servers: _Servers) ->
     assert r["wait_until"]["rejected"] == []
     (exposure,) = servers.events()
     assert (exposure["decision_id"], exposure["unit"]) == (decision["decision_id"], UID)
+
+
+def test_a_request_without_cf_data_is_still_decided(pyodide: Harness, servers: _Servers) -> None:
+    snap = build_snapshot(experiment="pyo-nocf", created_at=0, max_age_s=1e12)
+    r = _fetch(
+        pyodide, servers, "https://shop.test/v1/decide?experiment=pyo-nocf", kv=_kv(snap), cf_null=True
+    )
+    assert r["status"] == 200
+    (decision,) = json.loads(r["body_text"])["decisions"]
+    assert decision["reason"] in {"personalized", "holdout"}
+    servers.events()
 
 
 def test_consent_withheld_in_pyodide(pyodide: Harness, servers: _Servers) -> None:
