@@ -8,6 +8,7 @@ the bundle's ``entry.py`` and by the Pyodide test suite, never by CPython.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -22,6 +23,8 @@ from edge.handler import Edge, handle
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
 
 __all__ = ["Default"]
+
+log = logging.getLogger("perch.edge")
 
 # Per isolate: built on the first request (vars only arrive with a request),
 # then shared by every request this isolate serves. No randomness here.
@@ -155,13 +158,35 @@ def _env_var(env: Any, name: str) -> Any:
         return None
 
 
+async def _last_resort(env: Any, request: Any) -> Any:
+    """The adapter itself failed (a bad var, a runtime surprise): pages go out as the origin made them."""
+    native = getattr(request, "js_object", request)
+    method = str(native.method).upper()
+    origin = _env_var(env, "ORIGIN_URL")
+    path = str(native.url).split("/", 3)
+    rest = path[3] if len(path) > 3 else ""
+    if origin and method in ("GET", "HEAD") and not rest.startswith("v1/"):
+        url = f"{str(origin).rstrip('/')}/{rest}"
+        try:
+            return await js.fetch(url, _js_options({"method": method, "headers": native.headers}))
+        except Exception:
+            log.exception("origin fetch failed too")
+    init = {"status": 500, "headers": [["content-type", "application/json"], ["cache-control", "no-store"]]}
+    return js.Response.new('{"error":"internal error in the Perch edge"}', _js_options(init))
+
+
 class Default(WorkerEntrypoint):  # type: ignore[misc]  # the SDK ships no types
     async def fetch(self, request: Any) -> Any:
-        edge = _ISOLATE.get("edge")
-        if edge is None:
-            edge = _ISOLATE["edge"] = Edge(EdgeConfig.from_vars({n: _env_var(self.env, n) for n in _VARS}))
-        platform = WorkersPlatform(self.env, self.ctx)
-        # Fresh OS entropy per request: ids and anonymous draws differ across isolates.
-        rng = random.SystemRandom()
-        response: EdgeResponse = await handle(edge, platform, await _edge_request(request), rng)
-        return _js_response(response)
+        try:
+            edge = _ISOLATE.get("edge")
+            if edge is None:
+                config = EdgeConfig.from_vars({n: _env_var(self.env, n) for n in _VARS})
+                edge = _ISOLATE["edge"] = Edge(config)
+            platform = WorkersPlatform(self.env, self.ctx)
+            # Fresh OS entropy per request: ids and anonymous draws differ across isolates.
+            rng = random.SystemRandom()
+            response: EdgeResponse = await handle(edge, platform, await _edge_request(request), rng)
+            return _js_response(response)
+        except Exception:  # handle() never raises: this is the adapter or the configuration
+            log.exception("Perch edge failed outside its handler")
+            return await _last_resort(self.env, request)

@@ -101,6 +101,7 @@ def _fetch(
     kv_mode: dict[str, str] | None = None,
     cf: dict[str, Any] | None = None,
     cf_null: bool = False,
+    extra_vars: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     job: dict[str, Any] = {
         "op": "fetch",
@@ -115,6 +116,7 @@ def _fetch(
             "PERCH_EDGE_SECRET": SECRET,
             "PERCH_CACHE_TTL_S": "0.001",
             "PERCH_RETRY_AFTER_S": "0.001",
+            **(extra_vars or {}),
         },
     }
     if body is not None:
@@ -180,6 +182,21 @@ def test_a_request_without_cf_data_is_still_decided(pyodide: Harness, servers: _
     (decision,) = json.loads(r["body_text"])["decisions"]
     assert decision["reason"] in {"personalized", "holdout"}
     servers.events()
+
+
+def test_a_misconfigured_worker_still_serves_pages(servers: _Servers, bundle: Any, vectors_dir: Any) -> None:
+    node = node_executable()
+    assert node is not None
+    fresh = Harness(node, bundle.path / "src", bundle.path / "python_modules", vectors_dir)  # a new isolate
+    try:
+        bad = {"PERCH_CACHE_TTL_S": "soon"}  # an operator's typo: the Worker cannot build its config
+        page = _fetch(fresh, servers, "https://shop.test/page?x=1", extra_vars=bad)
+        assert (page["status"], page["body_text"]) == (200, PAGE.decode())  # as the origin made it
+        api = _fetch(fresh, servers, "https://shop.test/v1/decide?experiment=pyo-hero", extra_vars=bad)
+        assert api["status"] == 500 and "internal error" in json.loads(api["body_text"])["error"]
+    finally:
+        fresh.close()
+        servers.events()
 
 
 def test_consent_withheld_in_pyodide(pyodide: Harness, servers: _Servers) -> None:
