@@ -30,12 +30,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from control_plane.experiments import ExperimentSpec
 from control_plane.schema import experiments, exposures, outcomes, seen_batches, stats, stitches
+from control_plane.settings import REPLAY_MEMORY_S
 from control_plane.store import Store, decay
 
 __all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of"]
 
 UNKNOWN = "unknown"
-REPLAY_MEMORY_S = 900
 
 
 @dataclass
@@ -202,25 +202,17 @@ _WRITE_JOIN = (
 
 def _spec_cache(store: Store, conn: Connection, keys: Iterable[str]) -> dict[str, ExperimentSpec]:
     """The specs of ``keys`` that exist; parsed only when their version is new to this store."""
-    versions = conn.execute(
-        select(experiments.c.key, experiments.c.version).where(experiments.c.key.in_(set(keys)))
-    ).all()
     specs: dict[str, ExperimentSpec] = {}
-    stale: list[str] = []
-    for key, version in versions:
+    rows = conn.execute(
+        select(experiments.c.key, experiments.c.version, experiments.c.spec).where(
+            experiments.c.key.in_(set(keys))
+        )
+    )
+    for key, version, doc in rows:
         cached = store.parsed_specs.get(key)
-        if cached is not None and cached[0] == version:
-            specs[key] = cached[1]
-        else:
-            stale.append(key)
-    if stale:
-        for key, version, doc in conn.execute(
-            select(experiments.c.key, experiments.c.version, experiments.c.spec).where(
-                experiments.c.key.in_(stale)
-            )
-        ):
-            specs[key] = ExperimentSpec.from_dict(json.loads(doc))
-            store.parsed_specs[key] = (version, specs[key])
+        if cached is None or cached[0] != version:
+            cached = store.parsed_specs[key] = (version, ExperimentSpec.from_dict(json.loads(doc)))
+        specs[key] = cached[1]
     return specs
 
 

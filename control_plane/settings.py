@@ -15,6 +15,12 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+# How long accepted batch signatures are remembered (ingestion purges older ones, at most a
+# minute late); a signature may be valid for twice the tolerance, so the tolerance is bounded.
+REPLAY_MEMORY_S = 900
+MAX_SIGNATURE_TOLERANCE_S = (REPLAY_MEMORY_S - 60) // 2
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     admin_token: str
@@ -55,11 +61,11 @@ class Settings:
             )
         if not (math.isfinite(self.promotion_tolerance) and self.promotion_tolerance >= 0):
             raise SettingsError(f"PERCH_PROMOTION_TOLERANCE={self.promotion_tolerance}, must be >= 0")
-        if not 1 <= self.signature_tolerance_s <= 420:
-            # Accepted signatures are remembered 900 s: a batch must not outlive that memory.
+        if not 1 <= self.signature_tolerance_s <= MAX_SIGNATURE_TOLERANCE_S:
+            # A signature valid from t - tolerance to t + tolerance must be remembered all that time.
             raise SettingsError(
-                f"signature_tolerance_s={self.signature_tolerance_s}, must be in [1, 420] "
-                "(replays are recognised for 900 s)"
+                f"signature_tolerance_s={self.signature_tolerance_s}, must be in "
+                f"[1, {MAX_SIGNATURE_TOLERANCE_S}] (replays are recognised for {REPLAY_MEMORY_S} s)"
             )
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'perch.db').resolve()}")

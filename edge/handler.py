@@ -321,44 +321,46 @@ async def _peek_for_slots(body: AsyncIterator[bytes]) -> tuple[bool, AsyncIterat
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
-def _origin_url(edge: Edge, request: EdgeRequest) -> str:
-    split = request.url.split("/", 3)
-    return f"{edge.config.origin_url}/{split[3] if len(split) > 3 else ''}"
+def origin_url_for(origin: str, url: str) -> str:
+    """Where ``url``'s path and query live at the origin (also the Worker's last resort)."""
+    split = url.split("/", 3)
+    return f"{origin.rstrip('/')}/{split[3] if len(split) > 3 else ''}"
 
 
 async def _passthrough(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
-    """The origin's response as it came: what a page gets when personalization itself broke."""
-    try:
-        origin = await platform.fetch_origin(request, _origin_url(edge, request))
-    except Exception as exc:
-        log.warning("origin fetch failed: %s", exc)
-        return _error(502, f"origin unreachable: {type(exc).__name__}")
-    headers = [(k, v) for k, v in origin.headers if k.lower() not in _HOP_BY_HOP]
-    return EdgeResponse(origin.status, headers, origin.body)
-
-
-async def _page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:
+    """The origin's response as it came, or a 502 saying why there is none."""
     if not edge.config.origin_url:
         return _error(502, "ORIGIN_URL is not configured")
     try:
-        origin = await platform.fetch_origin(request, _origin_url(edge, request))
+        origin = await platform.fetch_origin(request, origin_url_for(edge.config.origin_url, request.url))
     except Exception as exc:  # the origin, not personalization, failed
         log.warning("origin fetch failed: %s", exc)
         return _error(502, f"origin unreachable: {type(exc).__name__}")
     # Runtimes hand over the body already decoded: its old framing headers no longer apply.
     headers = [(k, v) for k, v in origin.headers if k.lower() not in _HOP_BY_HOP]
+    return EdgeResponse(origin.status, headers, origin.body)
+
+
+async def _page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:
+    page = await _passthrough(edge, platform, request)
+    headers = page.headers
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
-    if request.method != "GET" or origin.status != 200 or "text/html" not in content_type.lower():
-        return EdgeResponse(origin.status, headers, origin.body)
-    has_slots, body = await _peek_for_slots(origin.body)
+    if (
+        request.method != "GET"
+        or page.status != 200
+        or "text/html" not in content_type.lower()
+        or isinstance(page.body, bytes)  # our own 502s: nothing to personalize
+    ):
+        return page
+    has_slots, body = await _peek_for_slots(page.body)
     if not has_slots:
-        return EdgeResponse(origin.status, headers, body)
+        return EdgeResponse(page.status, headers, body)
     try:
         run = _Request(edge, platform, request, rng)
         context = build_context(request, run.cookies, {}) if run.identity.consent else {}
     except Exception:  # a bug of ours: the page goes out as the origin made it
         log.exception("personalizing %s failed; serving the origin's page", request.path)
-        return EdgeResponse(origin.status, headers, body)
+        return EdgeResponse(page.status, headers, body)
 
     async def fill(experiment: str) -> str | None:
         try:
@@ -380,7 +382,7 @@ async def _page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng:
         finally:
             run.flush()
 
-    return EdgeResponse(origin.status, headers, rendered())
+    return EdgeResponse(page.status, headers, rendered())
 
 
 async def handle(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:

@@ -13,13 +13,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import js
 from pyodide.ffi import create_proxy, to_js
 from workers import WorkerEntrypoint
 
 from edge.config import EdgeConfig
-from edge.handler import Edge, handle
+from edge.handler import Edge, handle, origin_url_for
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
 
 __all__ = ["Default"]
@@ -129,7 +130,7 @@ async def _edge_request(request: Any) -> EdgeRequest:
     # HTTPMessage per request, which costs more than the decision.
     native = getattr(request, "js_object", request)
     method = str(native.method).upper()
-    headers = {str(k).lower(): str(v) for k, v in js.Object.fromEntries(native.headers).to_py().items()}
+    headers = js.Object.fromEntries(native.headers).to_py()  # Fetch Headers: names come lower-cased
     body = (await native.arrayBuffer()).to_bytes() if method not in ("GET", "HEAD") else b""
     return EdgeRequest(method, str(native.url), headers, body, _cf(native))
 
@@ -163,10 +164,9 @@ async def _last_resort(env: Any, request: Any) -> Any:
     native = getattr(request, "js_object", request)
     method = str(native.method).upper()
     origin = _env_var(env, "ORIGIN_URL")
-    path = str(native.url).split("/", 3)
-    rest = path[3] if len(path) > 3 else ""
-    if origin and method in ("GET", "HEAD") and not rest.startswith("v1/"):
-        url = f"{str(origin).rstrip('/')}/{rest}"
+    url = str(native.url)
+    if origin and method in ("GET", "HEAD") and not urlsplit(url).path.startswith("/v1/"):
+        url = origin_url_for(str(origin), url)
         try:
             return await js.fetch(url, _js_options({"method": method, "headers": native.headers}))
         except Exception:

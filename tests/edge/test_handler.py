@@ -8,6 +8,7 @@ import pytest
 
 from core import verify
 from edge.handler import Edge
+from edge.platform import EdgeRequest
 from tests.core.conftest import NOW_MS, build_snapshot
 from tests.edge.conftest import SECRET, FakePlatform, header, read_body, request, serve
 
@@ -317,8 +318,8 @@ def test_a_bug_on_a_page_serves_the_origin_page_unpersonalized(
     assert len(platform.origin_fetches) == 1  # the response already fetched, not a second request
 
     # A bug elsewhere on the page path: a GET is asked of the origin again, plainly; a POST never twice.
-    async def fetch_then_fail(edge: Edge, platform: FakePlatform, req: object, rng: object) -> None:
-        await platform.fetch_origin(req, handler._origin_url(edge, req))  # type: ignore[arg-type]
+    async def fetch_then_fail(edge: Edge, platform: FakePlatform, req: EdgeRequest, rng: object) -> None:
+        await platform.fetch_origin(req, handler.origin_url_for(edge.config.origin_url or "", req.url))
         raise RuntimeError("bug after the origin was asked")
 
     monkeypatch.setattr(handler, "_page_route", fetch_then_fail)
