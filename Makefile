@@ -9,7 +9,7 @@ NODE_STAMP := node_modules/.installed
 
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 
-.PHONY: install node chromium test lint typecheck unit test-pyodide bench demo vectors clean
+.PHONY: install node chromium test test-fast lint typecheck unit test-pyodide bench demo vectors clean
 
 install: $(STAMP)
 
@@ -23,18 +23,13 @@ $(RUNTIME_STAMP): pyproject.toml
 demo: $(RUNTIME_STAMP)
 	$(BIN)/perch demo
 
-# Pyodide (to run the Worker's Python in tests) and wrangler (to validate its config),
-# exactly as package-lock.json pins them. `npm ci` refuses this lock because the
-# registry here has no darwin builds of workerd; `npm install` honours it, and we
-# fail if it would have changed it.
+# Pyodide (to run the Worker's Python in tests) and wrangler (to validate its config), exactly as
+# package-lock.json pins them for this platform.
+# Not `npm ci`: it fails whenever the registry adds a platform build (workerd darwin/win) the lock lacks.
 node: $(NODE_STAMP)
 
-$(NODE_STAMP): package.json package-lock.json
-	cp package-lock.json .package-lock.before
-	npm install --no-audit --no-fund --loglevel=error
-	@cmp -s package-lock.json .package-lock.before || { mv .package-lock.before package-lock.json; \
-		echo "npm wanted to change package-lock.json: update it deliberately"; exit 1; }
-	rm -f .package-lock.before
+$(NODE_STAMP): package.json package-lock.json tools/npm_locked_install.py
+	$(PYTHON) tools/npm_locked_install.py
 	touch $@
 
 $(STAMP): pyproject.toml
@@ -65,6 +60,11 @@ unit: install node chromium
 	$(BIN)/pytest benchmarks --benchmark-disable -q
 
 test: lint typecheck unit
+
+# The inner loop: unit tests that need no Node, PostgreSQL, browser or child process (~30 s).
+FAST := not (slow or postgres or pyodide or node or browser or process)
+test-fast: install
+	$(BIN)/pytest -q -m "$(FAST)"
 
 # The Worker in real Pyodide under Node, and wrangler's check of its config.
 test-pyodide: install node

@@ -211,8 +211,11 @@ def policy_eval(rows: Iterable[Sequence[Any]], candidate: Snapshot, spec: Experi
     alpha = np.asarray(candidate.alpha, dtype=np.float64).reshape(-1, n_arms)
     beta = np.asarray(candidate.beta, dtype=np.float64).reshape(-1, n_arms)
     means = alpha / (alpha + beta)
-    # Not renormalised: the logged propensities are these same float32 cells as is.
-    model_value = np.sum(alloc * means, axis=1)
+    # The direct-method term is the model's value under the candidate's allocation as a distribution:
+    # float32 rows sum to 1 only within rounding, so average with the row as weights (the reference
+    # formula, Open Bandit Pipeline's `np.average(q_hat, weights=pi_e)`). The importance weights below
+    # stay the raw cells, exactly the propensities the edge logs.
+    model_value = np.sum(alloc * means, axis=1) / np.sum(alloc, axis=1)
     segment_of: dict[tuple[str, ...], int] = {}
     r: list[float] = []
     p: list[float] = []

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cli.demo import ARMS, oracle_arm, population, summarize, true_rate
+
+pytestmark = pytest.mark.process
 
 
 def test_population_is_reproducible_and_mixed() -> None:

@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from cli.main import main
 from core import LocalKV, decode_snapshot, snapshot_key
 
+pytestmark = pytest.mark.process
+
 TOKEN = "e2e-admin-token-0000"
 SECRET = "e2e-edge-secret-0000"
 

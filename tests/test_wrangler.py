@@ -16,6 +16,8 @@ import pytest
 from cli.bundle import Bundle, build_bundle
 from tests.pyodide.conftest import node_executable, require_tooling
 
+pytestmark = pytest.mark.pyodide
+
 ROOT = Path(__file__).resolve().parent.parent
 WRANGLER = ROOT / "node_modules" / "wrangler" / "bin" / "wrangler.js"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

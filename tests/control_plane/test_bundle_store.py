@@ -21,6 +21,8 @@ from cli.bundle import build_bundle
 from cli.bundle_store_commands import register
 from control_plane.bundle_store import BundleStore, BundleStoreError
 
+pytestmark = pytest.mark.process
+
 PREFIX = "perch/bundles"
 NOW = 1_790_000_000
 KEY_ID, SECRET = "testing-key-id", "testing-secret"

@@ -499,6 +499,7 @@ def traffic(rng: random.Random, start: int, count: int) -> list[dict[str, Any]]:
     return events
 
 
+@pytest.mark.browser
 def test_the_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     require_browser()
     from playwright.sync_api import expect, sync_playwright

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from control_plane.schema import exposures
@@ -19,6 +20,8 @@ from control_plane.store import Store
 from core import encode_batch, sign
 from tests.control_plane.conftest import UNIT_KEY
 from tests.control_plane.test_ingest import exposure
+
+pytestmark = pytest.mark.process
 
 TOKEN = "admin-token-0123456789"
 SECRET = "edge-secret-0123456789"

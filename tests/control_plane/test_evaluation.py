@@ -187,7 +187,7 @@ def test_doubly_robust_varies_less_than_ips_across_seeds() -> None:
 # --- policy_eval: a candidate snapshot against logged rows --------------------------------------
 
 
-def candidate() -> Snapshot:
+def candidate(allocation: tuple[float, ...] = (0.5, 0.5, 0.75, 0.25)) -> Snapshot:
     # Global segment and device:mobile; arms a, b.  Cells are (a, b) per segment:
     #   allocation  global (0.5, 0.5)    mobile (0.75, 0.25)
     #   posterior   global a Beta(1, 1) = 0.5, b Beta(1, 3) = 0.25
@@ -205,7 +205,7 @@ def candidate() -> Snapshot:
         segments=[Segment("all"), Segment("device:mobile", {"device": "mobile"}, 0)],
         alpha=[1.0, 1.0, 3.0, 1.0],
         beta=[1.0, 3.0, 1.0, 1.0],
-        allocation=[0.5, 0.5, 0.75, 0.25],
+        allocation=list(allocation),
         context_features=["device", "source"],
     )
 
@@ -234,6 +234,24 @@ def check_policy_values(got: OPEResult) -> None:
 
 def test_policy_eval_by_hand() -> None:
     check_policy_values(policy_eval(ROWS, candidate(), spec()))
+
+
+def test_policy_eval_dr_matches_the_reference_formula_when_rows_do_not_sum_to_one() -> None:
+    # Rows that sum to 1 only within the snapshot's tolerance, as float32 rounding leaves them.
+    snap = candidate(allocation=(0.7004, 0.2999, 0.7502, 0.2501))
+    table = np.asarray(snap.allocation, dtype=np.float64).reshape(2, 2)  # float32 as stored
+    means = np.array([[0.5, 0.25], [0.75, 0.5]])
+    # Open Bandit Pipeline's DoublyRobust: q_hat averaged under pi_e, plus w * (r - q_hat(logged)).
+    segment = {"mobile": 1, "desktop": 0}
+    terms = []
+    for arm, path, propensity, reward in ROWS:
+        s = segment[path[0]]
+        a = {"a": 0, "b": 1}.get(arm)
+        dm = np.average(means[s], weights=table[s])
+        w = 0.0 if a is None else table[s, a] / propensity
+        terms.append(dm + (0.0 if a is None else w * (reward - means[s, a])))
+    got = policy_eval(ROWS, snap, spec())
+    assert got.dr == pytest.approx(float(np.mean(terms)), rel=1e-12, abs=0.0)
 
 
 def test_policy_eval_without_rows_is_an_error() -> None:

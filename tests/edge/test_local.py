@@ -19,6 +19,8 @@ import pytest
 from core import LocalKV, encode_snapshot, snapshot_key, verify
 from tests.core.conftest import build_snapshot
 
+pytestmark = pytest.mark.process
+
 SECRET = "local-secret"
 PAGE = b'<html><body><div data-perch-slot="local-hero">default</div></body></html>'
 

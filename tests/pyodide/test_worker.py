@@ -17,6 +17,8 @@ from tests.core.conftest import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
 from tests.vectors import runner
 
+pytestmark = pytest.mark.pyodide
+
 UID = "0123456789abcdef0123456789abcdef"
 SECRET = "pyodide-secret"
 PAGE = b'<html><body><h1 data-perch-slot="pyo-page">Welcome</h1><p>rest</p></body></html>'
