@@ -141,7 +141,7 @@ def edge_dev(host: str, port: int, data_dir: Path) -> None:
     """Serve the Worker's handler on CPython, reading snapshots from the local KV store.
 
     Configured like the Worker, from the environment: ORIGIN_URL, CONTROL_PLANE_URL,
-    PERCH_EDGE_SECRET, PERCH_USER_HEADER, PERCH_CACHE_TTL_S, PERCH_KV_TIMEOUT_S.
+    PERCH_EDGE_SECRET, PERCH_IDENTITY_SECRET, PERCH_USER_HEADER, PERCH_CACHE_TTL_S, PERCH_KV_TIMEOUT_S.
     """
     import os
 
@@ -161,6 +161,25 @@ def edge_dev(host: str, port: int, data_dir: Path) -> None:
     app = asgi_app(Edge(config), LocalPlatform(LocalKV(data_dir), client))
     click.echo(f"perch edge on http://{host}:{port} (KV: {data_dir / 'kv'}, origin: {config.origin_url})")
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+
+
+@main.command("sign-identity")
+@click.argument("user_id")
+@click.option(
+    "--secret",
+    envvar="PERCH_IDENTITY_SECRET",
+    required=True,
+    help="The secret shared by the site and the edge ($PERCH_IDENTITY_SECRET).",
+)
+def sign_identity_command(user_id: str, secret: str) -> None:
+    """Print the signed identity token for USER_ID (what the site sends as X-Perch-User or perch_user).
+
+    Sites make it in their own stack at login (HMAC-SHA256 over b"perch-identity-v1\\0" + id, as
+    core.sign_identity does); this command is for trying it out and for tests.
+    """
+    from core import sign_identity
+
+    click.echo(sign_identity(secret, user_id))
 
 
 @main.group()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +21,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -32,11 +33,22 @@ from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.group_commit import IngestWriter, ReplayedBatch
 from control_plane.kv_publishers import KVPublisher
 from control_plane.metrics import Metrics
+from control_plane.middleware import InternalErrorMiddleware
 from control_plane.publish import Gate, PublishResult, publish_all, publish_experiment
 from control_plane.report import build_report
 from control_plane.settings import Settings
 from control_plane.store import Conflict, NotFound, Store
-from core import SIGNATURE_HEADER, EventError, SignatureError, parse_batch, verify
+from core import (
+    KEY_RE,
+    SIGNATURE_HEADER,
+    EventError,
+    JSONInputError,
+    SignatureError,
+    is_text,
+    parse_batch,
+    parse_json,
+    verify,
+)
 
 __all__ = ["create_app"]
 
@@ -70,9 +82,21 @@ async def _body(request: Request, limit: int) -> bytes:
 async def _json(request: Request, limit: int) -> Any:
     raw = await _body(request, limit)
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Text inside is left to the validators, whose 422 names the field that holds it.
+        return parse_json(raw, check_text=False)
+    except JSONInputError as exc:
         raise HTTPException(400, f"body must be JSON ({exc})") from None
+
+
+def _path_key(request: Request) -> str:
+    """The experiment key in the URL; one that could never exist is a 404 before any query."""
+    key: str = request.path_params["key"]
+    if not KEY_RE.fullmatch(key):
+        raise HTTPException(404, f"no experiment {key[:140]!r}")
+    return key
+
+
+_IF_MATCH = re.compile(r'"?([0-9]{1,18})"?')
 
 
 class Api:
@@ -171,7 +195,7 @@ class Api:
           422: {description: The change breaks a rule.}
         """
         self.admin(request)
-        key = request.path_params["key"]
+        key = _path_key(request)
         if request.method == "GET":
             record = await run_in_threadpool(self.experiment_or_404, key)
             doc = record.to_dict()
@@ -187,9 +211,10 @@ class Api:
         if not isinstance(changes, dict):
             raise HTTPException(400, "PATCH body must be a JSON object of the fields to change")
         expected = request.headers.get("if-match")
-        if expected is not None and not expected.strip('"').isdigit():
+        match = _IF_MATCH.fullmatch(expected.strip()) if expected is not None else None
+        if expected is not None and match is None:
             raise HTTPException(400, "If-Match must be the experiment version you read, e.g. If-Match: 3")
-        version = int(expected.strip('"')) if expected else None
+        version = int(match.group(1)) if match else None
         record = await run_in_threadpool(self.store.update_experiment, key, changes, self.now_ms(), version)
         return JSONResponse(record.to_dict())
 
@@ -201,7 +226,7 @@ class Api:
           404: {description: No such experiment.}
         """
         self.admin(request)
-        record = await run_in_threadpool(self.experiment_or_404, request.path_params["key"])
+        record = await run_in_threadpool(self.experiment_or_404, _path_key(request))
 
         def publish_now() -> PublishResult:
             with self.store.publish_lock(wait=True):
@@ -229,7 +254,7 @@ class Api:
         """
         if not has_session(request, self.settings, self.now_ms()):  # the dashboard links here
             self.admin(request)
-        record = await run_in_threadpool(self.experiment_or_404, request.path_params["key"])
+        record = await run_in_threadpool(self.experiment_or_404, _path_key(request))
         return JSONResponse(await run_in_threadpool(build_report, self.store, record, self.now_ms()))
 
     async def user(self, request: Request) -> Response:
@@ -241,8 +266,8 @@ class Api:
         """
         self.admin(request)
         unit = request.path_params["unit"]
-        if not 0 < len(unit) <= 256:
-            raise HTTPException(400, "unit ids are 1-256 characters")
+        if not 0 < len(unit) <= 256 or not is_text(unit):
+            raise HTTPException(400, "unit ids are 1-256 characters of UTF-8 text without NUL")
         if request.method == "DELETE":
             deleted = await run_in_threadpool(privacy.erase, self.store, unit)
             return JSONResponse({"deleted": deleted})
@@ -326,8 +351,9 @@ def create_app(
         Route("/v1/experiments/{key}/publish", api.publish, methods=["POST"]),
         Route("/v1/experiments/{key}/report", api.report, methods=["GET"]),
         Route("/v1/events", api.events, methods=["POST"]),
-        Route("/v1/users/{unit}/export", api.user, methods=["GET"]),
-        Route("/v1/users/{unit}", api.user, methods=["DELETE"]),
+        # `path`: a user id may hold '/' (an email-like or namespaced id) and must stay reachable.
+        Route("/v1/users/{unit:path}/export", api.user, methods=["GET"]),
+        Route("/v1/users/{unit:path}", api.user, methods=["DELETE"]),
         *dashboard_routes(store, settings, now_ms),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
@@ -335,9 +361,13 @@ def create_app(
         NotFound: _status(404),
         Conflict: _status(409),
         HTTPException: _on_http,
-        Exception: _on_unexpected,
     }
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(InternalErrorMiddleware)],
+        exception_handlers=handlers,
+        lifespan=lifespan,
+    )
     app.state.metrics = metrics
     return app
 
@@ -352,11 +382,6 @@ def _status(code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
 async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _error(500, "internal error; see the control plane's log")
 
 
 def _is_duplicate_signature(exc: Exception) -> bool:

@@ -41,6 +41,7 @@ from control_plane.charts import allocation_chart, conversion_chart, lift_chart
 from control_plane.report import build_report
 from control_plane.settings import Settings
 from control_plane.store import ExperimentRecord, Store
+from core import KEY_RE
 
 __all__ = [
     "SESSION_COOKIE",
@@ -609,7 +610,7 @@ class Dashboard:
         if not self.logged_in(request):
             return self.redirect_home()
         key = request.path_params["key"]
-        record = await run_in_threadpool(self.store.get_experiment, key)
+        record = await run_in_threadpool(self.store.get_experiment, key) if KEY_RE.fullmatch(key) else None
         if record is None or record.archived:
             return self.html(
                 _message_page("Not found", f"There is no experiment {key!r}.", logged_in=True), 404

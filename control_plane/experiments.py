@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core import KEY_RE, Arm, PerchError, SnapshotError
+from core import KEY_RE, Arm, PerchError, SnapshotError, is_text
 
 __all__ = ["ExperimentError", "ExperimentSpec", "Prior", "Reward"]
 
@@ -26,8 +26,14 @@ class ExperimentError(PerchError, ValueError):
 
 
 def _number(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ExperimentError(f"{name}={value!r}, must be a number")
+    # A huge int must be refused before math.isfinite turns it into a float (OverflowError).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, int) and abs(value) > 2**53)
+        or not math.isfinite(value)
+    ):
+        raise ExperimentError(f"{name}={value!r}, must be a number"[:300])
     if value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
         raise ExperimentError(f"{name}={value!r}, must be in {bracket}{low}, {high}]")
@@ -103,12 +109,14 @@ class ExperimentSpec:
             raise ExperimentError(f"default_arm {self.default_arm!r} is not one of the arms {keys}")
         _number("holdout", self.holdout, 0.0, 0.5)
         _number("floor", self.floor, 0.0, 1.0)
+        if not isinstance(self.features, (list, tuple)):
+            raise ExperimentError(f"features {self.features!r}: must be a list of feature names"[:300])
         features = tuple(self.features)
         if len(features) > MAX_FEATURES or len(set(features)) != len(features):
             raise ExperimentError(f"features {list(features)}: at most {MAX_FEATURES}, no repeats")
         for name in features:
-            if not isinstance(name, str) or not name or len(name) > 64:
-                raise ExperimentError(f"feature {name!r}: must be a name of 1-64 characters")
+            if not is_text(name) or not name or len(name) > 64:
+                raise ExperimentError(f"feature {name!r}: must be a name of 1-64 characters of UTF-8 text")
         if self.half_life_s is not None:
             _number("half_life_s", self.half_life_s, 60.0, 10 * 365 * 86400.0)
         _number("max_age_s", self.max_age_s, 60.0, 30 * 86400.0)
@@ -118,6 +126,8 @@ class ExperimentSpec:
             or not 1 <= self.max_segments <= 10_000
         ):
             raise ExperimentError(f"max_segments={self.max_segments!r}, must be an integer in [1, 10000]")
+        if not isinstance(self.salt, str) or len(self.salt) > 128 or (self.salt and not is_text(self.salt)):
+            raise ExperimentError(f"salt {self.salt!r}: must be a string of at most 128 characters"[:300])
         object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "salt", self.salt or self.key)

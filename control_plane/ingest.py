@@ -410,7 +410,8 @@ def ingest_into(
             "user_hash": store.hash_unit(e["user_id"]),
             "ts_ms": e["ts"],
         }
-        for e in by_type["stitch"]
+        # Earliest first: an anonymous id keeps its first user (a unique column skips the rest).
+        for e in sorted(by_type["stitch"], key=lambda e: (e["ts"], e["id"]))
     }
     new_stitches = _insert_new(store, conn, stitches, stitches.c.event_id, list(stitch_rows.values()))
     result.accepted["stitch"] = len(new_stitches)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 from array import array
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from control_plane.experiments import ExperimentSpec, Prior
-from core import KEY_RE, Segment, Snapshot
+from core import KEY_RE, Segment, Snapshot, is_text
 
 __all__ = [
     "GLOBAL_KEY",
@@ -40,6 +41,7 @@ __all__ = [
     "posteriors",
     "prob_best",
     "segment_key",
+    "split_cells",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -117,13 +119,44 @@ def default_seed(experiment: str, version: int) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+# Longest feature value a segment may hold: what the edge and the event schema accept.
+MAX_VALUE_CHARS = 128
+
+
+def split_cells(
+    spec: ExperimentSpec, cells: Cells
+) -> tuple[dict[tuple[str, ...], dict[str, CellStats]], Counter[str]]:
+    """The cells the learner can use, and how many (path, arm) cells it skips, by reason.
+
+    Stored statistics come from events that passed validation, but validation rules
+    change and bugs happen: one unusable cell must never stop an experiment from
+    publishing. So a path that is not one text value per feature (``bad_path``) or an
+    arm the spec does not have (``unknown_arm``) is left out and counted, not raised.
+    """
+    arm_keys = {arm.key for arm in spec.arms}
+    depth = len(spec.features)
+    usable: dict[tuple[str, ...], dict[str, CellStats]] = {}
+    skipped: Counter[str] = Counter()
+    for path, by_arm in cells.items():
+        if not (
+            isinstance(path, tuple)
+            and len(path) == depth
+            and all(is_text(v) and len(v) <= MAX_VALUE_CHARS for v in path)
+        ):
+            skipped["bad_path"] += len(by_arm)
+            continue
+        for arm, cell in by_arm.items():
+            if arm in arm_keys:
+                usable.setdefault(path, {})[arm] = cell
+            else:
+                skipped["unknown_arm"] += 1
+    return usable, skipped
+
+
 def _aggregate(spec: ExperimentSpec, cells: Cells) -> dict[tuple[str, ...], tuple[list[float], list[float]]]:
-    """Exposures and rewards per arm for every prefix of every path in ``cells``."""
+    """Exposures and rewards per arm for every prefix of every path in ``cells`` (see split_cells)."""
     arm_index = {arm.key: i for i, arm in enumerate(spec.arms)}
     depth, n_arms = len(spec.features), len(spec.arms)
-    for path in cells:
-        if not (isinstance(path, tuple) and len(path) == depth and all(isinstance(v, str) for v in path)):
-            raise ValueError(f"cell path {path!r}: must be a tuple of {depth} strings, one per feature")
     totals: dict[tuple[str, ...], tuple[list[float], list[float]]] = {(): ([0.0] * n_arms, [0.0] * n_arms)}
     # Sorted so that float sums, hence the snapshot's bytes, do not depend on
     # the order the store returned its rows in.
@@ -131,8 +164,6 @@ def _aggregate(spec: ExperimentSpec, cells: Cells) -> dict[tuple[str, ...], tupl
         row_n = [0.0] * n_arms
         row_r = [0.0] * n_arms
         for arm, stats in cells[path].items():
-            if arm not in arm_index:
-                raise ValueError(f"cell {path!r}: arm {arm!r} is not one of the experiment's arms")
             n = float(stats.exposures)
             row_n[arm_index[arm]] = n
             row_r[arm_index[arm]] = min(float(stats.reward), n)
@@ -340,7 +371,7 @@ def learn(
     """
     if draws < MIN_DRAWS:
         raise ValueError(f"draws={draws}: at least {MIN_DRAWS} are needed for usable propensities")
-    totals = _aggregate(spec, cells)
+    totals = _aggregate(spec, split_cells(spec, cells)[0])
     paths = _segment_tree(spec, {path: math.fsum(n) for path, (n, _) in totals.items()})
     index = {path: i for i, path in enumerate(paths)}
     parents = [None if not path else index[path[:-1]] for path in paths]

@@ -40,6 +40,12 @@ class Metrics:
             ["experiment"],
             registry=self.registry,
         )
+        self.learner_skipped_cells = Gauge(
+            "perch_learner_skipped_cells",
+            "(path, arm) cells the last learner run left out as unusable, by reason",
+            ["experiment", "reason"],
+            registry=self.registry,
+        )
         self.snapshot_version = Gauge(
             "perch_snapshot_version",
             "Latest published snapshot version",

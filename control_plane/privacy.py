@@ -1,11 +1,17 @@
 """A visitor's rights: see everything held about them, and have it erased.
 
 Unit ids are only ever stored as keyed hashes, so both operations start by
-hashing the id they are given, then follow stitches (an anonymous id that
-became this user, or the user an anonymous id became) to every hash of the
-same person.  Erasure takes the person's exposures and rewards back out of
-the sufficient statistics (with the same decay arithmetic that put them in),
-so the next snapshot's posteriors are as if they had never been seen.
+hashing the id they are given.  The person is that id and, for a signed-in
+user, every anonymous id stitched to them.  The walk only goes down, user ->
+anonymous id, and an anonymous id stitches to at most one user (a unique
+column), so it never reaches another user: one person's request can never touch
+a stranger's data.  A request by an anonymous id covers that id alone (a
+cookie does not prove who signed in from it); erase a signed-in person by
+their user id.  The id sets stay in SQL
+subqueries, so a user with any number of anonymous ids never hits a driver's
+bind-parameter limit.  Erasure takes the person's exposures and rewards back
+out of the sufficient statistics (with the same decay arithmetic that put them
+in), so the next snapshot's posteriors are as if they had never been seen.
 """
 
 from __future__ import annotations
@@ -21,40 +27,44 @@ from control_plane.store import Store, decay
 
 __all__ = ["erase", "export"]
 
+_CHUNK = 500  # ids per IN (...): well under every driver's bind-parameter limit
 
-def _hashes(conn: Connection, store: Store, unit: str) -> set[str]:
-    first = store.hash_unit(unit)
-    assert first is not None
-    found, frontier = {first}, {first}
-    while frontier:  # stitches form small graphs: follow them to a fixed point
-        rows = conn.execute(
-            select(stitches.c.anonymous_hash, stitches.c.user_hash).where(
-                or_(stitches.c.anonymous_hash.in_(frontier), stitches.c.user_hash.in_(frontier))
-            )
-        ).all()
-        frontier = {h for row in rows for h in row} - found
-        found |= frontier
-    return found
+
+class _Person:
+    """The hashes of one person, as SQL: the given id and the anonymous ids stitched to it."""
+
+    def __init__(self, conn: Connection, store: Store, unit: str) -> None:
+        given = store.hash_unit(unit)
+        assert given is not None
+        self.given: str = given
+        self.anonymous = select(stitches.c.anonymous_hash).where(stitches.c.user_hash == given)
+
+    def owns(self, column: Any) -> Any:
+        """A condition: ``column`` holds one of this person's hashes."""
+        return or_(column == self.given, column.in_(self.anonymous))
+
+    def stitch_rows(self) -> Any:
+        return or_(stitches.c.user_hash == self.given, stitches.c.anonymous_hash == self.given)
+
+    def hashes(self, conn: Connection) -> list[str]:
+        return sorted({self.given, *conn.execute(self.anonymous).scalars()})
 
 
 def export(store: Store, unit: str) -> dict[str, Any]:
     """Everything stored about ``unit`` (and ids stitched to it)."""
     with store.engine.connect() as conn:
-        hashes = _hashes(conn, store, unit)
+        person = _Person(conn, store, unit)
+        hashes = person.hashes(conn)
         exposure_rows = conn.execute(
-            select(exposures).where(exposures.c.unit_hash.in_(hashes)).order_by(exposures.c.ts_ms)
+            select(exposures).where(person.owns(exposures.c.unit_hash)).order_by(exposures.c.ts_ms)
         ).all()
-        decision_ids = [r.decision_id for r in exposure_rows]
+        theirs = select(exposures.c.decision_id).where(person.owns(exposures.c.unit_hash))
         outcome_rows = conn.execute(
             select(outcomes)
-            .where(or_(outcomes.c.unit_hash.in_(hashes), outcomes.c.decision_id.in_(decision_ids)))
+            .where(or_(person.owns(outcomes.c.unit_hash), outcomes.c.decision_id.in_(theirs)))
             .order_by(outcomes.c.ts_ms)
         ).all()
-        stitch_rows = conn.execute(
-            select(stitches).where(
-                or_(stitches.c.anonymous_hash.in_(hashes), stitches.c.user_hash.in_(hashes))
-            )
-        ).all()
+        stitch_rows = conn.execute(select(stitches).where(person.stitch_rows())).all()
 
     def rows(result: Any) -> list[dict[str, Any]]:
         out = []
@@ -66,7 +76,7 @@ def export(store: Store, unit: str) -> dict[str, Any]:
         return out
 
     return {
-        "unit_hashes": sorted(hashes),
+        "unit_hashes": hashes,
         "exposures": rows(exposure_rows),
         "outcomes": rows(outcome_rows),
         "stitches": rows(stitch_rows),
@@ -76,8 +86,8 @@ def export(store: Store, unit: str) -> dict[str, Any]:
 def erase(store: Store, unit: str) -> dict[str, int]:
     """Delete ``unit``'s events and take their contribution out of the statistics, in one transaction."""
     with store.write() as conn:
-        hashes = _hashes(conn, store, unit)
-        rows = conn.execute(select(exposures).where(exposures.c.unit_hash.in_(hashes))).all()
+        person = _Person(conn, store, unit)
+        rows = conn.execute(select(exposures).where(person.owns(exposures.c.unit_hash))).all()
         specs = {
             key: ExperimentSpec.from_dict(json.loads(doc))
             for key, doc in conn.execute(
@@ -109,18 +119,18 @@ def erase(store: Store, unit: str) -> dict[str, int]:
                 )
             )
             touched.add(row.experiment)
-        decision_ids = [r.decision_id for r in rows]
+        theirs = select(exposures.c.decision_id).where(person.owns(exposures.c.unit_hash))
         gone_outcomes = conn.execute(
-            delete(outcomes).where(
-                or_(outcomes.c.unit_hash.in_(hashes), outcomes.c.decision_id.in_(decision_ids))
-            )
+            delete(outcomes).where(or_(person.owns(outcomes.c.unit_hash), outcomes.c.decision_id.in_(theirs)))
         ).rowcount
-        gone_exposures = conn.execute(delete(exposures).where(exposures.c.unit_hash.in_(hashes))).rowcount
-        gone_stitches = conn.execute(
-            delete(stitches).where(
-                or_(stitches.c.anonymous_hash.in_(hashes), stitches.c.user_hash.in_(hashes))
-            )
-        ).rowcount
+        gone_exposures = conn.execute(delete(exposures).where(person.owns(exposures.c.unit_hash))).rowcount
+        # Materialised first: the stitches define the person, so they go last and by event id.
+        stitch_ids = list(conn.execute(select(stitches.c.event_id).where(person.stitch_rows())).scalars())
+        gone_stitches = 0
+        for start in range(0, len(stitch_ids), _CHUNK):
+            gone_stitches += conn.execute(
+                delete(stitches).where(stitches.c.event_id.in_(stitch_ids[start : start + _CHUNK]))
+            ).rowcount
         for experiment in touched:
             store.bump(conn, experiment, "updates")  # the next cycle republishes without them
             store.bump(conn, experiment, "erasures")

@@ -19,7 +19,7 @@ from typing import Any
 
 from control_plane.evaluation import logged_exposures, policy_eval
 from control_plane.kv_publishers import KVPublisher
-from control_plane.learner import learn
+from control_plane.learner import learn, split_cells
 from control_plane.metrics import Metrics
 from control_plane.store import ExperimentRecord, Store
 from core import Snapshot, decode_snapshot, encode_snapshot, snapshot_key
@@ -130,7 +130,12 @@ def publish_experiment(
         now = now_ms()
     started = time.perf_counter()
     version = store.next_snapshot_version(spec.key)
-    snapshot = learn(spec, store.cells(spec, now), version=version, now_ms=now, draws=draws)
+    cells, skipped = split_cells(spec, store.cells(spec, now))
+    for reason in ("bad_path", "unknown_arm"):
+        metrics.learner_skipped_cells.labels(spec.key, reason).set(skipped[reason])
+    if skipped:
+        log.warning("%s: learning without %s unusable cells", spec.key, dict(skipped))
+    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws)
     evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now)
     if evaluation is not None and not evaluation["passed"]:
         message = (
@@ -162,7 +167,9 @@ def publish_experiment(
             "digest": digest,
             "spec_version": record.version,
             "data": data,
-            "summary": json.dumps({**snapshot_summary(snapshot), "gate": evaluation}),
+            "summary": json.dumps(
+                {**snapshot_summary(snapshot), "gate": evaluation, "skipped_cells": dict(skipped)}
+            ),
         }
     )
     metrics.publish_seconds.observe(time.perf_counter() - started)

@@ -102,7 +102,9 @@ stitches = Table(
     "stitches",
     metadata,
     Column("event_id", String(128), primary_key=True),
-    Column("anonymous_hash", String(64), nullable=False, index=True),
+    # Unique since 0003: an anonymous id stitches to at most one user (the first), so export and
+    # erasure can never walk user -> anonymous id -> another user.
+    Column("anonymous_hash", String(64), nullable=False, index=True, unique=True),
     Column("user_hash", String(64), nullable=False, index=True),
     Column("ts_ms", BigInteger, nullable=False),
 )

@@ -174,6 +174,8 @@ class Store:
             if expected_version is not None and row.version != expected_version:
                 raise Conflict(f"experiment {key!r} is at version {row.version}, not {expected_version}")
             current = json.loads(row.spec)
+            if "arms" in changes and not isinstance(changes["arms"], list):
+                raise ExperimentError("arms must be a list of {key, payload?, html?} objects")
             for name in self.IMMUTABLE:
                 if name in changes and changes[name] != current.get(name):
                     raise ExperimentError(f"{name} cannot change after creation (create a new experiment)")

@@ -21,8 +21,9 @@ from core.events import (
 from core.hashing import HASH_VERSION, bucket, seed64
 from core.kv import SNAPSHOT_PREFIX, LocalKV, snapshot_key
 from core.sampling import beta_variate, beta_variates, gamma_variate
-from core.signing import SIGNATURE_HEADER, SignatureError, sign, verify
+from core.signing import SIGNATURE_HEADER, SignatureError, sign, sign_identity, verify, verify_identity
 from core.snapshot import KEY_RE, Arm, Segment, Snapshot
+from core.text import JSONInputError, is_int64, is_text, parse_json
 
 __all__ = [
     "HASH_VERSION",
@@ -37,6 +38,7 @@ __all__ = [
     "EventError",
     "Generator",
     "HashingError",
+    "JSONInputError",
     "LocalKV",
     "PerchError",
     "Segment",
@@ -53,12 +55,17 @@ __all__ = [
     "encode_snapshot",
     "exposure_event",
     "gamma_variate",
+    "is_int64",
+    "is_text",
     "outcome_event",
     "parse_batch",
     "parse_beacon",
+    "parse_json",
     "seed64",
     "sign",
+    "sign_identity",
     "snapshot_key",
     "stitch_event",
     "verify",
+    "verify_identity",
 ]

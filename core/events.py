@@ -26,6 +26,7 @@ from typing import Any
 from core.decide import REASONS, Decision
 from core.errors import PerchError
 from core.snapshot import KEY_RE
+from core.text import JSONInputError, is_int64, is_text, parse_json
 
 __all__ = [
     "EVENT_SCHEMA",
@@ -51,6 +52,15 @@ _EVENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 class EventError(PerchError, ValueError):
     """An event or beacon breaks the schema; the message says what was expected."""
+
+
+def _bounded_number(value: object) -> bool:
+    """A finite int or float within +/-MAX_ABS_VALUE (a huge int must not reach float())."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_ABS_VALUE
+    return math.isfinite(value) and abs(value) <= MAX_ABS_VALUE
 
 
 def exposure_event(
@@ -122,10 +132,8 @@ def _outcome_fields(item: object, where: str) -> tuple[str, str, float, str | No
     if not isinstance(experiment, str) or not KEY_RE.fullmatch(experiment):
         raise EventError(f"{where}: experiment must be an experiment key (letters, digits, '_.:-')")
     value = item.get("value", 1)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise EventError(f"{where}: value must be a finite number, got {value!r}")
-    if abs(value) > MAX_ABS_VALUE:
-        raise EventError(f"{where}: value must be within +/-{MAX_ABS_VALUE:g}")
+    if not _bounded_number(value):
+        raise EventError(f"{where}: value must be a finite number within +/-{MAX_ABS_VALUE:g}"[:300])
     event_id = item.get("id")
     if event_id is not None and (not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id)):
         raise EventError(f"{where}: id must be 1-128 characters of letters, digits and '_.:-'")
@@ -135,9 +143,10 @@ def _outcome_fields(item: object, where: str) -> tuple[str, str, float, str | No
 def parse_beacon(body: bytes, ts_ms: int, unit: str | None) -> list[dict[str, Any]]:
     """Outcome events from a browser beacon: one object, or ``{"events": [...]}``."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(f"body must be JSON ({exc})") from None
+        doc = parse_json(body)
+    except JSONInputError as exc:
+        expected = '{"decision_id", "experiment", "value"} or {"events": [...]}'
+        raise EventError(f"body must be JSON {expected} ({exc})") from None
     items = doc.get("events") if isinstance(doc, dict) and "events" in doc else [doc]
     if not isinstance(items, list) or not items:
         raise EventError("'events' must be a non-empty list of outcome objects")
@@ -173,14 +182,14 @@ def _check_common(event: dict[str, Any], where: str) -> None:
     _require(
         event,
         "ts",
-        isinstance(ts, int) and not isinstance(ts, bool) and 0 <= ts < 2**63,
+        is_int64(ts) and ts >= 0,
         "an integer timestamp in ms",
         where,
     )
 
 
 def _optional_text(value: object, limit: int = 256) -> bool:
-    return value is None or (isinstance(value, str) and 0 < len(value) <= limit and "\x00" not in value)
+    return value is None or (isinstance(value, str) and 0 < len(value) <= limit and is_text(value))
 
 
 def validate_event(event: object, where: str) -> dict[str, Any]:
@@ -218,7 +227,7 @@ def validate_event(event: object, where: str) -> dict[str, Any]:
         _require(
             event,
             "propensity",
-            p is None or (isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 < p <= 1.0),
+            p is None or (_bounded_number(p) and 0.0 < p <= 1.0),
             "a number in (0, 1] or null",
             where,
         )
@@ -227,8 +236,8 @@ def validate_event(event: object, where: str) -> dict[str, Any]:
         _require(
             event,
             "snapshot_version",
-            v is None or (isinstance(v, int) and not isinstance(v, bool)),
-            "an integer or null",
+            v is None or is_int64(v),
+            "a 64-bit integer or null",
             where,
         )
         ctx = event.get("context", {})
@@ -238,10 +247,15 @@ def validate_event(event: object, where: str) -> dict[str, Any]:
             isinstance(ctx, dict)
             and len(ctx) <= 16
             and all(
-                isinstance(k, str) and isinstance(val, str) and len(k) <= 64 and len(val) <= 128
+                isinstance(k, str)
+                and isinstance(val, str)
+                and 0 < len(k) <= 64
+                and len(val) <= 128
+                and is_text(k)
+                and is_text(val)
                 for k, val in ctx.items()
             ),
-            "an object of at most 16 string features",
+            "an object of at most 16 features, names and values UTF-8 text without NUL",
             where,
         )
     elif kind == "outcome":
@@ -249,11 +263,8 @@ def validate_event(event: object, where: str) -> dict[str, Any]:
         _require(
             event,
             "value",
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and abs(value) <= MAX_ABS_VALUE,
-            "a finite number",
+            _bounded_number(value),
+            f"a finite number within +/-{MAX_ABS_VALUE:g}",
             where,
         )
     elif kind == "stitch":
@@ -262,7 +273,7 @@ def validate_event(event: object, where: str) -> dict[str, Any]:
                 event, name, isinstance(event.get(name), str) and _optional_text(event[name]), "an id", where
             )
     else:
-        raise EventError(f"{where}.type: expected 'exposure', 'outcome' or 'stitch', got {kind!r}")
+        raise EventError(f"{where}.type: expected 'exposure', 'outcome' or 'stitch', got {kind!r}"[:300])
     return event
 
 
@@ -273,8 +284,9 @@ def parse_batch(body: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     event does not cost the others their place.
     """
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Text is checked per event by validate_event: one bad string costs only its own event.
+        doc = parse_json(body, check_text=False)
+    except JSONInputError as exc:
         raise EventError(f'body must be JSON {{"schema": {EVENT_SCHEMA}, "events": [...]}} ({exc})') from None
     if (
         not isinstance(doc, dict)

@@ -1,4 +1,4 @@
-"""HMAC signatures on event batches sent from the edge to the control plane.
+"""HMAC signatures: event batches (edge -> control plane) and site-vouched identities (site -> edge).
 
 Header ``X-Perch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`` where the
 MAC covers ``f"{t}." + body`` (Stripe's scheme): the timestamp is signed, so
@@ -13,7 +13,7 @@ import hmac
 
 from core.errors import PerchError
 
-__all__ = ["SIGNATURE_HEADER", "SignatureError", "sign", "verify"]
+__all__ = ["SIGNATURE_HEADER", "SignatureError", "sign", "sign_identity", "verify", "verify_identity"]
 
 SIGNATURE_HEADER = "X-Perch-Signature"
 DEFAULT_TOLERANCE_S = 300
@@ -57,3 +57,42 @@ def verify(
     if not any(hmac.compare_digest(expected, candidate) for candidate in parts.get("v1", [])):
         raise SignatureError("signature does not match the body")
     return timestamp
+
+
+# --- identities the site vouches for ---------------------------------------------------------------
+#
+# A signed-in visitor's id reaches the edge in a header or cookie the *browser* sends, so on its own
+# it proves nothing: anyone can claim any id. The site, which authenticated the visitor, signs it
+# with PERCH_IDENTITY_SECRET (shared with the edge only): ``v1.<hex HMAC-SHA256>.<id>``. The id goes
+# last so it may contain dots. The MAC covers a domain tag, so no other Perch MAC can stand in.
+
+IDENTITY_VERSION = "v1"
+_IDENTITY_TAG = b"perch-identity-v1\x00"
+
+
+def _identity_mac(secret: str, user_id: str) -> str:
+    return hmac.new(
+        secret.encode("utf-8"), _IDENTITY_TAG + user_id.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
+
+
+def sign_identity(secret: str, user_id: str) -> str:
+    """The token a site puts in the identity header or cookie for ``user_id``."""
+    if not secret:
+        raise SignatureError("identity secret must not be empty")
+    if not user_id:
+        raise SignatureError("user id must not be empty")
+    return f"{IDENTITY_VERSION}.{_identity_mac(secret, user_id)}.{user_id}"
+
+
+def verify_identity(secret: str, token: str) -> str | None:
+    """The user id ``token`` vouches for under ``secret``, or None (never raises)."""
+    version, _, rest = token.partition(".")
+    mac, _, user_id = rest.partition(".")
+    if version != IDENTITY_VERSION or len(mac) != 64 or not user_id or not secret:
+        return None
+    try:
+        expected = _identity_mac(secret, user_id)
+    except UnicodeEncodeError:
+        return None
+    return user_id if hmac.compare_digest(expected, mac) else None

@@ -20,6 +20,7 @@ from typing import Any
 
 from core.errors import SnapshotError
 from core.hashing import SUPPORTED_HASH_VERSIONS
+from core.text import is_text
 
 __all__ = [
     "KEY_RE",
@@ -57,7 +58,11 @@ def _check_key(what: str, value: object) -> str:
 def _check_json(where: str, value: object, depth: int = 0) -> None:
     if depth > MAX_PAYLOAD_DEPTH:
         raise SnapshotError(f"{where}: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        if not is_text(value):
+            raise SnapshotError(f"{where}: string {value[:40]!r} is not UTF-8 text (lone surrogate or NUL)")
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not isfinite(value):
@@ -69,8 +74,8 @@ def _check_json(where: str, value: object, depth: int = 0) -> None:
         return
     if isinstance(value, dict):
         for k, item in value.items():
-            if not isinstance(k, str):
-                raise SnapshotError(f"{where}: object key {k!r} must be a string")
+            if not is_text(k):
+                raise SnapshotError(f"{where}: object key {k!r} must be UTF-8 text without NUL")
             _check_json(where, item, depth + 1)
         return
     raise SnapshotError(f"{where}: {type(value).__name__} is not JSON-able")
@@ -87,8 +92,10 @@ class Arm:
     def __post_init__(self) -> None:
         _check_key("arm key", self.key)
         _check_json(f"arm {self.key!r}: payload", self.payload)
-        if self.html is not None and not isinstance(self.html, str):
-            raise SnapshotError(f"arm {self.key!r}: html must be a string")
+        if self.html is not None and not is_text(self.html):
+            raise SnapshotError(
+                f"arm {self.key!r}: html must be a string of UTF-8 text (no lone surrogate, no NUL)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +117,10 @@ class Segment:
             raise SnapshotError(f"segment {self.key!r}: features must be a map")
         features = dict(self.features)
         for name, value in features.items():
-            if not (isinstance(name, str) and name and isinstance(value, str)):
+            if not (isinstance(name, str) and name and is_text(name) and is_text(value)):
                 raise SnapshotError(
                     f"segment {self.key!r}: feature {name!r}={value!r}, name and value must be "
-                    "strings and the name non-empty"
+                    "UTF-8 text without NUL and the name non-empty"
                 )
         object.__setattr__(self, "features", features)
         if self.parent is not None and (isinstance(self.parent, bool) or not isinstance(self.parent, int)):
@@ -172,8 +179,8 @@ class Snapshot:
             raise SnapshotError(
                 f"hash_version={self.hash_version}, must be one of {sorted(SUPPORTED_HASH_VERSIONS)}"
             )
-        if not isinstance(self.salt, str) or "\x00" in self.salt:
-            raise SnapshotError("salt must be a string without NUL characters")
+        if not is_text(self.salt):
+            raise SnapshotError("salt must be UTF-8 text without NUL characters")
         self._check_number("max_age_s", self.max_age_s, 0.0, None, low_open=True)
         self._check_number("holdout", self.holdout, 0.0, 1.0, high_open=True)
         self._check_number("floor", self.floor, 0.0, 1.0)
@@ -197,7 +204,7 @@ class Snapshot:
         if self.default_arm not in arm_index:
             raise SnapshotError(f"default arm {self.default_arm!r} is not one of the arms")
         reported = tuple(self.context_features)
-        if len(reported) > 16 or not all(isinstance(f, str) and 0 < len(f) <= 64 for f in reported):
+        if len(reported) > 16 or not all(is_text(f) and 0 < len(f) <= 64 for f in reported):
             raise SnapshotError(f"context_features {list(reported)!r}: at most 16 names of 1-64 characters")
         object.__setattr__(self, "context_features", reported)
         object.__setattr__(self, "arms", arms)

@@ -31,6 +31,7 @@ class EdgeConfig:
     origin_url: str | None = None
     control_plane_url: str | None = None
     edge_secret: str | None = None
+    identity_secret: str | None = None  # the site signs user ids with it (core.sign_identity)
     user_header: str = "x-perch-user"
     cache_ttl_s: float = 30.0  # how long an isolate trusts its copy before revalidating
     retry_after_s: float = 5.0  # after a KV miss or failure, before asking again inline
@@ -73,6 +74,7 @@ class EdgeConfig:
             origin_url=get("ORIGIN_URL"),
             control_plane_url=get("CONTROL_PLANE_URL"),
             edge_secret=get("PERCH_EDGE_SECRET"),
+            identity_secret=get("PERCH_IDENTITY_SECRET") or None,
             user_header=get("PERCH_USER_HEADER") or "x-perch-user",
             cache_ttl_s=number("PERCH_CACHE_TTL_S", 30.0),
             retry_after_s=number("PERCH_RETRY_AFTER_S", 5.0),

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from core import is_text
 from edge.platform import EdgeRequest
 
 __all__ = ["MAX_FEATURES", "ContextError", "build_context", "device_class", "source_class"]
@@ -104,7 +105,17 @@ def _checked(name: str, value: object) -> tuple[str, str]:
     text = str(value).lower() if isinstance(value, bool) else str(value)
     if len(text) > _MAX_VALUE:
         raise ContextError(f"context feature {name!r}: value longer than {_MAX_VALUE} characters")
+    if not _usable(text):
+        raise ContextError(
+            f"context feature {name!r}: value must be UTF-8 text without control characters "
+            "(no lone surrogates, no NUL)"
+        )
     return name, text
+
+
+def _usable(value: str) -> bool:
+    """Text we may store and hash: encodes to UTF-8, and no control characters (NUL included)."""
+    return is_text(value) and value.isprintable()
 
 
 def build_context(
@@ -118,12 +129,12 @@ def build_context(
     }
     for name in ("country", "colo", "timezone"):
         value = request.cf.get(name)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and len(value) <= _MAX_VALUE and _usable(value):
             context[name] = value
     prefs = cookies.get("perch_prefs")
     if prefs:
         for name, value in parse_qsl(prefs)[:MAX_FEATURES]:
-            if _NAME.fullmatch(name) and len(value) <= _MAX_VALUE:
+            if _NAME.fullmatch(name) and len(value) <= _MAX_VALUE and _usable(value):
                 context[f"pref.{name}"] = value  # a visitor's cookie is never trusted to fail a page
     if len(explicit) > MAX_FEATURES:
         raise ContextError(f"{len(explicit)} context features, at most {MAX_FEATURES}")

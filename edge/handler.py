@@ -27,10 +27,12 @@ from core import (
     Decision,
     EventError,
     Generator,
+    JSONInputError,
     decide,
     encode_batch,
     exposure_event,
     parse_beacon,
+    parse_json,
     sign,
     stitch_event,
 )
@@ -101,6 +103,7 @@ class Edge:
     outbox: Outbox = field(init=False)
     started_ms: int = 0
     requests: int = 0
+    rejected_identities: int = 0  # user ids offered without a valid site signature: ignored
 
     def __post_init__(self) -> None:
         self.cache = SnapshotCache(self.config)
@@ -148,9 +151,17 @@ class _Request:
     def __init__(self, edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> None:
         self.edge, self.platform, self.request, self.rng = edge, platform, request, rng
         self.cookies = parse_cookies(request.header("cookie"))
+        config = edge.config
         self.identity: Identity = identify(
-            request, self.cookies, edge.config.user_header, rng, edge.config.cookie_max_age_s
+            request,
+            self.cookies,
+            config.user_header,
+            rng,
+            config.cookie_max_age_s,
+            secret=config.identity_secret,
         )
+        if self.identity.rejected_claim:
+            edge.rejected_identities += 1
         self.events: list[dict[str, Any]] = []
         self.decide_s = 0.0
         if self.identity.stitch:
@@ -239,8 +250,8 @@ async def _decide_route(edge: Edge, platform: Platform, request: EdgeRequest, rn
         if len(request.body) > MAX_BODY_BYTES:
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
-            doc = json.loads(request.body or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = parse_json(request.body or b"null")
+        except JSONInputError as exc:
             return _error(400, f'body must be JSON {{"experiments": [...], "context": {{...}}}} ({exc})')
         if not isinstance(doc, dict):
             return _error(400, 'body must be a JSON object {"experiments": [...], "context": {...}}')
@@ -271,7 +282,7 @@ async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) ->
         return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
     cookies = parse_cookies(request.header("cookie"))
     # A beacon never mints a visitor id: without one the outcome joins by decision id alone.
-    unit = known_unit(request, cookies, edge.config.user_header)
+    unit = known_unit(request, cookies, edge.config.user_header, edge.config.identity_secret)
     try:
         events = parse_beacon(request.body, platform.now_ms(), unit)
     except EventError as exc:
@@ -284,7 +295,11 @@ def _health(edge: Edge, platform: Platform) -> EdgeResponse:
     now = platform.now_ms()
     doc = {
         "status": "ok",
-        "isolate": {"started_ms": edge.started_ms, "requests": edge.requests},
+        "isolate": {
+            "started_ms": edge.started_ms,
+            "requests": edge.requests,
+            "rejected_identities": edge.rejected_identities,
+        },
         "snapshots": edge.cache.health(now),
         "events": edge.outbox.health(),
     }

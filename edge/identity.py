@@ -3,7 +3,12 @@
 * Consent is withheld by ``Sec-GPC: 1``, ``DNT: 1`` or cookie
   ``perch_consent=0``: then no id is made or read, no cookie set, and nothing
   is logged with a unit id.
-* An authenticated id in the configured header wins over the cookie.
+* A signed-in visitor's id counts only when the site vouches for it: the
+  configured header (``X-Perch-User``) or cookie ``perch_user`` carries
+  ``v1.<HMAC>.<id>`` made with ``PERCH_IDENTITY_SECRET`` (see
+  :func:`core.sign_identity`).  A verified id wins over the cookie; anything
+  else, and every claim while no secret is set, is ignored (and counted), so
+  a browser cannot pose as another user or stitch strangers together.
 * Otherwise the visitor is ``perch_uid`` (32 hex characters); one is made per
   request when missing, from the request's generator — never at import time,
   where Pyodide's memory snapshot would hand every isolate the same ids.
@@ -18,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from core import Generator
+from core import Generator, verify_identity
 from edge.platform import EdgeRequest
 
 __all__ = ["Identity", "consents", "identify", "known_unit", "parse_cookies"]
@@ -26,8 +31,10 @@ __all__ = ["Identity", "consents", "identify", "known_unit", "parse_cookies"]
 UID_COOKIE = "perch_uid"
 CONSENT_COOKIE = "perch_consent"
 STITCH_COOKIE = "perch_sid"
+USER_COOKIE = "perch_user"
 _UID = re.compile(r"[0-9a-f]{32}")
 _USER = re.compile(r"[\x21-\x7e]{1,256}")
+_MAX_CLAIM = 3 + 64 + 1 + 256  # "v1." + MAC + "." + the longest id
 
 
 def parse_cookies(header: str | None) -> dict[str, str]:
@@ -55,6 +62,7 @@ class Identity:
     consent: bool
     set_cookies: tuple[str, ...] = ()
     stitch: tuple[str, str] | None = None  # (anonymous id, user id), to report once
+    rejected_claim: bool = False  # a user id was offered but not vouched for: ignored
 
 
 def _cookie(name: str, value: str, max_age: int) -> str:
@@ -71,9 +79,17 @@ def consents(request: EdgeRequest, cookies: Mapping[str, str]) -> bool:
     )
 
 
-def _user(request: EdgeRequest, user_header: str) -> str | None:
-    user = (request.header(user_header) or "").strip()
-    return user if _USER.fullmatch(user) else None
+def _user(
+    request: EdgeRequest, cookies: Mapping[str, str], user_header: str, secret: str | None
+) -> tuple[str | None, bool]:
+    """(the verified user id or None, whether an unverified claim was ignored)."""
+    claim = (request.header(user_header) or cookies.get(USER_COOKIE) or "").strip()
+    if not claim:
+        return None, False
+    user = verify_identity(secret, claim) if secret and len(claim) <= _MAX_CLAIM else None
+    if user is None or not _USER.fullmatch(user):
+        return None, True
+    return user, False
 
 
 def _anonymous(cookies: Mapping[str, str]) -> str | None:
@@ -81,15 +97,23 @@ def _anonymous(cookies: Mapping[str, str]) -> str | None:
     return uid if uid is not None and _UID.fullmatch(uid) else None  # tampered or foreign: ignored
 
 
-def known_unit(request: EdgeRequest, cookies: Mapping[str, str], user_header: str) -> str | None:
+def known_unit(
+    request: EdgeRequest, cookies: Mapping[str, str], user_header: str, secret: str | None = None
+) -> str | None:
     """The visitor's id if they consent and already have one; never makes one."""
     if not consents(request, cookies):
         return None
-    return _user(request, user_header) or _anonymous(cookies)
+    return _user(request, cookies, user_header, secret)[0] or _anonymous(cookies)
 
 
 def identify(
-    request: EdgeRequest, cookies: Mapping[str, str], user_header: str, rng: Generator, max_age: int
+    request: EdgeRequest,
+    cookies: Mapping[str, str],
+    user_header: str,
+    rng: Generator,
+    max_age: int,
+    *,
+    secret: str | None = None,
 ) -> Identity:
     if not consents(request, cookies):
         return Identity(unit=None, consent=False)
@@ -98,9 +122,9 @@ def identify(
     if anonymous is None:
         anonymous = f"{rng.getrandbits(128):032x}"
         set_cookies.append(_cookie(UID_COOKIE, anonymous, max_age))
-    user = _user(request, user_header)
+    user, rejected = _user(request, cookies, user_header, secret)
     if user is None:
-        return Identity(unit=anonymous, consent=True, set_cookies=tuple(set_cookies))
+        return Identity(unit=anonymous, consent=True, set_cookies=tuple(set_cookies), rejected_claim=rejected)
     stitch = None
     mark = _stitch_mark(anonymous, user)
     if cookies.get(STITCH_COOKIE) != mark:

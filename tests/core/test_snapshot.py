@@ -31,7 +31,8 @@ SEGMENTS = [
         ({"holdout": 1.0}, r"holdout=1.0, must be a number in \[0.0, 1.0\)"),
         ({"holdout": -0.1}, "holdout=-0.1"),
         ({"floor": 1.5}, r"floor=1.5, must be a number in \[0.0, 1.0\]"),
-        ({"salt": "a\x00b"}, "salt must be a string without NUL"),
+        ({"salt": "a\x00b"}, "salt must be UTF-8 text without NUL"),
+        ({"salt": "a\ud800"}, "salt must be UTF-8 text without NUL"),
         ({"default_arm": "nope"}, "default arm 'nope' is not one of the arms"),
         ({"arms": []}, "0 arms, must be between 1 and"),
         ({"arms": [Arm("a"), Arm("a"), Arm("b")]}, "arm keys must be unique"),
@@ -88,11 +89,15 @@ def test_segment_tree_rules(segments: list[Segment], message: str) -> None:
 @pytest.mark.parametrize(
     ("arm", "message"),
     [
-        (lambda: Arm("a", {1: "x"}), "object key 1 must be a string"),
+        (lambda: Arm("a", {1: "x"}), "object key 1 must be UTF-8 text"),
+        (lambda: Arm("a", {"\udc80": "x"}), "object key '\\\\udc80' must be UTF-8 text"),
+        (lambda: Arm("a", {"x": ["ok", "\ud800"]}), "string '\\\\ud800' is not UTF-8 text"),
+        (lambda: Arm("a", html="<b>\ud800</b>"), "html must be a string of UTF-8 text"),
+        (lambda: Segment("s", {"device": "\ud800"}, 0), "name and value must be UTF-8 text"),
         (lambda: Arm("a", {"x": float("nan")}), "nan is not a JSON number"),
         (lambda: Arm("a", b"raw"), "bytes is not JSON-able"),
         (lambda: Arm("a", html=3), "html must be a string"),  # type: ignore[arg-type]
-        (lambda: Segment("s", {"device": 1}, 0), "feature 'device'=1, name and value must be strings"),  # type: ignore[dict-item]
+        (lambda: Segment("s", {"device": 1}, 0), "feature 'device'=1, name and value must be UTF-8 text"),  # type: ignore[dict-item]
     ],
 )
 def test_arm_and_segment_rules(arm: Any, message: str) -> None:

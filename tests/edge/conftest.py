@@ -15,7 +15,13 @@ from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
 from tests.core.conftest import NOW_MS, build_snapshot
 
 SECRET = "edge-secret"
-CONFIG = EdgeConfig(origin_url="https://origin.test", control_plane_url="https://cp.test", edge_secret=SECRET)
+IDENTITY_SECRET = "site-identity-secret-0123"
+CONFIG = EdgeConfig(
+    origin_url="https://origin.test",
+    control_plane_url="https://cp.test",
+    edge_secret=SECRET,
+    identity_secret=IDENTITY_SECRET,
+)
 
 
 class FakePlatform:

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from core import verify
+from core import sign_identity, verify
 from edge.handler import Edge
 from edge.platform import EdgeRequest
 from tests.core.conftest import NOW_MS, build_snapshot
-from tests.edge.conftest import SECRET, FakePlatform, header, read_body, request, serve
+from tests.edge.conftest import IDENTITY_SECRET, SECRET, FakePlatform, header, read_body, request, serve
 
 UID = "0123456789abcdef0123456789abcdef"
 DECIDE_FIELDS = {
@@ -123,10 +123,46 @@ def test_stitch_is_logged(edge: Edge, platform: FakePlatform) -> None:
         edge,
         platform,
         "https://s.test/v1/decide?experiment=home-hero",
-        headers={"cookie": f"perch_uid={UID}", "x-perch-user": "user-7"},
+        headers={"cookie": f"perch_uid={UID}", "x-perch-user": sign_identity(IDENTITY_SECRET, "user-7")},
     )
     stitches = [e for e in events(platform) if e["type"] == "stitch"]
     assert [(e["anonymous_id"], e["user_id"]) for e in stitches] == [(UID, "user-7")]
+
+
+@pytest.mark.parametrize(
+    "claim",
+    ["victim-1", sign_identity("another-site-secret", "victim-1"), "v1." + "0" * 64 + ".victim-1"],
+    ids=["bare", "wrong-secret", "forged-mac"],
+)
+def test_h2_an_identity_the_site_did_not_sign_is_ignored_and_counted(
+    edge: Edge, platform: FakePlatform, claim: str
+) -> None:
+    """An attacker with one cookie cannot claim users: no stitch, no user unit, the claim counted."""
+    for via in ({"x-perch-user": claim}, {"cookie": f"perch_uid={UID}; perch_user={claim}"}):
+        headers = {"cookie": f"perch_uid={UID}", **via}
+        if "cookie" in via:
+            headers["cookie"] = via["cookie"]
+        body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero", headers=headers)
+        beacon = json.dumps({"decision_id": "a" * 32, "experiment": "home-hero"}).encode()
+        body_json(edge, platform, "https://s.test/v1/events", "POST", headers, beacon)
+    sent = events(platform)
+    assert [e for e in sent if e["type"] == "stitch"] == []
+    assert {e["unit"] for e in sent} == {UID}
+    _, health, _ = body_json(edge, platform, "https://s.test/v1/health")
+    assert health["isolate"]["rejected_identities"] == 2
+
+
+def test_a_signed_identity_in_the_cookie_counts_too(edge: Edge, platform: FakePlatform) -> None:
+    token = sign_identity(IDENTITY_SECRET, "user.with.dots@example.com")
+    body_json(
+        edge,
+        platform,
+        "https://s.test/v1/decide?experiment=home-hero",
+        headers={"cookie": f"perch_uid={UID}; perch_user={token}"},
+    )
+    (exposure, stitch) = sorted(events(platform), key=lambda e: e["type"])
+    assert exposure["unit"] == "user.with.dots@example.com"
+    assert (stitch["anonymous_id"], stitch["user_id"]) == (UID, "user.with.dots@example.com")
 
 
 @pytest.mark.parametrize(
@@ -344,3 +380,84 @@ def test_events_of_concurrent_requests_share_one_signed_batch(edge: Edge, platfo
     assert len(platform.posts) == 1 and len(sent) == 3
     body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
     assert len(platform.tasks) == 1  # after a drain, the next request schedules a new one
+
+
+# --- hostile input (security review H1, M3) ---------------------------------------------------------
+
+_DEEP = b'{"experiments":["home-hero"],"context":' + b"[" * 3000 + b"]" * 3000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            (
+                "https://s.test/v1/decide",
+                "POST",
+                {},
+                b'{"experiments":["home-hero"],"context":{"device":"\\ud800"}}',
+            ),
+            "not valid UTF-8 text",
+        ),
+        (
+            (
+                "https://s.test/v1/decide",
+                "POST",
+                {},
+                b'{"experiments":["home-hero"],"context":{"device":"a\\u0000"}}',
+            ),
+            "not valid UTF-8 text",
+        ),
+        (("https://s.test/v1/decide", "POST", {}, _DEEP), "nested deeper"),
+        (
+            (
+                "https://s.test/v1/decide",
+                "POST",
+                {},
+                b'{"experiments":["home-hero"],"n":' + b"9" * 5000 + b"}",
+            ),
+            "not usable JSON",
+        ),
+        (("https://s.test/v1/decide?experiment=home-hero&ctx.device=mo%01bile",), "control characters"),
+        (("https://s.test/v1/events", "POST", {}, _DEEP), "nested deeper"),
+        (
+            (
+                "https://s.test/v1/events",
+                "POST",
+                {},
+                b'{"decision_id":"' + b"a" * 32 + b'","experiment":"x","value":' + b"9" * 400 + b"}",
+            ),
+            "value must be a finite number",
+        ),
+    ],
+)
+def test_hostile_input_is_a_400_and_logs_nothing(
+    edge: Edge,
+    platform: FakePlatform,
+    args: tuple,
+    message: str,  # type: ignore[type-arg]
+) -> None:
+    got, doc, _ = body_json(edge, platform, *args)
+    assert got == 400, doc
+    assert message in doc["error"]
+    assert events(platform) == []
+
+
+def test_unusable_cookie_and_cf_values_are_dropped_not_stored(edge: Edge, platform: FakePlatform) -> None:
+    platform.put(build_snapshot(context_features=["device", "country", "colo", "pref.lang"]))
+    status, _, _ = body_json(
+        edge,
+        platform,
+        "https://s.test/v1/decide?experiment=home-hero",
+        headers={"cookie": f"perch_uid={UID}; perch_prefs=lang=d%00e"},
+        cf={"country": "\ud800", "colo": "FRA\x00"},
+    )
+    assert status == 200
+    (exposure,) = events(platform)
+    assert exposure["context"] == {
+        "device": "unknown",
+        "country": "unknown",
+        "colo": "unknown",
+        "pref.lang": "unknown",
+    }
+    json.dumps(exposure).encode("utf-8")  # what the control plane will store encodes

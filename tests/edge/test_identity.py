@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from core import sign_identity, verify_identity
 from edge.identity import identify, known_unit, parse_cookies
 from tests.edge.conftest import request
 
@@ -11,9 +12,17 @@ UID = "0123456789abcdef0123456789abcdef"
 YEAR = 365 * 24 * 3600
 
 
+SECRET = "site-identity-secret-0123"
+
+
 def ident(headers: dict[str, str] | None = None, cookies: dict[str, str] | None = None, seed: int = 1):  # type: ignore[no-untyped-def]
     return identify(
-        request("https://s.test/", headers=headers), cookies or {}, "x-perch-user", random.Random(seed), YEAR
+        request("https://s.test/", headers=headers),
+        cookies or {},
+        "x-perch-user",
+        random.Random(seed),
+        YEAR,
+        secret=SECRET,
     )
 
 
@@ -53,14 +62,13 @@ def test_withheld_consent_means_no_id_no_cookie(headers: dict[str, str], cookies
 
 
 def test_authenticated_id_wins_and_the_stitch_is_reported_once() -> None:
-    first = ident({"x-perch-user": "user-42"}, {"perch_uid": UID})
+    token = sign_identity(SECRET, "user-42")
+    first = ident({"x-perch-user": token}, {"perch_uid": UID})
     assert first.unit == "user-42"
     assert first.stitch == (UID, "user-42")
     (mark,) = first.set_cookies
     assert mark.startswith("perch_sid=")
-    later = ident(
-        {"x-perch-user": "user-42"}, {"perch_uid": UID, "perch_sid": mark.split(";")[0].split("=")[1]}
-    )
+    later = ident({"x-perch-user": token}, {"perch_uid": UID, "perch_sid": mark.split(";")[0].split("=")[1]})
     assert later.unit == "user-42" and later.stitch is None and later.set_cookies == ()
 
 
@@ -70,3 +78,49 @@ def test_parse_cookies_survives_malformed_pairs() -> None:
     assert parse_cookies(header) == {"perch_uid": "abc", "other": "a b", "perch_consent": "0", "q": "quoted"}
     assert parse_cookies(None) == {}
     assert ident(cookies=parse_cookies("x=a b; perch_consent=0")).consent is False
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        "user-42",  # what any browser can send
+        sign_identity("not-the-site-secret", "user-42"),
+        sign_identity(SECRET, "user-42")[:-1] + "3",  # the id changed after signing
+        "v1." + "g" * 64 + ".user-42",
+        "v2." + sign_identity(SECRET, "user-42")[3:],
+        sign_identity(SECRET, "user 42"),  # signed, but not an id we accept (space)
+        "v1." + "0" * 64 + "." + "x" * 5000,
+    ],
+)
+def test_claims_the_site_did_not_sign_are_ignored(claim: str) -> None:
+    identity = ident({"x-perch-user": claim}, {"perch_uid": UID})
+    assert (identity.unit, identity.stitch, identity.rejected_claim) == (UID, None, True)
+    assert (
+        known_unit(
+            request("https://s.test/", headers={"x-perch-user": claim}),
+            {"perch_uid": UID},
+            "x-perch-user",
+            SECRET,
+        )
+        == UID
+    )
+
+
+def test_without_an_identity_secret_every_claim_is_ignored() -> None:
+    token = sign_identity(SECRET, "user-42")
+    identity = identify(
+        request("https://s.test/", headers={"x-perch-user": token}),
+        {"perch_uid": UID},
+        "x-perch-user",
+        random.Random(1),
+        YEAR,
+        secret=None,
+    )
+    assert (identity.unit, identity.rejected_claim) == (UID, True)
+
+
+def test_identity_tokens_round_trip_and_hold_any_id() -> None:
+    for user in ("u", "a.b.c", "user@example.com", "org/42:7", "é"):
+        assert verify_identity(SECRET, sign_identity(SECRET, user)) == user
+    assert verify_identity("", sign_identity(SECRET, "u")) is None
+    assert verify_identity(SECRET, "v1." + "0" * 64 + ".\ud800") is None
