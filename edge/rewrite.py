@@ -4,10 +4,21 @@ workerd has HTMLRewriter (lol-html); CPython and Pyodide under Node do not,
 so this is the equivalent there: it reads the origin's body chunk by chunk,
 passes everything through untouched except the content of elements carrying
 ``data-perch-slot="<experiment>"``, which it replaces with the HTML the fill
-function returns (or leaves alone when that is None).  Comments and the raw
-text of ``script``/``style``/``textarea``/``title`` are never mistaken for
-markup.  It keeps at most one unfinished tag in memory; past ``MAX_PENDING``
-characters of one tag it gives up and passes the rest through unchanged.
+function returns (or leaves alone when that is None).
+
+The page always arrives whole.  A slot's original content is held back (up to
+``MAX_PENDING`` characters) until the slot ends, and only then is the
+experiment decided and its HTML emitted.  A slot ends at its end tag, or where
+HTML ends it implicitly: an end tag of an element that encloses it, or, for
+elements whose end tag may be omitted (``<p>``, ``<li>``, ``<td>``,
+``<option>``, ...), a start tag that closes them.  If the page ends first, or
+the slot runs past ``MAX_PENDING``, its original content goes out unchanged and
+nothing is decided (so no exposure is logged for a variant nobody saw).
+Comments (``<!-->`` included) and the contents of ``script``, ``style``,
+``textarea``, ``title``, ``noscript``, ``template``, ``xmp``, ``iframe``,
+``noembed`` and ``noframes`` are never mistaken for markup.  It keeps at most
+one unfinished tag in memory; past ``MAX_PENDING`` characters of one tag it
+gives up and passes the rest through unchanged.
 """
 
 from __future__ import annotations
@@ -26,8 +37,46 @@ MAX_PENDING = 256 * 1024
 
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:\-]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
 _ATTR = re.compile(r"([^\s\"'>/=]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s\"'=<>`]+)))?")
-_RAW_TEXT = {"script", "style", "textarea", "title"}
+_RAW_TEXT = {
+    "script",
+    "style",
+    "textarea",
+    "title",
+    "noscript",
+    "template",
+    "xmp",
+    "iframe",
+    "noembed",
+    "noframes",
+}
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+# HTML's optional end tags: the start tags that close an open element of each name, and the
+# elements which, open inside it, shelter a nested one of the same kind (a list inside an <li>).
+_P_CLOSERS = frozenset(
+    {"address", "article", "aside", "blockquote", "details", "dialog", "div", "dl", "fieldset"}
+    | {"figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hgroup"}
+    | {"hr", "main", "menu", "nav", "ol", "p", "pre", "search", "section", "table", "ul"}
+)
+_TABLE_PARTS = frozenset({"tbody", "thead", "tfoot"})
+_CLOSED_BY: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "p": (_P_CLOSERS, frozenset({"button"})),
+    "li": (frozenset({"li"}), frozenset({"ul", "ol", "menu"})),
+    "dt": (frozenset({"dt", "dd"}), frozenset({"dl"})),
+    "dd": (frozenset({"dt", "dd"}), frozenset({"dl"})),
+    "option": (frozenset({"option", "optgroup", "hr"}), frozenset()),
+    "optgroup": (frozenset({"optgroup", "hr"}), frozenset()),
+    "td": (frozenset({"td", "th", "tr"}) | _TABLE_PARTS, frozenset({"table"})),
+    "th": (frozenset({"td", "th", "tr"}) | _TABLE_PARTS, frozenset({"table"})),
+    "tr": (frozenset({"tr"}) | _TABLE_PARTS, frozenset({"table"})),
+    "tbody": (_TABLE_PARTS, frozenset({"table"})),
+    "thead": (_TABLE_PARTS, frozenset({"table"})),
+    "tfoot": (_TABLE_PARTS, frozenset({"table"})),
+    "rt": (frozenset({"rt", "rp", "rb", "rtc"}), frozenset()),
+    "rp": (frozenset({"rt", "rp", "rb", "rtc"}), frozenset()),
+    "colgroup": (frozenset({"colgroup", "tr", "thead", "tbody", "tfoot"}), frozenset()),
+    "caption": (frozenset({"tr", "td", "th", "thead", "tbody", "tfoot", "colgroup"}), frozenset()),
+}
 
 
 def _slot_of(attributes: str) -> str | None:
@@ -38,6 +87,22 @@ def _slot_of(attributes: str) -> str | None:
     return None
 
 
+class _Slot:
+    """An open slot: its experiment, the elements open inside it, and its held-back content."""
+
+    def __init__(self, experiment: str, name: str) -> None:
+        self.experiment = experiment
+        self.stack = [name]  # the slot's own element first
+        self.held: list[str] = []
+        self.size = 0
+
+    def closed_by_start(self, name: str) -> bool:
+        rule = _CLOSED_BY.get(self.stack[0])
+        if rule is None or name not in rule[0]:
+            return False
+        return not any(open_name in rule[1] for open_name in self.stack[1:])
+
+
 class _Scanner:
     """Tokenizer state carried across chunks."""
 
@@ -45,8 +110,7 @@ class _Scanner:
         self.fill = fill
         self.pending = ""
         self.raw_end: str | None = None  # inside script/style/...: the end tag looked for
-        self.skip_tag: str | None = None  # inside a filled slot: its tag name...
-        self.skip_depth = 0  # ...and how many of that tag are open
+        self.slot: _Slot | None = None
         self.passthrough = False
 
     async def feed(self, text: str, final: bool) -> str:  # noqa: PLR0915 - one tokenizer loop reads best
@@ -78,11 +142,17 @@ class _Scanner:
             self._emit(out, buf[i:lt])
             i = lt
             if buf.startswith("<!--", i):
-                end = buf.find("-->", i + 4)
-                if end < 0:
-                    break
-                self._emit(out, buf[i : end + 3])
-                i = end + 3
+                if buf.startswith("<!-->", i):  # an empty comment, complete as it is
+                    after = i + 5
+                elif buf.startswith("<!--->", i):
+                    after = i + 6
+                else:
+                    end = buf.find("-->", i + 4)
+                    if end < 0:
+                        break
+                    after = end + 3
+                self._emit(out, buf[i:after])
+                i = after
                 continue
             if buf.startswith(("<!", "<?"), i):
                 end = buf.find(">", i)
@@ -107,46 +177,89 @@ class _Scanner:
         rest = buf[i:]
         if final:
             self._emit(out, rest)
+            self._abandon(out)
         elif len(rest) > MAX_PENDING:
-            self.passthrough = True
             self._emit(out, rest)
+            self._abandon(out)
+            self.passthrough = True
         else:
             self.pending = rest
         return "".join(out)
 
     def _emit(self, out: list[str], text: str) -> None:
-        if self.skip_tag is None and text:
-            out.append(text)
+        slot = self.slot
+        if slot is None:
+            if text:
+                out.append(text)
+            return
+        slot.held.append(text)
+        slot.size += len(text)
+        if slot.size > MAX_PENDING:
+            self._abandon(out)
+
+    def _abandon(self, out: list[str]) -> None:
+        """The slot never ended where we could see: its original content goes out as it was."""
+        if self.slot is not None:
+            out.extend(self.slot.held)
+            self.slot = None
+
+    async def _close_slot(self, out: list[str]) -> None:
+        slot = self.slot
+        assert slot is not None
+        self.slot = None
+        content = await self.fill(slot.experiment)
+        out.extend([content] if content is not None else slot.held)
 
     async def _tag(self, out: list[str], match: re.Match[str]) -> None:
         closing, name, attributes = match.group(1) == "/", match.group(2).lower(), match.group(3)
         self_closing = attributes.rstrip().endswith("/")
-        if self.skip_tag is not None:
-            if name == self.skip_tag:
-                if closing:
-                    self.skip_depth -= 1
-                    if self.skip_depth == 0:
-                        self.skip_tag = None
+        opens = not (closing or self_closing or name in _VOID)
+        slot = self.slot
+        if slot is not None:
+            if closing:
+                if name in slot.stack:
+                    # Pop to it: elements whose end tags were omitted close with it.
+                    del slot.stack[len(slot.stack) - 1 - slot.stack[::-1].index(name) :]
+                    if not slot.stack:  # the slot's own end tag
+                        await self._close_slot(out)
                         out.append(match.group(0))
                         return
-                elif not self_closing:
-                    self.skip_depth += 1
-            if not closing and name in _RAW_TEXT and not self_closing:
+                elif slot.stack[0] in _CLOSED_BY:
+                    # An end tag of an element around a slot whose own end tag may be omitted
+                    # (</ul> after an open <li>): it closes the slot too.
+                    await self._close_slot(out)
+                    out.append(match.group(0))
+                    return
+                elif name in ("body", "html"):
+                    # The slot's element never closed: a malformed page keeps its own content.
+                    self._abandon(out)
+                    out.append(match.group(0))
+                    return
+                # else a stray end tag inside the slot: HTML ignores it, and so do we
+            elif slot.closed_by_start(name):
+                await self._close_slot(out)
+                out.append(match.group(0))
+                self._opened(out, name, attributes, opens)
+                return
+            elif opens:
+                slot.stack.append(name)
+            self._emit(out, match.group(0))
+            if opens and name in _RAW_TEXT:
                 self.raw_end = f"</{name}"
             return
         out.append(match.group(0))
-        if closing or self_closing or name in _VOID:
+        if not closing:
+            self._opened(out, name, attributes, opens)
+
+    def _opened(self, out: list[str], name: str, attributes: str, opens: bool) -> None:
+        if not opens:
             return
         if name in _RAW_TEXT:
             self.raw_end = f"</{name}"
             return
         experiment = _slot_of(attributes) if SLOT_ATTRIBUTE in attributes.lower() else None
-        if experiment is None:
-            return
-        content = await self.fill(experiment)
-        if content is not None:
-            out.append(content)
-            self.skip_tag, self.skip_depth = name, 1
+        if experiment is not None:
+            self.slot = _Slot(experiment, name)
 
 
 async def rewrite_slots(

@@ -83,3 +83,134 @@ def test_gives_up_on_a_runaway_tag_without_buffering_it_all(monkeypatch: pytest.
     page = '<div title="' + "x" * 500 + '<div data-perch-slot="hero">old</div>'
     text, _ = _rewrite(page, list(range(0, 600, 50)))
     assert text == page  # passed through unchanged once the tag ran away
+
+
+# --- the page always arrives whole (security review M2) ----------------------------------------------
+
+CALLS: list[str] = []
+
+
+async def _fill_logged(experiment: str) -> str | None:
+    CALLS.append(experiment)
+    return FILLS.get(experiment)
+
+
+def _run(page: str, cuts: list[int] | None = None) -> str:
+    CALLS.clear()
+    data = page.encode()
+    bounds = sorted({0, len(data), *((c % (len(data) + 1)) for c in (cuts or []))})
+
+    async def source() -> AsyncIterator[bytes]:
+        for a, b in itertools.pairwise(bounds):
+            yield data[a:b]
+
+    async def run() -> bytes:
+        return b"".join([c async for c in rewrite_slots(source(), _fill_logged)])
+
+    return asyncio.run(run()).decode()
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (  # <p>'s end tag may be omitted: a block start tag closes it
+            '<p data-perch-slot="hero">old <i>x</i><div>rest</div>after</p>END',
+            '<p data-perch-slot="hero"><b>NEW</b><div>rest</div>after</p>END',
+        ),
+        (
+            '<ul><li data-perch-slot="menu">a<li>b</ul><footer>END</footer>',
+            '<ul><li data-perch-slot="menu"><li>m</li><li>b</ul><footer>END</footer>',
+        ),
+        (  # an end tag of an enclosing element closes an <li> too
+            '<ul><li data-perch-slot="menu">a</ul>END',
+            '<ul><li data-perch-slot="menu"><li>m</li></ul>END',
+        ),
+        (  # a nested list shelters its own items
+            '<li data-perch-slot="menu">a<ul><li>b<li>c</ul></li>END',
+            '<li data-perch-slot="menu"><li>m</li></li>END',
+        ),
+        (
+            '<table><tr><td data-perch-slot="cta">old<td>next</table>END',
+            '<table><tr><td data-perch-slot="cta"><a>Buy</a><td>next</table>END',
+        ),
+        (
+            '<select><option data-perch-slot="cta">x<option>y</select>END',
+            '<select><option data-perch-slot="cta"><a>Buy</a><option>y</select>END',
+        ),
+        (  # elements with omitted end tags inside the slot close with it
+            '<div data-perch-slot="hero"><p>one<p>two</div>END',
+            '<div data-perch-slot="hero"><b>NEW</b></div>END',
+        ),
+        (  # "<!-->" is a complete comment: what follows is markup
+            '<!--><div data-perch-slot="hero">old</div>END',
+            '<!--><div data-perch-slot="hero"><b>NEW</b></div>END',
+        ),
+        (
+            '<!---><div data-perch-slot="hero">old</div>END',
+            '<!---><div data-perch-slot="hero"><b>NEW</b></div>END',
+        ),
+    ],
+)
+def test_slots_end_where_html_ends_them(page: str, expected: str) -> None:
+    assert _run(page) == expected
+    for cut in range(0, len(page), 7):
+        assert _run(page, [cut, cut + 3]) == expected
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        '<div data-perch-slot="hero">old <p>text and the rest of the page',  # the page ends first
+        '<div data-perch-slot="hero">old <p>text</body></html>',  # the element never closes
+        '<noscript><div data-perch-slot="hero">old</div></noscript>END',
+        '<template><div data-perch-slot="hero">old</div></template>END',
+        '<xmp><div data-perch-slot="hero">old</div></xmp>END',
+        '<iframe><div data-perch-slot="hero">old</div></iframe>END',
+    ],
+)
+def test_unfinished_or_inert_slots_keep_the_page_and_decide_nothing(page: str) -> None:
+    assert _run(page) == page
+    assert CALLS == []  # no decision, so no exposure for a variant nobody saw
+
+
+def test_a_slot_too_large_to_hold_goes_out_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rewrite, "MAX_PENDING", 100)
+    page = '<div data-perch-slot="hero">' + "<p>old</p>" * 50 + "</div>END"
+    assert _run(page, list(range(0, 600, 64))) == page
+    assert CALLS == []
+
+
+_TOKENS = st.sampled_from(
+    [
+        '<p data-perch-slot="hero">',
+        '<li data-perch-slot="menu">',
+        '<div data-perch-slot="cta">',
+        '<td data-perch-slot="keep">',
+        "<p>",
+        "<li>",
+        "<ul>",
+        "</ul>",
+        "<div>",
+        "</div>",
+        "</p>",
+        "<td>",
+        "<tr>",
+        "<table>",
+        "</table>",
+        "<!-->",
+        "<!-- c -->",
+        "<script>",
+        "</script>",
+        "<noscript>",
+        "</noscript>",
+        "text",
+        "<",
+        "</body>",
+    ]
+)
+
+
+@given(st.lists(_TOKENS, max_size=30), st.lists(st.integers(min_value=0, max_value=2000), max_size=10))
+def test_any_markup_any_chunking_the_end_of_the_page_arrives(tokens: list[str], cuts: list[int]) -> None:
+    page = "".join(tokens) + "</script></noscript><footer>END</footer>"
+    assert _run(page, cuts).endswith("END</footer>")
