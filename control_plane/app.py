@@ -34,7 +34,7 @@ from control_plane.group_commit import IngestWriter, ReplayedBatch
 from control_plane.kv_publishers import KVPublisher
 from control_plane.metrics import Metrics
 from control_plane.middleware import InternalErrorMiddleware
-from control_plane.publish import Gate, PublishResult, publish_all, publish_experiment
+from control_plane.publish import Gate, PublishResult, publish_all, publish_experiment, publish_index
 from control_plane.report import build_report
 from control_plane.settings import Settings
 from control_plane.store import Conflict, NotFound, Store
@@ -206,6 +206,8 @@ class Api:
             return JSONResponse(doc)
         if request.method == "DELETE":
             record = await run_in_threadpool(self.store.archive_experiment, key, self.now_ms())
+            # The edge stops personalizing it once isolates refresh the index (cache TTL + KV lag).
+            await run_in_threadpool(self._publish_index)
             return JSONResponse(record.to_dict())
         changes = await _json(request, self.settings.max_admin_body_bytes)
         if not isinstance(changes, dict):
@@ -242,7 +244,12 @@ class Api:
                 )
 
         result = await run_in_threadpool(publish_now)
+        await run_in_threadpool(self._publish_index)
         return JSONResponse(result.to_dict())
+
+    def _publish_index(self) -> None:
+        with self.store.publish_lock(wait=True):
+            publish_index(self.store, self.kv, now_ms=self.now_ms())
 
     async def report(self, request: Request) -> Response:
         """

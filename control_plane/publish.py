@@ -22,9 +22,9 @@ from control_plane.kv_publishers import KVPublisher
 from control_plane.learner import learn, split_cells
 from control_plane.metrics import Metrics
 from control_plane.store import ExperimentRecord, Store
-from core import Snapshot, decode_snapshot, encode_snapshot, snapshot_key
+from core import INDEX_KEY, Snapshot, decode_snapshot, encode_index, encode_snapshot, snapshot_key
 
-__all__ = ["Gate", "PublishResult", "publish_all", "publish_experiment", "snapshot_summary"]
+__all__ = ["Gate", "PublishResult", "publish_all", "publish_experiment", "publish_index", "snapshot_summary"]
 
 log = logging.getLogger("perch.publish")
 KV_MIN_INTERVAL_MS = 1000
@@ -178,6 +178,20 @@ def publish_experiment(
     return PublishResult(spec.key, True, version, key, len(data), "forced" if force else "changed")
 
 
+def publish_index(store: Store, kv: KVPublisher, *, now_ms: int) -> bool:
+    """Write ``perch:index`` (the live experiment keys) when it changed; True if written.
+
+    The edge looks up only the keys it lists, so made-up keys cost it nothing and an
+    archived experiment stops being personalized once isolates refresh the index.
+    """
+    live = frozenset(record.spec.key for record in store.list_experiments())
+    if live == store.published_live:
+        return False
+    kv.put_many({INDEX_KEY: encode_index(live, now_ms)})
+    store.published_live = live
+    return True
+
+
 def publish_all(
     store: Store,
     kv: KVPublisher,
@@ -201,4 +215,8 @@ def publish_all(
             except Exception:
                 log.exception("publishing %s failed", record.spec.key)
                 metrics.publish_failures.labels(record.spec.key).inc()
+        try:
+            publish_index(store, kv, now_ms=now_ms())
+        except Exception:
+            log.exception("publishing %s failed", INDEX_KEY)
     return results

@@ -74,6 +74,8 @@ class Store:
         # expired replay signatures purged once a minute rather than on every batch.
         self.parsed_specs: dict[str, tuple[int, ExperimentSpec]] = {}
         self.replays_purged_s = 0
+        # The live experiment keys this process last wrote to KV's index (publish.publish_index).
+        self.published_live: frozenset[str] | None = None
 
     @classmethod
     def from_url(cls, url: str, unit_key: str) -> Store:

@@ -19,7 +19,15 @@ from core.events import (
     stitch_event,
 )
 from core.hashing import HASH_VERSION, bucket, seed64
-from core.kv import SNAPSHOT_PREFIX, LocalKV, snapshot_key
+from core.kv import (
+    INDEX_KEY,
+    SNAPSHOT_PREFIX,
+    LiveIndexError,
+    LocalKV,
+    decode_index,
+    encode_index,
+    snapshot_key,
+)
 from core.sampling import beta_variate, beta_variates, gamma_variate
 from core.signing import SIGNATURE_HEADER, SignatureError, sign, sign_identity, verify, verify_identity
 from core.snapshot import KEY_RE, Arm, Segment, Snapshot
@@ -27,6 +35,7 @@ from core.text import JSONInputError, is_int64, is_text, parse_json
 
 __all__ = [
     "HASH_VERSION",
+    "INDEX_KEY",
     "KEY_RE",
     "SIGNATURE_HEADER",
     "SNAPSHOT_PREFIX",
@@ -38,6 +47,7 @@ __all__ = [
     "EventError",
     "Generator",
     "HashingError",
+    "LiveIndexError",
     "JSONInputError",
     "LocalKV",
     "PerchError",
@@ -49,9 +59,11 @@ __all__ = [
     "beta_variates",
     "bucket",
     "decide",
+    "decode_index",
     "decode_snapshot",
     "draw_stream",
     "encode_batch",
+    "encode_index",
     "encode_snapshot",
     "exposure_event",
     "gamma_variate",

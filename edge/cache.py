@@ -12,20 +12,44 @@ the decoded snapshot and:
 
 Whatever KV does — missing, erroring, slow, corrupt, or (being eventually
 consistent) briefly serving an older version — the last good snapshot stays.
+
+Clients name the experiments, so what an isolate holds is bounded: the
+control plane publishes ``perch:index`` (the live experiment keys), cached
+the same way; a key it does not list is answered without a KV read or a cache
+entry, and a cached experiment that leaves it (archived) is dropped.  Without
+an index (none published yet) lookups still happen, and entries are bounded:
+at most ``MAX_ENTRIES`` in LRU order, of which at most ``MAX_NEGATIVE`` hold
+no snapshot.  Errors shown to clients (``why``, ``/v1/health``) are generic;
+the details go to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from core import Snapshot, SnapshotError, decode_snapshot, snapshot_key
+from core import (
+    INDEX_KEY,
+    Snapshot,
+    SnapshotError,
+    decode_index,
+    decode_snapshot,
+    snapshot_key,
+)
 from edge.config import EdgeConfig
 from edge.platform import Platform
 
-__all__ = ["CacheEntry", "SnapshotCache"]
+__all__ = ["MAX_ENTRIES", "MAX_NEGATIVE", "NOT_LIVE", "CacheEntry", "SnapshotCache"]
+
+log = logging.getLogger("perch.edge")
+
+MAX_ENTRIES = 256
+MAX_NEGATIVE = 32
+NOT_LIVE = "not a live experiment (not in the published index)"
 
 
 @dataclass(slots=True)
@@ -37,15 +61,30 @@ class CacheEntry:
     refreshing: bool = False
 
 
+@dataclass(slots=True)
+class _Index:
+    live: frozenset[str] | None = None  # None: no index published (or readable) yet
+    checked_ms: int = 0
+    refreshing: bool = False
+
+
 class SnapshotCache:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
-        self.entries: dict[str, CacheEntry] = {}
+        self.entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self.index = _Index()
 
     async def get(self, experiment: str, platform: Platform) -> CacheEntry:
+        live = await self._live(platform)
+        if live is not None and experiment not in live:
+            self.entries.pop(experiment, None)  # archived since we cached it
+            return CacheEntry(error=NOT_LIVE)
         entry = self.entries.get(experiment)
         if entry is None:
             entry = self.entries[experiment] = CacheEntry()
+            self._bound()
+        else:
+            self.entries.move_to_end(experiment)
         age_ms = platform.now_ms() - entry.checked_ms
         if entry.snapshot is not None:
             if age_ms > self.config.cache_ttl_s * 1000 and not entry.refreshing:
@@ -62,6 +101,37 @@ class SnapshotCache:
                 entry.refreshing = False
         return entry
 
+    def _bound(self) -> None:
+        """Evict least recently used entries: no-snapshot ones past MAX_NEGATIVE, any past MAX_ENTRIES."""
+        negative = [k for k, e in self.entries.items() if e.snapshot is None and not e.refreshing]
+        for key in negative[: max(0, len(negative) - MAX_NEGATIVE)]:
+            del self.entries[key]
+        while len(self.entries) > MAX_ENTRIES:
+            self.entries.popitem(last=False)
+
+    async def _live(self, platform: Platform) -> frozenset[str] | None:
+        """The published live keys (stale-while-revalidate, like a snapshot), or None without an index."""
+        index = self.index
+        age_ms = platform.now_ms() - index.checked_ms
+        # Never waited for: until an index arrives, lookups are bounded by the LRU alone.
+        wait_s = self.config.cache_ttl_s if index.live is not None else self.config.retry_after_s
+        if not index.refreshing and age_ms > wait_s * 1000:
+            index.refreshing = True
+            platform.wait_until(self._load_index(platform, max(1.0, self.config.kv_timeout_s)))
+        return index.live
+
+    async def _load_index(self, platform: Platform, timeout_s: float) -> None:
+        index = self.index
+        try:
+            raw = await asyncio.wait_for(platform.kv_get(INDEX_KEY), timeout_s)
+            if raw is not None:
+                index.live = decode_index(raw)[0]
+        except Exception as exc:  # a missing, slow or corrupt index: keep the last good one
+            log.warning("reading %s failed: %s: %s", INDEX_KEY, type(exc).__name__, exc)
+        finally:
+            index.checked_ms = platform.now_ms()
+            index.refreshing = False
+
     async def _refresh(self, experiment: str, entry: CacheEntry, platform: Platform) -> None:
         try:
             await asyncio.wait_for(
@@ -77,7 +147,8 @@ class SnapshotCache:
         try:
             raw = await platform.kv_get(snapshot_key(experiment))
         except Exception as exc:  # any KV failure: keep what we have
-            entry.error = f"KV read failed: {type(exc).__name__}: {exc}"[:300]
+            log.warning("KV read of %r failed: %s: %s", experiment, type(exc).__name__, exc)
+            entry.error = f"KV read failed ({type(exc).__name__})"
             entry.checked_ms = platform.now_ms()
             return
         entry.checked_ms = platform.now_ms()
@@ -91,7 +162,8 @@ class SnapshotCache:
         try:
             snapshot = decode_snapshot(raw)
         except SnapshotError as exc:
-            entry.error = f"corrupt snapshot in KV: {exc}"[:300]
+            log.warning("corrupt snapshot of %r in KV: %s", experiment, exc)
+            entry.error = "corrupt snapshot in KV"
             return
         if snapshot.experiment != experiment:
             entry.error = f"KV key of {experiment!r} holds a snapshot of {snapshot.experiment!r}"

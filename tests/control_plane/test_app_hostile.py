@@ -13,7 +13,7 @@ from sqlalchemy import insert
 
 from control_plane.schema import stats
 from control_plane.store import Store
-from core import LocalKV, decode_snapshot, sign, snapshot_key
+from core import INDEX_KEY, LocalKV, decode_index, decode_snapshot, sign, snapshot_key
 from tests.control_plane.conftest import NOW
 from tests.control_plane.test_app import AUTH, HERO, SECRET, ApiClient, client, clock, kv, signed
 from tests.control_plane.test_ingest import exposure, outcome
@@ -190,3 +190,12 @@ def test_a_bug_is_one_clean_500_not_a_reraise(
     assert r.status_code == 500
     assert r.json() == {"error": "internal error; see the control plane's log"}
     assert "a bug of ours" not in r.text
+
+
+def test_archiving_takes_the_experiment_out_of_the_edge_index(client: ApiClient, kv: LocalKV) -> None:
+    client.post("/v1/experiments", json=HERO, headers=AUTH)
+    client.post("/v1/experiments", json={**HERO, "key": "other"}, headers=AUTH)
+    _publish(client)
+    assert decode_index(kv.get(INDEX_KEY) or b"")[0] == {"hero", "other"}
+    assert client.delete("/v1/experiments/hero", headers=AUTH).status_code == 200
+    assert decode_index(kv.get(INDEX_KEY) or b"")[0] == {"other"}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core import Snapshot, encode_snapshot, snapshot_key
+from core import INDEX_KEY, Snapshot, encode_snapshot, snapshot_key
 from edge.config import EdgeConfig
 from edge.handler import Edge, handle
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
@@ -32,6 +32,7 @@ class FakePlatform:
         self.kv_error: Exception | None = None
         self.kv_delay_s = 0.0
         self.kv_reads = 0
+        self.index_reads = 0
         self.pages: dict[str, tuple[int, list[tuple[str, str]], list[bytes]]] = {}
         self.origin_error: Exception | None = None
         self.origin_fetches: list[tuple[str, str]] = []
@@ -45,7 +46,10 @@ class FakePlatform:
         self.kv[snapshot_key(snapshot.experiment)] = encode_snapshot(snapshot)
 
     async def kv_get(self, key: str) -> bytes | None:
-        self.kv_reads += 1
+        if key == INDEX_KEY:
+            self.index_reads += 1
+        else:
+            self.kv_reads += 1  # snapshot reads: what the cache tests count
         if self.kv_delay_s:
             await asyncio.sleep(self.kv_delay_s)
         if self.kv_error is not None:
@@ -70,6 +74,10 @@ class FakePlatform:
 
     def wait_until(self, task: Awaitable[Any]) -> None:
         self.tasks.append(task)
+
+    def background(self) -> list[Awaitable[Any]]:
+        """Scheduled work other than the index refresh every isolate does."""
+        return [t for t in self.tasks if "_load_index" not in repr(t)]
 
     async def drain(self) -> None:
         while self.tasks:

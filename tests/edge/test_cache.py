@@ -38,7 +38,7 @@ def test_stale_entry_is_served_while_refreshed_in_the_background(
     platform.clock_ms += 31_000
     assert get(cache, platform).snapshot.version == 7  # type: ignore[union-attr]
     assert get(cache, platform).snapshot.version == 7  # type: ignore[union-attr]
-    assert len(platform.tasks) == 1  # one refresh at a time
+    assert len(platform.background()) == 1  # one refresh at a time
     asyncio.run(platform.drain())
     assert get(cache, platform).snapshot.version == 8  # type: ignore[union-attr]
 
