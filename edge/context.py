@@ -83,7 +83,10 @@ def source_class(referer: str | None, own_host: str, utm_medium: str | None) -> 
         return "paid"
     if not referer:
         return "direct"
-    host = (urlsplit(referer).hostname or "").lower()
+    try:
+        host = (urlsplit(referer).hostname or "").lower()
+    except ValueError:  # e.g. "http://[::1/x": someone sent us here, we cannot tell who
+        return "referral"
     if not host:
         return "direct"
     if host == own_host:

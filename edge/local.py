@@ -9,7 +9,6 @@ asyncio task.  Served as a small ASGI app by uvicorn.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from core import LocalKV
+from core import JSONInputError, LocalKV, parse_json
 from edge.handler import Edge, handle
 from edge.platform import EdgeRequest, OriginResponse
 
@@ -42,9 +41,15 @@ class LocalPlatform:
         return self.kv.get(key)
 
     async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
-        headers = [
-            (k, v) for k, v in request.headers.items() if k not in ("host", "content-length", DEV_CF_HEADER)
-        ]
+        # The bytes as they came (a UTF-8 cookie another app set is not ASCII), without the
+        # surrounding whitespace HTTP does not count as part of a value; a value with control
+        # characters could not be sent on, so that header alone is dropped.
+        headers = []
+        for name, value in request.headers.items():
+            raw = value.encode("latin-1", "replace").strip(b" \t")
+            if name in ("host", "content-length", DEV_CF_HEADER) or any(b < 0x20 or b == 0x7F for b in raw):
+                continue
+            headers.append((name.encode("latin-1", "replace"), raw))
         upstream = self.client.build_request(
             request.method, url, headers=headers, content=request.body or None
         )
@@ -89,9 +94,9 @@ def _edge_request(scope: Scope, body: bytes) -> EdgeRequest:
     raw_cf = headers.get(DEV_CF_HEADER)
     if raw_cf:
         try:
-            loaded = json.loads(raw_cf)
+            loaded = parse_json(raw_cf.encode("latin-1", "replace"))
             cf = loaded if isinstance(loaded, dict) else {}
-        except json.JSONDecodeError:
+        except JSONInputError:
             cf = {}
     return EdgeRequest(scope["method"], url, headers, body, cf)
 

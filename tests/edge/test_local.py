@@ -35,6 +35,7 @@ class _Upstream:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.bad_signatures = 0
+        self.cookies: list[bytes] = []
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +43,7 @@ class _Upstream:
                 pass
 
             def do_GET(self) -> None:
+                upstream.cookies.append((self.headers.get("cookie") or "").encode("latin-1"))
                 self.send_response(200)
                 self.send_header("content-type", "text/html")
                 self.send_header("content-length", str(len(PAGE)))
@@ -166,3 +168,39 @@ def test_health_reports_the_snapshot_held(running: tuple[str, _Upstream]) -> Non
     base, _ = running
     health = httpx.get(f"{base}/v1/health").json()
     assert health["snapshots"]["local-hero"]["version"] == 7
+
+
+def _raw_get(base: str, path: str, header_lines: list[bytes]) -> tuple[int, bytes]:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        request = (
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n"
+        )
+        sock.sendall(request + b"".join(line + b"\r\n" for line in header_lines) + b"\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "cookie: theme=caf\u00e9; perch_consent=1".encode(),  # UTF-8 bytes another app's cookie holds
+        b"x-trailing: value   ",
+        b"x-perch-dev-cf: " + b"[" * 5000 + b"]" * 5000,
+        b'x-perch-dev-cf: {"country": ' + b"9" * 5000 + b"}",
+        b"referer: http://[::1/x",
+    ],
+    ids=["utf8-cookie", "trailing-space", "deep-dev-cf", "huge-dev-cf", "bad-referer"],
+)
+def test_m6_odd_headers_never_cost_the_page(running: tuple[str, _Upstream], line: bytes) -> None:
+    base, upstream = running
+    status, body = _raw_get(base, "/some/page", [line])
+    assert status == 200, body[:300]
+    assert b"<h1>Go</h1>" in body or b"default" in body
+    if line.startswith(b"cookie"):
+        assert upstream.cookies[-1] == "theme=caf\u00e9; perch_consent=1".encode()  # forwarded byte for byte
+    status, body = _raw_get(base, "/v1/decide?experiment=local-hero", [line])
+    assert status == 200, body[:300]
