@@ -44,9 +44,11 @@ from core import (
     EventError,
     JSONInputError,
     SignatureError,
+    fresh_timestamp,
     is_text,
     parse_batch,
     parse_json,
+    replay_key,
     verify,
 )
 
@@ -291,14 +293,21 @@ class Api:
           401: {description: Missing, wrong or expired signature, or a replayed batch.}
           413: {description: Batch too large.}
         """
-        body = await _body(request, self.settings.max_event_body_bytes)
         header = request.headers.get(SIGNATURE_HEADER)
+        now_s = self.now_ms() // 1000
         try:
-            verify(
+            # Before reading the body: an expired or malformed header costs us nothing.
+            fresh_timestamp(header, now_s, self.settings.signature_tolerance_s)
+        except SignatureError as exc:
+            self.metrics.events_rejected.labels("signature").inc()
+            return _error(401, str(exc))
+        body = await _body(request, self.settings.max_event_body_bytes)
+        try:
+            timestamp = verify(
                 self.settings.edge_secret,
                 header,
                 body,
-                now=self.now_ms() // 1000,
+                now=now_s,
                 tolerance_s=self.settings.signature_tolerance_s,
             )
         except SignatureError as exc:
@@ -313,7 +322,7 @@ class Api:
             self.metrics.events_rejected.labels("invalid_event").inc(len(rejected))
         if not valid:
             return _error(400, "no valid event in the batch", rejected=rejected[:20])
-        signature = (header or "").rpartition("v1=")[2][:64]
+        signature = replay_key(self.settings.edge_secret, timestamp, body)
         try:
             result = await self.writer.submit(valid, signature, self.now_ms())
         except Exception as exc:

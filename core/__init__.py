@@ -29,7 +29,16 @@ from core.kv import (
     snapshot_key,
 )
 from core.sampling import beta_variate, beta_variates, gamma_variate
-from core.signing import SIGNATURE_HEADER, SignatureError, sign, sign_identity, verify, verify_identity
+from core.signing import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    fresh_timestamp,
+    replay_key,
+    sign,
+    sign_identity,
+    verify,
+    verify_identity,
+)
 from core.snapshot import KEY_RE, Arm, Segment, Snapshot
 from core.text import JSONInputError, is_int64, is_text, parse_json
 
@@ -66,6 +75,7 @@ __all__ = [
     "encode_index",
     "encode_snapshot",
     "exposure_event",
+    "fresh_timestamp",
     "gamma_variate",
     "is_int64",
     "is_text",
@@ -73,6 +83,7 @@ __all__ = [
     "parse_batch",
     "parse_beacon",
     "parse_json",
+    "replay_key",
     "seed64",
     "sign",
     "sign_identity",

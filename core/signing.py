@@ -13,7 +13,16 @@ import hmac
 
 from core.errors import PerchError
 
-__all__ = ["SIGNATURE_HEADER", "SignatureError", "sign", "sign_identity", "verify", "verify_identity"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "SignatureError",
+    "fresh_timestamp",
+    "replay_key",
+    "sign",
+    "sign_identity",
+    "verify",
+    "verify_identity",
+]
 
 SIGNATURE_HEADER = "X-Perch-Signature"
 DEFAULT_TOLERANCE_S = 300
@@ -35,10 +44,7 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
 
 
-def verify(
-    secret: str, header: str | None, body: bytes, now: int, tolerance_s: int = DEFAULT_TOLERANCE_S
-) -> int:
-    """Check ``header`` against ``body``; return its timestamp or raise :class:`SignatureError`."""
+def _parts(header: str | None) -> dict[str, list[str]]:
     if not header:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header, expected 't=<unix>,v1=<hex hmac>'")
     parts: dict[str, list[str]] = {}
@@ -46,17 +52,43 @@ def verify(
         name, sep, value = item.strip().partition("=")
         if sep:
             parts.setdefault(name, []).append(value)
-    try:
-        timestamp = int(parts["t"][0])
-    except (KeyError, ValueError):
-        raise SignatureError(f"malformed {SIGNATURE_HEADER}: expected 't=<unix>,v1=<hex hmac>'") from None
+    return parts
+
+
+def fresh_timestamp(header: str | None, now: int, tolerance_s: int = DEFAULT_TOLERANCE_S) -> int:
+    """The header's ``t`` if it is within ``tolerance_s`` of ``now``; else :class:`SignatureError`.
+
+    Needs no body: a server checks it before reading one, so an expired or malformed
+    header costs it nothing.
+    """
+    raw = _parts(header).get("t", [""])[0]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+        raise SignatureError(f"malformed {SIGNATURE_HEADER}: expected 't=<unix>,v1=<hex hmac>'")
+    timestamp = int(raw)
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError(f"signature timestamp {timestamp} is more than {tolerance_s}s from now ({now})")
+    return timestamp
+
+
+def verify(
+    secret: str, header: str | None, body: bytes, now: int, tolerance_s: int = DEFAULT_TOLERANCE_S
+) -> int:
+    """Check ``header`` against ``body``; return its timestamp or raise :class:`SignatureError`."""
+    timestamp = fresh_timestamp(header, now, tolerance_s)
     expected = _mac(secret, timestamp, body)
     # Several v1 values are allowed so a secret can be rotated without downtime.
-    if not any(hmac.compare_digest(expected, candidate) for candidate in parts.get("v1", [])):
+    if not any(hmac.compare_digest(expected, candidate) for candidate in _parts(header).get("v1", [])):
         raise SignatureError("signature does not match the body")
     return timestamp
+
+
+def replay_key(secret: str, timestamp: int, body: bytes) -> str:
+    """What identifies a verified batch for replay detection: our own MAC of (t, body).
+
+    Not any ``v1`` value from the header, which a replayer can reorder or pad with junk
+    (verify accepts the header if *any* of them matches).
+    """
+    return _mac(secret, timestamp, body)
 
 
 # --- identities the site vouches for ---------------------------------------------------------------

@@ -199,3 +199,30 @@ def test_archiving_takes_the_experiment_out_of_the_edge_index(client: ApiClient,
     assert decode_index(kv.get(INDEX_KEY) or b"")[0] == {"hero", "other"}
     assert client.delete("/v1/experiments/hero", headers=AUTH).status_code == 200
     assert decode_index(kv.get(INDEX_KEY) or b"")[0] == {"other"}
+
+
+def test_a_replay_is_caught_whatever_v1_values_ride_along(client: ApiClient) -> None:
+    client.post("/v1/experiments", json=HERO, headers=AUTH)
+    batch = signed([exposure(1, context={"device": "mobile"})])
+    assert client.post("/v1/events", **batch).status_code == 200
+    real = batch["headers"]["X-Perch-Signature"]
+    t, v1 = real.split(",")
+    for header in (f"{t},v1={'0' * 64},{v1}", f"{t},{v1},v1=junk", f"{t}, {v1}"):
+        again = client.post(
+            "/v1/events", content=batch["content"], headers={**batch["headers"], "X-Perch-Signature": header}
+        )
+        assert again.status_code == 401 and "replayed" in again.json()["error"], header
+
+
+def test_an_expired_signature_is_refused_before_the_body_is_read(client: ApiClient) -> None:
+    read: list[int] = []
+
+    async def body() -> Any:
+        for _ in range(64):
+            read.append(1)
+            yield b"x" * 65536
+
+    header = sign(SECRET, b"whatever", NOW // 1000 - 3600)
+    r = client.post("/v1/events", content=body(), headers={"X-Perch-Signature": header})
+    assert r.status_code == 401 and "from now" in r.json()["error"]
+    assert read == []
