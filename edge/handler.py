@@ -71,6 +71,7 @@ class Outbox:
         # otherwise only a log line, and operators need to see lost exposures.
         self.delivered = 0
         self.dropped = 0
+        self.rejected = 0  # stored by nobody: the control plane refused them one by one
 
     def add(self, platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> None:
         self.queue.extend(events)
@@ -85,13 +86,20 @@ class Outbox:
         batch, self.queue = self.queue, []
         for start in range(0, len(batch), MAX_EVENTS_PER_BATCH):
             part = batch[start : start + MAX_EVENTS_PER_BATCH]
-            if await send_events(platform, config, part):
-                self.delivered += len(part)
-            else:
+            refused = await send_events(platform, config, part)
+            if refused is None:
                 self.dropped += len(part)
+            else:
+                self.delivered += len(part) - refused
+                self.rejected += refused
 
     def health(self) -> dict[str, int]:
-        return {"queued": len(self.queue), "delivered": self.delivered, "dropped": self.dropped}
+        return {
+            "queued": len(self.queue),
+            "delivered": self.delivered,
+            "rejected": self.rejected,
+            "dropped": self.dropped,
+        }
 
 
 @dataclass
@@ -206,11 +214,24 @@ class _Request:
             self.edge.outbox.add(self.platform, self.edge.config, events)
 
 
-async def send_events(platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> bool:
-    """POST a signed batch to the control plane, retrying; never raises."""
+def _refused(answer: bytes) -> int:
+    """How many events of an accepted batch the control plane refused one by one."""
+    try:
+        doc = parse_json(answer)
+    except JSONInputError:
+        return 0
+    rejected = doc.get("rejected") if isinstance(doc, dict) else None
+    return len(rejected) if isinstance(rejected, list) else 0
+
+
+async def send_events(platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> int | None:
+    """POST a signed batch to the control plane, retrying; never raises.
+
+    The number of events the control plane refused one by one, or None if the batch was lost.
+    """
     if not config.control_plane_url or not config.edge_secret:
         log.warning("dropping %d events: CONTROL_PLANE_URL or PERCH_EDGE_SECRET not set", len(events))
-        return False
+        return None
     body = encode_batch(events)
     url = f"{config.control_plane_url}/v1/events"
     for attempt in range(SEND_ATTEMPTS):
@@ -219,19 +240,22 @@ async def send_events(platform: Platform, config: EdgeConfig, events: list[dict[
             SIGNATURE_HEADER: sign(config.edge_secret, body, platform.now_ms() // 1000),
         }
         try:
-            status = await platform.post(url, body, headers)
+            status, answer = await platform.post(url, body, headers)
         except Exception as exc:  # the network is allowed to fail; the page already went out
             status, reason = 0, f"{type(exc).__name__}: {exc}"
         else:
             reason = f"HTTP {status}"
             if status < 300:
-                return True
+                refused = _refused(answer)
+                if refused:
+                    log.warning("the control plane refused %d of %d events", refused, len(events))
+                return refused
             if 400 <= status < 500 and status != 429:
                 break  # the batch itself is refused: resending cannot help
         if attempt + 1 < SEND_ATTEMPTS:
             await asyncio.sleep(0.2 * 4**attempt)
     log.warning("dropping %d events after %d attempts: %s", len(events), attempt + 1, reason)
-    return False
+    return None
 
 
 def _experiments(raw: object, limit: int) -> list[str]:

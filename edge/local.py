@@ -64,9 +64,9 @@ class LocalPlatform:
 
         return OriginResponse(response.status_code, list(response.headers.multi_items()), body())
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         response = await self.client.post(url, content=body, headers=dict(headers))
-        return response.status_code
+        return response.status_code, response.content
 
     def wait_until(self, task: Awaitable[Any]) -> None:
         future = asyncio.ensure_future(task)

@@ -67,8 +67,8 @@ class Platform(Protocol):
     async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
         """Forward ``request`` to ``url`` at the origin."""
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """POST to the control plane; returns the HTTP status."""
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        """POST to the control plane; returns the HTTP status and the response body."""
 
     def wait_until(self, task: Awaitable[Any]) -> None:
         """Run ``task`` after the response is sent, without delaying it."""

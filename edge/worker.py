@@ -105,14 +105,15 @@ class WorkersPlatform:
         out_headers = [(str(k), str(v)) for k, v in response.headers.entries()]
         return OriginResponse(int(response.status), out_headers, _chunks(response), native=response)
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         init = {
             "method": "POST",
             "headers": js.Headers.new(to_js(list(headers.items()))),
             "body": to_js(body),
         }
         response = await js.fetch(url, _js_options(init))
-        return int(response.status)
+        text = await response.text()
+        return int(response.status), str(text).encode("utf-8", "replace")
 
     def wait_until(self, task: Awaitable[Any]) -> None:
         self.ctx.waitUntil(task)

@@ -38,6 +38,7 @@ class FakePlatform:
         self.origin_fetches: list[tuple[str, str]] = []
         self.posts: list[tuple[str, bytes, dict[str, str]]] = []
         self.post_status = [202]
+        self.post_answer = b'{"rejected": []}'
         self.tasks: list[Awaitable[Any]] = []
         self.clock_ms = NOW_MS
         self.perf = 0.0
@@ -68,9 +69,10 @@ class FakePlatform:
 
         return OriginResponse(status, list(headers), body())
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         self.posts.append((url, body, dict(headers)))
-        return self.post_status.pop(0) if len(self.post_status) > 1 else self.post_status[0]
+        status = self.post_status.pop(0) if len(self.post_status) > 1 else self.post_status[0]
+        return status, self.post_answer
 
     def wait_until(self, task: Awaitable[Any]) -> None:
         self.tasks.append(task)

@@ -244,7 +244,18 @@ def test_event_delivery_retries_then_gives_up_without_raising(edge: Edge, platfo
     assert len(platform.posts) == 1  # a refused batch is not resent
     # Lost exposures show in the isolate's health, not only in a log line.
     _, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
-    assert doc["events"] == {"queued": 0, "delivered": 1, "dropped": 1}
+    assert doc["events"] == {"queued": 0, "delivered": 1, "rejected": 0, "dropped": 1}
+
+
+def test_events_the_control_plane_refused_are_not_counted_as_delivered(
+    edge: Edge, platform: FakePlatform
+) -> None:
+    platform.post_answer = b'{"accepted": {"outcome": 1}, "rejected": [{"index": 1, "error": "x"}]}'
+    beacon = {"events": [{"decision_id": c * 32, "experiment": "home-hero"} for c in "ab"]}
+    body_json(edge, platform, "https://s.test/v1/events", "POST", {}, json.dumps(beacon).encode())
+    asyncio.run(platform.drain())
+    _, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
+    assert doc["events"] == {"queued": 0, "delivered": 1, "rejected": 1, "dropped": 0}
 
 
 def test_health_lists_what_the_isolate_holds(edge: Edge, platform: FakePlatform) -> None:
