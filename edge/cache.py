@@ -61,6 +61,21 @@ class CacheEntry:
     refreshing: bool = False
 
 
+# A cached snapshot "from the future" beyond this is a clock or restore gone wrong: it must not pin us.
+FUTURE_SLACK_MS = 3_600_000
+
+
+def _newer(new: Snapshot, old: Snapshot, now_ms: int) -> bool:
+    """Whether ``new`` replaces ``old``: by publish time first, then version.
+
+    Not by version alone: after a database restore the control plane numbers versions
+    from an older point, and one huge version number would otherwise pin every isolate.
+    """
+    if old.created_at > now_ms + FUTURE_SLACK_MS:
+        return True
+    return (new.created_at, new.version) >= (old.created_at, old.version)
+
+
 @dataclass(slots=True)
 class _Index:
     live: frozenset[str] | None = None  # None: no index published (or readable) yet
@@ -168,7 +183,7 @@ class SnapshotCache:
         if snapshot.experiment != experiment:
             entry.error = f"KV key of {experiment!r} holds a snapshot of {snapshot.experiment!r}"
             return
-        if entry.snapshot is not None and snapshot.version < entry.snapshot.version:
+        if entry.snapshot is not None and not _newer(snapshot, entry.snapshot, platform.now_ms()):
             # KV is eventually consistent: an older copy may surface briefly.
             entry.error = None
             return

@@ -7,7 +7,7 @@ import pytest
 from core import encode_snapshot, snapshot_key
 from edge.cache import SnapshotCache
 from edge.config import EdgeConfig
-from tests.core.conftest import build_snapshot
+from tests.core.conftest import NOW_MS, build_snapshot
 from tests.edge.conftest import FakePlatform
 
 CONFIG = EdgeConfig(cache_ttl_s=30, retry_after_s=5, kv_timeout_s=0.05)
@@ -107,3 +107,23 @@ def test_health_reports_versions_ages_and_errors(cache: SnapshotCache, platform:
     report = cache.health(platform.clock_ms + 1000)
     assert report["home-hero"] == {"version": 7, "age_s": 61.0, "checked_s_ago": 1.0, "error": None}
     assert report["unknown"]["version"] is None and report["unknown"]["error"] == "no snapshot in KV"
+
+
+@pytest.mark.parametrize(
+    ("cached", "published"),
+    [
+        ({"version": 10**15}, {"version": 3, "created_at": NOW_MS}),  # a restore numbers versions anew
+        ({"version": 9, "created_at": NOW_MS + 10 * 3_600_000}, {"version": 10, "created_at": NOW_MS}),
+    ],
+    ids=["huge-version", "from-the-future"],
+)
+def test_a_later_publish_replaces_a_snapshot_whatever_its_version(
+    cache: SnapshotCache, platform: FakePlatform, cached: dict[str, int], published: dict[str, int]
+) -> None:
+    platform.put(build_snapshot(**cached))
+    get(cache, platform)
+    platform.put(build_snapshot(**published))
+    platform.clock_ms += 31_000
+    get(cache, platform)
+    asyncio.run(platform.drain())
+    assert get(cache, platform).snapshot == build_snapshot(**published)
