@@ -154,7 +154,7 @@ class _Sender:
 
 def _group_commits(base: str) -> tuple[float, float]:
     """(batches, transactions) so far, from the server's group-commit histogram."""
-    text = httpx.get(f"{base}/metrics", timeout=30).text
+    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).text
     values = dict(
         line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("perch_ingest_group_batches_")
     )

@@ -140,10 +140,12 @@ class Api:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         """
+        summary: Prometheus metrics (admin; experiment keys are the operator's business).
         responses:
           200:
             description: Prometheus metrics.
         """
+        self.admin(request)
         await run_in_threadpool(self._refresh_snapshot_ages)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -186,5 +186,5 @@ def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -
 
     health = _until(edge_caught_up)
     assert health["snapshots"]["e2e-hero"]["error"] is None
-    metrics = httpx.get(f"{loop['cp']}/metrics").text
+    metrics = httpx.get(f"{loop['cp']}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert 'perch_events_accepted_total{type="exposure"}' in metrics

@@ -97,6 +97,7 @@ def test_admin_endpoints_need_the_token(client: ApiClient) -> None:
         ("PATCH", "/v1/experiments/x"),
         ("DELETE", "/v1/experiments/x"),
         ("POST", "/v1/experiments/x/publish"),
+        ("GET", "/metrics"),
     ]:
         r = client.request(method, path, headers={"Authorization": "Bearer wrong-token-000000"})
         assert r.status_code == 401, (method, path)
@@ -167,7 +168,7 @@ def test_events_are_verified_stored_and_counted(client: ApiClient, store: Store)
     assert r.json()["accepted"] == {"exposure": 1, "outcome": 1, "stitch": 0} and r.json()["joined"] == 1
     replay = client.post("/v1/events", **batch)
     assert replay.status_code == 401 and "replayed" in replay.json()["error"]
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=AUTH).text
     assert 'perch_events_accepted_total{type="exposure"} 1.0' in metrics
     assert 'perch_events_rejected_total{reason="replay"} 1.0' in metrics
 
@@ -221,7 +222,7 @@ def test_publish_learns_and_writes_kv(client: ApiClient, kv: LocalKV, clock: Clo
     shown = client.get("/v1/experiments/hero", headers=AUTH).json()
     assert [s["version"] for s in shown["snapshots"]] == [2, 1]
     clock.ms += 2000
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=AUTH).text
     assert 'perch_snapshot_version{experiment="hero"} 2.0' in metrics
     assert 'perch_snapshot_age_seconds{experiment="hero"} 2.0' in metrics
 

@@ -76,7 +76,7 @@ def test_h1_m4_cells_the_learner_cannot_use_are_skipped_and_counted(
     _publish(client)
     snap = decode_snapshot(kv.get(snapshot_key("hero")) or b"")
     assert "device:mobile" in [s.key for s in snap.segments]
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=AUTH).text
     assert 'perch_learner_skipped_cells{experiment="hero",reason="bad_path"} 1.0' in metrics
     assert 'perch_learner_skipped_cells{experiment="hero",reason="unknown_arm"} 1.0' in metrics
     shown = client.get("/v1/experiments/hero", headers=AUTH).json()
