@@ -135,23 +135,31 @@ def new_session(settings: Settings, now_ms: int) -> str:
     return f"{payload}.{_mac(_session_key(settings), payload)}"
 
 
-def session_valid(settings: Settings, value: str | None, now_ms: int) -> bool:
+def _session_nonce(settings: Settings, value: str | None, now_ms: int) -> tuple[str, int] | None:
+    """(nonce, expiry) of a well-formed, authentic, unexpired session cookie, else None."""
     if not value:
-        return False
+        return None
     payload, _, mac = value.rpartition(".")
     parts = payload.split(".")
     if len(parts) != 3 or parts[0] != "v1" or not (parts[1].isascii() and parts[1].isdigit()):
-        return False
+        return None
     # Bytes: compare_digest refuses non-ASCII str, and cookies are whatever the client sends.
     if not hmac.compare_digest(mac.encode(), _mac(_session_key(settings), payload).encode()):
-        return False
+        return None
     now_s = now_ms // 1000
-    return now_s < int(parts[1]) <= now_s + SESSION_TTL_S
+    expires = int(parts[1])
+    return (parts[2], expires) if now_s < expires <= now_s + SESSION_TTL_S else None
 
 
-def has_session(request: Request, settings: Settings, now_ms: int) -> bool:
+def session_valid(settings: Settings, value: str | None, now_ms: int, store: Store | None = None) -> bool:
+    """Authentic, unexpired and (with ``store``) not ended by a logout."""
+    found = _session_nonce(settings, value, now_ms)
+    return found is not None and (store is None or not store.session_revoked(found[0]))
+
+
+def has_session(request: Request, settings: Settings, now_ms: int, store: Store | None = None) -> bool:
     """Whether ``request`` carries a valid dashboard session (for other routes to accept it)."""
-    return session_valid(settings, request.cookies.get(SESSION_COOKIE), now_ms)
+    return session_valid(settings, request.cookies.get(SESSION_COOKIE), now_ms, store)
 
 
 def _same_origin(request: Request) -> bool:
@@ -549,7 +557,7 @@ class Dashboard:
         return RedirectResponse("/", status_code=303, headers=HEADERS)
 
     def logged_in(self, request: Request) -> bool:
-        return has_session(request, self.settings, self.now_ms())
+        return has_session(request, self.settings, self.now_ms(), self.store)
 
     def overview(self) -> list[dict[str, Any]]:
         rows = []
@@ -600,6 +608,9 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         if not _same_origin(request):
             return self.html(_message_page("Forbidden", "Cross-site request refused.", logged_in=False), 403)
+        found = _session_nonce(self.settings, request.cookies.get(SESSION_COOKIE), self.now_ms())
+        if found is not None:  # ended on the server too: a copy of the cookie stops working now
+            await run_in_threadpool(self.store.revoke_session, found[0], found[1], self.now_ms() // 1000)
         response = self.redirect_home()
         response.delete_cookie(
             SESSION_COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="strict"

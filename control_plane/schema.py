@@ -32,6 +32,7 @@ __all__ = [
     "snapshots",
     "stats",
     "stitches",
+    "revoked_sessions",
 ]
 
 metadata = MetaData(
@@ -168,4 +169,12 @@ seen_batches = Table(
     metadata,
     Column("signature", String(64), primary_key=True),
     Column("ts", BigInteger, nullable=False, index=True),
+)
+
+# Added in 0004: dashboard sessions ended by logout before they expired (kept until then).
+revoked_sessions = Table(
+    "revoked_sessions",
+    metadata,
+    Column("nonce", String(32), primary_key=True),
+    Column("expires_s", BigInteger, nullable=False, index=True),
 )

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.learner import CellStats
 from control_plane.migrate import migrate
-from control_plane.schema import audit, counters, experiments, snapshots, stats
+from control_plane.schema import audit, counters, experiments, revoked_sessions, snapshots, stats
 
 __all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store", "decay"]
 
@@ -259,6 +259,23 @@ class Store:
                 r = decay(row.decayed_reward, row.ref_ms, now_ms, spec.half_life_s)
                 out.setdefault(tuple(json.loads(row.path)), {})[row.arm] = CellStats(n, min(r, n))
         return out
+
+    # --- dashboard sessions ------------------------------------------------------------------
+
+    def revoke_session(self, nonce: str, expires_s: int, now_s: int) -> None:
+        """Remember a logged-out session until it would have expired (and forget expired ones)."""
+        with self.write() as conn:
+            conn.execute(revoked_sessions.delete().where(revoked_sessions.c.expires_s < now_s))
+            conn.execute(
+                self.insert(revoked_sessions)
+                .values(nonce=nonce, expires_s=expires_s)
+                .on_conflict_do_nothing()
+            )
+
+    def session_revoked(self, nonce: str) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(revoked_sessions.c.nonce).where(revoked_sessions.c.nonce == nonce))
+            return found.first() is not None
 
     # --- snapshots ---------------------------------------------------------------------------
 

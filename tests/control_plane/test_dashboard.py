@@ -385,12 +385,16 @@ def test_the_list_shows_snapshots_and_alerts(browser: Browserish, sqlite_store: 
 def test_logout_drops_the_session(browser: Browserish) -> None:
     browser.login()
     assert "Log out" in browser.get("/").text
+    copied = browser.cookies[SESSION_COOKIE]
     r = browser.post("/logout")
     assert r.status_code == 303 and r.headers["location"] == "/"
     assert SESSION_COOKIE in r.headers["set-cookie"] and "max-age=0" in r.headers["set-cookie"].lower()
     assert SESSION_COOKIE not in browser.cookies
     assert 'action="/login"' in browser.get("/").text
     assert browser.get("/experiments/hero").status_code == 303
+    # A copy of the cookie (another tab, a stolen one) no longer works either.
+    stolen = browser.get("/experiments/hero", headers={"cookie": f"{SESSION_COOKIE}={copied}"})
+    assert stolen.status_code == 303
 
 
 def test_the_token_never_appears_in_a_url_or_a_page(browser: Browserish) -> None:
