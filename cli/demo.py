@@ -205,7 +205,7 @@ class _Simulator:
         out.expected = true_rate(visit.device, visit.source, out.arm)
         out.converted = visit.u < out.expected
         if out.converted:
-            beacon = {"decision_id": decision["decision_id"], "experiment": EXPERIMENT, "value": 1}
+            beacon = {"token": decision["token"], "value": 1}  # the decision's signed token
             async with session.post(
                 f"{self.edge_url}/v1/events", headers=self.headers(visit), json=beacon
             ) as b:

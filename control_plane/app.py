@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import re
 import time
@@ -23,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
@@ -61,6 +63,14 @@ schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "Perch control 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class JSONResponse(StarletteJSONResponse):
+    """JSON that always encodes: an error message may quote what a client sent, lone surrogates
+    included, and Starlette's UTF-8 rendering would turn that into a 500. Escaped, it stays JSON."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:

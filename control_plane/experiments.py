@@ -94,6 +94,8 @@ class ExperimentSpec:
     half_life_s: float | None = None  # decay of old evidence; None keeps everything
     max_age_s: float = 6 * 3600.0  # snapshots older than this make the edge serve the default
     max_segments: int = 500
+    # A segment is published only once this many distinct visitors are in it (the global one always).
+    min_segment_units: int = 5
     salt: str = ""  # fixed at creation (defaults to the key): changing it would reshuffle everyone
 
     def __post_init__(self) -> None:
@@ -126,6 +128,14 @@ class ExperimentSpec:
             or not 1 <= self.max_segments <= 10_000
         ):
             raise ExperimentError(f"max_segments={self.max_segments!r}, must be an integer in [1, 10000]")
+        if (
+            isinstance(self.min_segment_units, bool)
+            or not isinstance(self.min_segment_units, int)
+            or not 1 <= self.min_segment_units <= 1_000_000
+        ):
+            raise ExperimentError(
+                f"min_segment_units={self.min_segment_units!r}, must be an integer in [1, 1000000]"
+            )
         if not isinstance(self.salt, str) or len(self.salt) > 128 or (self.salt and not is_text(self.salt)):
             raise ExperimentError(f"salt {self.salt!r}: must be a string of at most 128 characters"[:300])
         object.__setattr__(self, "arms", arms)

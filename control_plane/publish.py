@@ -135,7 +135,8 @@ def publish_experiment(
         metrics.learner_skipped_cells.labels(spec.key, reason).set(skipped[reason])
     if skipped:
         log.warning("%s: learning without %s unusable cells", spec.key, dict(skipped))
-    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws)
+    units = store.units_per_path(spec.key)
+    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units)
     evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now)
     if evaluation is not None and not evaluation["passed"]:
         message = (
@@ -219,4 +220,10 @@ def publish_all(
             publish_index(store, kv, now_ms=now_ms())
         except Exception:
             log.exception("publishing %s failed", INDEX_KEY)
+        try:
+            expired = store.expire_pending(now_ms())
+            if expired:
+                log.info("expired %d outcomes that never met their exposure", expired)
+        except Exception:
+            log.exception("expiring pending outcomes failed")
     return results

@@ -24,9 +24,22 @@ from sqlalchemy.exc import IntegrityError
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.learner import CellStats
 from control_plane.migrate import migrate
-from control_plane.schema import audit, counters, experiments, revoked_sessions, snapshots, stats
+from control_plane.schema import (
+    audit,
+    counters,
+    experiments,
+    exposures,
+    outcomes,
+    revoked_sessions,
+    snapshots,
+    stats,
+)
 
 __all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store", "decay"]
+
+# An exposure may follow its outcome by a little (edges send on their own schedules).
+EXPIRY_GRACE_MS = 3_600_000
+MAX_WINDOW_MS = 90 * 86_400_000  # the longest reward window an experiment may have
 
 
 class NotFound(LookupError):
@@ -240,8 +253,6 @@ class Store:
 
     def outcome_statuses(self, experiment: str) -> dict[str, int]:
         """Outcomes by what became of them; ``pending`` ones are orphans so far."""
-        from control_plane.schema import outcomes
-
         query = (
             select(outcomes.c.status, func.count())
             .where(outcomes.c.experiment == experiment)
@@ -259,6 +270,51 @@ class Store:
                 r = decay(row.decayed_reward, row.ref_ms, now_ms, spec.half_life_s)
                 out.setdefault(tuple(json.loads(row.path)), {})[row.arm] = CellStats(n, min(r, n))
         return out
+
+    def expire_pending(self, now_ms: int) -> int:
+        """Delete outcomes still waiting for their exposure past the reward window; how many.
+
+        An exposure arriving after its outcome's window could only make it ``late``, so a pending
+        outcome that old can never be learnt from; kept, they would only fill the database. Each
+        experiment counts its own in ``expired_outcomes``. Outcomes of experiments the store does
+        not know wait the longest window an experiment may have.
+        """
+        windows = {r.spec.key: r.spec.reward.window_s for r in self.list_experiments(include_archived=True)}
+        pending = (outcomes.c.status == "pending") & (
+            outcomes.c.ts_ms < now_ms - MAX_WINDOW_MS - EXPIRY_GRACE_MS
+        )
+        total = 0
+        with self.write() as conn:
+            for key, window_s in sorted(windows.items()):
+                cutoff = now_ms - window_s * 1000 - EXPIRY_GRACE_MS
+                gone = conn.execute(
+                    outcomes.delete().where(
+                        outcomes.c.experiment == key,
+                        outcomes.c.status == "pending",
+                        outcomes.c.ts_ms < cutoff,
+                    )
+                ).rowcount
+                if gone:
+                    self.bump(conn, key, "expired_outcomes", gone)
+                total += gone
+            total += conn.execute(
+                outcomes.delete().where(pending, outcomes.c.experiment.not_in(list(windows) or [""]))
+            ).rowcount
+        return total
+
+    def units_per_path(self, experiment: str) -> dict[tuple[str, ...], int]:
+        """Distinct (hashed) visitors per full feature path among personalized exposures."""
+        query = (
+            select(exposures.c.path, func.count(func.distinct(exposures.c.unit_hash)))
+            .where(
+                exposures.c.experiment == experiment,
+                exposures.c.reason == "personalized",
+                exposures.c.unit_hash.is_not(None),
+            )
+            .group_by(exposures.c.path)
+        )
+        with self.engine.connect() as conn:
+            return {tuple(json.loads(path)): int(n) for path, n in conn.execute(query)}
 
     # --- dashboard sessions ------------------------------------------------------------------
 

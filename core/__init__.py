@@ -41,6 +41,7 @@ from core.signing import (
 )
 from core.snapshot import KEY_RE, Arm, Segment, Snapshot
 from core.text import JSONInputError, is_int64, is_text, parse_json
+from core.tokens import DecisionToken, TokenError, mint_token, read_token, unit_tag
 
 __all__ = [
     "HASH_VERSION",
@@ -53,6 +54,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Arm",
     "Decision",
+    "DecisionToken",
     "EventError",
     "Generator",
     "HashingError",
@@ -64,6 +66,7 @@ __all__ = [
     "Snapshot",
     "SignatureError",
     "SnapshotError",
+    "TokenError",
     "beta_variate",
     "beta_variates",
     "bucket",
@@ -77,18 +80,21 @@ __all__ = [
     "exposure_event",
     "fresh_timestamp",
     "gamma_variate",
+    "mint_token",
     "is_int64",
     "is_text",
     "outcome_event",
     "parse_batch",
     "parse_beacon",
     "parse_json",
+    "read_token",
     "replay_key",
     "seed64",
     "sign",
     "sign_identity",
     "snapshot_key",
     "stitch_event",
+    "unit_tag",
     "verify",
     "verify_identity",
 ]

@@ -10,7 +10,8 @@ carrying an ``id`` the control plane deduplicates on:
   (null without consent), propensity, reason, segment, snapshot_version,
   context`` (the experiment's segment features; empty without consent);
 * ``outcome`` — a reward for a decision: ``decision_id, experiment, value,
-  unit``;
+  unit`` (from a browser beacon only with the decision's signed token, see
+  :mod:`core.tokens`);
 * ``stitch`` — an anonymous id became a known user: ``anonymous_id, user_id``.
 """
 
@@ -27,6 +28,7 @@ from core.decide import REASONS, Decision
 from core.errors import PerchError
 from core.snapshot import KEY_RE
 from core.text import JSONInputError, is_int64, is_text, parse_json
+from core.tokens import DecisionToken, TokenError, read_token
 
 __all__ = [
     "EVENT_SCHEMA",
@@ -122,43 +124,61 @@ def encode_batch(events: Sequence[dict[str, Any]]) -> bytes:
     return json.dumps({"schema": EVENT_SCHEMA, "events": list(events)}, separators=(",", ":")).encode()
 
 
-def _outcome_fields(item: object, where: str) -> tuple[str, str, float, str | None]:
+def _beacon_item(
+    item: object, where: str, *, secret: str, now_ms: int, max_age_ms: int, unit: str | None
+) -> tuple[DecisionToken, float, str | None]:
     if not isinstance(item, dict):
-        raise EventError(f"{where}: expected an object with decision_id, experiment and value")
-    decision_id = item.get("decision_id")
-    if not isinstance(decision_id, str) or not _DECISION_ID.fullmatch(decision_id):
-        raise EventError(f"{where}: decision_id must be the 32 lowercase hex characters of a decision")
-    experiment = item.get("experiment")
-    if not isinstance(experiment, str) or not KEY_RE.fullmatch(experiment):
-        raise EventError(f"{where}: experiment must be an experiment key (letters, digits, '_.:-')")
+        raise EventError(f"{where}: expected an object with the decision's token and a value")
+    if "token" not in item:
+        raise EventError(
+            f"{where}: token is required: the decision's token from /v1/decide or data-perch-token"
+        )
+    try:
+        token = read_token(secret, item["token"], now_ms=now_ms, max_age_ms=max_age_ms, unit=unit)
+    except TokenError as exc:
+        raise EventError(f"{where}: {exc}") from None
     value = item.get("value", 1)
     if not _bounded_number(value):
         raise EventError(f"{where}: value must be a finite number within +/-{MAX_ABS_VALUE:g}"[:300])
     event_id = item.get("id")
     if event_id is not None and (not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id)):
         raise EventError(f"{where}: id must be 1-128 characters of letters, digits and '_.:-'")
-    return decision_id, experiment, float(value), event_id
+    return token, float(value), event_id
 
 
-def parse_beacon(body: bytes, ts_ms: int, unit: str | None) -> list[dict[str, Any]]:
-    """Outcome events from a browser beacon: one object, or ``{"events": [...]}``."""
+def parse_beacon(
+    body: bytes, ts_ms: int, unit: str | None, *, secret: str, max_age_ms: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Outcome events from a browser beacon (one object, or ``{"events": [...]}``), and the refused items.
+
+    Each item carries the decision's token; it is credited only if the token is ours, fresh
+    (``max_age_ms``) and minted for this visitor's ``unit``. The decision id and experiment come
+    from the token, never from the browser. A malformed body is an :class:`EventError`.
+    """
     try:
         doc = parse_json(body)
     except JSONInputError as exc:
-        expected = '{"decision_id", "experiment", "value"} or {"events": [...]}'
-        raise EventError(f"body must be JSON {expected} ({exc})") from None
+        raise EventError(f'body must be JSON {{"token", "value"}} or {{"events": [...]}} ({exc})') from None
     items = doc.get("events") if isinstance(doc, dict) and "events" in doc else [doc]
     if not isinstance(items, list) or not items:
         raise EventError("'events' must be a non-empty list of outcome objects")
     if len(items) > MAX_BEACON_EVENTS:
         raise EventError(f"{len(items)} events, at most {MAX_BEACON_EVENTS} per beacon")
-    events = []
+    events, rejected = [], []
     for i, item in enumerate(items):
-        decision_id, experiment, value, event_id = _outcome_fields(item, f"events[{i}]")
+        try:
+            token, value, event_id = _beacon_item(
+                item, f"events[{i}]", secret=secret, now_ms=ts_ms, max_age_ms=max_age_ms, unit=unit
+            )
+        except EventError as exc:
+            rejected.append({"index": i, "error": str(exc)})
+            continue
         events.append(
-            outcome_event(decision_id, experiment, value, ts_ms=ts_ms, unit=unit, event_id=event_id)
+            outcome_event(
+                token.decision_id, token.experiment, value, ts_ms=ts_ms, unit=unit, event_id=event_id
+            )
         )
-    return events
+    return events, rejected
 
 
 MAX_BATCH_EVENTS = 5000

@@ -26,6 +26,10 @@ def _url(name: str, value: str | None, required: bool) -> str | None:
     return value.rstrip("/")
 
 
+def _names(raw: str | None, default: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in (default if raw is None else raw).split(",") if n.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
     origin_url: str | None = None
@@ -39,6 +43,9 @@ class EdgeConfig:
     cookie_max_age_s: int = 365 * 24 * 3600
     max_experiments: int = 20
     event_linger_ms: int = 0  # gather events of this long across requests into one batch
+    token_max_age_s: int = 7 * 24 * 3600  # how long after a decision its outcome beacon is accepted
+    # Features only the edge derives: a client's ctx.* or POSTed context cannot set them.
+    server_features: frozenset[str] = frozenset({"country", "colo", "timezone"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin_url", _url("ORIGIN_URL", self.origin_url, False))
@@ -52,6 +59,8 @@ class EdgeConfig:
                 raise ConfigError(f"{name}={value!r}, must be a number > 0")
         if not 0 <= self.event_linger_ms <= 10_000:
             raise ConfigError(f"event_linger_ms={self.event_linger_ms}, must be in [0, 10000]")
+        if not 60 <= self.token_max_age_s <= 90 * 24 * 3600:
+            raise ConfigError(f"token_max_age_s={self.token_max_age_s}, must be in [60, 7776000]")
         if not 1 <= self.max_experiments <= 100:
             raise ConfigError(f"max_experiments={self.max_experiments}, must be in [1, 100]")
 
@@ -80,4 +89,6 @@ class EdgeConfig:
             retry_after_s=number("PERCH_RETRY_AFTER_S", 5.0),
             kv_timeout_s=number("PERCH_KV_TIMEOUT_S", 0.25),
             event_linger_ms=int(number("PERCH_EVENT_LINGER_MS", 0)),
+            token_max_age_s=int(number("PERCH_TOKEN_MAX_AGE_S", 7 * 24 * 3600)),
+            server_features=_names(get("PERCH_SERVER_FEATURES"), "country,colo,timezone"),
         )

@@ -122,9 +122,13 @@ def _usable(value: str) -> bool:
 
 
 def build_context(
-    request: EdgeRequest, cookies: Mapping[str, str], explicit: Mapping[str, Any]
+    request: EdgeRequest,
+    cookies: Mapping[str, str],
+    explicit: Mapping[str, Any],
+    server_features: frozenset[str] = frozenset(),
 ) -> dict[str, str]:
-    """All features of ``request``; ``explicit`` (ctx.* or a POST body's context) wins."""
+    """All features of ``request``; ``explicit`` (ctx.* or a POST body's context) wins, except
+    over ``server_features``, which only the edge sets (a client naming them is ignored)."""
     query = dict(request.query)
     context: dict[str, str] = {
         "device": device_class(request.header("user-agent")),
@@ -143,5 +147,6 @@ def build_context(
         raise ContextError(f"{len(explicit)} context features, at most {MAX_FEATURES}")
     for name, value in explicit.items():
         key, text = _checked(name, value)
-        context[key] = text
+        if key not in server_features:
+            context[key] = text
     return context

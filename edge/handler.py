@@ -25,23 +25,26 @@ from core import (
     KEY_RE,
     SIGNATURE_HEADER,
     Decision,
+    DecisionToken,
     EventError,
     Generator,
     JSONInputError,
     decide,
     encode_batch,
     exposure_event,
+    mint_token,
     parse_beacon,
     parse_json,
     sign,
     stitch_event,
+    unit_tag,
 )
 from edge.cache import CacheEntry, SnapshotCache
 from edge.config import EdgeConfig
 from edge.context import ContextError, build_context
 from edge.identity import Identity, identify, known_unit, parse_cookies
-from edge.platform import EdgeRequest, EdgeResponse, Platform
-from edge.rewrite import SLOT_ATTRIBUTE, rewrite_slots
+from edge.platform import EdgeRequest, EdgeResponse, Platform, SlotContent
+from edge.rewrite import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE, rewrite_slots
 
 __all__ = ["Edge", "handle"]
 
@@ -112,6 +115,7 @@ class Edge:
     started_ms: int = 0
     requests: int = 0
     rejected_identities: int = 0  # user ids offered without a valid site signature: ignored
+    rejected_beacons: int = 0  # outcome items without a valid token for this visitor: not credited
 
     def __post_init__(self) -> None:
         self.cache = SnapshotCache(self.config)
@@ -150,6 +154,7 @@ def _fallback(experiment: str, entry: CacheEntry, rng: Generator) -> dict[str, A
         "snapshot_age_s": None,
         "decision_id": f"{rng.getrandbits(128):032x}",
         "why": f"no snapshot available ({entry.error or 'not loaded yet'}): keep your default variant",
+        "token": None,  # nothing was decided: there is no outcome to credit
     }
 
 
@@ -196,9 +201,28 @@ class _Request:
             self.events.append(exposure_event(decision, self.identity.unit, now, reported))
             out = decision.to_dict()
             out["why"] = _why(decision, snap.max_age_s)
+            out["token"] = self._token(decision, reported, now)
             return out
         finally:
             self.decide_s += self.platform.perf_s() - started
+
+    def _token(self, decision: Decision, cell: dict[str, str], now: int) -> str | None:
+        """What a beacon must bring back for this decision's outcome to count."""
+        secret = self.edge.config.edge_secret
+        if not secret:
+            return None
+        return mint_token(
+            secret,
+            DecisionToken(
+                decision.decision_id,
+                decision.experiment,
+                decision.arm,
+                cell,
+                now,
+                decision.snapshot_version,
+                unit_tag(secret, self.identity.unit),
+            ),
+        )
 
     def headers(self, cache_control: str | None = "private, no-store") -> list[tuple[str, str]]:
         out = [("set-cookie", c) for c in self.identity.set_cookies]
@@ -291,7 +315,8 @@ async def _decide_route(edge: Edge, platform: Platform, request: EdgeRequest, rn
     try:
         experiments = _experiments(raw_experiments, edge.config.max_experiments)
         run = _Request(edge, platform, request, rng)
-        context = build_context(request, run.cookies, explicit) if run.identity.consent else {}
+        protected = edge.config.server_features
+        context = build_context(request, run.cookies, explicit, protected) if run.identity.consent else {}
     except (ValueError, ContextError) as exc:
         return _error(400, str(exc))
     decisions = [await run.decide(e, context) for e in experiments]
@@ -304,15 +329,27 @@ async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) ->
         return _error(405, "use POST on /v1/events")
     if len(request.body) > MAX_BODY_BYTES:
         return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    config = edge.config
+    if not config.edge_secret:
+        return _error(503, "outcome beacons need PERCH_EDGE_SECRET (it signs and checks decision tokens)")
     cookies = parse_cookies(request.header("cookie"))
-    # A beacon never mints a visitor id: without one the outcome joins by decision id alone.
-    unit = known_unit(request, cookies, edge.config.user_header, edge.config.identity_secret)
+    # A beacon never mints a visitor id; its decision tokens must have been minted for this one.
+    unit = known_unit(request, cookies, config.user_header, config.identity_secret)
     try:
-        events = parse_beacon(request.body, platform.now_ms(), unit)
+        events, rejected = parse_beacon(
+            request.body,
+            platform.now_ms(),
+            unit,
+            secret=config.edge_secret,
+            max_age_ms=config.token_max_age_s * 1000,
+        )
     except EventError as exc:
         return _error(400, str(exc))
-    edge.outbox.add(platform, edge.config, events)
-    return _json(202, {"accepted": len(events)}, [("cache-control", "no-store")])
+    edge.rejected_beacons += len(rejected)
+    if not events:
+        return _json(400, {"error": "no outcome in the beacon can be credited", "rejected": rejected[:20]})
+    edge.outbox.add(platform, config, events)
+    return _json(202, {"accepted": len(events), "rejected": rejected[:20]}, [("cache-control", "no-store")])
 
 
 def _health(edge: Edge, platform: Platform) -> EdgeResponse:
@@ -323,6 +360,7 @@ def _health(edge: Edge, platform: Platform) -> EdgeResponse:
             "started_ms": edge.started_ms,
             "requests": edge.requests,
             "rejected_identities": edge.rejected_identities,
+            "rejected_beacons": edge.rejected_beacons,
         },
         "snapshots": edge.cache.health(now),
         "events": edge.outbox.health(),
@@ -401,14 +439,16 @@ async def _page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng:
         log.exception("personalizing %s failed; serving the origin's page", request.path)
         return EdgeResponse(page.status, headers, body)
 
-    async def fill(experiment: str) -> str | None:
+    async def fill(experiment: str) -> SlotContent | None:
         try:
             decision = await run.decide(experiment, context)
         except Exception:  # mid-stream: the slot keeps the origin's content, the page goes on
             log.exception("deciding %r for a page failed", experiment)
             return None
-        html = decision.get("html")
-        return html if isinstance(html, str) else None
+        html, token = decision.get("html"), decision.get("token")
+        if not isinstance(html, str):
+            return None
+        return SlotContent(html, {TOKEN_ATTRIBUTE: token} if token else {})
 
     charset = content_type.lower().partition("charset=")[2].split(";")[0].strip() or "utf-8"
     headers = [(k, v) for k, v in headers if k.lower() != "cache-control"]

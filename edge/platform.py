@@ -12,11 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["EdgeRequest", "EdgeResponse", "OriginResponse", "Platform", "SlotFill"]
+__all__ = ["EdgeRequest", "EdgeResponse", "OriginResponse", "Platform", "SlotContent", "SlotFill"]
 
-# Called for each slot's experiment key; returns the HTML to put inside the
-# element, or None to leave the origin's own content there.
-SlotFill = Callable[[str], Awaitable[str | None]]
+
+@dataclass(frozen=True, slots=True)
+class SlotContent:
+    """What goes into a slot: the variant's HTML, and attributes for the slot's own start tag."""
+
+    html: str
+    attributes: Mapping[str, str] = field(default_factory=dict)  # e.g. data-perch-token
+
+
+# Called for each slot's experiment key when the slot is complete; returns its content,
+# or None to leave the origin's own content there.
+SlotFill = Callable[[str], Awaitable[SlotContent | None]]
 
 
 @dataclass(frozen=True, slots=True)

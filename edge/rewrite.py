@@ -30,9 +30,10 @@ from collections.abc import AsyncIterator
 
 from edge.platform import SlotFill
 
-__all__ = ["MAX_PENDING", "SLOT_ATTRIBUTE", "rewrite_slots"]
+__all__ = ["MAX_PENDING", "SLOT_ATTRIBUTE", "TOKEN_ATTRIBUTE", "rewrite_slots"]
 
 SLOT_ATTRIBUTE = "data-perch-slot"
+TOKEN_ATTRIBUTE = "data-perch-token"  # on a filled slot: what its outcome beacon must carry
 MAX_PENDING = 256 * 1024
 
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:\-]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
@@ -88,13 +89,15 @@ def _slot_of(attributes: str) -> str | None:
 
 
 class _Slot:
-    """An open slot: its experiment, the elements open inside it, and its held-back content."""
+    """An open slot: its start tag, experiment, the elements open inside it, and its held-back content."""
 
-    def __init__(self, experiment: str, name: str) -> None:
+    def __init__(self, experiment: str, name: str, start_tag: str) -> None:
         self.experiment = experiment
+        self.stack_name = name
         self.stack = [name]  # the slot's own element first
-        self.held: list[str] = []
-        self.size = 0
+        self.start_tag = start_tag
+        self.held: list[str] = [start_tag]
+        self.size = len(start_tag)
 
     def closed_by_start(self, name: str) -> bool:
         rule = _CLOSED_BY.get(self.stack[0])
@@ -208,7 +211,14 @@ class _Scanner:
         assert slot is not None
         self.slot = None
         content = await self.fill(slot.experiment)
-        out.extend([content] if content is not None else slot.held)
+        if content is None:
+            out.extend(slot.held)
+            return
+        # Ours go first, right after the tag name: a browser keeps the first of duplicate attributes.
+        cut = 1 + len(slot.stack_name)
+        extra = "".join(f' {name}="{html.escape(value)}"' for name, value in content.attributes.items())
+        out.append(slot.start_tag[:cut] + extra + slot.start_tag[cut:])
+        out.append(content.html)
 
     async def _tag(self, out: list[str], match: re.Match[str]) -> None:
         closing, name, attributes = match.group(1) == "/", match.group(2).lower(), match.group(3)
@@ -238,8 +248,7 @@ class _Scanner:
                 # else a stray end tag inside the slot: HTML ignores it, and so do we
             elif slot.closed_by_start(name):
                 await self._close_slot(out)
-                out.append(match.group(0))
-                self._opened(out, name, attributes, opens)
+                self._start(out, match, name, attributes, opens)
                 return
             elif opens:
                 slot.stack.append(name)
@@ -247,19 +256,20 @@ class _Scanner:
             if opens and name in _RAW_TEXT:
                 self.raw_end = f"</{name}"
             return
-        out.append(match.group(0))
-        if not closing:
-            self._opened(out, name, attributes, opens)
+        if closing:
+            out.append(match.group(0))
+        else:
+            self._start(out, match, name, attributes, opens)
 
-    def _opened(self, out: list[str], name: str, attributes: str, opens: bool) -> None:
-        if not opens:
+    def _start(self, out: list[str], match: re.Match[str], name: str, attributes: str, opens: bool) -> None:
+        """A start tag outside any slot: pass it on, or hold it back as a slot's start."""
+        experiment = _slot_of(attributes) if opens and SLOT_ATTRIBUTE in attributes.lower() else None
+        if experiment is not None and name not in _RAW_TEXT:
+            self.slot = _Slot(experiment, name, match.group(0))
             return
-        if name in _RAW_TEXT:
+        out.append(match.group(0))
+        if opens and name in _RAW_TEXT:
             self.raw_end = f"</{name}"
-            return
-        experiment = _slot_of(attributes) if SLOT_ATTRIBUTE in attributes.lower() else None
-        if experiment is not None:
-            self.slot = _Slot(experiment, name)
 
 
 async def rewrite_slots(

@@ -40,6 +40,8 @@ _VARS = (
     "PERCH_RETRY_AFTER_S",
     "PERCH_KV_TIMEOUT_S",
     "PERCH_EVENT_LINGER_MS",
+    "PERCH_TOKEN_MAX_AGE_S",
+    "PERCH_SERVER_FEATURES",
 )
 _NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
 # KV's own edge cache: the minimum Cloudflare allows; our isolate cache sits on top.

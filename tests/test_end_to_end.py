@@ -147,10 +147,11 @@ def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -
             assert r.status_code == 200
             decisions.append(r.json()["decisions"][0])
         assert {d["reason"] for d in decisions} <= {"personalized", "holdout"}
-        for d in decisions:
+        for i, d in enumerate(decisions):
             if d["arm"] == "bold":  # bold converts, plain never does
-                beacon = {"decision_id": d["decision_id"], "experiment": "e2e-hero", "value": 1}
-                assert client.post("/v1/events", json=beacon).status_code == 202
+                beacon = {"token": d["token"], "value": 1}  # from the visitor the decision was for
+                r = client.post("/v1/events", json=beacon, headers={"cookie": f"perch_uid={i:032x}"})
+                assert r.status_code == 202, r.text
     headers = {"Authorization": f"Bearer {TOKEN}"}
     conversions = sum(d["arm"] == "bold" for d in decisions)
 

@@ -55,7 +55,7 @@ def test_h1_m4_cells_the_learner_cannot_use_are_skipped_and_counted(
     client: ApiClient, store: Store, kv: LocalKV
 ) -> None:
     """Bad cells already in the store (from older code or a bug) no longer break every publish."""
-    client.post("/v1/experiments", json=HERO, headers=AUTH)
+    client.post("/v1/experiments", json={**HERO, "min_segment_units": 1}, headers=AUTH)
     client.post("/v1/events", **signed([exposure(1, context={"device": "mobile"}), outcome(1)]))
     # An exposure whose arm is not in the spec is stored as it came (M4).
     r = client.post("/v1/events", **signed([exposure(2, arm="zzz", context={"device": "mobile"})]))
@@ -226,3 +226,17 @@ def test_an_expired_signature_is_refused_before_the_body_is_read(client: ApiClie
     r = client.post("/v1/events", content=body(), headers={"X-Perch-Signature": header})
     assert r.status_code == 401 and "from now" in r.json()["error"]
     assert read == []
+
+
+def test_m1_a_segment_is_published_only_once_enough_distinct_visitors_are_in_it(
+    client: ApiClient, kv: LocalKV
+) -> None:
+    """One cookie inventing 200 device values no longer grows the snapshot by 200 segments."""
+    client.post("/v1/experiments", json=HERO, headers=AUTH)  # min_segment_units: 5 by default
+    junk = [exposure(i, unit="attacker", context={"device": f"junk-{i}"}) for i in range(200)]
+    real = [exposure(1000 + i, context={"device": "mobile"}) for i in range(5)]
+    few = [exposure(2000 + i, context={"device": "tablet"}) for i in range(4)]
+    assert client.post("/v1/events", **signed(junk + real + few)).status_code == 200
+    _publish(client)
+    snap = decode_snapshot(kv.get(snapshot_key("hero")) or b"")
+    assert [s.key for s in snap.segments] == ["all", "device:mobile"]

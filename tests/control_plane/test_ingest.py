@@ -20,10 +20,13 @@ def exposure(
     arm: str = "b",
     reason: str = "personalized",
     ts: int = NOW,
-    unit: str | None = "u-1",
+    unit: str | None = "auto",
     context: dict[str, str] | None = None,
     experiment: str = "hero",
 ) -> dict[str, Any]:
+    """An exposure event; by default each decision is a visitor of its own (segments need several)."""
+    if unit == "auto":
+        unit = f"u-{i}"
     return {
         "type": "exposure",
         "id": f"x-{i:032x}",

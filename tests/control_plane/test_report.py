@@ -50,7 +50,8 @@ EVENTS = [
 
 @pytest.fixture
 def hero(store: Store) -> ExperimentRecord:
-    record = store.create_experiment(spec(), NOW)
+    # A handful of visitors per segment: publish every segment they reach.
+    record = store.create_experiment(spec(min_segment_units=1), NOW)
     ingest(store, EVENTS, None, NOW)
     return record
 

@@ -136,3 +136,21 @@ def test_data_written_before_a_migration_survives_it(db_url: str) -> None:
     with old.engine.connect() as conn:
         assert conn.execute(sql_select(snapshots.c.data)).scalar() is None
     old.engine.dispose()
+
+
+def test_m8_pending_outcomes_expire_after_the_reward_window(store: Store) -> None:
+    from control_plane.ingest import ingest
+    from tests.control_plane.test_ingest import outcome
+
+    store.create_experiment(spec(reward={"kind": "binary", "window_s": 3600}), NOW)
+    orphans = [outcome(i, ts=NOW) for i in range(50)]
+    stray = [{**outcome(100 + i, ts=NOW), "experiment": "never-created"} for i in range(3)]
+    ingest(store, orphans + stray, None, NOW)
+    assert store.outcome_statuses("hero") == {"pending": 50}
+    # Within the window (and its grace) they wait for their exposures.
+    assert store.expire_pending(NOW + 3600_000) == 0
+    assert store.expire_pending(NOW + 2 * 3600_000 + 1) == 50
+    assert store.outcome_statuses("hero") == {}
+    assert store.counters("hero")["expired_outcomes"] == 50
+    # An unknown experiment's wait the longest window there is.
+    assert store.expire_pending(NOW + 91 * 86_400_000) == 3

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from core import INDEX_KEY, encode_index, sign_identity, verify
+from core import INDEX_KEY, DecisionToken, encode_index, mint_token, sign_identity, unit_tag, verify
 from edge.cache import MAX_ENTRIES, MAX_NEGATIVE
 from edge.handler import Edge
 from edge.platform import EdgeRequest
@@ -26,6 +26,7 @@ DECIDE_FIELDS = {
     "snapshot_age_s",
     "decision_id",
     "why",
+    "token",
 }
 PAGE = (
     b'<html><body><h1 data-perch-slot="home-hero">Welcome</h1>'
@@ -144,7 +145,7 @@ def test_h2_an_identity_the_site_did_not_sign_is_ignored_and_counted(
         if "cookie" in via:
             headers["cookie"] = via["cookie"]
         body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero", headers=headers)
-        beacon = json.dumps({"decision_id": "a" * 32, "experiment": "home-hero"}).encode()
+        beacon = json.dumps({"token": _token()}).encode()  # minted for the anonymous id
         body_json(edge, platform, "https://s.test/v1/events", "POST", headers, beacon)
     sent = events(platform)
     assert [e for e in sent if e["type"] == "stitch"] == []
@@ -183,17 +184,7 @@ def test_a_signed_identity_in_the_cookie_counts_too(edge: Edge, platform: FakePl
         (("https://s.test/v1/decide", "POST", {}, b" " * 70_000), 413, "larger than"),
         (("https://s.test/v1/decide", "PUT"), 405, "use GET or POST"),
         (("https://s.test/v1/events",), 405, "use POST"),
-        (("https://s.test/v1/events", "POST", {}, b"{}"), 400, "decision_id must be"),
-        (
-            (
-                "https://s.test/v1/events",
-                "POST",
-                {},
-                b'{"decision_id":"' + b"a" * 32 + b'","experiment":"x","value":"1"}',
-            ),
-            400,
-            "value must be a finite number",
-        ),
+        (("https://s.test/v1/events", "POST", {}, b"{}"), 400, "no outcome in the beacon can be credited"),
     ],
 )
 def test_bad_input_gets_a_4xx_that_says_what_was_expected(
@@ -209,13 +200,87 @@ def test_bad_input_gets_a_4xx_that_says_what_was_expected(
     assert "server-timing" in dict(headers)
 
 
+def _token(unit: str | None = UID, decision_id: str = "a" * 32, ts_ms: int = NOW_MS) -> str:
+    """A token as the edge mints it (for beacons from a visitor with ``unit``)."""
+    return mint_token(
+        SECRET, DecisionToken(decision_id, "home-hero", "bold", {}, ts_ms, 7, unit_tag(SECRET, unit))
+    )
+
+
 def test_beacons_are_validated_and_forwarded_signed(edge: Edge, platform: FakePlatform) -> None:
+    cookie = {"cookie": f"perch_uid={UID}"}
+    url = "https://s.test/v1/decide?experiment=home-hero"
+    first, second = (body_json(edge, platform, url, headers=cookie)[1]["decisions"][0] for _ in range(2))
+    events(platform)
+    platform.posts.clear()
     beacon = {
         "events": [
-            {"decision_id": "a" * 32, "experiment": "home-hero", "value": 1},
-            {"decision_id": "b" * 32, "experiment": "home-hero", "value": 19.5, "id": "order-1"},
+            {"token": first["token"], "value": 1},
+            {"token": second["token"], "value": 19.5, "id": "order-1"},
         ]
     }
+    status, doc, _ = body_json(
+        edge, platform, "https://s.test/v1/events", "POST", cookie, json.dumps(beacon).encode()
+    )
+    assert (status, doc) == (202, {"accepted": 2, "rejected": []})
+    sent = events(platform)
+    assert [(e["type"], e["decision_id"], e["experiment"], e["value"], e["unit"]) for e in sent] == [
+        ("outcome", first["decision_id"], "home-hero", 1.0, UID),
+        ("outcome", second["decision_id"], "home-hero", 19.5, UID),
+    ]
+    assert sent[1]["id"] == "order-1"
+
+
+@pytest.mark.parametrize(
+    ("item", "headers", "message"),
+    [
+        (
+            {"decision_id": "a" * 32, "experiment": "home-hero"},
+            {"cookie": f"perch_uid={UID}"},
+            "token is required",
+        ),
+        ({"token": _token()}, {"cookie": f"perch_uid={'f' * 32}"}, "minted for another visitor"),
+        ({"token": _token()}, {}, "minted for another visitor"),  # no cookie: not the token's visitor
+        ({"token": _token()[:-1] + "0"}, {"cookie": f"perch_uid={UID}"}, "signature does not match"),
+        (
+            {
+                "token": mint_token(
+                    "another-deployment", DecisionToken("a" * 32, "home-hero", "b", {}, NOW_MS, 7, "")
+                )
+            },
+            {},
+            "signature does not match",
+        ),
+        ({"token": _token(ts_ms=NOW_MS - 8 * 86400_000)}, {"cookie": f"perch_uid={UID}"}, "outside the"),
+        ({"token": "t1.x.y"}, {}, "not a Perch decision token"),
+        ({"token": ["t1"]}, {}, "must be the decision's token"),
+    ],
+    ids=[
+        "no-token",
+        "other-visitor",
+        "no-cookie",
+        "altered",
+        "other-secret",
+        "expired",
+        "garbage",
+        "not-a-string",
+    ],
+)
+def test_m1_an_outcome_is_credited_only_with_a_valid_token_of_this_visitor(
+    edge: Edge, platform: FakePlatform, item: dict[str, object], headers: dict[str, str], message: str
+) -> None:
+    status, doc, _ = body_json(
+        edge, platform, "https://s.test/v1/events", "POST", headers, json.dumps({"events": [item]}).encode()
+    )
+    assert status == 400, doc
+    assert message in doc["rejected"][0]["error"]
+    assert events(platform) == []
+    _, health, _ = body_json(edge, platform, "https://s.test/v1/health")
+    assert health["isolate"]["rejected_beacons"] == 1
+
+
+def test_a_beacon_with_some_bad_items_credits_the_good_ones(edge: Edge, platform: FakePlatform) -> None:
+    beacon = {"events": [{"token": _token()}, {"token": "forged"}]}
     status, doc, _ = body_json(
         edge,
         platform,
@@ -224,13 +289,8 @@ def test_beacons_are_validated_and_forwarded_signed(edge: Edge, platform: FakePl
         {"cookie": f"perch_uid={UID}"},
         json.dumps(beacon).encode(),
     )
-    assert (status, doc) == (202, {"accepted": 2})
-    sent = events(platform)
-    assert [(e["type"], e["decision_id"], e["value"], e["unit"]) for e in sent] == [
-        ("outcome", "a" * 32, 1.0, UID),
-        ("outcome", "b" * 32, 19.5, UID),
-    ]
-    assert sent[1]["id"] == "order-1"
+    assert status == 202 and doc["accepted"] == 1 and doc["rejected"][0]["index"] == 1
+    assert [e["decision_id"] for e in events(platform)] == ["a" * 32]
 
 
 def test_event_delivery_retries_then_gives_up_without_raising(edge: Edge, platform: FakePlatform) -> None:
@@ -251,8 +311,9 @@ def test_events_the_control_plane_refused_are_not_counted_as_delivered(
     edge: Edge, platform: FakePlatform
 ) -> None:
     platform.post_answer = b'{"accepted": {"outcome": 1}, "rejected": [{"index": 1, "error": "x"}]}'
-    beacon = {"events": [{"decision_id": c * 32, "experiment": "home-hero"} for c in "ab"]}
-    body_json(edge, platform, "https://s.test/v1/events", "POST", {}, json.dumps(beacon).encode())
+    beacon = {"events": [{"token": _token(decision_id=c * 32)} for c in "ab"]}
+    cookie = {"cookie": f"perch_uid={UID}"}
+    body_json(edge, platform, "https://s.test/v1/events", "POST", cookie, json.dumps(beacon).encode())
     asyncio.run(platform.drain())
     _, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
     assert doc["events"] == {"queued": 0, "delivered": 1, "rejected": 1, "dropped": 0}
@@ -301,11 +362,24 @@ def test_page_slots_are_filled_and_the_response_is_private(edge: Edge, platform:
     )
     html = asyncio.run(read_body(response)).decode()
     assert response.status == 200
-    assert '<h1 data-perch-slot="home-hero"><h1>Go</h1></h1>' in html  # arm 'bold' carries this fragment
+    match = re.search(
+        r'<h1 data-perch-token="(t1\.[^"]+)" data-perch-slot="home-hero"><h1>Go</h1></h1>', html
+    )
+    assert match, html  # arm 'bold' carries this fragment, and the slot its decision's token
     assert '<p data-perch-slot="unknown-exp">keep me</p>' in html  # no snapshot: origin content stays
     assert header(response, "cache-control") == ["private, no-store"]
     assert header(response, "content-length") == []
-    assert [e["arm"] for e in events(platform) if e["type"] == "exposure"] == ["bold"]
+    (exposure,) = [e for e in events(platform) if e["type"] == "exposure"]
+    assert exposure["arm"] == "bold"
+    platform.posts.clear()
+    # The token in the page credits that very decision, for this visitor only.
+    beacon = json.dumps({"token": match.group(1)}).encode()
+    status, doc, _ = body_json(
+        edge, platform, "https://s.test/v1/events", "POST", {"cookie": f"perch_uid={UID}"}, beacon
+    )
+    assert (status, doc["accepted"]) == (202, 1)
+    (credited,) = events(platform)
+    assert (credited["decision_id"], credited["experiment"]) == (exposure["decision_id"], "home-hero")
 
 
 def test_page_without_slots_keeps_origin_caching(edge: Edge, platform: FakePlatform) -> None:
@@ -439,9 +513,9 @@ _DEEP = b'{"experiments":["home-hero"],"context":' + b"[" * 3000 + b"]" * 3000 +
                 "https://s.test/v1/events",
                 "POST",
                 {},
-                b'{"decision_id":"' + b"a" * 32 + b'","experiment":"x","value":' + b"9" * 400 + b"}",
+                json.dumps({"token": _token(None), "value": 10**400}).encode(),
             ),
-            "value must be a finite number",
+            "no outcome in the beacon can be credited",
         ),
     ],
 )
@@ -516,3 +590,16 @@ def test_without_an_index_the_cache_stays_bounded(edge: Edge, platform: FakePlat
     assert len(edge.cache.entries) <= MAX_NEGATIVE + 1
     _, health, _ = body_json(edge, platform, "https://s.test/v1/health")
     assert len(json.dumps(health)) < 20_000
+
+
+def test_server_derived_features_cannot_be_set_by_the_client(edge: Edge, platform: FakePlatform) -> None:
+    platform.put(build_snapshot(context_features=["device", "country"]))
+    body_json(
+        edge,
+        platform,
+        "https://s.test/v1/decide?experiment=home-hero&ctx.country=XX&ctx.device=tablet",
+        headers={"cookie": f"perch_uid={UID}"},
+        cf={"country": "DE"},
+    )
+    (exposure,) = events(platform)
+    assert exposure["context"] == {"device": "tablet", "country": "DE"}  # device is the site's to send

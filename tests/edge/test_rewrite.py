@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge import rewrite
+from edge.platform import SlotContent
 from edge.rewrite import rewrite_slots
 
 PAGE = """<!doctype html><html><head><title>a <div data-perch-slot="hero"></title>
@@ -32,8 +33,9 @@ EXPECTED = """<!doctype html><html><head><title>a <div data-perch-slot="hero"></
 <ul data-perch-slot="menu"><li>m</li></ul>ünï &amp; after</body></html>"""
 
 
-async def _fill(experiment: str) -> str | None:
-    return FILLS.get(experiment)
+async def _fill(experiment: str) -> SlotContent | None:
+    html = FILLS.get(experiment)
+    return None if html is None else SlotContent(html)
 
 
 def _rewrite(page: str, cuts: list[int], charset: str = "utf-8") -> tuple[str, list[bytes]]:
@@ -90,9 +92,9 @@ def test_gives_up_on_a_runaway_tag_without_buffering_it_all(monkeypatch: pytest.
 CALLS: list[str] = []
 
 
-async def _fill_logged(experiment: str) -> str | None:
+async def _fill_logged(experiment: str) -> SlotContent | None:
     CALLS.append(experiment)
-    return FILLS.get(experiment)
+    return await _fill(experiment)
 
 
 def _run(page: str, cuts: list[int] | None = None) -> str:
@@ -214,3 +216,20 @@ _TOKENS = st.sampled_from(
 def test_any_markup_any_chunking_the_end_of_the_page_arrives(tokens: list[str], cuts: list[int]) -> None:
     page = "".join(tokens) + "</script></noscript><footer>END</footer>"
     assert _run(page, cuts).endswith("END</footer>")
+
+
+def test_a_filled_slot_carries_its_attributes_first_and_escaped() -> None:
+    async def fill(experiment: str) -> SlotContent | None:
+        return SlotContent("<b>x</b>", {"data-perch-token": 't1.a"b<c'})
+
+    async def run(page: str) -> str:
+        async def source() -> AsyncIterator[bytes]:
+            yield page.encode()
+
+        return b"".join([c async for c in rewrite_slots(source(), fill)]).decode()
+
+    page = '<DIV class="h" data-perch-token="origin" DATA-PERCH-SLOT=cta>old</DIV>'
+    assert asyncio.run(run(page)) == (
+        '<DIV data-perch-token="t1.a&quot;b&lt;c" class="h" data-perch-token="origin" DATA-PERCH-SLOT=cta>'
+        "<b>x</b></DIV>"
+    )

@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from core import decide, encode_snapshot, snapshot_key, verify
+from core import DecisionToken, decide, encode_snapshot, mint_token, snapshot_key, unit_tag, verify
 from tests.core.conftest import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
 from tests.vectors import runner
@@ -255,7 +257,9 @@ def test_page_slots_are_rendered_through_a_stream(pyodide: Harness, servers: _Se
         pyodide, servers, "https://shop.test/page?x=1", headers=[["cookie", f"perch_uid={UID}"]], kv=_kv(snap)
     )
     assert r["status"] == 200
-    assert r["body_text"] == PAGE.decode().replace(">Welcome<", "><h1>Go</h1><")
+    token = re.search(r'data-perch-token="(t1\.[A-Za-z0-9_\-]+\.[0-9a-f]{32})" ', r["body_text"])
+    assert token, r["body_text"]  # the filled slot carries its decision's token, for the beacon
+    assert r["body_text"].replace(token.group(0), "") == PAGE.decode().replace(">Welcome<", "><h1>Go</h1><")
     assert dict(r["headers"])["cache-control"] == "private, no-store"
     assert [e["arm"] for e in servers.events()] == ["bold"]
     plain = _fetch(pyodide, servers, "https://shop.test/plain")
@@ -272,7 +276,10 @@ def test_a_not_modified_page_passes_through_without_a_body(pyodide: Harness, ser
 
 
 def test_beacons_in_pyodide(pyodide: Harness, servers: _Servers) -> None:
-    beacon = json.dumps({"decision_id": "c" * 32, "experiment": "pyo-hero", "value": 1})
+    minted = DecisionToken(
+        "c" * 32, "pyo-hero", "bold", {}, int(time.time() * 1000), 3, unit_tag(SECRET, UID)
+    )
+    beacon = json.dumps({"token": mint_token(SECRET, minted), "value": 1})
     r = _fetch(
         pyodide,
         servers,
@@ -281,10 +288,12 @@ def test_beacons_in_pyodide(pyodide: Harness, servers: _Servers) -> None:
         body=beacon,
         headers=[["cookie", f"perch_uid={UID}"], ["content-type", "application/json"]],
     )
-    assert (r["status"], json.loads(r["body_text"])) == (202, {"accepted": 1})
-    assert [(e["type"], e["unit"]) for e in servers.events()] == [("outcome", UID)]
-    bad = _fetch(pyodide, servers, "https://shop.test/v1/events", method="POST", body="{}")
-    assert bad["status"] == 400 and "decision_id" in json.loads(bad["body_text"])["error"]
+    assert (r["status"], json.loads(r["body_text"])) == (202, {"accepted": 1, "rejected": []})
+    assert [(e["type"], e["decision_id"], e["unit"]) for e in servers.events()] == [
+        ("outcome", "c" * 32, UID)
+    ]
+    bad = _fetch(pyodide, servers, "https://shop.test/v1/events", method="POST", body=beacon)  # no cookie
+    assert bad["status"] == 400 and "another visitor" in json.loads(bad["body_text"])["rejected"][0]["error"]
 
 
 def test_fresh_isolates_hand_out_different_ids_and_draws(

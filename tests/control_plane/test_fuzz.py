@@ -1,0 +1,141 @@
+"""Every control-plane endpoint against arbitrary input: never a 5xx, and publishing never breaks.
+
+Specs and event batches are valid ones with a field swapped for something hostile (lone
+surrogates, NUL, control characters, huge or deep values, wrong types), or arbitrary JSON and
+bytes, on SQLite and PostgreSQL. After every example the experiment must still publish.
+``PERCH_FUZZ_EXAMPLES`` raises the budget.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from control_plane.app import create_app
+from control_plane.kv_publishers import LocalKVPublisher
+from control_plane.settings import Settings
+from control_plane.store import Store
+from core import LocalKV, decode_snapshot, encode_batch, sign, snapshot_key
+from tests.control_plane.test_app import AUTH, HERO, SECRET, TOKEN, ApiClient, Clock
+from tests.control_plane.test_ingest import exposure, outcome
+
+HOSTILE_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=30) | st.sampled_from(
+    ["\ud800", "a\x00b", "\x01", "hero", "", "x" * 300, "²", "../x", "a/b"]
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([2**63, -(2**63) - 1, 10**400, 10**4000])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | HOSTILE_TEXT
+)
+JSON_DOCS = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(HOSTILE_TEXT, inner, max_size=4),
+    max_leaves=20,
+)
+SPEC_FIELDS = [*HERO, "holdout", "reward", "prior", "half_life_s", "max_age_s", "max_segments", "salt"]
+EVENT_FIELDS = [
+    "type",
+    "id",
+    "ts",
+    "decision_id",
+    "experiment",
+    "arm",
+    "unit",
+    "propensity",
+    "reason",
+    "segment",
+]
+EVENT_FIELDS += ["snapshot_version", "context", "value", "anonymous_id", "user_id"]
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=True, allow_nan=False).encode()
+
+
+def _mutated(base: dict[str, Any], fields: list[str]) -> Any:
+    return st.tuples(st.sampled_from(fields), JSON_DOCS).map(lambda fv: {**base, fv[0]: fv[1]})
+
+
+SPECS = (_mutated({**HERO, "key": "other"}, SPEC_FIELDS) | JSON_DOCS).map(_dumps) | st.sampled_from(
+    [b"[" * 3000 + b"]" * 3000, b"\xff", b'{"key": ' + b"9" * 5000 + b"}"]
+)
+EVENTS = st.lists(
+    st.sampled_from([exposure(1, context={"device": "mobile"}), outcome(1), exposure(2, arm="zzz")]).flatmap(
+        lambda base: _mutated(base, EVENT_FIELDS) | st.just(base)
+    ),
+    min_size=1,
+    max_size=4,
+)
+BATCHES = EVENTS.map(encode_batch) | JSON_DOCS.map(_dumps) | st.binary(max_size=100)
+REQUESTS = st.one_of(
+    st.tuples(st.just("POST"), st.just("/v1/experiments"), SPECS, st.none()),
+    st.tuples(st.just("PATCH"), st.just("/v1/experiments/hero"), SPECS, st.none() | HOSTILE_TEXT),
+    st.tuples(
+        st.sampled_from(["GET", "DELETE"]),
+        HOSTILE_TEXT.map(lambda k: f"/v1/experiments/{quote(k, safe='', errors='surrogatepass')}-x"),
+        st.just(b""),
+        st.none(),
+    ),
+    st.tuples(
+        st.sampled_from(["GET", "POST"]),
+        HOSTILE_TEXT.map(lambda k: f"/v1/experiments/{quote(k, safe='', errors='surrogatepass')}/report"),
+        st.just(b""),
+        st.none(),
+    ),
+    st.tuples(
+        st.sampled_from(["GET", "DELETE"]),
+        HOSTILE_TEXT.map(lambda u: f"/v1/users/{quote(u, safe='/', errors='surrogatepass')}/export"),
+        st.just(b""),
+        st.none(),
+    ),
+    st.tuples(st.just("POST"), st.just("/v1/events"), BATCHES, st.none()),
+    st.tuples(
+        st.just("GET"),
+        HOSTILE_TEXT.map(lambda k: f"/experiments/{quote(k, safe='', errors='surrogatepass')}"),
+        st.just(b""),
+        st.none(),
+    ),
+    st.tuples(st.just("POST"), st.just("/login"), st.binary(max_size=100), st.none()),
+)
+
+
+@pytest.fixture
+def api(store: Store, tmp_path: Path) -> tuple[ApiClient, LocalKV, Clock]:
+    settings = Settings(admin_token=TOKEN, edge_secret=SECRET, data_dir=tmp_path, learner_draws=10_000)
+    kv = LocalKV(tmp_path)
+    clock = Clock()
+    client = ApiClient(create_app(settings, store, LocalKVPublisher(kv), now_ms=clock, schedule=False))
+    created = client.post("/v1/experiments", json={**HERO, "min_segment_units": 1}, headers=AUTH)
+    assert created.status_code == 201, created.text
+    return client, kv, clock
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
+@given(requests=st.lists(REQUESTS, min_size=1, max_size=3))
+def test_no_input_gets_a_5xx_and_the_experiment_still_publishes(
+    api: tuple[ApiClient, LocalKV, Clock], requests: list[tuple[str, str, bytes, str | None]]
+) -> None:
+    client, kv, clock = api
+    for method, path, body, if_match in requests:
+        headers = {**AUTH, "content-type": "application/json"}
+        if path == "/v1/events":
+            headers["X-Perch-Signature"] = sign(SECRET, body, clock.ms // 1000)
+        if path == "/login":
+            headers = {"content-type": "application/x-www-form-urlencoded"}
+        if if_match is not None:
+            headers["If-Match"] = if_match.encode("utf-8", "surrogatepass")  # type: ignore[assignment]
+        r = client.request(method, path, content=body, headers=headers)
+        assert r.status_code < 500, (method, path, r.status_code, r.text[:300])
+    clock.ms += 1001  # past KV's one write per key per second, which publishing would wait out
+    published = client.post("/v1/experiments/hero/publish", headers=AUTH)
+    assert published.status_code == 200, published.text[:500]
+    decode_snapshot(kv.get(snapshot_key("hero")) or b"")
