@@ -46,6 +46,7 @@ class LearningLoop(RuleBasedStateMachine):
         self.decisions: list[tuple[str, str]] = []
         self.live: set[str] = set()
         self.serial = 0
+        self.created = 0
 
     def teardown(self) -> None:
         if hasattr(self, "store"):
@@ -62,8 +63,8 @@ class LearningLoop(RuleBasedStateMachine):
     def create(
         self, features: list[str], arms: int, kind: str, min_units: int, half_life: float | None
     ) -> None:
-        key = f"exp-{len(self.live) + self.serial}"
-        self.serial += 1
+        self.created += 1
+        key = f"exp-{self.created}"
         spec = ExperimentSpec.from_dict(
             {
                 "key": key,
