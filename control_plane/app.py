@@ -27,7 +27,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.schemas import SchemaGenerator
 
 from control_plane import privacy
 from control_plane.dashboard import dashboard_routes, has_session
@@ -36,6 +35,7 @@ from control_plane.group_commit import IngestWriter, ReplayedBatch
 from control_plane.kv_publishers import KVPublisher
 from control_plane.metrics import Metrics
 from control_plane.middleware import InternalErrorMiddleware
+from control_plane.openapi import openapi_document
 from control_plane.publish import Gate, PublishResult, publish_all, publish_experiment, publish_index
 from control_plane.report import build_report
 from control_plane.settings import Settings
@@ -58,7 +58,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("perch.control_plane")
 
-schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "Perch control plane", "version": "1"}})
+OPENAPI = openapi_document()
 
 
 def _now_ms() -> int:
@@ -168,7 +168,7 @@ class Api:
                 self.metrics.snapshot_age.labels(record.spec.key).set((now - last["created_ms"]) / 1000)
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(schemas.get_schema(routes=request.app.routes))
+        return JSONResponse(OPENAPI)
 
     async def create_experiment(self, request: Request) -> Response:
         """
