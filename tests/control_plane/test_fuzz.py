@@ -8,7 +8,6 @@ bytes, on SQLite and PostgreSQL. After every example the experiment must still p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,23 +23,8 @@ from control_plane.store import Store
 from core import LocalKV, decode_snapshot, encode_batch, sign, snapshot_key
 from tests.control_plane.test_app import AUTH, HERO, SECRET, TOKEN, ApiClient, Clock
 from tests.control_plane.test_ingest import exposure, outcome
+from tests.hostile import HOSTILE_TEXT, JSON_DOCS, dumps
 
-HOSTILE_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=30) | st.sampled_from(
-    ["\ud800", "a\x00b", "\x01", "hero", "", "x" * 300, "²", "../x", "a/b"]
-)
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.sampled_from([2**63, -(2**63) - 1, 10**400, 10**4000])
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | HOSTILE_TEXT
-)
-JSON_DOCS = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(HOSTILE_TEXT, inner, max_size=4),
-    max_leaves=20,
-)
 SPEC_FIELDS = [*HERO, "holdout", "reward", "prior", "half_life_s", "max_age_s", "max_segments", "salt"]
 EVENT_FIELDS = [
     "type",
@@ -57,15 +41,11 @@ EVENT_FIELDS = [
 EVENT_FIELDS += ["snapshot_version", "context", "value", "anonymous_id", "user_id"]
 
 
-def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, ensure_ascii=True, allow_nan=False).encode()
-
-
 def _mutated(base: dict[str, Any], fields: list[str]) -> Any:
     return st.tuples(st.sampled_from(fields), JSON_DOCS).map(lambda fv: {**base, fv[0]: fv[1]})
 
 
-SPECS = (_mutated({**HERO, "key": "other"}, SPEC_FIELDS) | JSON_DOCS).map(_dumps) | st.sampled_from(
+SPECS = (_mutated({**HERO, "key": "other"}, SPEC_FIELDS) | JSON_DOCS).map(dumps) | st.sampled_from(
     [b"[" * 3000 + b"]" * 3000, b"\xff", b'{"key": ' + b"9" * 5000 + b"}"]
 )
 EVENTS = st.lists(
@@ -75,7 +55,7 @@ EVENTS = st.lists(
     min_size=1,
     max_size=4,
 )
-BATCHES = EVENTS.map(encode_batch) | JSON_DOCS.map(_dumps) | st.binary(max_size=100)
+BATCHES = EVENTS.map(encode_batch) | JSON_DOCS.map(dumps) | st.binary(max_size=100)
 REQUESTS = st.one_of(
     st.tuples(st.just("POST"), st.just("/v1/experiments"), SPECS, st.none()),
     st.tuples(st.just("PATCH"), st.just("/v1/experiments/hero"), SPECS, st.none() | HOSTILE_TEXT),

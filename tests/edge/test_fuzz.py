@@ -22,40 +22,18 @@ from edge.handler import Edge, handle
 from edge.platform import EdgeRequest
 from tests.core.conftest import build_snapshot
 from tests.edge.conftest import CONFIG, FakePlatform, read_body
+from tests.hostile import HOSTILE_TEXT, JSON_DOCS, SCALARS, dumps
 
 PAGE_TAIL = b"<footer>the end of the page</footer></body></html>"
 PAGE = b'<html><body><h1 data-perch-slot="home-hero">Welcome</h1><p data-perch-slot="x">a<li>b' + PAGE_TAIL
 
-# Text as hostile clients write it: surrogates, NUL and other control characters included.
-HOSTILE_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from(
-    ["\ud800", "a\x00b", "\x01", "\udfff\ud800", "mobile", "home-hero", "", " ", "é" * 200]
-)
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.sampled_from([2**63, -(2**63) - 1, 10**400])
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | HOSTILE_TEXT
-)
-JSON_DOCS = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(HOSTILE_TEXT, inner, max_size=5),
-    max_leaves=30,
-)
-
-
-def _dumps(doc: Any) -> bytes:
-    # ensure_ascii writes lone surrogates as \\udXXX escapes: exactly what an attacker sends.
-    return json.dumps(doc, ensure_ascii=True, allow_nan=False).encode()
-
 
 BODIES = (
-    JSON_DOCS.map(_dumps)
+    JSON_DOCS.map(dumps)
     | st.fixed_dictionaries({"experiments": st.lists(HOSTILE_TEXT, max_size=3), "context": JSON_DOCS}).map(
-        _dumps
+        dumps
     )
-    | st.fixed_dictionaries({"events": st.lists(JSON_DOCS, max_size=3)}).map(_dumps)
+    | st.fixed_dictionaries({"events": st.lists(JSON_DOCS, max_size=3)}).map(dumps)
     | st.binary(max_size=200)
     | st.sampled_from([b"[" * 5000 + b"]" * 5000, b'{"a":' + b"9" * 5000 + b"}", b"\xed\xa0\x80", b""])
 )
