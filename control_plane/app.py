@@ -51,6 +51,7 @@ from core import (
     parse_batch,
     parse_json,
     replay_key,
+    snapshot_key,
     verify,
 )
 
@@ -220,8 +221,7 @@ class Api:
             return JSONResponse(doc)
         if request.method == "DELETE":
             record = await run_in_threadpool(self.store.archive_experiment, key, self.now_ms())
-            # The edge stops personalizing it once isolates refresh the index (cache TTL + KV lag).
-            await run_in_threadpool(self._publish_index)
+            await run_in_threadpool(self._retire, key)
             return JSONResponse(record.to_dict())
         changes = await _json(request, self.settings.max_admin_body_bytes)
         if not isinstance(changes, dict):
@@ -260,6 +260,16 @@ class Api:
         result = await run_in_threadpool(publish_now)
         await run_in_threadpool(self._publish_index)
         return JSONResponse(result.to_dict())
+
+    def _retire(self, key: str) -> None:
+        """Take an archived experiment off the edge: out of the index first (isolates stop at their
+        next refresh), then its snapshot out of KV. A KV failure is logged: the archive stands, and
+        the next publish cycle rewrites the index anyway."""
+        try:
+            self._publish_index()
+            self.kv.delete_many([snapshot_key(key)])
+        except Exception:
+            log.exception("taking %s off the edge after archiving it failed", key)
 
     def _publish_index(self) -> None:
         with self.store.publish_lock(wait=True):

@@ -16,7 +16,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -49,6 +49,9 @@ class KVPublisher(Protocol):
     def put_many(self, items: Mapping[str, bytes]) -> None:
         """Write every item, or raise :class:`PublishError`."""
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete every key (a missing one is fine), or raise :class:`PublishError`."""
+
 
 def check_item(key: str, value: bytes) -> None:
     """Workers KV's limits on one pair, so local development fails where production would."""
@@ -77,6 +80,14 @@ class LocalKVPublisher:
                 self.kv.put(key, bytes(value))
             except OSError as exc:
                 raise PublishError(f"writing KV key {key!r} under {self.kv.root}: {exc}") from exc
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            check_item(key, b"")
+            try:
+                self.kv.delete(key)
+            except OSError as exc:
+                raise PublishError(f"deleting KV key {key!r} under {self.kv.root}: {exc}") from exc
 
 
 def _cloudflare_errors(response: httpx.Response) -> str:
@@ -138,6 +149,15 @@ class CloudflareKVPublisher:
         for batch in self._batches(encoded):
             self._put_batch(batch)
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Cloudflare's bulk delete (``POST .../bulk/delete``, at most 10,000 keys a request)."""
+        encoded: dict[str, bytes] = {}
+        for key in keys:
+            check_item(key, b"")
+            encoded[key] = json.dumps(key).encode("utf-8")
+        for batch in self._batches(encoded):
+            self._put_batch(batch, method="POST", url=f"{self.url}/delete", what="delete")
+
     def _batches(self, encoded: dict[str, bytes]) -> list[dict[str, bytes]]:
         """Split into request bodies of at most batch_max_keys pairs and batch_max_bytes bytes."""
         batches: list[dict[str, bytes]] = []
@@ -160,15 +180,17 @@ class CloudflareKVPublisher:
         retry_after = _retry_after(response) if response is not None else None
         return retry_after if retry_after is not None else self.backoff_s * 2 ** (attempt - 1)
 
-    def _put_batch(self, batch: dict[str, bytes]) -> None:
+    def _put_batch(
+        self, batch: dict[str, bytes], *, method: str = "PUT", url: str | None = None, what: str = "write"
+    ) -> None:
         pending = batch
         problem = ""
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
-                log.warning("KV bulk write: %s; attempt %d of %d", problem, attempt, self.max_attempts)
+                log.warning("KV bulk %s: %s; attempt %d of %d", what, problem, attempt, self.max_attempts)
             body = b"[" + b",".join(pending.values()) + b"]"
             try:
-                response = self._client.put(self.url, content=body, headers=self._headers)
+                response = self._client.request(method, url or self.url, content=body, headers=self._headers)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
                 self._pause(attempt, self._delay(attempt))
@@ -179,7 +201,7 @@ class CloudflareKVPublisher:
                 continue
             if response.status_code >= 400:
                 raise PublishError(
-                    f"Workers KV bulk write refused ({response.status_code}): {_cloudflare_errors(response)}"
+                    f"Workers KV bulk {what} refused ({response.status_code}): {_cloudflare_errors(response)}"
                 )
             doc = self._result(response)
             if doc is None:
@@ -187,7 +209,7 @@ class CloudflareKVPublisher:
                 self._pause(attempt, self._delay(attempt))
                 continue
             if doc.get("success") is not True:
-                raise PublishError(f"Workers KV bulk write failed: {_cloudflare_errors(response)}")
+                raise PublishError(f"Workers KV bulk {what} failed: {_cloudflare_errors(response)}")
             result = doc.get("result")
             reported = result.get("unsuccessful_keys") if isinstance(result, dict) else None
             failed = [k for k in reported or [] if isinstance(k, str) and k in pending]
@@ -196,7 +218,7 @@ class CloudflareKVPublisher:
             pending = {k: pending[k] for k in failed}
             problem = f"{len(failed)} keys not written ({_preview(failed)})"
             self._pause(attempt, self._delay(attempt))
-        raise PublishError(f"Workers KV bulk write gave up after {self.max_attempts} attempts: {problem}")
+        raise PublishError(f"Workers KV bulk {what} gave up after {self.max_attempts} attempts: {problem}")
 
     def _pause(self, attempt: int, delay: float) -> None:
         if attempt < self.max_attempts:

@@ -197,8 +197,10 @@ def test_archiving_takes_the_experiment_out_of_the_edge_index(client: ApiClient,
     client.post("/v1/experiments", json={**HERO, "key": "other"}, headers=AUTH)
     _publish(client)
     assert decode_index(kv.get(INDEX_KEY) or b"")[0] == {"hero", "other"}
+    assert kv.get(snapshot_key("hero")) is not None
     assert client.delete("/v1/experiments/hero", headers=AUTH).status_code == 200
     assert decode_index(kv.get(INDEX_KEY) or b"")[0] == {"other"}
+    assert kv.get(snapshot_key("hero")) is None  # and its snapshot is gone from KV
 
 
 def test_a_replay_is_caught_whatever_v1_values_ride_along(client: ApiClient) -> None:

@@ -295,3 +295,22 @@ def test_local_publisher_reports_write_failures(tmp_path: Path) -> None:
     (tmp_path / "kv").write_text("a file where the directory should be")
     with pytest.raises(PublishError, match="writing KV key 'fine'"):
         LocalKVPublisher(LocalKV(tmp_path)).put_many({"fine": b"1"})
+
+
+def test_bulk_delete_posts_the_keys_and_retries_the_ones_that_failed(
+    cloudflare: FakeCloudflare, client: httpx.Client, sleeps: list[float]
+) -> None:
+    keys = [snapshot_key("hero"), snapshot_key("cta")]
+    cloudflare.script = [Reply(503), ok(unsuccessful=[keys[1]]), ok()]
+    publisher(cloudflare, client, sleeps).delete_many(keys)
+    assert [(s.method, s.path) for s in cloudflare.seen] == [("POST", BULK_PATH + "/delete")] * 3
+    assert [json.loads(s.body) for s in cloudflare.seen] == [keys, keys, [keys[1]]]
+    assert len(sleeps) == 2
+
+
+def test_local_publisher_deletes_what_it_wrote(tmp_path: Path) -> None:
+    kv = LocalKV(tmp_path)
+    publisher = LocalKVPublisher(kv)
+    publisher.put_many({snapshot_key("hero"): b"x"})
+    publisher.delete_many([snapshot_key("hero"), snapshot_key("never-written")])
+    assert kv.get(snapshot_key("hero")) is None
