@@ -61,10 +61,10 @@ unit: install node chromium
 
 test: lint typecheck unit
 
-# The inner loop: unit tests that need no Node, PostgreSQL, browser or child process (~30 s).
+# The inner loop: unit tests that need no Node, PostgreSQL, browser or child process, on 2 workers.
 FAST := not (slow or postgres or pyodide or node or browser or process)
 test-fast: install
-	$(BIN)/pytest -q -m "$(FAST)"
+	$(BIN)/pytest -q -n 2 -m "$(FAST)"
 
 # The Worker in real Pyodide under Node, and wrangler's check of its config.
 test-pyodide: install node
