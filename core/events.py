@@ -125,8 +125,8 @@ def encode_batch(events: Sequence[dict[str, Any]]) -> bytes:
 
 
 def _beacon_item(
-    item: object, where: str, *, secret: str, now_ms: int, max_age_ms: int, unit: str | None
-) -> tuple[DecisionToken, float, str | None]:
+    item: object, where: str, *, secret: str, now_ms: int, max_age_ms: int, units: Sequence[str | None]
+) -> tuple[DecisionToken, str | None, float, str | None]:
     if not isinstance(item, dict):
         raise EventError(f"{where}: expected an object with the decision's token and a value")
     if "token" not in item:
@@ -134,7 +134,7 @@ def _beacon_item(
             f"{where}: token is required: the decision's token from /v1/decide or data-perch-token"
         )
     try:
-        token = read_token(secret, item["token"], now_ms=now_ms, max_age_ms=max_age_ms, unit=unit)
+        token, unit = read_token(secret, item["token"], now_ms=now_ms, max_age_ms=max_age_ms, units=units)
     except TokenError as exc:
         raise EventError(f"{where}: {exc}") from None
     value = item.get("value", 1)
@@ -143,16 +143,17 @@ def _beacon_item(
     event_id = item.get("id")
     if event_id is not None and (not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id)):
         raise EventError(f"{where}: id must be 1-128 characters of letters, digits and '_.:-'")
-    return token, float(value), event_id
+    return token, unit, float(value), event_id
 
 
 def parse_beacon(
-    body: bytes, ts_ms: int, unit: str | None, *, secret: str, max_age_ms: int
+    body: bytes, ts_ms: int, units: Sequence[str | None], *, secret: str, max_age_ms: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Outcome events from a browser beacon (one object, or ``{"events": [...]}``), and the refused items.
 
     Each item carries the decision's token; it is credited only if the token is ours, fresh
-    (``max_age_ms``) and minted for this visitor's ``unit``. The decision id and experiment come
+    (``max_age_ms``) and minted for one of this visitor's ``units`` (their anonymous id and, once
+    signed in, their user id); the outcome is filed under that unit. The decision id and experiment come
     from the token, never from the browser. A malformed body is an :class:`EventError`.
     """
     try:
@@ -167,8 +168,8 @@ def parse_beacon(
     events, rejected = [], []
     for i, item in enumerate(items):
         try:
-            token, value, event_id = _beacon_item(
-                item, f"events[{i}]", secret=secret, now_ms=ts_ms, max_age_ms=max_age_ms, unit=unit
+            token, unit, value, event_id = _beacon_item(
+                item, f"events[{i}]", secret=secret, now_ms=ts_ms, max_age_ms=max_age_ms, units=units
             )
         except EventError as exc:
             rejected.append({"index": i, "error": str(exc)})

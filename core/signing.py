@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from core.errors import PerchError
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "USER_ID_RE",
     "SignatureError",
     "fresh_timestamp",
     "replay_key",
@@ -77,7 +79,10 @@ def verify(
     timestamp = fresh_timestamp(header, now, tolerance_s)
     expected = _mac(secret, timestamp, body)
     # Several v1 values are allowed so a secret can be rotated without downtime.
-    if not any(hmac.compare_digest(expected, candidate) for candidate in _parts(header).get("v1", [])):
+    # As bytes: compare_digest raises TypeError on a str with non-ASCII characters, which a client
+    # can put in any header.
+    candidates = [c.encode("utf-8", "replace") for c in _parts(header).get("v1", [])]
+    if not any(hmac.compare_digest(expected.encode(), candidate) for candidate in candidates):
         raise SignatureError("signature does not match the body")
     return timestamp
 
@@ -108,12 +113,18 @@ def _identity_mac(secret: str, user_id: str) -> str:
     ).hexdigest()
 
 
+# What a user id may be: printable ASCII without spaces (it travels in a header and a cookie).
+USER_ID_RE = re.compile(r"[\x21-\x7e]{1,256}")
+
+
 def sign_identity(secret: str, user_id: str) -> str:
     """The token a site puts in the identity header or cookie for ``user_id``."""
     if not secret:
         raise SignatureError("identity secret must not be empty")
-    if not user_id:
-        raise SignatureError("user id must not be empty")
+    if not USER_ID_RE.fullmatch(user_id):
+        raise SignatureError(
+            f"user id {user_id[:40]!r}: 1-256 printable ASCII characters, no spaces (encode or hash others)"
+        )
     return f"{IDENTITY_VERSION}.{_identity_mac(secret, user_id)}.{user_id}"
 
 
@@ -121,10 +132,11 @@ def verify_identity(secret: str, token: str) -> str | None:
     """The user id ``token`` vouches for under ``secret``, or None (never raises)."""
     version, _, rest = token.partition(".")
     mac, _, user_id = rest.partition(".")
-    if version != IDENTITY_VERSION or len(mac) != 64 or not user_id or not secret:
+    if version != IDENTITY_VERSION or len(mac) != 64 or not USER_ID_RE.fullmatch(user_id) or not secret:
         return None
     try:
         expected = _identity_mac(secret, user_id)
     except UnicodeEncodeError:
         return None
-    return user_id if hmac.compare_digest(expected, mac) else None
+    # As bytes: compare_digest raises TypeError on a str with non-ASCII characters.
+    return user_id if hmac.compare_digest(expected.encode(), mac.encode("utf-8", "replace")) else None

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,9 +105,14 @@ def _fields(doc: Any) -> DecisionToken:
 
 
 def read_token(
-    secret: str, token: object, *, now_ms: int, max_age_ms: int, unit: str | None
-) -> DecisionToken:
-    """The decision ``token`` vouches for, if it is ours, fresh and minted for ``unit``."""
+    secret: str, token: object, *, now_ms: int, max_age_ms: int, units: Sequence[str | None]
+) -> tuple[DecisionToken, str | None]:
+    """The decision ``token`` vouches for, and which of the requester's ``units`` it was minted for.
+
+    A visitor may hold two: the anonymous cookie a decision was made for, and the user id they
+    signed in as since (a conversion is often right after signing in). Raises :class:`TokenError`
+    unless the token is ours, fresh and minted for one of them.
+    """
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS or not token.isascii():
         raise TokenError(f"token must be the decision's token string (at most {MAX_TOKEN_CHARS} characters)")
     version, _, rest = token.partition(".")
@@ -126,6 +132,7 @@ def read_token(
         raise TokenError(
             f"token of {decoded.ts_ms} is outside the {max_age_ms // 1000}s a beacon may follow it"
         )
-    if not hmac.compare_digest(decoded.unit_tag, unit_tag(secret, unit)):
-        raise TokenError("token was minted for another visitor")
-    return decoded
+    for unit in units:
+        if hmac.compare_digest(decoded.unit_tag.encode(), unit_tag(secret, unit).encode()):
+            return decoded, unit
+    raise TokenError("token was minted for another visitor")

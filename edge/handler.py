@@ -42,7 +42,7 @@ from core import (
 from edge.cache import CacheEntry, SnapshotCache
 from edge.config import EdgeConfig
 from edge.context import ContextError, build_context
-from edge.identity import Identity, identify, known_unit, parse_cookies
+from edge.identity import Identity, identify, known_units, parse_cookies
 from edge.platform import EdgeRequest, EdgeResponse, Platform, SlotContent
 from edge.rewrite import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE, rewrite_slots
 
@@ -334,12 +334,12 @@ async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) ->
         return _error(503, "outcome beacons need PERCH_EDGE_SECRET (it signs and checks decision tokens)")
     cookies = parse_cookies(request.header("cookie"))
     # A beacon never mints a visitor id; its decision tokens must have been minted for this one.
-    unit = known_unit(request, cookies, config.user_header, config.identity_secret)
+    units = known_units(request, cookies, config.user_header, config.identity_secret)
     try:
         events, rejected = parse_beacon(
             request.body,
             platform.now_ms(),
-            unit,
+            units,
             secret=config.edge_secret,
             max_age_ms=config.token_max_age_s * 1000,
         )

@@ -24,16 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core import Generator, verify_identity
+from core.signing import USER_ID_RE
 from edge.platform import EdgeRequest
 
-__all__ = ["Identity", "consents", "identify", "known_unit", "parse_cookies"]
+__all__ = ["Identity", "consents", "identify", "known_unit", "known_units", "parse_cookies"]
 
 UID_COOKIE = "perch_uid"
 CONSENT_COOKIE = "perch_consent"
 STITCH_COOKIE = "perch_sid"
 USER_COOKIE = "perch_user"
 _UID = re.compile(r"[0-9a-f]{32}")
-_USER = re.compile(r"[\x21-\x7e]{1,256}")
 _MAX_CLAIM = 3 + 64 + 1 + 256  # "v1." + MAC + "." + the longest id
 
 
@@ -87,7 +87,7 @@ def _user(
     if not claim:
         return None, False
     user = verify_identity(secret, claim) if secret and len(claim) <= _MAX_CLAIM else None
-    if user is None or not _USER.fullmatch(user):
+    if user is None or not USER_ID_RE.fullmatch(user):
         return None, True
     return user, False
 
@@ -95,6 +95,20 @@ def _user(
 def _anonymous(cookies: Mapping[str, str]) -> str | None:
     uid = cookies.get(UID_COOKIE)
     return uid if uid is not None and _UID.fullmatch(uid) else None  # tampered or foreign: ignored
+
+
+def known_units(
+    request: EdgeRequest, cookies: Mapping[str, str], user_header: str, secret: str | None = None
+) -> tuple[str | None, ...]:
+    """Every id the visitor holds, user first (never makes one); ``(None,)`` without consent.
+
+    A decision made while anonymous may convert after the visitor signed in: its token was
+    minted for the anonymous id, which the cookie still carries.
+    """
+    if not consents(request, cookies):
+        return (None,)
+    user = _user(request, cookies, user_header, secret)[0]
+    return tuple(u for u in (user, _anonymous(cookies)) if u is not None)
 
 
 def known_unit(

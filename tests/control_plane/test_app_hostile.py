@@ -242,3 +242,10 @@ def test_m1_a_segment_is_published_only_once_enough_distinct_visitors_are_in_it(
     _publish(client)
     snap = decode_snapshot(kv.get(snapshot_key("hero")) or b"")
     assert [s.key for s in snap.segments] == ["all", "device:mobile"]
+
+
+@pytest.mark.parametrize("v1", ["\xe9", "\xe9" * 64, "", "v1"])
+def test_a_non_ascii_signature_is_a_401_not_a_500(client: ApiClient, v1: str) -> None:
+    header = f"t={NOW // 1000},v1={v1}".encode("latin-1")
+    r = client.post("/v1/events", content=b'{"schema":1,"events":[]}', headers={"X-Perch-Signature": header})
+    assert r.status_code == 401 and "does not match" in r.json()["error"]

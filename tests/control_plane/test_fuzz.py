@@ -77,7 +77,7 @@ REQUESTS = st.one_of(
         st.just(b""),
         st.none(),
     ),
-    st.tuples(st.just("POST"), st.just("/v1/events"), BATCHES, st.none()),
+    st.tuples(st.just("POST"), st.just("/v1/events"), BATCHES, st.none() | HOSTILE_TEXT),
     st.tuples(
         st.just("GET"),
         HOSTILE_TEXT.map(lambda k: f"/experiments/{quote(k, safe='', errors='surrogatepass')}"),
@@ -105,14 +105,20 @@ def test_no_input_gets_a_5xx_and_the_experiment_still_publishes(
     api: tuple[ApiClient, LocalKV, Clock], requests: list[tuple[str, str, bytes, str | None]]
 ) -> None:
     client, kv, clock = api
-    for method, path, body, if_match in requests:
+    for method, path, body, odd_header in requests:
         headers = {**AUTH, "content-type": "application/json"}
+        # The request's odd header: If-Match on a PATCH; on /v1/events, the signature's v1 value
+        # (else the batch is signed properly, to reach the parser).
+        raw = None if odd_header is None else odd_header.encode("utf-8", "surrogatepass")
         if path == "/v1/events":
-            headers["X-Perch-Signature"] = sign(SECRET, body, clock.ms // 1000)
+            signature = sign(SECRET, body, clock.ms // 1000).encode()
+            headers["X-Perch-Signature"] = (
+                signature if raw is None else b"t=%d,v1=%s" % (clock.ms // 1000, raw)
+            )  # type: ignore[assignment]
+        elif raw is not None:
+            headers["If-Match"] = raw  # type: ignore[assignment]
         if path == "/login":
             headers = {"content-type": "application/x-www-form-urlencoded"}
-        if if_match is not None:
-            headers["If-Match"] = if_match.encode("utf-8", "surrogatepass")  # type: ignore[assignment]
         r = client.request(method, path, content=body, headers=headers)
         assert r.status_code < 500, (method, path, r.status_code, r.text[:300])
     clock.ms += 1001  # past KV's one write per key per second, which publishing would wait out

@@ -41,4 +41,4 @@ def test_hostile_batches_and_beacons_are_event_errors(body: bytes) -> None:
     with pytest.raises(EventError, match="body must be JSON"):
         parse_batch(body)
     with pytest.raises(EventError, match="body must be JSON"):
-        parse_beacon(body, 1, None, secret="s", max_age_ms=1000)
+        parse_beacon(body, 1, (None,), secret="s", max_age_ms=1000)

@@ -29,7 +29,9 @@ def _token(unit: str | None = "u-1", **overrides: object) -> DecisionToken:
 
 
 def _read(raw: object, unit: str | None = "u-1", now: int = NOW + 1000) -> DecisionToken:
-    return read_token(SECRET, raw, now_ms=now, max_age_ms=DAY, unit=unit)
+    token, matched = read_token(SECRET, raw, now_ms=now, max_age_ms=DAY, units=(unit,))
+    assert matched == unit
+    return token
 
 
 def test_round_trip_and_safe_in_html_and_urls() -> None:
@@ -73,7 +75,7 @@ def test_another_visitor_or_another_deployment_cannot_use_it() -> None:
     with pytest.raises(TokenError, match="another visitor"):
         _read(raw, unit=None)
     with pytest.raises(TokenError, match="does not match"):
-        read_token("another-secret-000000", raw, now_ms=NOW, max_age_ms=DAY, unit="u-1")
+        read_token("another-secret-000000", raw, now_ms=NOW, max_age_ms=DAY, units=("u-1",))
     assert _read(mint_token(SECRET, _token(None)), unit=None).unit_tag == ""
 
 
@@ -94,3 +96,11 @@ def test_any_string_is_a_token_error_or_a_token(raw: str) -> None:
     except TokenError:
         return
     assert isinstance(result, DecisionToken)
+
+
+def test_a_visitor_who_signed_in_since_still_holds_their_anonymous_decisions() -> None:
+    raw = mint_token(SECRET, _token("anon-1"))
+    token, matched = read_token(SECRET, raw, now_ms=NOW, max_age_ms=DAY, units=("user-7", "anon-1"))
+    assert (token, matched) == (_token("anon-1"), "anon-1")
+    with pytest.raises(TokenError, match="another visitor"):
+        read_token(SECRET, raw, now_ms=NOW, max_age_ms=DAY, units=("user-7", "anon-2"))

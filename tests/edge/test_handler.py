@@ -603,3 +603,35 @@ def test_server_derived_features_cannot_be_set_by_the_client(edge: Edge, platfor
     )
     (exposure,) = events(platform)
     assert exposure["context"] == {"device": "tablet", "country": "DE"}  # device is the site's to send
+
+
+def test_a_decision_made_before_signing_in_converts_after(edge: Edge, platform: FakePlatform) -> None:
+    _, doc, _ = body_json(
+        edge,
+        platform,
+        "https://s.test/v1/decide?experiment=home-hero",
+        headers={"cookie": f"perch_uid={UID}"},
+    )
+    token = doc["decisions"][0]["token"]
+    signed_in = {"cookie": f"perch_uid={UID}; perch_user={sign_identity(IDENTITY_SECRET, 'user-7')}"}
+    beacon = json.dumps({"token": token}).encode()
+    status, answer, _ = body_json(edge, platform, "https://s.test/v1/events", "POST", signed_in, beacon)
+    assert (status, answer["accepted"]) == (202, 1)
+    (credited,) = [e for e in events(platform) if e["type"] == "outcome"]
+    assert credited["unit"] == UID  # filed under the unit the decision was made for
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-perch-user": "v1." + "\xe9" * 64 + ".bob"},
+        {"cookie": f"perch_uid={UID}; perch_user=v1.{'é' * 64}.bob"},
+    ],
+)
+def test_non_ascii_identity_claims_are_ignored_not_a_500(
+    edge: Edge, platform: FakePlatform, headers: dict[str, str]
+) -> None:
+    for url in ("https://s.test/v1/decide?experiment=home-hero", "https://s.test/v1/events"):
+        method, body = ("POST", json.dumps({"token": _token()}).encode()) if "events" in url else ("GET", b"")
+        status, _, _ = body_json(edge, platform, url, method, headers, body)
+        assert status < 500
