@@ -36,8 +36,12 @@ SLOT_ATTRIBUTE = "data-perch-slot"
 TOKEN_ATTRIBUTE = "data-perch-token"  # on a filled slot: what its outcome beacon must carry
 MAX_PENDING = 256 * 1024
 
-_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:\-]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
-_ATTR = re.compile(r"([^\s\"'>/=]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s\"'=<>`]+)))?")
+# Attributes as HTML tokenizes them: a quote starts a quoted value only right after "=" (so
+# title=it's is one unquoted value), and a quoted value must be complete for the tag to match
+# (else we wait for the next chunk). Possessive, so a tag that never closes costs linear time.
+_ATTRS = r"(?:\s+|/|[^\s/>\"'=][^\s/>=]*(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|(?![\"'])[^\s>]*))?)*+"
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:\-]*)(" + _ATTRS + r")>")
+_ATTR = re.compile(r"([^\s\"'>/=][^\s>/=]*)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|(?![\"'])([^\s>]+)))?")
 _RAW_TEXT = {
     "script",
     "style",
@@ -60,11 +64,20 @@ _P_CLOSERS = frozenset(
     | {"hr", "main", "menu", "nav", "ol", "p", "pre", "search", "section", "table", "ul"}
 )
 _TABLE_PARTS = frozenset({"tbody", "thead", "tfoot"})
+# HTML's "special" elements (less address, div and p): open inside an <li>, <dt> or <dd>, they keep
+# a nested one from closing it, as the parser's "li" start-tag steps stop at them.
+_SHELTERS = frozenset(
+    {"applet", "article", "aside", "blockquote", "body", "button", "caption", "center", "dd", "details"}
+    | {"dir", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4"}
+    | {"h5", "h6", "header", "hgroup", "li", "listing", "main", "marquee", "menu", "nav", "object", "ol"}
+    | {"pre", "search", "section", "select", "summary", "table", "tbody", "td", "template", "tfoot"}
+    | {"th", "thead", "tr", "ul"}
+)
 _CLOSED_BY: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "p": (_P_CLOSERS, frozenset({"button"})),
-    "li": (frozenset({"li"}), frozenset({"ul", "ol", "menu"})),
-    "dt": (frozenset({"dt", "dd"}), frozenset({"dl"})),
-    "dd": (frozenset({"dt", "dd"}), frozenset({"dl"})),
+    "li": (frozenset({"li"}), _SHELTERS),
+    "dt": (frozenset({"dt", "dd"}), _SHELTERS),
+    "dd": (frozenset({"dt", "dd"}), _SHELTERS),
     "option": (frozenset({"option", "optgroup", "hr"}), frozenset()),
     "optgroup": (frozenset({"optgroup", "hr"}), frozenset()),
     "td": (frozenset({"td", "th", "tr"}) | _TABLE_PARTS, frozenset({"table"})),
@@ -77,6 +90,28 @@ _CLOSED_BY: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "rp": (frozenset({"rt", "rp", "rb", "rtc"}), frozenset()),
     "colgroup": (frozenset({"colgroup", "tr", "thead", "tbody", "tfoot"}), frozenset()),
     "caption": (frozenset({"tr", "td", "th", "thead", "tbody", "tfoot", "colgroup"}), frozenset()),
+}
+# End tags of the elements that can hold each of those: met while the slot is open (and not
+# closing something opened inside it), they close the slot too. Any other stray end tag (</span>
+# with no <span> open, or </br>, which browsers read as <br>) is ignored, as HTML ignores it.
+_BLOCKS = _P_CLOSERS | {"li", "dd", "dt", "td", "th", "caption", "button", "object", "template"}
+_ENDED_BY: dict[str, frozenset[str]] = {
+    "p": frozenset(_BLOCKS - {"hr", "p"}),
+    "li": frozenset({"ul", "ol", "menu"}),
+    "dt": frozenset({"dl", "div"}),
+    "dd": frozenset({"dl", "div"}),
+    "option": frozenset({"select", "datalist", "optgroup"}),
+    "optgroup": frozenset({"select"}),
+    "td": frozenset({"tr", "table"}) | _TABLE_PARTS,
+    "th": frozenset({"tr", "table"}) | _TABLE_PARTS,
+    "tr": frozenset({"table"}) | _TABLE_PARTS,
+    "tbody": frozenset({"table"}),
+    "thead": frozenset({"table"}),
+    "tfoot": frozenset({"table"}),
+    "rt": frozenset({"ruby", "rtc"}),
+    "rp": frozenset({"ruby", "rtc"}),
+    "colgroup": frozenset({"table"}),
+    "caption": frozenset({"table"}),
 }
 
 
@@ -234,7 +269,9 @@ class _Scanner:
                         await self._close_slot(out)
                         out.append(match.group(0))
                         return
-                elif slot.stack[0] in _CLOSED_BY:
+                elif name in _ENDED_BY.get(slot.stack[0], ()) or (
+                    slot.stack[0] in _CLOSED_BY and name in ("body", "html")
+                ):
                     # An end tag of an element around a slot whose own end tag may be omitted
                     # (</ul> after an open <li>): it closes the slot too.
                     await self._close_slot(out)

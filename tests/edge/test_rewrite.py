@@ -233,3 +233,69 @@ def test_a_filled_slot_carries_its_attributes_first_and_escaped() -> None:
         '<DIV data-perch-token="t1.a&quot;b&lt;c" class="h" data-perch-token="origin" DATA-PERCH-SLOT=cta>'
         "<b>x</b></DIV>"
     )
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (  # a quote inside an unquoted value is a character, not the start of a string
+            '<main><div class=wrap><div data-perch-slot="hero"><span title=it\'s>a</span></div>'
+            "<p>Bob's</p></div></main>",
+            '<main><div class=wrap><div data-perch-slot="hero"><b>NEW</b></div><p>Bob\'s</p></div></main>',
+        ),
+        (  # </br> is a <br>, and a stray end tag is ignored: neither ends a <p>
+            '<p data-perch-slot="hero">line1</br>line2</span> more</p>END',
+            '<p data-perch-slot="hero"><b>NEW</b></p>END',
+        ),
+        (
+            '<li data-perch-slot="menu">old <img src=a.png></img> more old</li>END',
+            '<li data-perch-slot="menu"><li>m</li></li>END',
+        ),
+        (  # a <section> (any "special" element) shelters a nested <li>
+            '<li data-perch-slot="menu">a<section><li>b</li></section>c</li>END',
+            '<li data-perch-slot="menu"><li>m</li></li>END',
+        ),
+        (
+            '<div data-perch-slot="hero" title="a>b">old</div>END',
+            '<div data-perch-slot="hero" title="a>b"><b>NEW</b></div>END',
+        ),
+    ],
+)
+def test_tags_are_read_as_html_reads_them(page: str, expected: str) -> None:
+    assert _run(page) == expected
+    for cut in range(0, len(page), 5):
+        assert _run(page, [cut]) == expected
+
+
+_TEXT = st.sampled_from(["t", "Bob's", 'say "hi"', "a < b", "x > y", "&amp;", "it's", " "])
+
+
+def _element(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    tags = st.sampled_from(["span", "div", "b", "em", "section", "a"])
+    attrs = st.sampled_from(
+        ["", " title=it's", ' class="a>b"', " data-x='q\"q'", " href=/x?a=1&b=2", " hidden"]
+    )
+    return st.builds(
+        lambda t, a, c: f"<{t}{a}>{''.join(c)}</{t}>", tags, attrs, st.lists(children, max_size=3)
+    )
+
+
+_MARKUP = st.recursive(
+    _TEXT | st.sampled_from(["<br>", "<img src=x.png alt='a'>", "<!-- c -->", "<!-->", "<hr/>"]),
+    _element,
+    max_leaves=12,
+)
+
+
+@given(
+    st.lists(_MARKUP, max_size=4),
+    st.lists(_MARKUP, max_size=4),
+    st.lists(st.integers(min_value=0, max_value=4000), max_size=8),
+)
+def test_everything_outside_a_slot_arrives_unchanged(
+    inner: list[str], outside: list[str], cuts: list[int]
+) -> None:
+    before = "<main><p>intro</p>"
+    after = "".join(outside) + "</main><footer>end</footer>"
+    page = before + '<div class=x data-perch-slot="hero">' + "".join(inner) + "</div>" + after
+    assert _run(page, cuts) == before + '<div class=x data-perch-slot="hero"><b>NEW</b></div>' + after
