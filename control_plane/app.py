@@ -313,7 +313,8 @@ class Api:
         responses:
           200: {description: "Stored: {accepted, duplicates, joined, late, pending, rejected}"}
           400: {description: Malformed batch.}
-          401: {description: Missing, wrong or expired signature, or a replayed batch.}
+          401: {description: Missing, wrong or expired signature.}
+          409: {description: This very batch was already accepted.}
           413: {description: Batch too large.}
         """
         header = request.headers.get(SIGNATURE_HEADER)
@@ -351,7 +352,9 @@ class Api:
         except Exception as exc:
             if isinstance(exc, ReplayedBatch) or _is_duplicate_signature(exc):
                 self.metrics.events_rejected.labels("replay").inc()
-                return _error(401, "this batch was already accepted (replayed signature)")
+                # 409, not 401: an edge whose acknowledgement was lost and that resends within the
+                # same second gets this, and counts the batch as delivered (it was stored).
+                return _error(409, "this batch was already accepted (replayed signature)")
             raise
         for kind, count in result.accepted.items():
             self.metrics.events_accepted.labels(kind).inc(count)

@@ -27,7 +27,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed input; the message says what was expected.",
         401: "Missing or wrong credentials.",
         404: "No such experiment.",
-        409: "Conflict: the key exists, or If-Match is not the current version.",
+        409: "The key exists, If-Match is not the current version, or the batch was stored before.",
         413: "Body too large.",
         422: "The definition breaks a rule; the message names it.",
     }
@@ -260,7 +260,7 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json(
                             _OBJECT, "Stored: accepted, duplicates, joined, late, pending, rejected."
                         ),
-                        **_errors(400, 401, 413),
+                        **_errors(400, 401, 409, 413),
                     },
                 },
             },

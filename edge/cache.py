@@ -79,6 +79,7 @@ def _newer(new: Snapshot, old: Snapshot, now_ms: int) -> bool:
 @dataclass(slots=True)
 class _Index:
     live: frozenset[str] | None = None  # None: no index published (or readable) yet
+    created_ms: int = -1  # when the control plane listed ``live``: an older copy never replaces it
     checked_ms: int = 0
     refreshing: bool = False
 
@@ -140,7 +141,9 @@ class SnapshotCache:
         try:
             raw = await asyncio.wait_for(platform.kv_get(INDEX_KEY), timeout_s)
             if raw is not None:
-                index.live = decode_index(raw)[0]
+                live, created = decode_index(raw)
+                if created >= index.created_ms:  # KV is eventually consistent: an older copy may surface
+                    index.live, index.created_ms = live, created
         except Exception as exc:  # a missing, slow or corrupt index: keep the last good one
             log.warning("reading %s failed: %s: %s", INDEX_KEY, type(exc).__name__, exc)
         finally:

@@ -269,6 +269,8 @@ async def send_events(platform: Platform, config: EdgeConfig, events: list[dict[
             status, reason = 0, f"{type(exc).__name__}: {exc}"
         else:
             reason = f"HTTP {status}"
+            if status == 409:  # this very batch was stored already (our acknowledgement got lost)
+                return 0
             if status < 300:
                 refused = _refused(answer)
                 if refused:

@@ -167,7 +167,7 @@ def test_events_are_verified_stored_and_counted(client: ApiClient, store: Store)
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == {"exposure": 1, "outcome": 1, "stitch": 0} and r.json()["joined"] == 1
     replay = client.post("/v1/events", **batch)
-    assert replay.status_code == 401 and "replayed" in replay.json()["error"]
+    assert replay.status_code == 409 and "replayed" in replay.json()["error"]
     metrics = client.get("/metrics", headers=AUTH).text
     assert 'perch_events_accepted_total{type="exposure"} 1.0' in metrics
     assert 'perch_events_rejected_total{reason="replay"} 1.0' in metrics

@@ -213,7 +213,7 @@ def test_a_replay_is_caught_whatever_v1_values_ride_along(client: ApiClient) -> 
         again = client.post(
             "/v1/events", content=batch["content"], headers={**batch["headers"], "X-Perch-Signature": header}
         )
-        assert again.status_code == 401 and "replayed" in again.json()["error"], header
+        assert again.status_code == 409 and "replayed" in again.json()["error"], header
 
 
 def test_an_expired_signature_is_refused_before_the_body_is_read(client: ApiClient) -> None:

@@ -635,3 +635,30 @@ def test_non_ascii_identity_claims_are_ignored_not_a_500(
         method, body = ("POST", json.dumps({"token": _token()}).encode()) if "events" in url else ("GET", b"")
         status, _, _ = body_json(edge, platform, url, method, headers, body)
         assert status < 500
+
+
+def test_an_older_index_surfacing_from_kv_does_not_replace_a_newer_one(
+    edge: Edge, platform: FakePlatform
+) -> None:
+    platform.kv[INDEX_KEY] = encode_index([], NOW_MS + 5)  # home-hero archived
+    body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    asyncio.run(platform.drain())
+    platform.kv[INDEX_KEY] = encode_index(["home-hero"], NOW_MS)  # an older copy, from before
+    platform.clock_ms += 31_000
+    body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    asyncio.run(platform.drain())
+    _, doc, _ = body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    assert (
+        doc["decisions"][0]["reason"] == "fallback" and "not a live experiment" in doc["decisions"][0]["why"]
+    )
+
+
+def test_a_batch_the_control_plane_already_stored_counts_as_delivered(
+    edge: Edge, platform: FakePlatform
+) -> None:
+    platform.post_status = [409]  # a resend within the same second: the first one was stored
+    body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
+    asyncio.run(platform.drain())
+    assert len(platform.posts) == 1  # not resent again
+    _, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
+    assert doc["events"] == {"queued": 0, "delivered": 1, "rejected": 0, "dropped": 0}
