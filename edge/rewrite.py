@@ -309,20 +309,55 @@ class _Scanner:
             self.raw_end = f"</{name}"
 
 
+def _page_bytes(error: UnicodeError) -> tuple[str | bytes, int]:
+    """Encode errors: bytes the decoder could not read go back out as they came (surrogateescape);
+    a variant's character the page's charset lacks becomes a character reference."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    if all("\udc80" <= c <= "\udcff" for c in bad):
+        return bytes(ord(c) - 0xDC00 for c in bad), error.end
+    return "".join(f"&#{ord(c)};" for c in bad), error.end
+
+
+codecs.register_error("perch-page", _page_bytes)
+
+
+def _ascii_compatible(charset: str) -> bool:
+    """Whether markup reads as ASCII in ``charset``: what this scanner assumes (so not UTF-16/32,
+    and not a bytes-to-bytes codec such as "hex" that ``codecs.lookup`` also knows)."""
+    probe = "<div data-perch-slot='x'>ok</div>"
+    try:
+        return (
+            probe.encode(charset) == probe.encode("ascii") and probe.encode("ascii").decode(charset) == probe
+        )
+    except (LookupError, UnicodeError, TypeError, AssertionError, ValueError):
+        return False
+
+
 async def rewrite_slots(
     chunks: AsyncIterator[bytes], fill: SlotFill, charset: str = "utf-8"
 ) -> AsyncIterator[bytes]:
-    """Yield ``chunks`` with every slot element's content replaced by ``fill``."""
+    """Yield ``chunks`` with every slot element's content replaced by ``fill``.
+
+    Bytes the charset cannot decode go back out unchanged, so a page whose real charset is only
+    in a ``<meta>`` (say windows-1252 read as the default UTF-8) is not corrupted. A charset the
+    scanner cannot read markup in (UTF-16, a bytes codec) leaves the page as it came, unfilled.
+    """
     try:
         codecs.lookup(charset)
-    except LookupError:
+    except LookupError:  # a name no one knows: browsers fall back too, and UTF-8 is the likely truth
         charset = "utf-8"
-    decoder = codecs.getincrementaldecoder(charset)(errors="replace")
+    if not _ascii_compatible(charset):
+        async for chunk in chunks:
+            yield chunk
+        return
+    decoder = codecs.getincrementaldecoder(charset)(errors="surrogateescape")
     scanner = _Scanner(fill)
     async for chunk in chunks:
         text = await scanner.feed(decoder.decode(chunk), final=False)
         if text:
-            yield text.encode(charset, errors="replace")
+            yield text.encode(charset, errors="perch-page")
     text = await scanner.feed(decoder.decode(b"", final=True), final=True)
     if text:
-        yield text.encode(charset, errors="replace")
+        yield text.encode(charset, errors="perch-page")

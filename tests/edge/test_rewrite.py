@@ -299,3 +299,41 @@ def test_everything_outside_a_slot_arrives_unchanged(
     after = "".join(outside) + "</main><footer>end</footer>"
     page = before + '<div class=x data-perch-slot="hero">' + "".join(inner) + "</div>" + after
     assert _run(page, cuts) == before + '<div class=x data-perch-slot="hero"><b>NEW</b></div>' + after
+
+
+def _bytes_through(page: bytes, charset: str, cuts: list[int]) -> bytes:
+    async def fill(experiment: str) -> SlotContent | None:
+        return SlotContent("<b>é 😀</b>")
+
+    bounds = sorted({0, len(page), *(c % (len(page) + 1) for c in cuts)})
+
+    async def run() -> bytes:
+        async def source() -> AsyncIterator[bytes]:
+            for a, b in itertools.pairwise(bounds):
+                yield page[a:b]
+
+        return b"".join([c async for c in rewrite_slots(source(), fill, charset)])
+
+    return asyncio.run(run())
+
+
+@given(st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+def test_bytes_the_charset_cannot_read_go_out_unchanged(cuts: list[int]) -> None:
+    # A windows-1252 page whose charset is only in <meta>: read as the default UTF-8.
+    page = '<p>caf\xe9 \x93quoted\x94</p><div data-perch-slot="x">old</div>\xff end'.encode("latin-1")
+    out = _bytes_through(page, "utf-8", cuts)
+    assert out == page.replace(b">old<", "><b>é 😀</b><".encode())
+
+
+def test_a_variant_the_page_charset_cannot_spell_uses_character_references() -> None:
+    page = '<p>caf\xe9</p><div data-perch-slot="x">old</div>'.encode("latin-1")
+    assert (
+        _bytes_through(page, "latin-1", [7])
+        == b'<p>caf\xe9</p><div data-perch-slot="x"><b>\xe9 &#128512;</b></div>'
+    )
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "hex", "utf-32"])
+def test_a_charset_markup_cannot_be_read_in_leaves_the_page_as_it_came(charset: str) -> None:
+    page = b'<div data-perch-slot="x">old</div>'
+    assert _bytes_through(page, charset, [3, 9]) == page
