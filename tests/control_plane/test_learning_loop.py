@@ -158,6 +158,10 @@ class LearningLoop(RuleBasedStateMachine):
         assert all(sample.value == 0 for sample in failures), failures
         published = decode_index(self.kv.get(INDEX_KEY) or b"")[0]
         assert published == self.live
+        for key in self.live:  # every live experiment has a snapshot out, whatever it was fed
+            raw = self.kv.get(snapshot_key(key))
+            assert raw is not None, key
+            assert decode_snapshot(raw).experiment == key
 
     @invariant()
     def snapshots_decode(self) -> None:
