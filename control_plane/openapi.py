@@ -167,7 +167,10 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "201": _json(experiment, "Created, version 1."),
+                        "201": _json(
+                            experiment,
+                            "Created (version 1), or an archived key brought back as its next version.",
+                        ),
                         **_errors(400, 401, 409, 413, 422),
                     },
                 },

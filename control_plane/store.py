@@ -173,8 +173,34 @@ class Store:
                 )
                 self._audit(conn, spec, 1, "create", now_ms)
         except IntegrityError:
-            raise Conflict(f"experiment {spec.key!r} exists; PATCH it instead") from None
+            recreated = self._recreate(spec, doc, now_ms)
+            if recreated is None:
+                raise Conflict(f"experiment {spec.key!r} exists; PATCH it instead") from None
+            return recreated
         return ExperimentRecord(spec, 1, False, now_ms, now_ms)
+
+    def _recreate(self, spec: ExperimentSpec, doc: str, now_ms: int) -> ExperimentRecord | None:
+        """Creating an archived key brings it back as its next version, with the new definition.
+
+        Its history stays (audit, snapshots, events): statistics carry over where arms and
+        features match, and cells that no longer fit are skipped and counted by the learner. A
+        clean slate is a new key. None if the key is live.
+        """
+        with self.write() as conn:
+            row = conn.execute(
+                select(experiments).where(experiments.c.key == spec.key).with_for_update()
+            ).first()
+            if row is None or not row.archived:
+                return None
+            version = row.version + 1
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.key == spec.key)
+                .values(spec=doc, version=version, archived=False, updated_ms=now_ms)
+            )
+            self._audit(conn, spec, version, "recreate", now_ms)
+        self.parsed_specs.pop(spec.key, None)
+        return ExperimentRecord(spec, version, False, row.created_ms, now_ms)
 
     # Fixed at creation: changing them would reshuffle visitors or orphan statistics.
     IMMUTABLE = ("key", "salt", "features")

@@ -249,3 +249,26 @@ def test_a_non_ascii_signature_is_a_401_not_a_500(client: ApiClient, v1: str) ->
     header = f"t={NOW // 1000},v1={v1}".encode("latin-1")
     r = client.post("/v1/events", content=b'{"schema":1,"events":[]}', headers={"X-Perch-Signature": header})
     assert r.status_code == 401 and "does not match" in r.json()["error"]
+
+
+def test_an_archived_key_can_be_created_again_and_publishes(client: ApiClient, kv: LocalKV) -> None:
+    client.post("/v1/experiments", json={**HERO, "min_segment_units": 1}, headers=AUTH)
+    client.post(
+        "/v1/events", **signed([exposure(i, arm="b", context={"device": "mobile"}) for i in range(5)])
+    )
+    _publish(client)
+    assert client.delete("/v1/experiments/hero", headers=AUTH).status_code == 200
+    again = {**HERO, "arms": [{"key": "a"}, {"key": "c"}], "min_segment_units": 1}  # arm b is gone
+    r = client.post("/v1/experiments", json=again, headers=AUTH)
+    assert r.status_code == 201, r.text
+    record = r.json()
+    assert not record["archived"] and record["version"] > 1
+    assert client.post("/v1/experiments", json=again, headers=AUTH).status_code == 409  # live again
+    published = _publish(client)
+    snap = decode_snapshot(kv.get(snapshot_key("hero")) or b"")
+    assert [a.key for a in snap.arms] == ["a", "c"] and published["snapshot_version"] == 2
+    assert decode_index(kv.get(INDEX_KEY) or b"")[0] == {"hero"}
+    metrics = client.get("/metrics", headers=AUTH).text
+    assert 'perch_learner_skipped_cells{experiment="hero",reason="unknown_arm"} 1.0' in metrics
+    history = client.get("/v1/experiments/hero", headers=AUTH).json()["history"]
+    assert "recreate" in [h["action"] for h in history]
