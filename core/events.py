@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -186,9 +187,14 @@ MAX_BATCH_EVENTS = 5000
 _HEX32 = _DECISION_ID
 
 
+# Quoting what a client sent, briefly: bounded in depth and length however large or deep it is.
+_QUOTE = reprlib.Repr()  # keyword arguments only from Python 3.12
+_QUOTE.maxlevel, _QUOTE.maxstring, _QUOTE.maxlong, _QUOTE.maxother = 3, 60, 40, 60
+
+
 def _require(event: dict[str, Any], name: str, ok: bool, expected: str, where: str) -> None:
     if not ok:
-        raise EventError(f"{where}.{name}: expected {expected}, got {event.get(name)!r}"[:300])
+        raise EventError(f"{where}.{name}: expected {expected}, got {_QUOTE.repr(event.get(name))}"[:300])
 
 
 def _check_common(event: dict[str, Any], where: str) -> None:
