@@ -18,7 +18,6 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from core import is_text
 from edge.platform import EdgeRequest
 
 __all__ = ["MAX_FEATURES", "ContextError", "build_context", "device_class", "source_class"]
@@ -117,8 +116,9 @@ def _checked(name: str, value: object) -> tuple[str, str]:
 
 
 def _usable(value: str) -> bool:
-    """Text we may store and hash: encodes to UTF-8, and no control characters (NUL included)."""
-    return is_text(value) and value.isprintable()
+    """Text we may store and hash: no control characters, NUL included, and no lone surrogates
+    (``str.isprintable`` refuses both categories, so it implies ``core.is_text``)."""
+    return value.isprintable()
 
 
 def build_context(

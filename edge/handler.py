@@ -176,6 +176,7 @@ class _Request:
         if self.identity.rejected_claim:
             edge.rejected_identities += 1
         self.events: list[dict[str, Any]] = []
+        self.unit_tag: str | None = None
         self.decide_s = 0.0
         if self.identity.stitch:
             self.events.append(stitch_event(*self.identity.stitch, platform.now_ms()))
@@ -211,6 +212,8 @@ class _Request:
         secret = self.edge.config.edge_secret
         if not secret:
             return None
+        if self.unit_tag is None:  # one HMAC per request, however many decisions it makes
+            self.unit_tag = unit_tag(secret, self.identity.unit)
         return mint_token(
             secret,
             DecisionToken(
@@ -220,7 +223,7 @@ class _Request:
                 cell,
                 now,
                 decision.snapshot_version,
-                unit_tag(secret, self.identity.unit),
+                self.unit_tag,
             ),
         )
 

@@ -27,7 +27,7 @@ from core import Generator, verify_identity
 from core.signing import USER_ID_RE
 from edge.platform import EdgeRequest
 
-__all__ = ["Identity", "consents", "identify", "known_unit", "known_units", "parse_cookies"]
+__all__ = ["Identity", "consents", "identify", "known_units", "parse_cookies"]
 
 UID_COOKIE = "perch_uid"
 CONSENT_COOKIE = "perch_consent"
@@ -109,15 +109,6 @@ def known_units(
         return (None,)
     user = _user(request, cookies, user_header, secret)[0]
     return tuple(u for u in (user, _anonymous(cookies)) if u is not None)
-
-
-def known_unit(
-    request: EdgeRequest, cookies: Mapping[str, str], user_header: str, secret: str | None = None
-) -> str | None:
-    """The visitor's id if they consent and already have one; never makes one."""
-    if not consents(request, cookies):
-        return None
-    return _user(request, cookies, user_header, secret)[0] or _anonymous(cookies)
 
 
 def identify(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # Lets local tests and the demo pose as visitors from elsewhere: JSON that
 # stands in for workerd's request.cf. Only this dev runner reads it.
 DEV_CF_HEADER = "x-perch-dev-cf"
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")  # bytes no HTTP client will send in a header value
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -47,7 +49,7 @@ class LocalPlatform:
         headers = []
         for name, value in request.headers.items():
             raw = value.encode("latin-1", "replace").strip(b" \t")
-            if name in ("host", "content-length", DEV_CF_HEADER) or any(b < 0x20 or b == 0x7F for b in raw):
+            if name in ("host", "content-length", DEV_CF_HEADER) or _CONTROL.search(raw):
                 continue
             headers.append((name.encode("latin-1", "replace"), raw))
         upstream = self.client.build_request(

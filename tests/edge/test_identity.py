@@ -6,7 +6,7 @@ import pytest
 
 from core import SignatureError, sign_identity, verify_identity
 from core.signing import _identity_mac
-from edge.identity import identify, known_unit, parse_cookies
+from edge.identity import identify, known_units, parse_cookies
 from tests.edge.conftest import request
 
 UID = "0123456789abcdef0123456789abcdef"
@@ -56,10 +56,9 @@ def test_tampered_cookie_is_replaced() -> None:
 def test_withheld_consent_means_no_id_no_cookie(headers: dict[str, str], cookies: dict[str, str]) -> None:
     identity = ident(headers, {**cookies, "perch_uid": UID})
     assert (identity.unit, identity.consent, identity.set_cookies, identity.stitch) == (None, False, (), None)
-    assert (
-        known_unit(request("https://s.test/", headers=headers), {**cookies, "perch_uid": UID}, "x-perch-user")
-        is None
-    )
+    assert known_units(
+        request("https://s.test/", headers=headers), {**cookies, "perch_uid": UID}, "x-perch-user"
+    ) == (None,)
 
 
 def test_authenticated_id_wins_and_the_stitch_is_reported_once() -> None:
@@ -96,15 +95,12 @@ def test_parse_cookies_survives_malformed_pairs() -> None:
 def test_claims_the_site_did_not_sign_are_ignored(claim: str) -> None:
     identity = ident({"x-perch-user": claim}, {"perch_uid": UID})
     assert (identity.unit, identity.stitch, identity.rejected_claim) == (UID, None, True)
-    assert (
-        known_unit(
-            request("https://s.test/", headers={"x-perch-user": claim}),
-            {"perch_uid": UID},
-            "x-perch-user",
-            SECRET,
-        )
-        == UID
-    )
+    assert known_units(
+        request("https://s.test/", headers={"x-perch-user": claim}),
+        {"perch_uid": UID},
+        "x-perch-user",
+        SECRET,
+    ) == (UID,)
 
 
 def test_without_an_identity_secret_every_claim_is_ignored() -> None:
