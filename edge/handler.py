@@ -14,7 +14,6 @@ the origin's own content and a decision says ``fallback`` and why.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -23,19 +22,16 @@ from typing import Any
 
 from core import (
     KEY_RE,
-    SIGNATURE_HEADER,
     Decision,
     DecisionToken,
     EventError,
     Generator,
     JSONInputError,
     decide,
-    encode_batch,
     exposure_event,
     mint_token,
     parse_beacon,
     parse_json,
-    sign,
     stitch_event,
     unit_tag,
 )
@@ -43,6 +39,7 @@ from edge.cache import CacheEntry, SnapshotCache
 from edge.config import EdgeConfig
 from edge.context import ContextError, build_context
 from edge.identity import Identity, identify, known_units, parse_cookies
+from edge.outbox import Outbox
 from edge.platform import EdgeRequest, EdgeResponse, Platform, SlotContent
 from edge.rewrite import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE, rewrite_slots
 
@@ -52,57 +49,8 @@ log = logging.getLogger("perch.edge")
 
 MAX_BODY_BYTES = 64 * 1024
 UNKNOWN = "unknown"  # control_plane.ingest.UNKNOWN: the value of a feature a request does not carry
-MAX_EVENTS_PER_BATCH = 1000
-SEND_ATTEMPTS = 3
 _LOOKAHEAD_BYTES = 512 * 1024
 _JSON = "application/json"
-
-
-class Outbox:
-    """Events waiting to go home, shared by the requests of one isolate.
-
-    The first request that has events schedules a drain through its
-    ``waitUntil``; events of requests that come before the drain runs ride
-    along in the same signed batch.  ``event_linger_ms`` holds the drain back
-    a little to gather more (the local runner uses it; on Workers it is 0).
-    """
-
-    def __init__(self) -> None:
-        self.queue: list[dict[str, Any]] = []
-        self.scheduled = False
-        # What became of this isolate's events, for /v1/health: a dropped batch is
-        # otherwise only a log line, and operators need to see lost exposures.
-        self.delivered = 0
-        self.dropped = 0
-        self.rejected = 0  # stored by nobody: the control plane refused them one by one
-
-    def add(self, platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> None:
-        self.queue.extend(events)
-        if not self.scheduled:
-            self.scheduled = True
-            platform.wait_until(self._drain(platform, config))
-
-    async def _drain(self, platform: Platform, config: EdgeConfig) -> None:
-        if config.event_linger_ms:
-            await asyncio.sleep(config.event_linger_ms / 1000)
-        self.scheduled = False
-        batch, self.queue = self.queue, []
-        for start in range(0, len(batch), MAX_EVENTS_PER_BATCH):
-            part = batch[start : start + MAX_EVENTS_PER_BATCH]
-            refused = await send_events(platform, config, part)
-            if refused is None:
-                self.dropped += len(part)
-            else:
-                self.delivered += len(part) - refused
-                self.rejected += refused
-
-    def health(self) -> dict[str, int]:
-        return {
-            "queued": len(self.queue),
-            "delivered": self.delivered,
-            "rejected": self.rejected,
-            "dropped": self.dropped,
-        }
 
 
 @dataclass
@@ -239,52 +187,6 @@ class _Request:
         if self.events:
             events, self.events = self.events, []
             self.edge.outbox.add(self.platform, self.edge.config, events)
-
-
-def _refused(answer: bytes) -> int:
-    """How many events of an accepted batch the control plane refused one by one."""
-    try:
-        doc = parse_json(answer)
-    except JSONInputError:
-        return 0
-    rejected = doc.get("rejected") if isinstance(doc, dict) else None
-    return len(rejected) if isinstance(rejected, list) else 0
-
-
-async def send_events(platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> int | None:
-    """POST a signed batch to the control plane, retrying; never raises.
-
-    The number of events the control plane refused one by one, or None if the batch was lost.
-    """
-    if not config.control_plane_url or not config.edge_secret:
-        log.warning("dropping %d events: CONTROL_PLANE_URL or PERCH_EDGE_SECRET not set", len(events))
-        return None
-    body = encode_batch(events)
-    url = f"{config.control_plane_url}/v1/events"
-    for attempt in range(SEND_ATTEMPTS):
-        headers = {
-            "content-type": _JSON,
-            SIGNATURE_HEADER: sign(config.edge_secret, body, platform.now_ms() // 1000),
-        }
-        try:
-            status, answer = await platform.post(url, body, headers)
-        except Exception as exc:  # the network is allowed to fail; the page already went out
-            status, reason = 0, f"{type(exc).__name__}: {exc}"
-        else:
-            reason = f"HTTP {status}"
-            if status == 409:  # this very batch was stored already (our acknowledgement got lost)
-                return 0
-            if status < 300:
-                refused = _refused(answer)
-                if refused:
-                    log.warning("the control plane refused %d of %d events", refused, len(events))
-                return refused
-            if 400 <= status < 500 and status != 429:
-                break  # the batch itself is refused: resending cannot help
-        if attempt + 1 < SEND_ATTEMPTS:
-            await asyncio.sleep(0.2 * 4**attempt)
-    log.warning("dropping %d events after %d attempts: %s", len(events), attempt + 1, reason)
-    return None
 
 
 def _experiments(raw: object, limit: int) -> list[str]:
