@@ -175,32 +175,27 @@ def _aggregate(spec: ExperimentSpec, cells: Cells) -> dict[tuple[str, ...], tupl
     return totals
 
 
-def _enough_units(spec: ExperimentSpec, units: Mapping[tuple[str, ...], int]) -> set[tuple[str, ...]]:
-    """Prefixes (segments) with at least ``spec.min_segment_units`` distinct units under them.
+def _too_few_units(spec: ExperimentSpec, units: Mapping[tuple[str, ...], int]) -> set[tuple[str, ...]]:
+    """Prefixes (segments) with fewer than ``spec.min_segment_units`` distinct units under them.
 
     A unit seen in two paths counts twice, so this errs towards keeping a segment; what it stops
-    is one client inventing values (200 junk devices from one cookie) to grow the snapshot. A
-    parent has at least its children's count, so the set holds every kept segment's ancestors.
+    is one client inventing values (200 junk devices from one cookie) to grow the snapshot.
     """
     under: dict[tuple[str, ...], int] = {}
     for path, count in units.items():
         for k in range(1, len(path) + 1):
             under[path[:k]] = under.get(path[:k], 0) + count
-    return {prefix for prefix, count in under.items() if count >= spec.min_segment_units}
+    return {prefix for prefix, count in under.items() if count < spec.min_segment_units}
 
 
 def _segment_tree(
-    spec: ExperimentSpec, totals: Mapping[tuple[str, ...], float], allowed: set[tuple[str, ...]] | None
+    spec: ExperimentSpec, totals: Mapping[tuple[str, ...], float], excluded: set[tuple[str, ...]]
 ) -> list[tuple[str, ...]]:
-    """Paths of the kept segments: global, then level by level, busiest first.
-
-    With ``allowed``, only those (and the global segment) may be kept: visitors of the others are
-    served by their nearest kept ancestor.
-    """
+    """Paths of the kept segments: global, then level by level, busiest first."""
     levels: list[list[tuple[float, str, tuple[str, ...]]]] = [[] for _ in range(len(spec.features) + 1)]
     for path, exposures in totals.items():
-        if path and allowed is not None and path not in allowed:
-            continue
+        if path and (path in excluded or any(path[:k] in excluded for k in range(1, len(path)))):
+            continue  # too few distinct visitors: they are served by the nearest kept ancestor
         levels[len(path)].append((-exposures, segment_key(spec.features, path), path))
     ordered = [item for level in levels for item in sorted(level)]
     # Whole levels precede deeper ones, so cutting the list drops the least
@@ -396,8 +391,8 @@ def learn(
     if draws < MIN_DRAWS:
         raise ValueError(f"draws={draws}: at least {MIN_DRAWS} are needed for usable propensities")
     totals = _aggregate(spec, split_cells(spec, cells)[0])
-    allowed = _enough_units(spec, units) if units is not None else None
-    paths = _segment_tree(spec, {path: math.fsum(n) for path, (n, _) in totals.items()}, allowed)
+    excluded = _too_few_units(spec, units) if units is not None else set()
+    paths = _segment_tree(spec, {path: math.fsum(n) for path, (n, _) in totals.items()}, excluded)
     index = {path: i for i, path in enumerate(paths)}
     parents = [None if not path else index[path[:-1]] for path in paths]
     segments = [
