@@ -32,10 +32,9 @@ from control_plane.experiments import ExperimentSpec
 from control_plane.schema import experiments, exposures, outcomes, seen_batches, stats, stitches
 from control_plane.settings import REPLAY_MEMORY_S
 from control_plane.store import Store, decay
+from core import feature_path
 
 __all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of"]
-
-UNKNOWN = "unknown"
 
 
 @dataclass
@@ -58,7 +57,7 @@ class IngestResult:
 
 def path_of(spec: ExperimentSpec, context: dict[str, str]) -> list[str]:
     """The exposure's cell: the experiment's features in order (absent ones as 'unknown')."""
-    return [context.get(name, UNKNOWN) for name in spec.features]
+    return list(feature_path(spec.features, context))
 
 
 def _reward(spec: ExperimentSpec, value: float, already: float) -> float:

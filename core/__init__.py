@@ -6,7 +6,8 @@ Standard library and msgpack only, so the same code runs at the origin
 
 from __future__ import annotations
 
-from core.codec import MAX_SNAPSHOT_BYTES, SCHEMA_VERSION, decode_snapshot, encode_snapshot
+from core.codec import MAX_SNAPSHOT_BYTES, SCHEMA_VERSION, SCHEMAS, decode_snapshot, encode_snapshot
+from core.contextual import Block, ContextualModel, normal_variates
 from core.decide import REASONS, Decision, Generator, decide, draw_stream
 from core.errors import HashingError, PerchError, SnapshotError
 from core.events import (
@@ -18,6 +19,7 @@ from core.events import (
     parse_beacon,
     stitch_event,
 )
+from core.features import OTHER, UNKNOWN, feature_path, with_unknowns
 from core.hashing import HASH_VERSION, bucket, seed64
 from core.kv import (
     INDEX_KEY,
@@ -51,8 +53,13 @@ __all__ = [
     "SNAPSHOT_PREFIX",
     "MAX_SNAPSHOT_BYTES",
     "REASONS",
+    "OTHER",
+    "SCHEMAS",
     "SCHEMA_VERSION",
+    "UNKNOWN",
     "Arm",
+    "Block",
+    "ContextualModel",
     "Decision",
     "DecisionToken",
     "EventError",
@@ -78,11 +85,13 @@ __all__ = [
     "encode_index",
     "encode_snapshot",
     "exposure_event",
+    "feature_path",
     "fresh_timestamp",
     "gamma_variate",
     "mint_token",
     "is_int64",
     "is_text",
+    "normal_variates",
     "outcome_event",
     "parse_batch",
     "parse_beacon",
@@ -97,4 +106,5 @@ __all__ = [
     "unit_tag",
     "verify",
     "verify_identity",
+    "with_unknowns",
 ]

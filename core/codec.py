@@ -1,4 +1,4 @@
-"""Snapshot wire format v1: encode at the origin, decode at the edge.
+"""Snapshot wire format (schemas 1 and 2): encode at the origin, decode at the edge.
 
 The bytes are a msgpack map ``{"schema": 1, "crc32": <uint32>, "payload":
 <bin>}``; the payload is itself a msgpack map holding the snapshot, with the
@@ -9,6 +9,10 @@ than ``array.frombytes``.  See docs/snapshot-format.md.
 The decoder is the edge's trust boundary: whatever bytes KV returns, it
 either yields a valid :class:`Snapshot` or raises :class:`SnapshotError`,
 and it checks every size against a limit before allocating for it.
+
+Schema 2 adds a contextual model (``model`` in the body); a snapshot without
+one is still written as schema 1, byte for byte as before, so segment
+experiments and older edges are untouched.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from typing import Any
 
 import msgpack
 
+from core.contextual import MAX_COLUMNS, MAX_MODEL_FLOATS, Block, ContextualModel
 from core.errors import SnapshotError
 from core.snapshot import MAX_ARMS, MAX_CELLS, MAX_SEGMENTS, Arm, Segment, Snapshot
 
 __all__ = ["MAX_SNAPSHOT_BYTES", "SCHEMA_VERSION", "decode_snapshot", "encode_snapshot"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this code writes and reads
+SCHEMAS = (1, 2)
 # The Workers KV value limit: nothing larger can have come from KV.
 MAX_SNAPSHOT_BYTES = 25 * 1024 * 1024
 _MAX_STR = 1024 * 1024
@@ -46,11 +52,11 @@ def _pack_table(values: Any) -> bytes:
     return table.tobytes()
 
 
-def _unpack_table(name: str, raw: object, cells: int) -> array[float]:
+def _unpack_table(name: str, raw: object, cells: int, shape: str = "arms x segments") -> array[float]:
     if not isinstance(raw, bytes):
         raise SnapshotError(f"field {name!r}: expected packed float32 bytes, got {type(raw).__name__}")
     if len(raw) != 4 * cells:
-        raise SnapshotError(f"field {name!r}: {len(raw)} bytes, must be 4 x arms x segments = {4 * cells}")
+        raise SnapshotError(f"field {name!r}: {len(raw)} bytes, must be 4 x {shape} = {4 * cells}")
     table: array[float] = array("f")
     table.frombytes(raw)
     if _BIG_ENDIAN:
@@ -90,12 +96,66 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     }
     if snapshot.context_features:  # optional: older readers ignore it
         body["features"] = list(snapshot.context_features)
+    schema = 1
+    if snapshot.model is not None:
+        schema = 2
+        body["model"] = _encode_model(snapshot.model)
     payload = msgpack.packb(body, use_bin_type=True)
     crc = zlib.crc32(payload)
-    wire: bytes = msgpack.packb(
-        {"schema": SCHEMA_VERSION, "crc32": crc, "payload": payload}, use_bin_type=True
-    )
+    wire: bytes = msgpack.packb({"schema": schema, "crc32": crc, "payload": payload}, use_bin_type=True)
     return wire
+
+
+def _encode_model(model: ContextualModel) -> dict[str, Any]:
+    blocks = []
+    for block in model.blocks:
+        item: dict[str, Any] = {"kind": block.kind, "inputs": list(block.inputs)}
+        if block.kind == "numeric":
+            item["mean"] = float(block.mean)
+            item["scale"] = float(block.scale)
+        else:
+            item["values"] = [list(v) for v in block.values]
+        blocks.append(item)
+    return {
+        "kind": "contextual",
+        "explore": float(model.explore),
+        "blocks": blocks,
+        "mean": _pack_table(model.mean),
+        "cov": _pack_table(model.cov),
+    }
+
+
+def _decode_model(raw: object, arms: int) -> ContextualModel:
+    if not isinstance(raw, dict) or raw.get("kind") != "contextual":
+        raise SnapshotError("field 'model': expected a map with kind 'contextual'")
+    raw_blocks = _field(raw, "blocks", list)
+    blocks = []
+    for i, item in enumerate(raw_blocks):
+        if not isinstance(item, dict):
+            raise SnapshotError(f"model blocks[{i}]: expected a map")
+        blocks.append(
+            Block(
+                _field(item, "kind", str),
+                tuple(_field(item, "inputs", list)),
+                tuple(tuple(v) if isinstance(v, list) else v for v in item.get("values", [])),
+                _field(item, "mean", (int, float)) if "mean" in item else 0.0,
+                _field(item, "scale", (int, float)) if "scale" in item else 1.0,
+            )
+        )
+    # Sizes before the tables: the column count follows from the blocks alone.
+    dim = 1 + sum(b.width for b in blocks)
+    if dim > MAX_COLUMNS:
+        raise SnapshotError(f"model has {dim} columns, at most {MAX_COLUMNS}")
+    tri = dim * (dim + 1) // 2
+    if arms * (dim + tri) > MAX_MODEL_FLOATS:
+        raise SnapshotError(f"model of {arms} arms x {dim} columns exceeds {MAX_MODEL_FLOATS} floats")
+    return ContextualModel(
+        arms=arms,
+        blocks=blocks,
+        mean=_unpack_table("model.mean", raw.get("mean"), arms * dim, "arms x columns"),
+        cov=_unpack_table("model.cov", raw.get("cov"), arms * tri, "arms x columns x (columns + 1) / 2"),
+        explore=_field(raw, "explore", (int, float)),
+    )
 
 
 def _unpack(data: Any, what: str) -> Any:
@@ -159,7 +219,7 @@ def _segment(item: object, i: int) -> Segment:
 
 
 def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
-    """Parse and validate v1 snapshot bytes; raise only :class:`SnapshotError`."""
+    """Parse and validate schema 1 or 2 snapshot bytes; raise only :class:`SnapshotError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SnapshotError(f"snapshot must be bytes, got {type(data).__name__}")
     try:
@@ -178,8 +238,8 @@ def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
     if not isinstance(envelope, dict):
         raise SnapshotError(f"snapshot: expected a msgpack map, got {type(envelope).__name__}")
     schema = envelope.get("schema")
-    if type(schema) is not int or schema != SCHEMA_VERSION:
-        raise SnapshotError(f"unknown schema {schema!r}; this decoder reads schema {SCHEMA_VERSION}")
+    if type(schema) is not int or schema not in SCHEMAS:
+        raise SnapshotError(f"unknown schema {schema!r}; this decoder reads schemas {list(SCHEMAS)}")
     crc = _field(envelope, "crc32", int)
     payload = _field(envelope, "payload", bytes)
     if zlib.crc32(payload) != crc:
@@ -199,6 +259,11 @@ def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
     if cells > MAX_CELLS:
         raise SnapshotError(f"{len(raw_arms)} arms x {len(raw_segments)} segments exceeds {MAX_CELLS} cells")
     number = (int, float)
+    model = None
+    if schema == 2:
+        model = _decode_model(_field(body, "model", dict), len(raw_arms))
+    elif "model" in body:
+        raise SnapshotError("field 'model' needs schema 2; a schema 1 reader would ignore it")
     return Snapshot(
         experiment=_field(body, "experiment", str),
         version=_field(body, "version", int),
@@ -215,4 +280,5 @@ def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
         allocation=_unpack_table("allocation", body.get("allocation"), cells),
         hash_version=_field(body, "hash_version", int),
         context_features=_field(body, "features", list) if "features" in body else (),
+        model=model,
     )

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.features import with_unknowns
 from core.hashing import bucket, seed64
 from core.sampling import beta_variates
 from core.snapshot import Snapshot
@@ -41,16 +42,22 @@ class Decision:
     arm: str
     payload: Any
     html: str | None
-    propensity: float
+    # None for a contextual decision: its exact P(arm | context) is a one-dimensional integral per
+    # arm, which the control plane computes from the stored snapshot (see control_plane.propensity).
+    propensity: float | None
     reason: str
     segment: str | None
     snapshot_version: int
     snapshot_age_s: float
     decision_id: str
+    # Contextual decisions: the features that pushed the chosen arm up ("device=mobile").
+    because: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: asdict() would deep-copy every payload per request.
-        return {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["because"] = list(self.because)
+        return out
 
 
 def draw_stream(snapshot: Snapshot, unit: str) -> _random.Random:
@@ -78,9 +85,11 @@ def decide(
 
     In order: no consent -> default arm (``consent``); unit in the permanent
     holdout -> default arm (``holdout``); snapshot older than ``max_age_s`` ->
-    default arm (``stale``); otherwise a Thompson draw in the most specific
-    matching segment, or with probability ``floor`` a uniform pick
-    (``personalized``).  ``rng`` supplies the decision id and, for a unit
+    default arm (``stale``); otherwise, with probability ``floor``, a uniform
+    pick, else a Thompson draw: from the contextual model for the visitor's
+    encoded context when the snapshot has one, or in the most specific
+    matching segment (``personalized``).  Features the context lacks count
+    as ``unknown`` (:mod:`core.features`).  ``rng`` supplies the decision id and, for a unit
     without an id, the draws themselves.
     """
     decision_id = f"{rng.getrandbits(128):032x}"
@@ -105,7 +114,8 @@ def decide(
 
     if not consent:
         return deterministic("consent", None)
-    s = snapshot.segment_for(context or {})
+    context = with_unknowns(snapshot.context_features, context)
+    s = snapshot.segment_for(context)
     segment = snapshot.segments[s].key
     if snapshot.holdout > 0.0:
         salt = snapshot.salt + ":holdout"
@@ -119,8 +129,15 @@ def decide(
 
     uniform = (rng if unit is None else draw_stream(snapshot, unit)).random
     n = len(snapshot.arms)
+    model = snapshot.model
+    because: tuple[str, ...] = ()
     if snapshot.floor > 0.0 and uniform() < snapshot.floor:
         best = min(int(uniform() * n), n - 1)
+    elif model is not None:
+        cols, vals = model.encode(context)
+        scores = model.draw(cols, vals, uniform)
+        best = max(range(n), key=scores.__getitem__)
+        because = tuple(model.reasons(best, cols, vals))
     else:
         lo = s * n
         draws = beta_variates(uniform, snapshot.alpha[lo : lo + n], snapshot.beta[lo : lo + n])
@@ -136,10 +153,11 @@ def decide(
         arm.key,
         arm.payload,
         arm.html,
-        float(snapshot.allocation[s * n + best]),
+        None if model is not None else float(snapshot.allocation[s * n + best]),
         "personalized",
         segment,
         snapshot.version,
         age_s,
         decision_id,
+        because,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from math import isfinite
 from typing import Any
 
+from core.contextual import ContextualModel
 from core.errors import SnapshotError
 from core.hashing import SUPPORTED_HASH_VERSIONS
 from core.text import is_text
@@ -163,6 +164,9 @@ class Snapshot:
     # Context features the edge reports with each exposure, so the learner can
     # grow segments it has not published yet (all of the experiment's features).
     context_features: Sequence[str] = ()
+    # Schema 2: a contextual model decides instead of the segments' Beta tables, which then
+    # describe the arms overall (segment 0 only) for reports and the allocation summary.
+    model: ContextualModel | None = None
     # Derived at construction: arm key -> index, and the segment lookup.
     arm_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
     _lookup: tuple[tuple[tuple[str, ...], dict[tuple[str, ...], int]], ...] = field(
@@ -207,6 +211,14 @@ class Snapshot:
         if len(reported) > 16 or not all(is_text(f) and 0 < len(f) <= 64 for f in reported):
             raise SnapshotError(f"context_features {list(reported)!r}: at most 16 names of 1-64 characters")
         object.__setattr__(self, "context_features", reported)
+        if self.model is not None:
+            if not isinstance(self.model, ContextualModel):
+                raise SnapshotError(f"model must be a ContextualModel, got {type(self.model).__name__}")
+            if self.model.arms != len(arms):
+                raise SnapshotError(f"model has {self.model.arms} arms, the snapshot {len(arms)}")
+            unreported = [n for n in self.model.inputs if n not in reported]
+            if unreported:
+                raise SnapshotError(f"model reads {unreported}, which are not in context_features")
         object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "arm_index", arm_index)

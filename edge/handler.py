@@ -34,6 +34,7 @@ from core import (
     parse_json,
     stitch_event,
     unit_tag,
+    with_unknowns,
 )
 from edge.cache import CacheEntry, SnapshotCache
 from edge.config import EdgeConfig
@@ -48,7 +49,6 @@ __all__ = ["Edge", "handle"]
 log = logging.getLogger("perch.edge")
 
 MAX_BODY_BYTES = 64 * 1024
-UNKNOWN = "unknown"  # control_plane.ingest.UNKNOWN: the value of a feature a request does not carry
 _LOOKAHEAD_BYTES = 512 * 1024
 _JSON = "application/json"
 
@@ -79,10 +79,18 @@ def _error(status: int, message: str) -> EdgeResponse:
     return _json(status, {"error": message}, [("cache-control", "no-store")])
 
 
+def _personalized(decision: Decision) -> str:
+    if decision.propensity is not None:
+        segment, p = decision.segment, decision.propensity
+        return f"chosen for segment {segment!r} by Thompson sampling (propensity {p:.3f})"
+    if decision.because:
+        return "shown because " + ", ".join(decision.because) + " (contextual Thompson sampling)"
+    return "chosen by contextual Thompson sampling (an exploring draw, or no feature favoured it)"
+
+
 def _why(decision: Decision, max_age_s: float) -> str:
-    segment = f"segment {decision.segment!r}"
     return {
-        "personalized": f"chosen for {segment} by Thompson sampling (propensity {decision.propensity:.3f})",
+        "personalized": _personalized(decision),
         "holdout": f"in the holdout group of {decision.experiment!r}: always the default variant",
         "consent": "no personalization without consent: the default variant",
         "stale": f"snapshot is {decision.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): default variant",
@@ -101,6 +109,7 @@ def _fallback(experiment: str, entry: CacheEntry, rng: Generator) -> dict[str, A
         "snapshot_version": None,
         "snapshot_age_s": None,
         "decision_id": f"{rng.getrandbits(128):032x}",
+        "because": [],
         "why": f"no snapshot available ({entry.error or 'not loaded yet'}): keep your default variant",
         "token": None,  # nothing was decided: there is no outcome to credit
     }
@@ -137,12 +146,8 @@ class _Request:
             if snap is None:
                 return _fallback(experiment, entry, self.rng)
             now = self.platform.now_ms()
-            if snap.context_features:
-                # A feature the request lacks counts as "unknown", as the control plane records it,
-                # so the learner's "unknown" segments are the ones these visitors match.
-                missing = [f for f in snap.context_features if f not in context]
-                if missing:
-                    context = {**context, **dict.fromkeys(missing, UNKNOWN)}
+            # What the token and the exposure report: the same cell decide() uses (core.features).
+            context = with_unknowns(snap.context_features, context)
             decision = decide(
                 snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=self.identity.consent
             )

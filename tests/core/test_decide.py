@@ -36,6 +36,7 @@ def test_decision_carries_the_contract_fields(snapshot: Snapshot) -> None:
         "snapshot_version",
         "snapshot_age_s",
         "decision_id",
+        "because",
     }
 
 

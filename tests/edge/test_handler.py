@@ -24,6 +24,7 @@ DECIDE_FIELDS = {
     "segment",
     "snapshot_version",
     "snapshot_age_s",
+    "because",
     "decision_id",
     "why",
     "token",

@@ -17,7 +17,17 @@ from typing import Any
 
 import msgpack
 
-from core import Arm, Segment, Snapshot, SnapshotError, bucket, decode_snapshot, encode_snapshot
+from core import (
+    Arm,
+    Block,
+    ContextualModel,
+    Segment,
+    Snapshot,
+    SnapshotError,
+    bucket,
+    decode_snapshot,
+    encode_snapshot,
+)
 from tests.allocation import monte_carlo_allocation
 from tests.vectors.runner import HERE, run_decision
 
@@ -57,6 +67,57 @@ def _snapshot(
     )
 
 
+def _contextual(seed: int, arms: int = 5) -> Snapshot:
+    """A schema 2 snapshot: categorical, interaction and numeric blocks, random posteriors."""
+    rng = random.Random(seed)
+    blocks = [
+        Block("categorical", ("device",), (("desktop",), ("mobile",))),
+        Block("categorical", ("source",), (("search",), ("social",), ("direct",))),
+        Block("categorical", ("device", "source"), (("mobile", "social"), ("desktop", "search"))),
+        Block("numeric", ("visits",), mean=3.0, scale=2.0),
+    ]
+    dim = 1 + sum(b.width for b in blocks)
+    mean = [rng.gauss(-3.0 if c == 0 else 0.0, 0.6) for _ in range(arms) for c in range(dim)]
+    cov: list[float] = []
+    for _ in range(arms):
+        # L L' with a random lower-triangular L is positive semi-definite, as a Laplace covariance is.
+        low = [[rng.gauss(0, 0.15) if j <= i else 0.0 for j in range(dim)] for i in range(dim)]
+        for i in range(dim):
+            for j in range(i, dim):
+                cov.append(sum(low[i][k] * low[j][k] for k in range(dim)) + (0.01 if i == j else 0.0))
+    return Snapshot(
+        experiment="hero-contextual",
+        version=rng.randrange(1, 10_000),
+        created_at=CREATED,
+        max_age_s=600.0,
+        salt="ctx-salt",
+        default_arm="arm-0",
+        holdout=0.1,
+        floor=0.1,
+        arms=[Arm(f"arm-{i}", {"variant": i}) for i in range(arms)],
+        segments=[Segment("all")],
+        alpha=[1.0] * arms,
+        beta=[1.0] * arms,
+        allocation=[1.0 / arms] * arms,
+        context_features=("device", "source", "visits"),
+        model=ContextualModel(arms, blocks, mean, cov, explore=1.5),
+    )
+
+
+def _partial(seed: int) -> Snapshot:
+    """Segments that name ``unknown``: an incomplete context must land in them (core.features)."""
+    tree = [
+        Segment("all"),
+        Segment("device:unknown", {"device": "unknown"}, 0),
+        Segment("device:mobile", {"device": "mobile"}, 0),
+        Segment("device:unknown.source:social", {"device": "unknown", "source": "social"}, 1),
+    ]
+    snap = _snapshot("partial-context", 3, tree, holdout=0.0, floor=0.05, seed=seed)
+    fields = {name: getattr(snap, name) for name in Snapshot.__dataclass_fields__ if not name.startswith("_")}
+    fields.pop("arm_index")
+    return Snapshot(**{**fields, "context_features": ("device", "source")})
+
+
 def snapshots() -> dict[str, Snapshot]:
     tree = [Segment("all")]
     for d in DEVICES[1:]:
@@ -68,6 +129,8 @@ def snapshots() -> dict[str, Snapshot]:
         "hero": _snapshot("home-hero", 4, tree, holdout=0.1, floor=0.05, seed=1),
         "wide": _snapshot("catalog-sort", 50, tree[:3], holdout=0.0, floor=0.01, seed=2),
         "pair": _snapshot("cta-color", 2, [Segment("all")], holdout=0.5, floor=0.2, seed=3),
+        "partial": _partial(4),
+        "contextual": _contextual(5),
     }
 
 
@@ -85,6 +148,13 @@ def decision_cases(snaps: dict[str, Snapshot]) -> list[dict[str, Any]]:
         for i in range(120):
             unit = None if i % 10 == 9 else rng.choice([f"visitor-{rng.randrange(10**6)}", f"ü-{i}", str(i)])
             context = {"device": rng.choice(DEVICES), "source": rng.choice(SOURCES)} if i % 4 else {}
+            if name in ("partial", "contextual") and i % 3 == 1:
+                # Incomplete contexts, unseen values and numbers good and bad.
+                context = {k: v for k, v in context.items() if rng.random() < 0.5}
+                if rng.random() < 0.3:
+                    context["device"] = rng.choice(["watch", "unknown", "tablet"])
+            if name == "contextual" and i % 2:
+                context["visits"] = rng.choice(["0", "2.5", "7", "1e9", "-3", "nan", "many"])
             now = (
                 CREATED + rng.choice([0, 1_000, 599_000, 601_000, 86_400_000])
                 if i % 7 == 0
@@ -115,13 +185,47 @@ def rejection_cases(valid: bytes) -> list[dict[str, Any]]:
     nan = b"\x00\x00\xc0\x7f"
     broken = {
         "truncated": valid[:-3],
-        "unknown-schema": wrap(body, schema=2),
+        "unknown-schema": wrap(body, schema=3),
+        "model-in-schema-1": wrap({**body, "model": {"kind": "contextual"}}),
         "bad-checksum": wrap(body, crc32=1),
         "short-table": wrap({**body, "beta": body["beta"][:-4]}),
         "nan-alpha": wrap({**body, "alpha": nan + body["alpha"][4:]}),
         "zero-beta": wrap({**body, "beta": bytes(4) + body["beta"][4:]}),
         "unknown-default": wrap({**body, "default_arm": "arm-99"}),
         "allocation-sum": wrap({**body, "allocation": body["alpha"]}),
+    }
+    cases = []
+    for name, data in broken.items():
+        try:
+            decode_snapshot(data)
+        except SnapshotError as exc:
+            cases.append({"name": name, "bytes": base64.b64encode(data).decode(), "error": str(exc)})
+        else:
+            raise AssertionError(f"{name} decoded")
+    return cases
+
+
+def model_rejection_cases(valid: bytes) -> list[dict[str, Any]]:
+    """Schema 2 bodies whose model breaks a rule: sizes are checked before tables are read."""
+    body = msgpack.unpackb(msgpack.unpackb(valid)["payload"])
+    model = body["model"]
+
+    def wrap(**over: Any) -> bytes:
+        payload = msgpack.packb({**body, "model": {**model, **over}}, use_bin_type=True)
+        return msgpack.packb(
+            {"schema": 2, "crc32": zlib.crc32(payload), "payload": payload}, use_bin_type=True
+        )
+
+    broken = {
+        "model-short-cov": wrap(cov=model["cov"][:-4]),
+        "model-nan-mean": wrap(mean=b"\x00\x00\xc0\x7f" + model["mean"][4:]),
+        "model-huge": wrap(
+            blocks=[{"kind": "categorical", "inputs": ["device"], "values": [[str(i)] for i in range(3000)]}]
+        ),
+        "model-blocks-mismatch": wrap(
+            blocks=[{"kind": "numeric", "inputs": ["age"], "mean": 0.0, "scale": 1.0}]
+        ),
+        "model-negative-variance": wrap(cov=b"\x00\x00\x80\xbf" + model["cov"][4:]),
     }
     cases = []
     for name, data in broken.items():
@@ -146,7 +250,9 @@ def main() -> int:
             "snapshots": {name: base64.b64encode(data).decode() for name, data in encoded.items()},
             "cases": decision_cases(snaps),
         },
-        "rejections.json": {"cases": rejection_cases(encoded["hero"])},
+        "rejections.json": {
+            "cases": rejection_cases(encoded["hero"]) + model_rejection_cases(encoded["contextual"])
+        },
     }
     for name, doc in files.items():
         path = HERE / name
