@@ -176,8 +176,9 @@ class Api:
         summary: Create an experiment (admin).
         requestBody:
           description: "ExperimentSpec: key, arms [{key, payload?, html?}], default_arm, holdout, floor,
-            features, reward {kind, window_s, max_value}, prior {alpha, beta, shrinkage}, half_life_s,
-            max_age_s, max_segments."
+            features, model (segments or contextual; contextual by default when there are features),
+            contextual {interactions, numeric, max_values, explore, prior_scale}, reward {kind, window_s,
+            max_value}, prior {alpha, beta, shrinkage}, half_life_s, max_age_s, max_segments."
         responses:
           201: {description: Created; the stored experiment with its version.}
           409: {description: An experiment with this key exists.}
@@ -185,7 +186,7 @@ class Api:
         """
         self.admin(request)
         doc = await _json(request, self.settings.max_admin_body_bytes)
-        spec = ExperimentSpec.from_dict(doc)
+        spec = ExperimentSpec.create(doc)
         record = await run_in_threadpool(self.store.create_experiment, spec, self.now_ms())
         return JSONResponse(record.to_dict(), status_code=201)
 

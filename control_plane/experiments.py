@@ -16,9 +16,14 @@ from typing import Any
 
 from core import KEY_RE, Arm, PerchError, SnapshotError, is_text
 
-__all__ = ["ExperimentError", "ExperimentSpec", "Prior", "Reward"]
+__all__ = ["Contextual", "ExperimentError", "ExperimentSpec", "Prior", "Reward"]
 
 MAX_FEATURES = 4  # segment depth: global + one level per feature
+MAX_CONTEXT_FEATURES = 16  # what a snapshot reports (core.snapshot), and so what a contextual model can read
+MODELS = ("segments", "contextual")
+# New contextual experiments forget evidence with this half-life unless told otherwise: a world that
+# changes must not be outvoted by months of old traffic (benchmarks/bench_learning.py).
+DEFAULT_HALF_LIFE_S = 7 * 86400.0
 
 
 class ExperimentError(PerchError, ValueError):
@@ -82,6 +87,51 @@ class Prior:
 
 
 @dataclass(frozen=True, slots=True)
+class Contextual:
+    """How a contextual experiment encodes its features and explores.
+
+    Every feature is categorical (one column per value among the ``max_values`` most
+    exposed, plus ``other`` and ``unknown``) unless listed in ``numeric`` (standardised).
+    ``interactions`` adds a column per value pair of the named features. ``explore``
+    multiplies the posterior variance of every Thompson draw; ``prior_scale`` is the prior
+    standard deviation of feature weights in logits, estimated from the data (Laplace
+    evidence over a grid) when null.
+    """
+
+    interactions: Sequence[Sequence[str]] = ()
+    numeric: Sequence[str] = ()
+    max_values: int = 20
+    explore: float = 1.0
+    prior_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interactions, (list, tuple)) or len(self.interactions) > 8:
+            raise ExperimentError("contextual.interactions: at most 8 lists of 2-4 feature names")
+        pairs = []
+        for item in self.interactions:
+            if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 4 or len(set(item)) != len(item):
+                raise ExperimentError(
+                    f"contextual.interactions: {item!r} must be 2-4 distinct feature names"[:300]
+                )
+            pairs.append(tuple(item))
+        if not isinstance(self.numeric, (list, tuple)):
+            raise ExperimentError("contextual.numeric: a list of feature names")
+        if (
+            isinstance(self.max_values, bool)
+            or not isinstance(self.max_values, int)
+            or not 1 <= self.max_values <= 1000
+        ):
+            raise ExperimentError(
+                f"contextual.max_values={self.max_values!r}, must be an integer in [1, 1000]"
+            )
+        _number("contextual.explore", self.explore, 0.0, 100.0)
+        if self.prior_scale is not None:
+            _number("contextual.prior_scale", self.prior_scale, 0.0, 100.0, low_open=True)
+        object.__setattr__(self, "interactions", tuple(pairs))
+        object.__setattr__(self, "numeric", tuple(self.numeric))
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentSpec:
     key: str
     arms: Sequence[Arm]
@@ -97,6 +147,10 @@ class ExperimentSpec:
     # A segment is published only once this many distinct visitors are in it (the global one always).
     min_segment_units: int = 5
     salt: str = ""  # fixed at creation (defaults to the key): changing it would reshuffle everyone
+    # "segments": a Beta posterior per (segment, arm); "contextual": a Bayesian logistic model over
+    # the features (core.contextual). Stored experiments from before the field are segments.
+    model: str = "segments"
+    contextual: Contextual = field(default_factory=Contextual)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not KEY_RE.fullmatch(self.key):
@@ -113,9 +167,14 @@ class ExperimentSpec:
         _number("floor", self.floor, 0.0, 1.0)
         if not isinstance(self.features, (list, tuple)):
             raise ExperimentError(f"features {self.features!r}: must be a list of feature names"[:300])
+        if self.model not in MODELS:
+            raise ExperimentError(f"model={self.model!r}, must be one of {list(MODELS)}"[:300])
         features = tuple(self.features)
-        if len(features) > MAX_FEATURES or len(set(features)) != len(features):
-            raise ExperimentError(f"features {list(features)}: at most {MAX_FEATURES}, no repeats")
+        limit = MAX_FEATURES if self.model == "segments" else MAX_CONTEXT_FEATURES
+        if len(features) > limit or len(set(features)) != len(features):
+            raise ExperimentError(
+                f"features {list(features)}: at most {limit} for model {self.model!r}, no repeats"[:300]
+            )
         for name in features:
             if not is_text(name) or not name or len(name) > 64:
                 raise ExperimentError(f"feature {name!r}: must be a name of 1-64 characters of UTF-8 text")
@@ -138,6 +197,14 @@ class ExperimentSpec:
             )
         if not isinstance(self.salt, str) or len(self.salt) > 128 or (self.salt and not is_text(self.salt)):
             raise ExperimentError(f"salt {self.salt!r}: must be a string of at most 128 characters"[:300])
+        if not isinstance(self.contextual, Contextual):
+            raise ExperimentError("contextual must be an object")
+        named = set(self.contextual.numeric) | {n for pair in self.contextual.interactions for n in pair}
+        stray = sorted(named - set(features))
+        if stray:
+            raise ExperimentError(
+                f"contextual names {stray}, which are not in features {list(features)}"[:300]
+            )
         object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "salt", self.salt or self.key)
@@ -146,7 +213,25 @@ class ExperimentSpec:
         out = asdict(self)
         out["arms"] = [{k: v for k, v in asdict(a).items() if v is not None} for a in self.arms]
         out["features"] = list(self.features)
+        out["contextual"]["interactions"] = [list(p) for p in self.contextual.interactions]
+        out["contextual"]["numeric"] = list(self.contextual.numeric)
         return out
+
+    @classmethod
+    def create(cls, doc: Mapping[str, Any]) -> ExperimentSpec:
+        """A new experiment from an API body: the defaults of today, not of stored rows.
+
+        With features and no ``model``, it is contextual; a contextual one without
+        ``half_life_s`` forgets with :data:`DEFAULT_HALF_LIFE_S`.
+        """
+        if not isinstance(doc, Mapping):
+            raise ExperimentError("an experiment must be a JSON object")
+        doc = dict(doc)
+        if "model" not in doc and doc.get("features"):
+            doc["model"] = "contextual"
+        if doc.get("model") == "contextual" and "half_life_s" not in doc:
+            doc["half_life_s"] = DEFAULT_HALF_LIFE_S
+        return cls.from_dict(doc)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ExperimentSpec:
@@ -176,9 +261,16 @@ class ExperimentSpec:
                 parsed_arms.append(Arm(item["key"], item.get("payload"), item.get("html")))
             reward = raw.pop("reward", None) or {}
             prior = raw.pop("prior", None) or {}
-            if not isinstance(reward, Mapping) or not isinstance(prior, Mapping):
-                raise ExperimentError("reward and prior must be objects")
-            return cls(arms=parsed_arms, reward=Reward(**reward), prior=Prior(**prior), **raw)
+            contextual = raw.pop("contextual", None) or {}
+            if not all(isinstance(x, Mapping) for x in (reward, prior, contextual)):
+                raise ExperimentError("reward, prior and contextual must be objects")
+            return cls(
+                arms=parsed_arms,
+                reward=Reward(**reward),
+                prior=Prior(**prior),
+                contextual=Contextual(**contextual),
+                **raw,
+            )
         except SnapshotError as exc:  # an arm breaking the snapshot's rules
             raise ExperimentError(str(exc)) from None
         except TypeError as exc:  # unexpected keyword in reward/prior

@@ -388,6 +388,10 @@ def learn(
     gives identical bytes (with the same numpy). ``units`` (distinct visitors per full path)
     keeps a segment out of the snapshot until ``spec.min_segment_units`` visitors are under it.
     """
+    if spec.model == "contextual":
+        from control_plane.contextual_learner import learn_contextual
+
+        return learn_contextual(spec, cells, version=version, now_ms=now_ms, units=units)
     if draws < MIN_DRAWS:
         raise ValueError(f"draws={draws}: at least {MIN_DRAWS} are needed for usable propensities")
     totals = _aggregate(spec, split_cells(spec, cells)[0])

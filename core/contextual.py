@@ -170,7 +170,7 @@ def _table(name: str, values: object, size: int) -> array[float]:
         if isinstance(values, array) and values.typecode == "f":
             table = array("f", values.tobytes())
         else:
-            table = array("f", values)  # type: ignore[arg-type]
+            table = array("f", values)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"model {name}: must be a sequence of floats ({exc})") from None
     if len(table) != size:

@@ -1,0 +1,300 @@
+"""From decayed cell statistics to a contextual snapshot (``model: "contextual"``).
+
+The store's cells are keyed by the full tuple of feature values, so they are
+already the aggregated table of (context, arm) -> decayed exposures and
+rewards: the fit costs O(cells x columns^2) per Newton step, whatever the
+traffic.  Steps:
+
+1. **Vocabularies**: per categorical feature (and declared interaction), the
+   ``max_values`` values with the most exposure that at least
+   ``min_segment_units`` visitors have (so one client cannot invent columns);
+   the rest share ``other``, a missing feature is ``unknown``.  Numeric
+   features are standardised with their exposure-weighted mean and deviation.
+2. **Per arm**, a Gaussian posterior over the weights: the Laplace
+   approximation of Bayesian logistic regression for binary rewards (Newton /
+   IRLS to the mode, covariance = inverse Hessian), or the conjugate Gaussian
+   linear model for numeric rewards.  The prior is centred on the pooled rate
+   (intercept) and zero (features); the features' prior scale is picked from
+   a grid by the Laplace evidence of all arms together unless the spec fixes it.
+3. The snapshot: the model, plus one global segment whose Beta posteriors and
+   exposure-weighted allocation describe the arms overall, for reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.special import expit
+
+from control_plane.experiments import ExperimentSpec
+from control_plane.learner import MIN_SHAPE, MIN_SHARE, Cells, CellStats, split_cells
+from control_plane.propensity import choice_probabilities
+from core import UNKNOWN, Block, ContextualModel, Segment, Snapshot
+
+__all__ = ["Fit", "build_blocks", "encode_paths", "fit_arms", "learn_contextual"]
+
+FloatArray = npt.NDArray[np.float64]
+
+PRIOR_SCALES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # feature weight s.d. in logits, chosen by evidence
+INTERCEPT_SCALE = 1.5  # logits around the pooled rate
+MAX_NEWTON = 30
+# Paths whose choice probabilities make up the global allocation summary (the heaviest ones).
+SUMMARY_PATHS = 200
+
+
+def _exposures(by_arm: Mapping[str, CellStats]) -> float:
+    return sum(float(c.exposures) for c in by_arm.values())
+
+
+def _top_values(
+    counts: Mapping[tuple[str, ...], float], units: Mapping[tuple[str, ...], int] | None, spec: ExperimentSpec
+) -> tuple[tuple[str, ...], ...]:
+    ranked = sorted(
+        (
+            key
+            for key in counts
+            if UNKNOWN not in key and (units is None or units.get(key, 0) >= spec.min_segment_units)
+        ),
+        key=lambda key: (-counts[key], key),
+    )
+    return tuple(ranked[: spec.contextual.max_values])
+
+
+def build_blocks(
+    spec: ExperimentSpec,
+    cells: Mapping[tuple[str, ...], Mapping[str, CellStats]],
+    units: Mapping[tuple[str, ...], int] | None = None,
+) -> list[Block]:
+    """The model's blocks, learnt from the cells: one per feature, then one per interaction."""
+    features = list(spec.features)
+    position = {name: i for i, name in enumerate(features)}
+    groups: list[tuple[str, ...]] = [(f,) for f in features if f not in spec.contextual.numeric]
+    groups += [tuple(pair) for pair in spec.contextual.interactions]
+    blocks: list[Block] = []
+    numeric = set(spec.contextual.numeric)
+    for name in features:
+        if name not in numeric:
+            continue
+        total = weight = square = 0.0
+        for path, by_arm in cells.items():
+            try:
+                value = float(path[position[name]])
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                n = _exposures(by_arm)
+                weight += n
+                total += n * value
+                square += n * value * value
+        mean = total / weight if weight > 0 else 0.0
+        var = square / weight - mean * mean if weight > 0 else 0.0
+        blocks.append(Block("numeric", (name,), mean=mean, scale=math.sqrt(var) if var > 1e-12 else 1.0))
+    for group in groups:
+        counts: dict[tuple[str, ...], float] = {}
+        seen: dict[tuple[str, ...], int] | None = {} if units is not None else None
+        for path, by_arm in cells.items():
+            key = tuple(path[position[n]] for n in group)
+            counts[key] = counts.get(key, 0.0) + _exposures(by_arm)
+            if seen is not None and units is not None:
+                seen[key] = seen.get(key, 0) + units.get(path, 0)
+        blocks.append(Block("categorical", group, _top_values(counts, seen, spec)))
+    # Numeric blocks first in the loop above but last in the model, like the spec reads.
+    return [b for b in blocks if b.kind == "categorical"] + [b for b in blocks if b.kind == "numeric"]
+
+
+def encode_paths(
+    blocks: Sequence[Block], features: Sequence[str], paths: Sequence[tuple[str, ...]]
+) -> FloatArray:
+    """The dense design matrix (paths x columns) exactly as ``core.contextual`` encodes them."""
+    model_dim = 1 + sum(b.width for b in blocks)
+    x = np.zeros((len(paths), model_dim))
+    x[:, 0] = 1.0
+    starts = np.cumsum([1] + [b.width for b in blocks])[:-1]
+    for row, path in enumerate(paths):
+        context = dict(zip(features, path, strict=True))
+        for start, block in zip(starts, blocks, strict=True):
+            offset, value = block.column(context)
+            x[row, start + offset] = value
+    return x
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """Posterior means (arms x D) and covariances (arms x D x D), and the prior scale used."""
+
+    mean: FloatArray
+    cov: FloatArray
+    prior_scale: float
+    log_evidence: float
+
+
+def _fit_one(  # noqa: PLR0917 (one arm's data and prior, as fit_arms holds them)
+    x: FloatArray,
+    n: FloatArray,
+    r: FloatArray,
+    mu0: FloatArray,
+    prec: FloatArray,
+    binary: bool,
+    noise: float,
+    start: FloatArray,
+) -> tuple[FloatArray, FloatArray, float]:
+    """(mode, Hessian at the mode, log evidence up to a constant) for one arm."""
+    w = start.copy()
+    if not binary:
+        # Conjugate: the mean reward of a row, with precision n / noise.
+        y = np.divide(r, n, out=np.zeros_like(r), where=n > 0)
+        h = (x * (n / noise)[:, None]).T @ x + np.diag(prec)
+        factor = cho_factor(h)
+        w = cho_solve(factor, x.T @ (n * y / noise) + prec * mu0)
+        resid = y - x @ w
+        loglik = -0.5 * float(np.sum(n / noise * resid * resid))
+    else:
+        for _ in range(MAX_NEWTON):
+            p = expit(x @ w)
+            grad = x.T @ (r - n * p) - prec * (w - mu0)
+            h = (x * (n * p * (1.0 - p))[:, None]).T @ x + np.diag(prec)
+            factor = cho_factor(h)
+            step = cho_solve(factor, grad)
+            w = w + step
+            if float(np.max(np.abs(step))) < 1e-7:
+                break
+        eta = x @ w
+        p = expit(eta)
+        h = (x * (n * p * (1.0 - p))[:, None]).T @ x + np.diag(prec)
+        factor = cho_factor(h)
+        loglik = float(np.sum(r * eta - n * np.logaddexp(0.0, eta)))
+    log_det_h = 2.0 * float(np.sum(np.log(np.diag(factor[0]))))
+    evidence = (
+        loglik
+        - 0.5 * float(np.sum(prec * (w - mu0) ** 2))
+        + 0.5 * float(np.sum(np.log(prec)))
+        - 0.5 * log_det_h
+    )
+    return w, h, evidence
+
+
+def fit_arms(x: FloatArray, n: FloatArray, r: FloatArray, *, binary: bool, prior_scale: float | None) -> Fit:
+    """Per-arm posteriors for design ``x`` (paths x D), exposures and rewards ``n``, ``r`` (paths x arms)."""
+    dim = x.shape[1]
+    arms = n.shape[1]
+    pooled = (float(r.sum()) + 1.0) / (float(n.sum()) + 2.0)
+    noise = max(pooled * (1.0 - pooled), 1e-4)
+    if binary:
+        centre, intercept_sd, unit = math.log(pooled / (1.0 - pooled)), INTERCEPT_SCALE, 1.0
+    else:
+        centre, intercept_sd, unit = pooled, 0.5, math.sqrt(noise)
+    mu0 = np.zeros(dim)
+    mu0[0] = centre
+    scales = PRIOR_SCALES if prior_scale is None else (prior_scale,)
+    best: Fit | None = None
+    starts = np.tile(mu0, (arms, 1))
+    for scale in scales:
+        prec = np.full(dim, 1.0 / (scale * unit) ** 2)
+        prec[0] = 1.0 / intercept_sd**2
+        means = np.empty((arms, dim))
+        covs = np.empty((arms, dim, dim))
+        total = 0.0
+        for a in range(arms):
+            rows = n[:, a] > 0
+            w, h, evidence = _fit_one(
+                x[rows], n[rows, a], np.minimum(r[rows, a], n[rows, a]), mu0, prec, binary, noise, starts[a]
+            )
+            means[a] = w
+            covs[a] = cho_solve(cho_factor(h), np.eye(dim))
+            total += evidence
+        starts = means  # warm start for the next, weaker prior
+        if best is None or total > best.log_evidence:
+            best = Fit(means, covs, scale, total)
+    assert best is not None
+    return best
+
+
+def _upper(covs: FloatArray) -> FloatArray:
+    dim = covs.shape[1]
+    rows, cols = np.triu_indices(dim)
+    packed: FloatArray = covs[:, rows, cols].reshape(-1)
+    return packed
+
+
+def learn_contextual(
+    spec: ExperimentSpec,
+    cells: Cells,
+    *,
+    version: int,
+    now_ms: int,
+    units: Mapping[tuple[str, ...], int] | None = None,
+) -> Snapshot:
+    """The schema 2 snapshot of ``spec`` from decayed statistics per (full path, arm)."""
+    usable, _ = split_cells(spec, cells)
+    paths = sorted(usable)  # sorted: float sums, hence the bytes, do not depend on row order
+    arm_keys = [a.key for a in spec.arms]
+    index = {k: i for i, k in enumerate(arm_keys)}
+    n = np.zeros((len(paths), len(arm_keys)))
+    r = np.zeros_like(n)
+    for row, path in enumerate(paths):
+        for arm, stats in usable[path].items():
+            n[row, index[arm]] = stats.exposures
+            r[row, index[arm]] = min(stats.reward, stats.exposures)
+    blocks = build_blocks(spec, usable, units)
+    x = encode_paths(blocks, spec.features, paths)
+    try:
+        fit = fit_arms(x, n, r, binary=spec.reward.kind == "binary", prior_scale=spec.contextual.prior_scale)
+    except LinAlgError as exc:  # only if the data are degenerate beyond what the prior regularises
+        raise ValueError(f"{spec.key}: contextual fit failed ({exc})") from None
+    model = ContextualModel(
+        len(arm_keys),
+        blocks,
+        fit.mean.astype(np.float32).reshape(-1).tolist(),
+        _upper(fit.cov).astype(np.float32).tolist(),
+        explore=spec.contextual.explore,
+    )
+    totals_n, totals_r = n.sum(axis=0), r.sum(axis=0)
+    alpha = np.maximum(spec.prior.alpha + totals_r, MIN_SHAPE)
+    beta = np.maximum(spec.prior.beta + totals_n - totals_r, MIN_SHAPE)
+    return Snapshot(
+        experiment=spec.key,
+        version=version,
+        created_at=now_ms,
+        max_age_s=spec.max_age_s,
+        salt=spec.salt,
+        default_arm=spec.default_arm,
+        holdout=spec.holdout,
+        floor=spec.floor,
+        arms=spec.arms,
+        segments=[Segment("all")],
+        alpha=alpha.tolist(),
+        beta=beta.tolist(),
+        allocation=_allocation(model, spec, paths, n.sum(axis=1)),
+        context_features=spec.features,
+        model=model,
+    )
+
+
+def _allocation(
+    model: ContextualModel, spec: ExperimentSpec, paths: Sequence[tuple[str, ...]], weight: FloatArray
+) -> list[float]:
+    """P(arm) averaged over the busiest contexts, weighted by their exposures (uniform with no data)."""
+    arms = model.arms
+    acc = np.zeros(arms)
+    total = 0.0
+    for i in np.argsort(-weight, kind="stable")[:SUMMARY_PATHS]:
+        if weight[i] <= 0:
+            continue
+        cols, vals = model.encode(dict(zip(spec.features, paths[i], strict=True)))
+        moments = model.moments(cols, vals)
+        probs = choice_probabilities(
+            [m for m, _ in moments], [model.explore * v for _, v in moments], spec.floor
+        )
+        acc += weight[i] * probs
+        total += float(weight[i])
+    if total <= 0:
+        return [1.0 / arms] * arms
+    alloc = np.maximum(acc / total, spec.floor / arms + MIN_SHARE)
+    alloc /= alloc.sum()
+    out: list[float] = alloc.tolist()
+    return out

@@ -1,0 +1,110 @@
+"""Exact choice probabilities of a contextual snapshot, for logging and evaluation.
+
+For one encoded context, ``core.decide`` draws arm scores ``S_i ~ N(m_i, s_i^2)``
+independently (``s_i^2 = explore * x' Sigma_i x``) and shows the argmax, or with
+probability ``floor`` a uniform arm.  So
+
+    P(a) = floor / A + (1 - floor) * Int phi(z) prod_{i != a} Phi((m_a - m_i + s_a z) / s_i) dz,
+
+a one-dimensional integral per arm.  We integrate it with Simpson's rule over
+z in [-Z, Z] on a step small enough for the steepest factor (its scale in z is
+``s_i / s_a``), which puts the error well below 1e-6 (checked against Monte
+Carlo of the edge's own draws in tests/control_plane/test_propensity.py).
+
+The edge leaves ``propensity`` null for contextual decisions: per request this
+costs a few thousand normal CDFs, far over its budget, while the control plane
+computes it once per (snapshot version, context) and caches it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import log_ndtr
+
+from core import Snapshot, with_unknowns
+
+__all__ = ["PropensityCache", "choice_probabilities", "context_probabilities"]
+
+FloatArray = npt.NDArray[np.float64]
+
+Z = 9.0  # |z| beyond 9 has mass 2e-19
+MAX_STEP = 0.05
+MAX_POINTS = 400_001
+# A score whose standard deviation is this far below the largest is treated as a point mass:
+# its density would need more grid points than there is precision to gain.
+TINY = 1e-9
+
+
+def choice_probabilities(means: Sequence[float], variances: Sequence[float], floor: float) -> FloatArray:
+    """P(each arm is chosen) when scores are independent N(means, variances), argmax wins."""
+    m = np.asarray(means, dtype=np.float64)
+    sd = np.sqrt(np.maximum(np.asarray(variances, dtype=np.float64), 0.0))
+    n = m.size
+    if n == 1:
+        return np.ones(1)
+    scale = max(float(sd.max()), 1.0)
+    sd = np.maximum(sd, TINY * scale)
+    best = np.empty(n)
+    for a in range(n):
+        others = np.arange(n) != a
+        ratio = float(sd[a] / sd[others].min())
+        step = min(MAX_STEP, 0.1 / ratio)
+        points = min(MAX_POINTS, 2 * int(np.ceil(Z / step)) + 1)
+        z = np.linspace(-Z, Z, points)
+        h = z[1] - z[0]
+        weights = np.full(points, 2.0)
+        weights[1::2] = 4.0
+        weights[0] = weights[-1] = 1.0
+        weights *= h / 3.0
+        t = m[a] + sd[a] * z
+        log_cdf = log_ndtr((t[None, :] - m[others, None]) / sd[others, None]).sum(axis=0)
+        density = np.exp(-0.5 * z * z + log_cdf) / np.sqrt(2.0 * np.pi)
+        best[a] = float(weights @ density)
+    best = np.clip(best, 0.0, 1.0)
+    total = best.sum()
+    if total > 0:
+        best /= total  # the integrals sum to 1 up to quadrature error; exact rows help IPS
+    out: FloatArray = floor / n + (1.0 - floor) * best
+    return out
+
+
+def context_probabilities(snapshot: Snapshot, context: Mapping[str, str]) -> FloatArray:
+    """P(``core.decide`` picks each arm) for a personalized visitor in ``context``."""
+    model = snapshot.model
+    if model is None:
+        s = snapshot.segment_for(with_unknowns(snapshot.context_features, context))
+        n = len(snapshot.arms)
+        return np.asarray(snapshot.allocation[s * n : (s + 1) * n], dtype=np.float64)
+    cols, vals = model.encode(with_unknowns(snapshot.context_features, context))
+    moments = model.moments(cols, vals)
+    return choice_probabilities(
+        [mean for mean, _ in moments], [model.explore * var for _, var in moments], snapshot.floor
+    )
+
+
+class PropensityCache:
+    """Choice probabilities per (snapshot version, encoded context), least recently used out."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._rows: OrderedDict[tuple[str, int, tuple[int, ...], tuple[float, ...]], FloatArray] = (
+            OrderedDict()
+        )
+
+    def get(self, snapshot: Snapshot, context: Mapping[str, str]) -> FloatArray:
+        if snapshot.model is None:
+            return context_probabilities(snapshot, context)
+        cols, vals = snapshot.model.encode(with_unknowns(snapshot.context_features, context))
+        key = (snapshot.experiment, snapshot.version, tuple(cols), tuple(vals))
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = context_probabilities(snapshot, context)
+            if len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.move_to_end(key)
+        return row
