@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -36,8 +36,9 @@ import numpy.typing as npt
 from sqlalchemy import select
 
 from control_plane.experiments import ExperimentSpec
+from control_plane.propensity import context_probabilities
 from control_plane.schema import exposures
-from core import Snapshot
+from core import Snapshot, with_unknowns
 
 if TYPE_CHECKING:
     from control_plane.store import Store
@@ -195,44 +196,75 @@ def evaluate(
     )
 
 
+Row = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]
+
+
+def _policy_rows(candidate: Snapshot, spec: ExperimentSpec) -> Callable[[tuple[str, ...]], Row]:
+    """Per logged path: the candidate's P(arm), its model of each arm's reward, and their average.
+
+    The direct-method term is the model's value under the candidate's allocation as a distribution:
+    float32 rows sum to 1 only within rounding, so average with the row as weights (the reference
+    formula, Open Bandit Pipeline's `np.average(q_hat, weights=pi_e)`). The importance weights stay
+    the raw cells, exactly the propensities the edge logs.
+    """
+    n_arms = len(candidate.arms)
+    cache: dict[tuple[str, ...], Row] = {}
+    model = candidate.model
+    if model is None:
+        alloc = np.asarray(candidate.allocation, dtype=np.float64).reshape(-1, n_arms)
+        alpha = np.asarray(candidate.alpha, dtype=np.float64).reshape(-1, n_arms)
+        beta = np.asarray(candidate.beta, dtype=np.float64).reshape(-1, n_arms)
+        means = alpha / (alpha + beta)
+        values = np.sum(alloc * means, axis=1) / np.sum(alloc, axis=1)
+        by_segment = [(alloc[s], means[s], float(values[s])) for s in range(alloc.shape[0])]
+
+    def row(path: tuple[str, ...]) -> Row:
+        found = cache.get(path)
+        if found is not None:
+            return found
+        context = dict(zip(spec.features, path, strict=False))
+        if model is None:
+            found = by_segment[candidate.segment_for(with_unknowns(candidate.context_features, context))]
+        else:
+            probs = context_probabilities(candidate, context)
+            moments = model.moments(*model.encode(with_unknowns(candidate.context_features, context)))
+            # E[sigmoid(score)] under the posterior, by the probit approximation (MacKay 1992).
+            m = np.array([mean for mean, _ in moments])
+            v = np.array([var for _, var in moments])
+            rates = 1.0 / (1.0 + np.exp(-m / np.sqrt(1.0 + np.pi * v / 8.0)))
+            found = (probs, rates, float(np.sum(probs * rates) / np.sum(probs)))
+        cache[path] = found
+        return found
+
+    return row
+
+
 def policy_eval(rows: Iterable[Sequence[Any]], candidate: Snapshot, spec: ExperimentSpec) -> OPEResult:
     """Evaluate ``candidate`` on logged personalized exposures (see :func:`logged_exposures`).
 
     Each row is (arm, path, propensity, reward).  The candidate's probability of
-    the logged arm is its allocation in the segment it would match for that
-    context -- the exact probability ``core.decide`` picks that arm for a
-    personalized visitor -- and the reward model is the candidate's own
-    posterior mean alpha / (alpha + beta) per arm in that segment.  A logged arm
+    the logged arm is the exact probability ``core.decide`` picks that arm for a
+    personalized visitor in that context: its allocation in the segment the
+    context matches, or a contextual model's choice probability
+    (:mod:`control_plane.propensity`).  The reward model is the candidate's own
+    posterior mean per arm there.  A logged arm
     the candidate does not have gets probability 0 (its model value then never
     matters).  ValueError when there are no rows.
     """
-    n_arms = len(candidate.arms)
-    alloc = np.asarray(candidate.allocation, dtype=np.float64).reshape(-1, n_arms)
-    alpha = np.asarray(candidate.alpha, dtype=np.float64).reshape(-1, n_arms)
-    beta = np.asarray(candidate.beta, dtype=np.float64).reshape(-1, n_arms)
-    means = alpha / (alpha + beta)
-    # The direct-method term is the model's value under the candidate's allocation as a distribution:
-    # float32 rows sum to 1 only within rounding, so average with the row as weights (the reference
-    # formula, Open Bandit Pipeline's `np.average(q_hat, weights=pi_e)`). The importance weights below
-    # stay the raw cells, exactly the propensities the edge logs.
-    model_value = np.sum(alloc * means, axis=1) / np.sum(alloc, axis=1)
-    segment_of: dict[tuple[str, ...], int] = {}
+    rows_of = _policy_rows(candidate, spec)
     r: list[float] = []
     p: list[float] = []
     q: list[float] = []
     dm_logged: list[float] = []
     dm_target: list[float] = []
     for arm, path, propensity, reward in rows:
-        key = tuple(path)
-        s = segment_of.get(key)
-        if s is None:
-            s = segment_of[key] = candidate.segment_for(dict(zip(spec.features, key, strict=False)))
+        alloc, means, model_value = rows_of(tuple(path))
         a = candidate.arm_index.get(arm)
         r.append(float(reward))
         p.append(float(propensity))
-        q.append(0.0 if a is None else float(alloc[s, a]))
-        dm_logged.append(0.0 if a is None else float(means[s, a]))
-        dm_target.append(float(model_value[s]))
+        q.append(0.0 if a is None else float(alloc[a]))
+        dm_logged.append(0.0 if a is None else float(means[a]))
+        dm_target.append(model_value)
     return evaluate(r, p, q, dm_logged, dm_target)
 
 

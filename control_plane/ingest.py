@@ -294,6 +294,33 @@ def _join_outcomes(
             )
 
 
+def _fill_propensities(
+    store: Store,
+    conn: Connection,
+    specs: dict[str, ExperimentSpec],
+    rows: dict[str, dict[str, Any]],
+    cells: Cells,
+) -> None:
+    """Give contextual exposures the exact propensity of the snapshot that decided them.
+
+    The edge logs none for them (control_plane.propensity says why); an exposure whose
+    snapshot is not in the store keeps none, is counted, and is left out of evaluation.
+    """
+    for row in rows.values():
+        spec = specs.get(row["experiment"])
+        if row["propensity"] is not None or row["reason"] != "personalized" or spec is None:
+            continue
+        if spec.model != "contextual" or row["snapshot_version"] is None:
+            continue
+        snapshot = store.snapshot_at(conn, row["experiment"], row["snapshot_version"])
+        index = snapshot.arm_index.get(row["arm"]) if snapshot is not None else None
+        if snapshot is None or index is None:
+            cells.bump(row["experiment"], "propensity_unknown")
+            continue
+        context = dict(zip(spec.features, json.loads(row["path"]), strict=True))
+        row["propensity"] = float(store.propensities.get(snapshot, context)[index])
+
+
 def ingest(store: Store, events: list[dict[str, Any]], signature: str | None, now_ms: int) -> IngestResult:
     """Store one validated batch in one transaction; raises nothing for duplicates.
 
@@ -356,6 +383,7 @@ def ingest_into(
                 "outcomes": 0,
             },
         )
+    _fill_propensities(store, conn, specs, rows, cells)
     new_exposures = _insert_new(store, conn, exposures, exposures.c.decision_id, list(rows.values()))
     result.accepted["exposure"] = len(new_exposures)
     result.duplicates += len(by_type["exposure"]) - len(new_exposures)

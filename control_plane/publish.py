@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,11 +51,37 @@ class PublishResult:
         }
 
 
+def feature_effects(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """A contextual model's weights per column and arm, with 95% intervals (logits, or reward units
+    for numeric rewards): what the report shows as each arm's feature effects."""
+    model = snapshot.model
+    if model is None:
+        return []
+    d = model.dim
+    tri = d * (d + 1) // 2
+    out = []
+    for column in range(d):
+        diagonal = column * d - column * (column - 1) // 2
+        arms = {}
+        for a, arm in enumerate(snapshot.arms):
+            mean = float(model.mean[a * d + column])
+            sd = math.sqrt(max(float(model.cov[a * tri + diagonal]), 0.0))
+            arms[arm.key] = {
+                "effect": round(mean, 4),
+                "low": round(mean - 1.96 * sd, 4),
+                "high": round(mean + 1.96 * sd, 4),
+            }
+        out.append({"feature": model.label(column), "arms": arms})
+    return out
+
+
 def snapshot_summary(snapshot: Snapshot) -> dict[str, Any]:
-    """Per segment: features, allocation and posterior of every arm (what reports chart)."""
+    """Per segment: features, allocation and posterior of every arm (what reports chart), and a
+    contextual model's feature effects."""
     n = len(snapshot.arms)
     keys = [a.key for a in snapshot.arms]
     return {
+        "model": "segments" if snapshot.model is None else "contextual",
         "segments": [
             {
                 "key": seg.key,
@@ -65,7 +92,9 @@ def snapshot_summary(snapshot: Snapshot) -> dict[str, Any]:
                 "beta": dict(zip(keys, snapshot.beta[s * n : (s + 1) * n], strict=True)),
             }
             for s, seg in enumerate(snapshot.segments)
-        ]
+        ],
+        # After the segments: report.py reads segment 0 from the start of this JSON.
+        "effects": feature_effects(snapshot),
     }
 
 

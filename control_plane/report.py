@@ -330,6 +330,9 @@ def build_report(store: Store, record: ExperimentRecord, now_ms: int) -> dict[st
         "version": record.version,
         "generated_ms": now_ms,
         "reward_kind": spec.reward.kind,
+        "model": spec.model,
+        # Contextual experiments: each arm's weight per feature column, with 95% intervals.
+        "feature_effects": latest.get("effects") or [],
         "arms": _with_allocation(tables[0], global_allocation),
         "holdout": _decomposition(personalized, holdout),
         "segments": segments,

@@ -12,6 +12,7 @@ import hmac
 import json
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.learner import CellStats
 from control_plane.migrate import migrate
+from control_plane.propensity import PropensityCache
 from control_plane.schema import (
     audit,
     counters,
@@ -34,6 +36,7 @@ from control_plane.schema import (
     snapshots,
     stats,
 )
+from core import Snapshot, SnapshotError, decode_snapshot
 
 __all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store", "decay"]
 
@@ -89,6 +92,10 @@ class Store:
         self.replays_purged_s = 0
         # The live experiment keys this process last wrote to KV's index (publish.publish_index).
         self.published_live: frozenset[str] | None = None
+        # Contextual exposures arrive without a propensity: ingestion computes it from the
+        # snapshot that decided (decoded once per version) and caches it per context.
+        self.propensities = PropensityCache()
+        self._decoded: OrderedDict[tuple[str, int], Snapshot | None] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, unit_key: str) -> Store:
@@ -360,6 +367,27 @@ class Store:
             return found.first() is not None
 
     # --- snapshots ---------------------------------------------------------------------------
+
+    def snapshot_at(self, conn: Connection, experiment: str, version: int) -> Snapshot | None:
+        """The published snapshot ``version`` of ``experiment``, decoded (None if unknown or unreadable)."""
+        key = (experiment, version)
+        if key in self._decoded:
+            self._decoded.move_to_end(key)
+            return self._decoded[key]
+        data = conn.execute(
+            select(snapshots.c.data).where(
+                snapshots.c.experiment == experiment, snapshots.c.version == version
+            )
+        ).scalar()
+        try:
+            found = decode_snapshot(data) if data is not None else None
+        except SnapshotError:
+            found = None
+        if found is not None:  # an unknown version may still be published: ask again next time
+            self._decoded[key] = found
+            if len(self._decoded) > 16:
+                self._decoded.popitem(last=False)
+        return found
 
     def last_snapshot(self, experiment: str) -> dict[str, Any] | None:
         """The latest published snapshot's row, including its bytes (``data``) and ``summary``."""

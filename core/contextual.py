@@ -298,11 +298,12 @@ class ContextualModel:
                 total += mean[a * d + c]
             push = v * (mean[arm * d + c] - total / n)
             if push > 0.0:
-                pushes.append((-push, self._label(c)))
+                pushes.append((-push, self.label(c)))
         pushes.sort()
         return [label for _, label in pushes[:top]]
 
-    def _label(self, column: int) -> str:
+    def label(self, column: int) -> str:
+        """What a column stands for: ``intercept``, ``device=mobile``, ``visits``..."""
         for start, block in zip(self.starts, self.blocks, strict=True):
             if start <= column < start + block.width:
                 return block.label(column - start)

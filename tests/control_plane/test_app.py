@@ -26,6 +26,7 @@ HERO = {
     "arms": [{"key": "a", "html": "<b>A</b>"}, {"key": "b"}],
     "default_arm": "a",
     "features": ["device"],
+    "model": "segments",  # these tests read segments; contextual ones are in test_contextual_app.py
     "floor": 0.1,
 }
 
