@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.delays import maturity
 from control_plane.evaluation import logged_exposures, policy_eval
 from control_plane.kv_publishers import KVPublisher
 from control_plane.learner import learn, split_cells
@@ -164,6 +165,7 @@ def publish_experiment(
         metrics.learner_skipped_cells.labels(spec.key, reason).set(skipped[reason])
     if skipped:
         log.warning("%s: learning without %s unusable cells", spec.key, dict(skipped))
+    cells, matured = maturity(store, spec, cells, now)
     units = store.units_per_path(spec.key)
     snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units)
     evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now)
@@ -198,7 +200,16 @@ def publish_experiment(
             "spec_version": record.version,
             "data": data,
             "summary": json.dumps(
-                {**snapshot_summary(snapshot), "gate": evaluation, "skipped_cells": dict(skipped)}
+                {
+                    **snapshot_summary(snapshot),
+                    "gate": evaluation,
+                    "skipped_cells": dict(skipped),
+                    "maturity": {
+                        "delays": matured.delays,
+                        "source": matured.source,
+                        "pending": matured.discounted,
+                    },
+                }
             ),
         }
     )

@@ -1,0 +1,141 @@
+"""Outcomes still on their way: count a young exposure only as far as its outcome can have arrived.
+
+Ingestion adds an exposure to its cell at once and its reward when the outcome
+comes, so a cell holds every recent exposure as if it had failed.  With
+conversions minutes to hours after the exposure and a publish every 30 s, the
+learner would see the arms shown most recently -- the ones it currently favours --
+as worse than they are, and keep switching away from its best arms.
+
+The correction: an exposure of age ``t`` inside the reward window has, in
+expectation, produced the share ``F(t)`` of its eventual reward, where ``F`` is
+the distribution of outcome delays.  So it counts as ``F(t)`` of an exposure,
+and its reward as observed: ``E[reward] / E[exposures]`` is then the true rate,
+now rather than a window later.  ``F`` is the empirical distribution of the
+delays of joined outcomes, measured on exposures whose window has closed (their
+delays are complete); with too few of those, on all joined outcomes (short
+delays over-represented, so the correction errs small), and with too few even
+then, no correction.
+
+Young exposures are read grouped by (path, arm, age bucket): the cost grows with
+cells x buckets, not with events.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from control_plane.experiments import ExperimentSpec
+from control_plane.learner import CellStats
+from control_plane.schema import exposures, outcomes
+from control_plane.store import Store, decay
+
+__all__ = ["Maturity", "delay_cdf", "mature_cells", "maturity", "young_exposures"]
+
+MIN_DELAYS = 30
+MAX_DELAYS = 5_000
+BUCKETS = 48  # age buckets across the reward window
+
+Cells = dict[tuple[str, ...], dict[str, CellStats]]
+
+
+@dataclass(frozen=True, slots=True)
+class Maturity:
+    """What the correction did, for logs and the report."""
+
+    delays: int  # delays the distribution was measured on
+    source: str  # "matured", "all joined" or "none"
+    discounted: float  # exposures (decayed) not yet counted
+
+
+def delay_cdf(
+    store: Store, spec: ExperimentSpec, now_ms: int
+) -> tuple[Callable[[float], float] | None, int, str]:
+    """The empirical CDF of outcome delays (ms), the number of delays behind it, and their source."""
+    window_ms = spec.reward.window_s * 1000
+    base = (
+        select((outcomes.c.ts_ms - exposures.c.ts_ms).label("delay"))
+        .join(exposures, exposures.c.decision_id == outcomes.c.decision_id)
+        .where(exposures.c.experiment == spec.key, outcomes.c.status == "joined")
+        .order_by(exposures.c.ts_ms.desc())
+        .limit(MAX_DELAYS)
+    )
+    with store.engine.connect() as conn:
+        for source, query in (
+            ("matured", base.where(exposures.c.ts_ms <= now_ms - window_ms)),
+            ("all joined", base),
+        ):
+            delays = sorted(max(0, int(d)) for d in conn.execute(query).scalars())
+            if len(delays) >= MIN_DELAYS:
+                return _empirical(delays), len(delays), source
+    return None, 0, "none"
+
+
+def _empirical(delays: list[int]) -> Callable[[float], float]:
+    count = len(delays)
+    return lambda t: bisect_right(delays, t) / count
+
+
+def young_exposures(
+    store: Store, spec: ExperimentSpec, now_ms: int
+) -> dict[tuple[tuple[str, ...], str], list[tuple[float, int]]]:
+    """Personalized exposures inside the reward window: (age ms at the bucket's middle, count) per cell."""
+    window_ms = spec.reward.window_s * 1000
+    width = max(1, window_ms // BUCKETS)
+    bucket = (exposures.c.ts_ms // width).label("bucket")
+    query = (
+        select(exposures.c.path, exposures.c.arm, bucket, func.count().label("n"))
+        .where(
+            exposures.c.experiment == spec.key,
+            exposures.c.reason == "personalized",
+            exposures.c.ts_ms > now_ms - window_ms,
+        )
+        .group_by(exposures.c.path, exposures.c.arm, bucket)
+    )
+    out: dict[tuple[tuple[str, ...], str], list[tuple[float, int]]] = {}
+    with store.engine.connect() as conn:
+        for path, arm, index, count in conn.execute(query):
+            try:
+                key = tuple(json.loads(path))
+            except ValueError:
+                continue  # the learner skips and counts such cells itself
+            middle = (int(index) + 0.5) * width
+            out.setdefault((key, arm), []).append((max(0.0, now_ms - middle), int(count)))
+    return out
+
+
+def mature_cells(
+    cells: Mapping[tuple[str, ...], Mapping[str, CellStats]],
+    young: Mapping[tuple[tuple[str, ...], str], list[tuple[float, int]]],
+    cdf: Callable[[float], float],
+    half_life_s: float | None,
+) -> tuple[Cells, float]:
+    """``cells`` with each young exposure counted as ``F(age)`` of one; and how much was left out."""
+    out: Cells = {path: dict(by_arm) for path, by_arm in cells.items()}
+    left_out = 0.0
+    for (path, arm), ages in young.items():
+        cell = out.get(path, {}).get(arm)
+        if cell is None:
+            continue
+        missing = 0.0
+        for age, count in ages:
+            weight = decay(1.0, 0, int(age), half_life_s)
+            missing += count * weight * (1.0 - cdf(age))
+        exposures_now = max(cell.exposures - missing, min(cell.reward, cell.exposures))
+        left_out += cell.exposures - exposures_now
+        out[path][arm] = CellStats(exposures_now, min(cell.reward, exposures_now))
+    return out, left_out
+
+
+def maturity(store: Store, spec: ExperimentSpec, cells: Cells, now_ms: int) -> tuple[Cells, Maturity]:
+    """The learner's cells with outcomes still to come accounted for (see the module docstring)."""
+    cdf, count, source = delay_cdf(store, spec, now_ms)
+    if cdf is None:
+        return cells, Maturity(0, "none", 0.0)
+    corrected, left_out = mature_cells(cells, young_exposures(store, spec, now_ms), cdf, spec.half_life_s)
+    return corrected, Maturity(count, source, left_out if math.isfinite(left_out) else 0.0)

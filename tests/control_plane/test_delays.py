@@ -1,0 +1,78 @@
+"""Young exposures count only as far as their outcomes can have arrived."""
+
+from __future__ import annotations
+
+import pytest
+
+from control_plane.delays import MIN_DELAYS, delay_cdf, mature_cells, maturity, young_exposures
+from control_plane.ingest import ingest
+from control_plane.learner import CellStats
+from control_plane.store import Store
+from tests.control_plane.conftest import NOW
+from tests.control_plane.conftest import spec as make_spec
+from tests.control_plane.test_ingest import exposure, outcome
+
+HOUR = 3_600_000
+
+
+def test_a_young_exposure_counts_as_the_share_of_outcomes_already_due() -> None:
+    cells = {("mobile", "search"): {"a": CellStats(100.0, 10.0), "b": CellStats(50.0, 5.0)}}
+    young = {(("mobile", "search"), "a"): [(1000.0, 40)]}
+    out, left_out = mature_cells(cells, young, lambda age: 0.25, None)
+    assert out[("mobile", "search")]["a"] == CellStats(70.0, 10.0)  # 40 young count as 10
+    assert out[("mobile", "search")]["b"] == cells[("mobile", "search")]["b"]
+    assert left_out == pytest.approx(30.0)
+    # Never below the rewards already seen, and decayed like the cell itself.
+    out, _ = mature_cells(cells, {(("mobile", "search"), "a"): [(0.0, 100)]}, lambda age: 0.0, None)
+    assert out[("mobile", "search")]["a"].exposures == 10.0
+    out, _ = mature_cells(cells, {(("mobile", "search"), "a"): [(3600_000.0, 40)]}, lambda age: 0.0, 3600.0)
+    assert out[("mobile", "search")]["a"].exposures == pytest.approx(80.0)
+
+
+@pytest.fixture
+def hero(store: Store) -> Store:
+    store.create_experiment(make_spec(reward={"kind": "binary", "window_s": 24 * 3600}), NOW - 10 * 24 * HOUR)
+    return store
+
+
+def test_delays_are_measured_on_matured_exposures_first(hero: Store) -> None:
+    spec = hero.get_experiment("hero").spec  # type: ignore[union-attr]
+    events = []
+    for i in range(MIN_DELAYS + 10):  # two days old: windows closed; outcomes 1 h later
+        events += [exposure(i, ts=NOW - 48 * HOUR), outcome(i, ts=NOW - 47 * HOUR)]
+    for i in range(100, 100 + MIN_DELAYS):  # recent and fast: not used while matured ones suffice
+        events += [exposure(i, ts=NOW - HOUR), outcome(i, ts=NOW - HOUR + 1000)]
+    ingest(hero, events, None, NOW)
+    cdf, count, source = delay_cdf(hero, spec, NOW)
+    assert (count, source) == (MIN_DELAYS + 10, "matured") and cdf is not None
+    assert cdf(HOUR - 1) == 0.0 and cdf(HOUR) == 1.0
+
+
+def test_without_enough_delays_nothing_is_corrected(hero: Store) -> None:
+    spec = hero.get_experiment("hero").spec  # type: ignore[union-attr]
+    ingest(hero, [exposure(1, ts=NOW - HOUR), outcome(1, ts=NOW - HOUR + 5)], None, NOW)
+    cells = hero.cells(spec, NOW)
+    assert maturity(hero, spec, cells, NOW)[0] == cells
+    assert maturity(hero, spec, cells, NOW)[1].source == "none"
+
+
+def test_recent_traffic_no_longer_looks_like_failures(hero: Store) -> None:
+    spec = hero.get_experiment("hero").spec  # type: ignore[union-attr]
+    events = []
+    # Arm b converts 20 % of the time, two hours after the exposure.
+    for i in range(200):
+        events.append(exposure(i, arm="b", ts=NOW - 30 * HOUR))
+        if i % 5 == 0:
+            events.append(outcome(i, ts=NOW - 28 * HOUR))
+    for i in range(200, 400):  # the last hour: their outcomes cannot have come yet
+        events.append(exposure(i, arm="b", ts=NOW - HOUR // 2))
+    ingest(hero, events, None, NOW)
+    young = young_exposures(hero, spec, NOW)
+    assert sum(n for ages in young.values() for _, n in ages) == 200
+    cells = hero.cells(spec, NOW)
+    raw = cells[("mobile", "search")]["b"]
+    corrected, report = maturity(hero, spec, cells, NOW)
+    fixed = corrected[("mobile", "search")]["b"]
+    assert raw.reward / raw.exposures == pytest.approx(0.1)  # what the learner used to see
+    assert fixed.reward / fixed.exposures == pytest.approx(0.2)
+    assert report.source == "matured" and report.discounted == pytest.approx(200.0)
