@@ -313,7 +313,7 @@ class LinTS(_Matured):
 class Perch:
     """Perch's own loop: events through ingestion, learn and publish, decide on the decoded snapshot."""
 
-    def __init__(self, root: Path, model: str, seed: int) -> None:
+    def __init__(self, root: Path, model: str, seed: int, contextual: dict[str, Any] | None = None) -> None:
         root.mkdir(parents=True)
         self.store = Store.from_url(f"sqlite:///{root / 'perch.db'}", "bench-unit-key")
         self.store.migrate()
@@ -324,6 +324,7 @@ class Perch:
                 "default_arm": "a0",
                 "features": list(FEATURES),
                 "model": model,
+                **({"contextual": contextual} if contextual else {}),
                 "holdout": 0.0,
                 "reward": {"kind": "binary", "window_s": WINDOW_S},
             }
@@ -398,6 +399,9 @@ def _policy(name: str, seed: int, root: Path) -> tuple[Policy, bool]:
         return VowpalWabbit(seed, "--epsilon 0.05"), False
     if name == "MABWiser LinTS":
         return LinTS(seed), False
+    if name == "Perch contextual (pairs)":
+        pairs = [list(p) for p in itertools.combinations(FEATURES, 2)]
+        return Perch(root / f"pairs-{seed}", "contextual", seed, {"interactions": pairs}), False
     if name.startswith("Perch"):
         return Perch(root / f"{name.split()[1]}-{seed}", name.split()[1], seed), False
     raise ValueError(name)

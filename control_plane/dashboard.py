@@ -388,6 +388,34 @@ def _alerts_section(alerts: Any) -> str:
     return f'<section class="alerts" role="alert"><h2>{_h(count)}</h2><ul>{"".join(lis)}</ul></section>'
 
 
+def _effects_section(effects: Any) -> str:
+    """A contextual model's weights: one row per feature column, one ``effect [95%]`` cell per arm."""
+    if not isinstance(effects, list) or not effects:
+        return ""
+    arms = list(_obj(effects[0].get("arms") if isinstance(effects[0], Mapping) else None))
+    rows = []
+    for row in effects:
+        if not isinstance(row, Mapping):
+            continue
+        cells = _obj(row.get("arms"))
+        rows.append(
+            [row.get("feature")]
+            + [
+                f"{c['effect']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+                if isinstance(c := cells.get(arm), Mapping)
+                and all(_number(c.get(k)) is not None for k in ("effect", "low", "high"))
+                else "—"
+                for arm in arms
+            ]
+        )
+    table = _table([("feature", False), *((arm, True) for arm in arms)], rows, "effects")
+    return (
+        '<section id="effects"><h2>Feature effects</h2><p class="muted">Each arm\'s weight per feature '
+        "value in the contextual model (logits for binary rewards), with its 95% interval.</p>"
+        f"{table}</section>"
+    )
+
+
 def experiment_page(record: ExperimentRecord, report: Mapping[str, Any], now_ms: int) -> str:
     """The page of one experiment from its report (see control_plane/report.py for the fields)."""
     spec = record.spec
@@ -497,6 +525,9 @@ def experiment_page(record: ExperimentRecord, report: Mapping[str, Any], now_ms:
         else '<p class="muted">No segment has exposures yet.</p>'
     )
     parts.append(f'<section id="segments"><h2>Segments</h2>{segment_table}</section>')
+    effects = _effects_section(report.get("feature_effects"))
+    if effects:
+        parts.append(effects)
     snapshots = sorted(
         (s for s in report.get("snapshots") or [] if isinstance(s, Mapping)),
         key=lambda s: -(_number(s.get("version")) or 0),

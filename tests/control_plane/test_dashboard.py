@@ -103,6 +103,10 @@ def report_for(record: ExperimentRecord, now_ms: int) -> dict[str, Any]:
             {"at_ms": now_ms - 5000, "kind": "guardrail", "message": f"arm b {EVIL}", "details": None}
         ],
         "ope": None,
+        "feature_effects": [
+            {"feature": "device=mobile", "arms": {"a": {"effect": -0.2, "low": -0.5, "high": 0.1}, "b": None}},
+            {"feature": f"device={EVIL}", "arms": {"a": {"effect": 0.31, "low": 0.0, "high": 0.62}}},
+        ],
     }
 
 
@@ -342,6 +346,11 @@ def test_the_experiment_page_shows_the_report(browser: Browserish, sqlite_store:
     assert "img" not in tags(page) and "script" not in tags(page)
     snapshots = re.search(r'<table class="snapshots">.*?</table>', page, flags=re.S)
     assert snapshots is not None and len(re.findall(r"<tr><td", snapshots.group(0))) == 2
+    effects = re.search(r'<table class="effects">.*?</table>', page, flags=re.S)
+    assert effects is not None
+    cells = re.findall(r"<td(?: class=num)?>(.*?)</td>", effects.group(0))
+    assert cells[:3] == ["device=mobile", "-0.20 [-0.50, +0.10]", "—"]
+    assert cells[4] == "+0.31 [+0.00, +0.62]"
 
 
 def test_the_real_report_renders_too(sqlite_store: Store, tmp_path: Path, clock: Clock) -> None:
