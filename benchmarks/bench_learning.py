@@ -402,6 +402,9 @@ def _policy(name: str, seed: int, root: Path) -> tuple[Policy, bool]:
     if name == "Perch contextual (pairs)":
         pairs = [list(p) for p in itertools.combinations(FEATURES, 2)]
         return Perch(root / f"pairs-{seed}", "contextual", seed, {"interactions": pairs}), False
+    if name.startswith("Perch contextual explore="):
+        explore = float(name.split("=")[1])
+        return Perch(root / f"explore-{explore}-{seed}", "contextual", seed, {"explore": explore}), False
     if name.startswith("Perch"):
         return Perch(root / f"{name.split()[1]}-{seed}", name.split()[1], seed), False
     raise ValueError(name)

@@ -40,7 +40,8 @@ __all__ = ["Fit", "build_blocks", "encode_paths", "fit_arms", "learn_contextual"
 
 FloatArray = npt.NDArray[np.float64]
 
-PRIOR_SCALES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # feature weight s.d. in logits, chosen by evidence
+PRIOR_SCALES = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # feature weight s.d. in logits, chosen by evidence
+DRIFT_SCALES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)  # how far an arm's weights may have moved, by evidence
 INTERCEPT_SCALE = 1.5  # logits around the pooled rate
 MAX_NEWTON = 30
 # Paths whose choice probabilities make up the global allocation summary (the heaviest ones).
@@ -133,31 +134,43 @@ class Fit:
     log_evidence: float
 
 
-def _fit_one(  # noqa: PLR0917 (one arm's data and prior, as fit_arms holds them)
+@dataclass(frozen=True, slots=True)
+class _Prior:
+    """A Gaussian prior over one arm's weights, given as mean and precision matrix."""
+
+    mean: FloatArray
+    precision: FloatArray
+
+    def log_det(self) -> float:
+        return 2.0 * float(np.sum(np.log(np.diag(cho_factor(self.precision)[0]))))
+
+
+def _fit_one(
     x: FloatArray,
     n: FloatArray,
     r: FloatArray,
-    mu0: FloatArray,
-    prec: FloatArray,
+    prior: _Prior,
+    *,
     binary: bool,
     noise: float,
     start: FloatArray,
 ) -> tuple[FloatArray, FloatArray, float]:
-    """(mode, Hessian at the mode, log evidence up to a constant) for one arm."""
+    """(mode, Hessian at the mode, Laplace log evidence up to a constant) for one arm."""
+    mu0, prec = prior.mean, prior.precision
     w = start.copy()
     if not binary:
         # Conjugate: the mean reward of a row, with precision n / noise.
         y = np.divide(r, n, out=np.zeros_like(r), where=n > 0)
-        h = (x * (n / noise)[:, None]).T @ x + np.diag(prec)
+        h = (x * (n / noise)[:, None]).T @ x + prec
         factor = cho_factor(h)
-        w = cho_solve(factor, x.T @ (n * y / noise) + prec * mu0)
+        w = cho_solve(factor, x.T @ (n * y / noise) + prec @ mu0)
         resid = y - x @ w
         loglik = -0.5 * float(np.sum(n / noise * resid * resid))
     else:
         for _ in range(MAX_NEWTON):
             p = expit(x @ w)
-            grad = x.T @ (r - n * p) - prec * (w - mu0)
-            h = (x * (n * p * (1.0 - p))[:, None]).T @ x + np.diag(prec)
+            grad = x.T @ (r - n * p) - prec @ (w - mu0)
+            h = (x * (n * p * (1.0 - p))[:, None]).T @ x + prec
             factor = cho_factor(h)
             step = cho_solve(factor, grad)
             w = w + step
@@ -165,17 +178,18 @@ def _fit_one(  # noqa: PLR0917 (one arm's data and prior, as fit_arms holds them
                 break
         eta = x @ w
         p = expit(eta)
-        h = (x * (n * p * (1.0 - p))[:, None]).T @ x + np.diag(prec)
+        h = (x * (n * p * (1.0 - p))[:, None]).T @ x + prec
         factor = cho_factor(h)
         loglik = float(np.sum(r * eta - n * np.logaddexp(0.0, eta)))
     log_det_h = 2.0 * float(np.sum(np.log(np.diag(factor[0]))))
-    evidence = (
-        loglik
-        - 0.5 * float(np.sum(prec * (w - mu0) ** 2))
-        + 0.5 * float(np.sum(np.log(prec)))
-        - 0.5 * log_det_h
-    )
+    d = w - mu0
+    evidence = loglik - 0.5 * float(d @ prec @ d) + 0.5 * prior.log_det() - 0.5 * log_det_h
     return w, h, evidence
+
+
+def _rows(n: FloatArray, r: FloatArray, a: int) -> tuple[npt.NDArray[np.bool_], FloatArray, FloatArray]:
+    rows = n[:, a] > 0
+    return rows, n[rows, a], np.minimum(r[rows, a], n[rows, a])
 
 
 def fit_arms(x: FloatArray, n: FloatArray, r: FloatArray, *, binary: bool, prior_scale: float | None) -> Fit:
@@ -196,14 +210,13 @@ def fit_arms(x: FloatArray, n: FloatArray, r: FloatArray, *, binary: bool, prior
     for scale in scales:
         prec = np.full(dim, 1.0 / (scale * unit) ** 2)
         prec[0] = 1.0 / intercept_sd**2
+        prior = _Prior(mu0, np.diag(prec))
         means = np.empty((arms, dim))
         covs = np.empty((arms, dim, dim))
         total = 0.0
         for a in range(arms):
-            rows = n[:, a] > 0
-            w, h, evidence = _fit_one(
-                x[rows], n[rows, a], np.minimum(r[rows, a], n[rows, a]), mu0, prec, binary, noise, starts[a]
-            )
+            rows, n_a, r_a = _rows(n, r, a)
+            w, h, evidence = _fit_one(x[rows], n_a, r_a, prior, binary=binary, noise=noise, start=starts[a])
             means[a] = w
             covs[a] = cho_solve(cho_factor(h), np.eye(dim))
             total += evidence
@@ -212,6 +225,41 @@ def fit_arms(x: FloatArray, n: FloatArray, r: FloatArray, *, binary: bool, prior
             best = Fit(means, covs, scale, total)
     assert best is not None
     return best
+
+
+def follow(old: Fit, x: FloatArray, n: FloatArray, r: FloatArray, *, binary: bool) -> tuple[Fit, list[float]]:
+    """Update ``old`` (fitted on all but the newest data) with the newest data ``n``, ``r``.
+
+    Each arm's prior is its old posterior widened by a drift ``tau^2 I``: how far its weights may
+    have moved since. ``tau`` is picked per arm by the Laplace evidence of the newest data, so an
+    arm whose visitors still behave as before keeps all it learnt (tau near 0: the update is the
+    plain posterior on all data), and one whose world changed follows the new data at once,
+    without forgetting anything about the arms that did not change.
+    """
+    dim = x.shape[1]
+    arms = n.shape[1]
+    pooled = (float(r.sum()) + 1.0) / (float(n.sum()) + 2.0)
+    noise = max(pooled * (1.0 - pooled), 1e-4)
+    unit = 1.0 if binary else math.sqrt(noise)
+    means = np.empty((arms, dim))
+    covs = np.empty((arms, dim, dim))
+    taus = []
+    total = 0.0
+    for a in range(arms):
+        rows, n_a, r_a = _rows(n, r, a)
+        best: tuple[float, FloatArray, FloatArray, float] | None = None
+        for tau in DRIFT_SCALES:
+            widened = old.cov[a] + np.eye(dim) * (tau * unit) ** 2
+            prior = _Prior(old.mean[a], cho_solve(cho_factor(widened), np.eye(dim)))
+            w, h, evidence = _fit_one(x[rows], n_a, r_a, prior, binary=binary, noise=noise, start=old.mean[a])
+            if best is None or evidence > best[3]:
+                best = (tau, w, h, evidence)
+        assert best is not None
+        taus.append(best[0])
+        means[a] = best[1]
+        covs[a] = cho_solve(cho_factor(best[2]), np.eye(dim))
+        total += best[3]
+    return Fit(means, covs, old.prior_scale, old.log_evidence + total), taus
 
 
 def _upper(covs: FloatArray) -> FloatArray:
@@ -228,22 +276,35 @@ def learn_contextual(
     version: int,
     now_ms: int,
     units: Mapping[tuple[str, ...], int] | None = None,
+    recent: Cells | None = None,
 ) -> Snapshot:
-    """The schema 2 snapshot of ``spec`` from decayed statistics per (full path, arm)."""
+    """The schema 2 snapshot of ``spec`` from decayed statistics per (full path, arm).
+
+    ``recent`` holds the part of ``cells`` that came last (see :func:`follow`): the model is
+    fitted on the rest, then updated with it, each arm allowed to have drifted as far as the
+    evidence says. Without it, one fit on everything.
+    """
     usable, _ = split_cells(spec, cells)
-    paths = sorted(usable)  # sorted: float sums, hence the bytes, do not depend on row order
+    newest, _ = split_cells(spec, recent or {})
+    paths = sorted(
+        set(usable) | set(newest)
+    )  # sorted: float sums, hence the bytes, do not depend on row order
     arm_keys = [a.key for a in spec.arms]
-    index = {k: i for i, k in enumerate(arm_keys)}
-    n = np.zeros((len(paths), len(arm_keys)))
-    r = np.zeros_like(n)
-    for row, path in enumerate(paths):
-        for arm, stats in usable[path].items():
-            n[row, index[arm]] = stats.exposures
-            r[row, index[arm]] = min(stats.reward, stats.exposures)
+    n, r = _table(usable, paths, arm_keys)
     blocks = build_blocks(spec, usable, units)
     x = encode_paths(blocks, spec.features, paths)
+    binary = spec.reward.kind == "binary"
     try:
-        fit = fit_arms(x, n, r, binary=spec.reward.kind == "binary", prior_scale=spec.contextual.prior_scale)
+        if newest:
+            n_new, r_new = _table(newest, paths, arm_keys)
+            n_new, r_new = np.minimum(n_new, n), np.minimum(r_new, r)
+            n_old = n - n_new
+            old = fit_arms(
+                x, n_old, np.minimum(r - r_new, n_old), binary=binary, prior_scale=spec.contextual.prior_scale
+            )
+            fit, _ = follow(old, x, n_new, r_new, binary=binary)
+        else:
+            fit = fit_arms(x, n, r, binary=binary, prior_scale=spec.contextual.prior_scale)
     except LinAlgError as exc:  # only if the data are degenerate beyond what the prior regularises
         raise ValueError(f"{spec.key}: contextual fit failed ({exc})") from None
     model = ContextualModel(
@@ -273,6 +334,22 @@ def learn_contextual(
         context_features=spec.features,
         model=model,
     )
+
+
+def _table(
+    cells: Mapping[tuple[str, ...], Mapping[str, CellStats]],
+    paths: Sequence[tuple[str, ...]],
+    arms: Sequence[str],
+) -> tuple[FloatArray, FloatArray]:
+    """Exposures and rewards as (paths x arms) arrays; missing cells are zero."""
+    index = {k: i for i, k in enumerate(arms)}
+    n = np.zeros((len(paths), len(arms)))
+    r = np.zeros_like(n)
+    for row, path in enumerate(paths):
+        for arm, stats in cells.get(path, {}).items():
+            n[row, index[arm]] = stats.exposures
+            r[row, index[arm]] = min(stats.reward, stats.exposures)
+    return n, r
 
 
 def _allocation(

@@ -35,7 +35,7 @@ from control_plane.learner import CellStats
 from control_plane.schema import exposures, outcomes
 from control_plane.store import Store, decay
 
-__all__ = ["Maturity", "delay_cdf", "mature_cells", "maturity", "young_exposures"]
+__all__ = ["Maturity", "delay_cdf", "mature_cells", "maturity", "recent_cells", "young_exposures"]
 
 MIN_DELAYS = 30
 MAX_DELAYS = 5_000
@@ -132,10 +132,71 @@ def mature_cells(
     return out, left_out
 
 
-def maturity(store: Store, spec: ExperimentSpec, cells: Cells, now_ms: int) -> tuple[Cells, Maturity]:
-    """The learner's cells with outcomes still to come accounted for (see the module docstring)."""
+def recent_cells(
+    store: Store, spec: ExperimentSpec, now_ms: int, count: int, cdf: Callable[[float], float] | None
+) -> Cells:
+    """The newest ``count`` personalized exposures as cells, weighted as :func:`maturity` weighs them.
+
+    The contextual learner fits everything older first and then updates with these, so that an
+    arm whose visitors changed can follow them (``contextual_learner.follow``). Counting by
+    exposures, not by time, makes "recent" mean as much evidence on a quiet site as on a busy one.
+    """
+    if count <= 0:
+        return {}
+    with store.engine.connect() as conn:
+        cutoff = conn.execute(
+            select(exposures.c.ts_ms)
+            .where(exposures.c.experiment == spec.key, exposures.c.reason == "personalized")
+            .order_by(exposures.c.ts_ms.desc())
+            .offset(count - 1)
+            .limit(1)
+        ).scalar()
+        if cutoff is None:
+            return {}  # fewer than ``count`` in all: nothing is older, nothing to update
+        window_ms = spec.reward.window_s * 1000
+        width = max(1, window_ms // BUCKETS)
+        bucket = (exposures.c.ts_ms // width).label("bucket")
+        rows = conn.execute(
+            select(
+                exposures.c.path,
+                exposures.c.arm,
+                bucket,
+                func.count().label("n"),
+                func.sum(exposures.c.reward).label("r"),
+            )
+            .where(
+                exposures.c.experiment == spec.key,
+                exposures.c.reason == "personalized",
+                exposures.c.ts_ms >= cutoff,
+            )
+            .group_by(exposures.c.path, exposures.c.arm, bucket)
+        ).all()
+    out: Cells = {}
+    sums: dict[tuple[tuple[str, ...], str], list[float]] = {}
+    for path, arm, index, n, r in rows:
+        try:
+            key = tuple(json.loads(path))
+        except ValueError:
+            continue
+        age = max(0.0, now_ms - (int(index) + 0.5) * width)
+        weight = decay(1.0, 0, int(age), spec.half_life_s)
+        due = cdf(age) if cdf is not None and age < window_ms else 1.0
+        acc = sums.setdefault((key, arm), [0.0, 0.0])
+        acc[0] += int(n) * weight * due
+        acc[1] += float(r or 0.0) * weight
+    for (key, arm), (n_eff, r_sum) in sorted(sums.items()):
+        out.setdefault(key, {})[arm] = CellStats(n_eff, min(r_sum, n_eff))
+    return out
+
+
+def maturity(
+    store: Store, spec: ExperimentSpec, cells: Cells, now_ms: int, recent: int = 0
+) -> tuple[Cells, Cells, Maturity]:
+    """The learner's cells with outcomes still to come accounted for (see the module docstring),
+    and the newest ``recent`` exposures' share of them (:func:`recent_cells`), weighted alike."""
     cdf, count, source = delay_cdf(store, spec, now_ms)
+    newest = recent_cells(store, spec, now_ms, recent, cdf)
     if cdf is None:
-        return cells, Maturity(0, "none", 0.0)
+        return cells, newest, Maturity(0, "none", 0.0)
     corrected, left_out = mature_cells(cells, young_exposures(store, spec, now_ms), cdf, spec.half_life_s)
-    return corrected, Maturity(count, source, left_out if math.isfinite(left_out) else 0.0)
+    return corrected, newest, Maturity(count, source, left_out if math.isfinite(left_out) else 0.0)

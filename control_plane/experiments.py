@@ -103,6 +103,8 @@ class Contextual:
     max_values: int = 20
     explore: float = 1.0
     prior_scale: float | None = None
+    # The newest exposures the model is updated with last, each arm free to have drifted (0: off).
+    recent_exposures: int = 5_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.interactions, (list, tuple)) or len(self.interactions) > 8:
@@ -125,6 +127,14 @@ class Contextual:
                 f"contextual.max_values={self.max_values!r}, must be an integer in [1, 1000]"
             )
         _number("contextual.explore", self.explore, 0.0, 100.0)
+        if (
+            isinstance(self.recent_exposures, bool)
+            or not isinstance(self.recent_exposures, int)
+            or not 0 <= self.recent_exposures <= 10_000_000
+        ):
+            raise ExperimentError(
+                f"contextual.recent_exposures={self.recent_exposures!r}, must be an integer in [0, 10000000]"
+            )
         if self.prior_scale is not None:
             _number("contextual.prior_scale", self.prior_scale, 0.0, 100.0, low_open=True)
         object.__setattr__(self, "interactions", tuple(pairs))

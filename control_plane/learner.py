@@ -379,6 +379,7 @@ def learn(
     draws: int = 20_000,
     seed: int | None = None,
     units: Mapping[tuple[str, ...], int] | None = None,
+    recent: Cells | None = None,
 ) -> Snapshot:
     """The snapshot for ``spec`` given decayed statistics per (full path, arm).
 
@@ -391,7 +392,7 @@ def learn(
     if spec.model == "contextual":
         from control_plane.contextual_learner import learn_contextual
 
-        return learn_contextual(spec, cells, version=version, now_ms=now_ms, units=units)
+        return learn_contextual(spec, cells, version=version, now_ms=now_ms, units=units, recent=recent)
     if draws < MIN_DRAWS:
         raise ValueError(f"draws={draws}: at least {MIN_DRAWS} are needed for usable propensities")
     totals = _aggregate(spec, split_cells(spec, cells)[0])

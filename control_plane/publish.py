@@ -165,9 +165,10 @@ def publish_experiment(
         metrics.learner_skipped_cells.labels(spec.key, reason).set(skipped[reason])
     if skipped:
         log.warning("%s: learning without %s unusable cells", spec.key, dict(skipped))
-    cells, matured = maturity(store, spec, cells, now)
+    follow = spec.contextual.recent_exposures if spec.model == "contextual" else 0
+    cells, recent, matured = maturity(store, spec, cells, now, follow)
     units = store.units_per_path(spec.key)
-    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units)
+    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
     evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now)
     if evaluation is not None and not evaluation["passed"]:
         message = (

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from control_plane.contextual_learner import build_blocks, encode_paths, fit_arms, learn_contextual
+from control_plane.contextual_learner import build_blocks, encode_paths, fit_arms, follow, learn_contextual
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.learner import CellStats, learn
 from core import decode_snapshot, encode_snapshot
@@ -170,3 +170,41 @@ def test_the_same_inputs_give_the_same_bytes_and_a_schema_2_snapshot() -> None:
     snap = decode_snapshot(first)
     assert snap.model is not None and [s.key for s in snap.segments] == ["all"]
     assert abs(sum(snap.allocation) - 1.0) < 1e-3
+
+
+def test_follow_keeps_what_still_holds_and_follows_what_changed() -> None:
+    s = spec(arms=[{"key": "a"}, {"key": "b"}], default_arm="a")
+    paths = [("mobile", "search"), ("desktop", "search")]
+    old = {p: {"a": CellStats(20_000.0, 1000.0), "b": CellStats(20_000.0, 1000.0)} for p in paths}
+    new = {p: {"a": CellStats(2_000.0, 100.0), "b": CellStats(2_000.0, 100.0)} for p in paths}
+    new[("mobile", "search")]["b"] = CellStats(2_000.0, 300.0)  # b now converts 15 % of mobiles
+    blocks = build_blocks(s, old)
+    x = encode_paths(blocks, s.features, paths)
+    n_old = np.array([[old[p][a].exposures for a in "ab"] for p in paths])
+    r_old = np.array([[old[p][a].reward for a in "ab"] for p in paths])
+    n_new = np.array([[new[p][a].exposures for a in "ab"] for p in paths])
+    r_new = np.array([[new[p][a].reward for a in "ab"] for p in paths])
+    before = fit_arms(x, n_old, r_old, binary=True, prior_scale=None)
+    after, taus = follow(before, x, n_new, r_new, binary=True)
+    assert taus[0] <= 0.05
+    assert taus[1] >= 0.2
+    rate = 1 / (1 + np.exp(-(x @ after.mean.T)))  # paths x arms
+    assert rate[0, 1] == pytest.approx(0.15, abs=0.02)  # mobile, b: followed
+    assert rate[1, 1] == pytest.approx(0.05, abs=0.01)  # desktop, b: kept
+    assert rate[:, 0] == pytest.approx([0.05, 0.05], abs=0.005)  # a: all it learnt still holds
+    # Everything in one fit would still believe b's old mobile rate, diluted.
+    pooled = fit_arms(x, n_old + n_new, r_old + r_new, binary=True, prior_scale=None)
+    assert 1 / (1 + np.exp(-(x[0] @ pooled.mean[1]))) < 0.075
+
+
+def test_learning_with_recent_cells_equals_the_update() -> None:
+    data = cells(3000.0)
+    recent = {
+        p: {a: CellStats(c.exposures / 10, c.reward / 10) for a, c in arms.items()}
+        for p, arms in data.items()
+    }
+    snap = learn_contextual(spec(), data, version=1, now_ms=0, recent=recent)
+    plain = learn_contextual(spec(), data, version=1, now_ms=0)
+    assert snap.model is not None and plain.model is not None
+    # Nothing changed: the update agrees with the single fit on everything.
+    assert np.allclose(snap.model.mean, plain.model.mean, atol=0.05)

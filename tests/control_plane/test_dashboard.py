@@ -104,7 +104,10 @@ def report_for(record: ExperimentRecord, now_ms: int) -> dict[str, Any]:
         ],
         "ope": None,
         "feature_effects": [
-            {"feature": "device=mobile", "arms": {"a": {"effect": -0.2, "low": -0.5, "high": 0.1}, "b": None}},
+            {
+                "feature": "device=mobile",
+                "arms": {"a": {"effect": -0.2, "low": -0.5, "high": 0.1}, "b": None},
+            },
             {"feature": f"device={EVIL}", "arms": {"a": {"effect": 0.31, "low": 0.0, "high": 0.62}}},
         ],
     }

@@ -53,7 +53,7 @@ def test_without_enough_delays_nothing_is_corrected(hero: Store) -> None:
     ingest(hero, [exposure(1, ts=NOW - HOUR), outcome(1, ts=NOW - HOUR + 5)], None, NOW)
     cells = hero.cells(spec, NOW)
     assert maturity(hero, spec, cells, NOW)[0] == cells
-    assert maturity(hero, spec, cells, NOW)[1].source == "none"
+    assert maturity(hero, spec, cells, NOW)[2].source == "none"
 
 
 def test_recent_traffic_no_longer_looks_like_failures(hero: Store) -> None:
@@ -61,9 +61,9 @@ def test_recent_traffic_no_longer_looks_like_failures(hero: Store) -> None:
     events = []
     # Arm b converts 20 % of the time, two hours after the exposure.
     for i in range(200):
-        events.append(exposure(i, arm="b", ts=NOW - 30 * HOUR))
+        events.append(exposure(i, arm="b", ts=NOW - 30 * HOUR + i * 1000))
         if i % 5 == 0:
-            events.append(outcome(i, ts=NOW - 28 * HOUR))
+            events.append(outcome(i, ts=NOW - 28 * HOUR + i * 1000))
     for i in range(200, 400):  # the last hour: their outcomes cannot have come yet
         events.append(exposure(i, arm="b", ts=NOW - HOUR // 2))
     ingest(hero, events, None, NOW)
@@ -71,8 +71,12 @@ def test_recent_traffic_no_longer_looks_like_failures(hero: Store) -> None:
     assert sum(n for ages in young.values() for _, n in ages) == 200
     cells = hero.cells(spec, NOW)
     raw = cells[("mobile", "search")]["b"]
-    corrected, report = maturity(hero, spec, cells, NOW)
+    corrected, recent, report = maturity(hero, spec, cells, NOW, recent=300)
     fixed = corrected[("mobile", "search")]["b"]
     assert raw.reward / raw.exposures == pytest.approx(0.1)  # what the learner used to see
     assert fixed.reward / fixed.exposures == pytest.approx(0.2)
     assert report.source == "matured" and report.discounted == pytest.approx(200.0)
+    # The newest 300 exposures: the 200 young ones (none due yet) and 100 of the old.
+    newest = recent[("mobile", "search")]["b"]
+    assert newest.exposures == pytest.approx(100.0) and newest.reward == pytest.approx(20.0)
+    assert maturity(hero, spec, cells, NOW, recent=10_000)[1] == {}  # fewer in all: nothing older
