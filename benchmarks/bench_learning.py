@@ -28,14 +28,14 @@ summed over visits.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
-import math
 import multiprocessing
 import random
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -374,6 +374,11 @@ class Perch:
         self.snapshot = decode_snapshot(self.kv.get(snapshot_key("bench")) or b"")
 
 
+PEER_PACKAGES = {
+    "VW squarecb": "vowpalwabbit",
+    "VW epsilon-greedy": "vowpalwabbit",
+    "MABWiser LinTS": "mabwiser",
+}
 POLICIES = (
     "uniform",
     "context-free TS",
@@ -399,9 +404,6 @@ def _policy(name: str, seed: int, root: Path) -> tuple[Policy, bool]:
         return VowpalWabbit(seed, "--epsilon 0.05"), False
     if name == "MABWiser LinTS":
         return LinTS(seed), False
-    if name == "Perch contextual (pairs)":
-        pairs = [list(p) for p in itertools.combinations(FEATURES, 2)]
-        return Perch(root / f"pairs-{seed}", "contextual", seed, {"interactions": pairs}), False
     if name.startswith("Perch contextual explore="):
         explore = float(name.split("=")[1])
         return Perch(root / f"explore-{explore}-{seed}", "contextual", seed, {"explore": explore}), False
@@ -444,7 +446,14 @@ def run(
     policies: Sequence[str] = POLICIES,
     processes: int = 2,
 ) -> dict[str, Any]:
-    """Every (environment, policy, seed) once; figures averaged over seeds."""
+    """Every (environment, policy, seed) once; figures averaged over seeds.
+
+    A peer whose package is not installed (the ``bench`` extra) is left out and listed.
+    """
+    skipped = sorted(
+        {p for p in policies if p in PEER_PACKAGES and importlib.util.find_spec(PEER_PACKAGES[p]) is None}
+    )
+    policies = [p for p in policies if p not in skipped]
     with tempfile.TemporaryDirectory(prefix="perch-bench-learning-") as root:
         jobs = [(e, p, s, visitors, root) for e in environments for p in policies for s in seeds]
         if processes > 1:
@@ -479,14 +488,5 @@ def run(
         "visit_ms": VISIT_MS,
         "returning": RETURNING,
         "table": table,
+        "skipped": skipped,
     }
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    visitors = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    envs = sys.argv[2].split(",") if len(sys.argv) > 2 else ENVIRONMENTS
-    pols = sys.argv[3].split(",") if len(sys.argv) > 3 else POLICIES
-    print(json.dumps(run(visitors=visitors, seeds=(1,), environments=envs, policies=pols), indent=1))

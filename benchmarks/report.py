@@ -341,9 +341,96 @@ def learner_section(lr: dict[str, Any]) -> list[str]:
     return lines
 
 
+CONTEXTUAL_ENVIRONMENTS = ("additive", "interactions", "switching")
+PERCH = "Perch contextual"
+
+
+def _peers(table: dict[str, Any]) -> dict[str, Any]:
+    return {name: row for name, row in table.items() if not name.startswith("Perch")}
+
+
+def learning_verdicts(lg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, measured, target, verdict) for the issue's learning goals."""
+    out = []
+    table = lg["table"]
+    additive = table.get("additive", {}).get(PERCH)
+    if additive is not None:
+        out.append(
+            (
+                "Learning: Perch contextual, share of the oracle's lift, additive world",
+                f"{additive['captured']:.0%}",
+                "≥ 75 %",
+                _verdict(additive["captured"], 0.75, higher_is_better=True),
+            )
+        )
+    for env in CONTEXTUAL_ENVIRONMENTS:
+        perch, peers = table.get(env, {}).get(PERCH), _peers(table.get(env, {}))
+        if perch is None or not peers:
+            continue
+        best_name, best = max(peers.items(), key=lambda kv: kv[1]["captured"])
+        out.append(
+            (
+                f"Learning: Perch contextual vs the best peer ({best_name}), {env} world",
+                f"{perch['captured']:.0%} vs {best['captured']:.0%}",
+                "ahead",
+                "met" if perch["captured"] > best["captured"] else "**missed**",
+            )
+        )
+    perch, peers = table.get("context-free", {}).get(PERCH), _peers(table.get("context-free", {}))
+    if perch is not None and peers:
+        best_name, best = max(peers.items(), key=lambda kv: kv[1]["captured"])
+        gap = best["captured"] - perch["captured"]
+        out.append(
+            (
+                f"Learning: Perch contextual vs the best peer ({best_name}), context-free world",
+                f"{perch['captured']:.0%} vs {best['captured']:.0%}",
+                "within 3 points",
+                "met" if gap <= 0.03 else "**missed**",
+            )
+        )
+    return out
+
+
+def learning_section(lg: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 4. Learning quality",
+        "",
+        f"`benchmarks/bench_learning.py`: {lg['visitors']:,} visitors x seeds {lg['seeds']} per world, "
+        "4 arms, features device, source and country (some cells rare), "
+        f"{lg['returning']:.0%} returning visitors, conversions arriving after an exponential delay of "
+        f"mean {lg['delay_mean_s']:.0f} s against a publish every {lg['publish_every']:,} visits "
+        f"({lg['publish_every'] * lg['visit_ms'] / 1000:.0f} s). Perch runs its real loop in-process "
+        "(ingestion into SQLite, learn, promotion gate, KV, `core.decide`); the peers see the same "
+        "visitors and the same conversion draws. Captured = (policy - uniform) / (oracle - uniform) in "
+        "expected conversions, mean over seeds [min, max]; regret = expected conversions lost against "
+        "the oracle.",
+        "",
+    ]
+    for env, rows in lg["table"].items():
+        ordered = sorted(rows.items(), key=lambda kv: -kv[1]["captured"])
+        lines += [f"**{env}**", ""]
+        lines += _table(
+            ["policy", "captured", "regret", "s per run"],
+            [
+                [
+                    name,
+                    f"{r['captured']:.1%} [{r['captured_min']:.0%}, {r['captured_max']:.0%}]",
+                    f"{r['regret']:,.0f}",
+                    f"{r['seconds']:.0f}",
+                ]
+                for name, r in ordered
+            ],
+            "lrrr",
+        )
+    skipped = lg.get("skipped")
+    if skipped:
+        lines += [f"Not run (package not installed): {', '.join(skipped)}.", ""]
+    return lines
+
+
 def ingest_section(ing: dict[str, Any]) -> list[str]:
     lines = [
-        "## 4. Ingestion",
+        "## 5. Ingestion",
         "",
         "A real `perch serve` per database (SQLite file with WAL and `synchronous=FULL`; PostgreSQL "
         f"{ing.get('postgresql_version', '?')} in its own `perch_bench` database), signed batches "
@@ -403,7 +490,7 @@ def ingest_section(ing: dict[str, Any]) -> list[str]:
 
 def http_section(http: dict[str, Any]) -> list[str]:
     lines = [
-        "## 5. HTTP at the local edge runner",
+        "## 6. HTTP at the local edge runner",
         "",
         f"`perch edge dev` (CPython, uvicorn) with a {_shape(http.get('shape', HEAD))} snapshot in its "
         "local KV, exposures sent to a stand-in control plane in its own process "
@@ -515,6 +602,10 @@ def _headline(sections: dict[str, Any]) -> tuple[list[str], list[str]]:
             rows.append(
                 ["Learn-and-publish cycle, 50 arms x 500 segments", f"{big['cycle_s']:.1f} s", "—", ""]
             )
+    lg = sections.get("learning", {})
+    if lg.get("ok"):
+        for figure, value, target, verdict in learning_verdicts(lg):
+            add(figure, value, target, verdict)
     ing = sections.get("ingest", {})
     if ing.get("ok"):
         for backend, b in ing["backends"].items():
@@ -593,6 +684,7 @@ def render(results: dict[str, Any]) -> str:
         "core": core_section,
         "pyodide": pyodide_section,
         "learner": learner_section,
+        "learning": learning_section,
         "ingest": ingest_section,
         "http": http_section,
     }

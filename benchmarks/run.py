@@ -6,7 +6,8 @@
 
 Sections: ``core`` (pytest-benchmark: core on CPython against MABWiser and
 Vowpal Wabbit), ``pyodide`` (the Worker bundle in real Pyodide under Node),
-``learner`` (learn-and-publish cycle scaling), ``ingest`` (``POST
+``learner`` (learn-and-publish cycle scaling), ``learning`` (share of the
+oracle's lift, Perch's real loop against peers on simulated visitors), ``ingest`` (``POST
 /v1/events`` of a real ``perch serve`` on SQLite and PostgreSQL) and
 ``http`` (``perch edge dev`` under concurrent load on loopback).  One fixed
 seed (:data:`benchmarks.shapes.SEED`), synthetic data made here, nothing
@@ -32,7 +33,7 @@ from benchmarks import report
 from benchmarks.common import ROOT, Stopwatch, load_average, machine
 from benchmarks.shapes import SEED
 
-SECTIONS = ("core", "pyodide", "learner", "ingest", "http")
+SECTIONS = ("core", "pyodide", "learner", "learning", "ingest", "http")
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
 
 
@@ -44,6 +45,7 @@ class Plan:
     core_min_rounds: int = 5
     pyodide: dict[str, Any] = field(default_factory=dict)
     learner: dict[str, Any] = field(default_factory=dict)
+    learning: dict[str, Any] = field(default_factory=dict)
     ingest: dict[str, Any] = field(default_factory=dict)
     http: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +62,7 @@ QUICK = Plan(
         "grid_events": 10**4,
         "repeats": 1,
     },
+    learning={"visitors": 4_000, "seeds": (1,)},
     ingest={"duration_s": 0.5, "loads": ((1, 2), (1, 8), (50, 2))},
     http={"concurrency": (1, 4), "requests": 100, "seconds": 3.0, "warmup": 20},
 )
@@ -75,6 +78,13 @@ SMOKE = Plan(
         "grid_events": 10**3,
         "repeats": 1,
         "shape": (2, 15),
+    },
+    learning={
+        "visitors": 2_500,
+        "seeds": (1,),
+        "environments": ("additive",),
+        "policies": ("uniform", "context-free TS", "Perch contextual"),
+        "processes": 1,
     },
     ingest={"duration_s": 0.3, "loads": ((1, 2), (1, 8), (50, 2)), "backends": ("sqlite",)},
     http={"concurrency": (2,), "requests": 40, "seconds": 3.0, "warmup": 10},
@@ -122,12 +132,13 @@ def run_core(plan: Plan) -> dict[str, Any]:
 
 
 def _sections(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
-    from benchmarks import bench_http, bench_ingest, bench_learner, bench_pyodide
+    from benchmarks import bench_http, bench_ingest, bench_learner, bench_learning, bench_pyodide
 
     return {
         "core": lambda: run_core(plan),
         "pyodide": lambda: bench_pyodide.run(**plan.pyodide),
         "learner": lambda: bench_learner.run(**plan.learner),
+        "learning": lambda: bench_learning.run(**plan.learning),
         "ingest": lambda: bench_ingest.run(**plan.ingest),
         "http": lambda: bench_http.run(**plan.http),
     }

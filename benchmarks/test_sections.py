@@ -35,7 +35,7 @@ def test_learner_ingest_and_http_sections_run_and_render() -> None:
     assert level["statuses"] == {"200": level["requests"]}
     assert level["exposures_delivered"] == level["requests"]
     text = report.render(results)
-    for heading in ("## 3. Learner scaling", "## 4. Ingestion", "## 5. HTTP at the local edge runner"):
+    for heading in ("## 3. Learner scaling", "## 5. Ingestion", "## 6. HTTP at the local edge runner"):
         assert heading in text
 
 
@@ -63,3 +63,14 @@ def test_machine_description_survives_a_clean_checkout() -> None:
     assert common._version([sys.executable, "-c", "pass"]) is None
     assert common._version([sys.executable, "-c", "print('v1\\nv2')"]) == "v1"
     assert isinstance(common.machine()["dirty"], bool)
+
+
+def test_learning_section_runs_perchs_loop_and_renders() -> None:
+    results = _execute("learning")
+    table = results["sections"]["learning"]["table"]["additive"]
+    assert set(table) == {"uniform", "context-free TS", "Perch contextual"}
+    perch = table["Perch contextual"]
+    assert perch["publish_p50_s"] > 0  # it learnt and published through the real pipeline
+    assert abs(table["uniform"]["captured"]) < 0.5
+    text = report.render(results)
+    assert "## 4. Learning quality" in text and "Perch contextual" in text

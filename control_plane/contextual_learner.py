@@ -40,8 +40,21 @@ __all__ = ["Fit", "build_blocks", "encode_paths", "fit_arms", "learn_contextual"
 
 FloatArray = npt.NDArray[np.float64]
 
-PRIOR_SCALES = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # feature weight s.d. in logits, chosen by evidence
+PRIOR_SCALES = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.2,
+    0.4,
+    0.8,
+    1.6,
+)  # feature weight s.d. in logits, chosen by evidence
 DRIFT_SCALES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)  # how far an arm's weights may have moved, by evidence
+# The prior over those: an arm's world stays put with probability 0.9 at each update, else the
+# drift is one of the others. Without it the evidence alone often prefers a little drift by chance,
+# and the model then chases noise (measured in benchmarks/bench_learning.py, context-free world).
+DRIFT_PRIOR = (math.log(0.9),) + (math.log(0.1 / 5),) * 5
 INTERCEPT_SCALE = 1.5  # logits around the pooled rate
 MAX_NEWTON = 30
 # Paths whose choice probabilities make up the global allocation summary (the heaviest ones).
@@ -231,7 +244,8 @@ def follow(old: Fit, x: FloatArray, n: FloatArray, r: FloatArray, *, binary: boo
     """Update ``old`` (fitted on all but the newest data) with the newest data ``n``, ``r``.
 
     Each arm's prior is its old posterior widened by a drift ``tau^2 I``: how far its weights may
-    have moved since. ``tau`` is picked per arm by the Laplace evidence of the newest data, so an
+    have moved since. ``tau`` is picked per arm by the Laplace evidence of the newest data (times
+    :data:`DRIFT_PRIOR`: change is the exception), so an
     arm whose visitors still behave as before keeps all it learnt (tau near 0: the update is the
     plain posterior on all data), and one whose world changed follows the new data at once,
     without forgetting anything about the arms that did not change.
@@ -248,10 +262,11 @@ def follow(old: Fit, x: FloatArray, n: FloatArray, r: FloatArray, *, binary: boo
     for a in range(arms):
         rows, n_a, r_a = _rows(n, r, a)
         best: tuple[float, FloatArray, FloatArray, float] | None = None
-        for tau in DRIFT_SCALES:
+        for tau, log_prior in zip(DRIFT_SCALES, DRIFT_PRIOR, strict=True):
             widened = old.cov[a] + np.eye(dim) * (tau * unit) ** 2
             prior = _Prior(old.mean[a], cho_solve(cho_factor(widened), np.eye(dim)))
             w, h, evidence = _fit_one(x[rows], n_a, r_a, prior, binary=binary, noise=noise, start=old.mean[a])
+            evidence += log_prior
             if best is None or evidence > best[3]:
                 best = (tau, w, h, evidence)
         assert best is not None
