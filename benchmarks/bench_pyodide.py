@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, load_average, summarize
-from benchmarks.shapes import HEADLINE, SHAPES, context_for, snapshot_of_shape
+from benchmarks.shapes import (
+    HEADLINE,
+    SHAPES,
+    context_for,
+    contextual_context,
+    contextual_snapshot,
+    snapshot_of_shape,
+)
 from core import encode_snapshot
 
 __all__ = ["run"]
@@ -93,6 +100,24 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _contextual(isolate: _Isolate, n: int, cold_budget_s: float) -> dict[str, Any]:
+    """The contextual model's figures: warm decide, decode + decide, and ``Default.fetch``."""
+    snap = contextual_snapshot()
+    data = _b64(encode_snapshot(snap))
+    context = contextual_context()
+    fresh = contextual_snapshot(created_at=time.time_ns() // 1_000_000, max_age_s=6 * 3600.0)
+    assert snap.model is not None
+    return {
+        "arms": len(snap.arms),
+        "features": len(snap.context_features),
+        "columns": snap.model.dim,
+        "bytes": len(base64.b64decode(data)),
+        "decide": summarize(isolate.call("decide_latency", data, context, n, raw=True)["samples_ns"]),
+        "cold": isolate.call("cold_latency", data, context, n, budget_s=cold_budget_s),
+        "fetch": isolate.call("fetch_latency", _b64(encode_snapshot(fresh)), fresh.experiment, context, n),
+    }
+
+
 def _measure(
     isolate: _Isolate,
     *,
@@ -143,5 +168,6 @@ def _measure(
     out["fetch_cold"] = {
         "{}x{}".format(*HEADLINE): isolate.call("fetch_latency", *headline, fetch_cold_n, cold=True)
     }
+    out["contextual"] = _contextual(isolate, n, cold_budget_s)
     out["load_after"] = load_average()
     return out

@@ -273,6 +273,30 @@ def pyodide_section(py: dict[str, Any]) -> list[str]:
         ],
         fetch_rows,
     )
+    ctx = py.get("contextual")
+    if ctx:
+        label = f"{ctx['arms']} arms, {ctx['features']} features, {ctx['columns']} columns"
+        lines += [
+            f"**Contextual model** (schema 2, {label}, {ctx['bytes']:,} bytes; a visitor with every "
+            "feature set, one to a value the model never saw): warm `decide`, the cold path (decode + "
+            "decide) and the whole `Default.fetch` as above:",
+            "",
+        ]
+        lines += _table(
+            ["what", "n", "p50", "p99", "p99.9", "max"],
+            [
+                [
+                    name,
+                    f"{v.get('n', 0):,}",
+                    *(_ms(_p(v, k)) for k in ("p50_us", "p99_us", "p999_us", "max_us")),
+                ]
+                for name, v in (
+                    ("warm decide", ctx["decide"]),
+                    ("decode + decide", ctx["cold"]),
+                    ("Default.fetch", ctx["fetch"]["fetch"]),
+                )
+            ],
+        )
     return lines
 
 
@@ -540,6 +564,36 @@ def http_section(http: dict[str, Any]) -> list[str]:
 # --- headline and frame ----------------------------------------------------------------------
 
 
+def contextual_verdicts(ctx: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The contextual model's Pyodide targets: warm decide, decode + decide, whole fetch."""
+    if not ctx:
+        return []
+    label = f"{ctx['arms']} arms, {ctx['features']} features, {ctx['columns']} columns"
+    warm = _p(ctx["decide"], "p99_us")
+    cold = _p(ctx["cold"], "p99_us")
+    fetch = _p(ctx["fetch"]["fetch"], "p99_us")
+    return [
+        (
+            f"Pyodide contextual warm decision p99 ({label})",
+            f"{_ms(warm)} ms",
+            "≤ 0.2 ms",
+            _verdict(warm, 200),
+        ),
+        (
+            f"Pyodide contextual decode + decide p99 ({label})",
+            f"{_ms(cold)} ms",
+            "≤ 1 ms",
+            _verdict(cold, 1000),
+        ),
+        (
+            f"Pyodide contextual `Default.fetch` p99 ({label})",
+            f"{_ms(fetch)} ms",
+            "≤ 1.15 ms",
+            _verdict(fetch, 1150),
+        ),
+    ]
+
+
 def _headline(sections: dict[str, Any]) -> tuple[list[str], list[str]]:
     rows: list[list[str]] = []
     missed: list[str] = []
@@ -561,6 +615,8 @@ def _headline(sections: dict[str, Any]) -> tuple[list[str], list[str]]:
         )
         st = _p(py["fetch"].get(HEAD, {}).get("server_timing"), "p99_us")
         rows.append(["Pyodide Server-Timing p99 of those requests", f"{_ms(st)} ms", "—", ""])
+        for figure, value, target, verdict in contextual_verdicts(py.get("contextual")):
+            add(figure, value, target, verdict)
     core = sections.get("core", {})
     if core.get("ok"):
         ix = _core_index(core)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from core import Arm, Segment, Snapshot
+from core import Arm, Block, ContextualModel, Segment, Snapshot
 
 # The one seed every benchmark derives its data and generators from.
 SEED = 20_260_101
@@ -81,3 +81,52 @@ def leaf_paths(segments: int) -> list[tuple[str, ...]]:
     if leaves < DEVICES:
         raise ValueError(f"{segments} segments: need at least {2 * DEVICES + 1} for {DEVICES} devices")
     return [(f"d{i % DEVICES}", f"s{i}") for i in range(leaves)]
+
+
+# The contextual shape of the issue's targets: 10 arms, 6 categorical features of 14 learnt
+# values each (plus other and unknown): 1 + 6 x 16 = 97 columns.
+CONTEXTUAL = (10, 6, 14)
+
+
+def contextual_snapshot(
+    arms: int = CONTEXTUAL[0],
+    features: int = CONTEXTUAL[1],
+    values: int = CONTEXTUAL[2],
+    seed: int = SEED,
+    *,
+    created_at: int = CREATED_MS,
+    max_age_s: float = 3600.0,
+) -> Snapshot:
+    """A schema 2 snapshot: ``features`` categorical blocks, random posteriors with full covariances."""
+    rng = random.Random(seed)
+    names = [f"f{j}" for j in range(features)]
+    blocks = [Block("categorical", (name,), tuple((f"v{i}",) for i in range(values))) for name in names]
+    dim = 1 + features * (values + 2)
+    mean = [rng.gauss(-3.0 if c == 0 else 0.0, 0.3) for _ in range(arms) for c in range(dim)]
+    cov = []
+    for _ in range(arms):
+        for i in range(dim):
+            for j in range(i, dim):
+                cov.append(0.02 + rng.uniform(0, 0.01) if i == j else rng.uniform(-1e-4, 1e-4))
+    return Snapshot(
+        experiment=f"bench-ctx-{arms}x{dim}",
+        version=1,
+        created_at=created_at,
+        max_age_s=max_age_s,
+        salt="bench",
+        default_arm="a0",
+        holdout=0.0,
+        floor=0.05,
+        arms=[Arm(f"a{i}", {"i": i}, f"<b>variant {i}</b>") for i in range(arms)],
+        segments=[Segment("all")],
+        alpha=[1.0] * arms,
+        beta=[1.0] * arms,
+        allocation=[1.0 / arms] * arms,
+        context_features=tuple(names),
+        model=ContextualModel(arms, blocks, mean, cov, explore=1.0),
+    )
+
+
+def contextual_context(features: int = CONTEXTUAL[1]) -> dict[str, str]:
+    """A visitor with every feature set, all but one to a learnt value."""
+    return {f"f{j}": ("v3" if j else "never-seen") for j in range(features)}

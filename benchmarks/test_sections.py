@@ -51,6 +51,7 @@ def test_pyodide_section_runs_in_real_pyodide() -> None:
     assert fetch["statuses"] == {"200": 50}
     assert set(fetch["reasons_checked"]) == {"personalized"}
     assert fetch["control_plane_posts"] >= 1
+    assert py["contextual"]["decide"]["n"] == 50 and py["contextual"]["columns"] == 97
     assert "## 2. Edge in real Pyodide" in report.render(results)
 
 
