@@ -46,11 +46,14 @@ Cells = dict[tuple[str, ...], dict[str, CellStats]]
 
 @dataclass(frozen=True, slots=True)
 class Maturity:
-    """What the correction did, for logs and the report."""
+    """What the correction did, for logs and the report, and the delay horizon it measured."""
 
     delays: int  # delays the distribution was measured on
     source: str  # "matured", "all joined" or "none"
     discounted: float  # exposures (decayed) not yet counted
+    # Age (ms) by which 95 % of outcomes have arrived; None when unknown. The promotion gate
+    # judges snapshots only on exposures at least this old, whose rewards are (nearly) all in.
+    horizon_ms: int | None = None
 
 
 def delay_cdf(
@@ -76,9 +79,19 @@ def delay_cdf(
     return None, 0, "none"
 
 
-def _empirical(delays: list[int]) -> Callable[[float], float]:
-    count = len(delays)
-    return lambda t: bisect_right(delays, t) / count
+class _Empirical:
+    """The empirical CDF of sorted delays (ms), callable, with its 95th percentile."""
+
+    def __init__(self, delays: list[int]) -> None:
+        self.delays = delays
+        self.horizon_ms = delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)]
+
+    def __call__(self, t: float) -> float:
+        return bisect_right(self.delays, t) / len(self.delays)
+
+
+def _empirical(delays: list[int]) -> _Empirical:
+    return _Empirical(delays)
 
 
 def young_exposures(
@@ -199,4 +212,5 @@ def maturity(
     if cdf is None:
         return cells, newest, Maturity(0, "none", 0.0)
     corrected, left_out = mature_cells(cells, young_exposures(store, spec, now_ms), cdf, spec.half_life_s)
-    return corrected, newest, Maturity(count, source, left_out if math.isfinite(left_out) else 0.0)
+    horizon = cdf.horizon_ms if isinstance(cdf, _Empirical) else None
+    return corrected, newest, Maturity(count, source, left_out if math.isfinite(left_out) else 0.0, horizon)

@@ -112,7 +112,14 @@ class Gate:
 
 
 def _gate(
-    store: Store, spec: Any, candidate: Snapshot, last: dict[str, Any] | None, *, gate: Gate, now: int
+    store: Store,
+    spec: Any,
+    candidate: Snapshot,
+    last: dict[str, Any] | None,
+    *,
+    gate: Gate,
+    now: int,
+    horizon_ms: int | None = None,
 ) -> dict[str, Any] | None:
     """The evaluation behind the decision, or None when there is nothing to compare with."""
     if last is None or last.get("data") is None:
@@ -120,7 +127,10 @@ def _gate(
     current = decode_snapshot(last["data"])
     if [a.key for a in current.arms] != [a.key for a in candidate.arms]:
         return None  # arms changed: the old policy is not a comparable baseline
-    rows = logged_exposures(store, spec.key, now - gate.window_ms, gate.max_exposures)
+    # Exposures younger than the delay horizon still miss most of their rewards: they would make
+    # whatever was shown most recently (what the current snapshot favours) look worse than it is.
+    until = now - horizon_ms if horizon_ms else None
+    rows = logged_exposures(store, spec.key, now - gate.window_ms, gate.max_exposures, until_ms=until)
     if len(rows) < gate.min_exposures:
         return None
     new, old = policy_eval(rows, candidate, spec), policy_eval(rows, current, spec)
@@ -169,7 +179,7 @@ def publish_experiment(
     cells, recent, matured = maturity(store, spec, cells, now, follow)
     units = store.units_per_path(spec.key)
     snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
-    evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now)
+    evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now, horizon_ms=matured.horizon_ms)
     if evaluation is not None and not evaluation["passed"]:
         message = (
             f"learnt snapshot {version} held back: SNIPS {evaluation['candidate']['snips']:.4f} vs "

@@ -76,6 +76,7 @@ def test_recent_traffic_no_longer_looks_like_failures(hero: Store) -> None:
     assert raw.reward / raw.exposures == pytest.approx(0.1)  # what the learner used to see
     assert fixed.reward / fixed.exposures == pytest.approx(0.2)
     assert report.source == "matured" and report.discounted == pytest.approx(200.0)
+    assert report.horizon_ms == 2 * HOUR  # every outcome came two hours after its exposure
     # The newest 300 exposures: the 200 young ones (none due yet) and 100 of the old.
     newest = recent[("mobile", "search")]["b"]
     assert newest.exposures == pytest.approx(100.0) and newest.reward == pytest.approx(20.0)
