@@ -17,7 +17,18 @@ import click
 
 from cli import bundle_store_commands, control_plane_commands
 from cli.demo import demo
-from core import Arm, PerchError, Segment, Snapshot, bucket, decide, decode_snapshot, encode_snapshot
+from core import (
+    Arm,
+    Block,
+    ContextualModel,
+    PerchError,
+    Segment,
+    Snapshot,
+    bucket,
+    decide,
+    decode_snapshot,
+    encode_snapshot,
+)
 
 
 def _load(path: Path) -> Snapshot:
@@ -39,7 +50,17 @@ def _summary(snap: Snapshot) -> dict[str, Any]:
         "holdout": snap.holdout,
         "floor": snap.floor,
         "arms": [a.key for a in snap.arms],
-        "features": sorted(snap.feature_names),
+        "features": sorted(snap.feature_names) if snap.model is None else list(snap.context_features),
+        "model": None
+        if snap.model is None
+        else {
+            "kind": "contextual",
+            "columns": snap.model.dim,
+            "explore": snap.model.explore,
+            "blocks": [
+                {"kind": b.kind, "inputs": list(b.inputs), "values": len(b.values)} for b in snap.model.blocks
+            ],
+        },
         "segments": [
             {
                 "key": seg.key,
@@ -78,6 +99,12 @@ def snapshot_encode(spec: Path, output: Path) -> None:
             raise click.ClickException(f"{spec}: expected a JSON object")
         raw["arms"] = [Arm(**a) for a in raw.get("arms", [])]
         raw["segments"] = [Segment(**s) for s in raw.get("segments", [])]
+        if isinstance(
+            raw.get("model"), dict
+        ):  # {blocks: [{kind, inputs, values?, mean?, scale?}], mean, cov, explore?}
+            model = dict(raw["model"])
+            model["blocks"] = [Block(**b) for b in model.get("blocks", [])]
+            raw["model"] = ContextualModel(arms=len(raw["arms"]), **model)
         data = encode_snapshot(Snapshot(**raw))
     except (ValueError, TypeError) as exc:  # JSON, dataclass and snapshot rule errors
         raise click.ClickException(f"{spec}: {exc}") from None

@@ -80,3 +80,46 @@ def test_bucket_command() -> None:
     result = CliRunner().invoke(main, ["bucket", "u-42", "--salt", "home:holdout"])
     assert float(result.output) == bucket("u-42", "home:holdout")
     assert CliRunner().invoke(main, ["bucket", "u", "--salt", "s", "--version", "3"]).exit_code == 1
+
+
+def test_a_contextual_snapshot_encodes_inspects_and_decides(tmp_path: Path) -> None:
+    # Columns: intercept, device=mobile, other, unknown. Green wins on mobile, blue elsewhere.
+    spec = {
+        **SPEC,
+        "segments": [{"key": "all"}],
+        "alpha": [1, 1],
+        "beta": [1, 1],
+        "allocation": [0.5, 0.5],
+        "context_features": ["device"],
+        "model": {
+            "blocks": [{"kind": "categorical", "inputs": ["device"], "values": [["mobile"]]}],
+            "mean": [-3, -2, 0, 1, -3, 2, 0, 0],
+            "cov": [1e-4 if i in (0, 4, 7, 9) else 0.0 for i in range(10)] * 2,
+            "explore": 1.0,
+        },
+        "floor": 0.0,
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    out = tmp_path / "snap.bin"
+    runner = CliRunner()
+    result = runner.invoke(main, ["snapshot", "encode", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(runner.invoke(main, ["snapshot", "inspect", str(out)]).output)
+    assert summary["features"] == ["device"] and summary["model"]["columns"] == 4
+    base = [
+        "snapshot",
+        "decide",
+        str(out),
+        "--unit",
+        "u-1",
+        "--seed",
+        "1",
+        "--now-ms",
+        str(SPEC["created_at"]),
+    ]
+    mobile = json.loads(runner.invoke(main, [*base, "--ctx", "device=mobile"]).output)
+    assert (mobile["arm"], mobile["propensity"], mobile["because"]) == ("green", None, ["device=mobile"])
+    # No device at all: "unknown", as the edge would see it (core.features), and blue wins.
+    missing = json.loads(runner.invoke(main, base).output)
+    assert missing["arm"] == "blue"
