@@ -18,13 +18,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.calibration import Miscalibration, calibration
 from control_plane.delays import maturity
 from control_plane.evaluation import logged_exposures, policy_eval
 from control_plane.kv_publishers import KVPublisher
 from control_plane.learner import learn, split_cells
 from control_plane.metrics import Metrics
 from control_plane.store import ExperimentRecord, Store
-from core import INDEX_KEY, Snapshot, decode_snapshot, encode_index, encode_snapshot, snapshot_key
+from core import (
+    INDEX_KEY,
+    Snapshot,
+    SnapshotError,
+    decode_snapshot,
+    encode_index,
+    encode_snapshot,
+    snapshot_key,
+)
 
 __all__ = ["Gate", "PublishResult", "publish_all", "publish_experiment", "publish_index", "snapshot_summary"]
 
@@ -144,6 +153,30 @@ def _gate(
     }
 
 
+def _check_calibration(
+    store: Store, spec: Any, last: dict[str, Any] | None, recent: Any, now: int
+) -> list[Miscalibration]:
+    """The snapshot in force against the newest exposures; one alert when some cells drifted."""
+    if spec.model != "contextual" or spec.reward.kind != "binary" or not recent or last is None:
+        return []
+    try:
+        current = decode_snapshot(last["data"]) if last.get("data") is not None else None
+    except SnapshotError:
+        return []
+    if current is None or current.model is None:
+        return []
+    drifted = calibration(current, spec.features, recent)
+    if drifted:
+        worst = ", ".join(
+            f"{m.arm}{' ' + m.feature if m.feature else ''}: {m.observed:.1f} vs {m.expected:.1f} expected"
+            for m in drifted[:3]
+        )
+        message = f"snapshot {last['version']} no longer predicts the newest exposures ({worst})"
+        log.warning("%s: %s", spec.key, message)
+        store.add_alert(spec.key, now, "calibration", message, [m.to_dict() for m in drifted[:10]])
+    return drifted
+
+
 def publish_experiment(
     store: Store,
     kv: KVPublisher,
@@ -179,6 +212,7 @@ def publish_experiment(
     cells, recent, matured = maturity(store, spec, cells, now, follow)
     units = store.units_per_path(spec.key)
     snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
+    drifted = _check_calibration(store, spec, last, recent, now)
     evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now, horizon_ms=matured.horizon_ms)
     if evaluation is not None and not evaluation["passed"]:
         message = (
@@ -215,6 +249,7 @@ def publish_experiment(
                     **snapshot_summary(snapshot),
                     "gate": evaluation,
                     "skipped_cells": dict(skipped),
+                    "calibration": [m.to_dict() for m in drifted[:10]],
                     "maturity": {
                         "delays": matured.delays,
                         "source": matured.source,
