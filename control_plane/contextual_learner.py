@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from control_plane.experiments import ExperimentSpec
 from control_plane.learner import MIN_SHAPE, MIN_SHARE, Cells, CellStats, split_cells
-from control_plane.propensity import choice_probabilities
+from control_plane.propensity import choice_probabilities, model_arrays
 from core import UNKNOWN, Block, ContextualModel, Segment, Snapshot
 
 __all__ = ["Fit", "build_blocks", "encode_paths", "fit_arms", "learn_contextual"]
@@ -490,11 +490,10 @@ def _allocation(
     for i in np.argsort(-weight, kind="stable")[:SUMMARY_PATHS]:
         if weight[i] <= 0:
             continue
-        cols, vals = model.encode(dict(zip(spec.features, paths[i], strict=True)))
-        moments = model.moments(cols, vals)
-        probs = choice_probabilities(
-            [m for m, _ in moments], [model.explore * v for _, v in moments], spec.floor
+        means, variances = model_arrays(model).moments(
+            *model.encode(dict(zip(spec.features, paths[i], strict=True)))
         )
+        probs = choice_probabilities(means, model.explore * variances, spec.floor)
         acc += weight[i] * probs
         total += float(weight[i])
     if total <= 0:

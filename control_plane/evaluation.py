@@ -36,7 +36,7 @@ import numpy.typing as npt
 from sqlalchemy import select
 
 from control_plane.experiments import ExperimentSpec
-from control_plane.propensity import context_probabilities
+from control_plane.propensity import context_moments, context_probabilities
 from control_plane.schema import exposures
 from core import Snapshot, with_unknowns
 
@@ -227,10 +227,8 @@ def _policy_rows(candidate: Snapshot, spec: ExperimentSpec) -> Callable[[tuple[s
             found = by_segment[candidate.segment_for(with_unknowns(candidate.context_features, context))]
         else:
             probs = context_probabilities(candidate, context)
-            moments = model.moments(*model.encode(with_unknowns(candidate.context_features, context)))
             # E[sigmoid(score)] under the posterior, by the probit approximation (MacKay 1992).
-            m = np.array([mean for mean, _ in moments])
-            v = np.array([var for _, var in moments])
+            m, v = context_moments(candidate, context)
             rates = 1.0 / (1.0 + np.exp(-m / np.sqrt(1.0 + np.pi * v / 8.0)))
             found = (probs, rates, float(np.sum(probs * rates) / np.sum(probs)))
         cache[path] = found
