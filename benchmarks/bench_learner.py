@@ -181,6 +181,44 @@ def _timed(owner: Any, name: str, parts: dict[str, float], key: str, seen: dict[
             delattr(owner, name)  # an instance attribute shadowing the method
 
 
+class _ContextualPopulation(_Population):
+    """``paths`` distinct contexts over ``features`` features of ``values`` values each: with 50 arms,
+    4 x 48 and 2,000 paths this is the issue's 50 arms x 200 columns x 10^5 cells."""
+
+    def __init__(self, arms: int, features: int, values: int, paths: int) -> None:
+        rng = np.random.default_rng(SEED)
+        seen: set[tuple[str, ...]] = set()
+        while len(seen) < paths:
+            seen.add(tuple(f"v{int(v)}" for v in rng.integers(0, values, size=features)))
+        self.paths = sorted(seen)
+        self.arms = arms
+        weights = 1.0 / np.arange(1, paths + 1) ** 0.5
+        self.path_p = weights / weights.sum()
+        self.rates = rng.uniform(0.01, 0.2, size=(paths, arms))
+
+    def logged(self, count: int, experiment: str) -> list[dict[str, Any]]:
+        # With visitors: a value gets a model column only once enough distinct visitors have it.
+        rows = super().logged(count, experiment)
+        for i, row in enumerate(rows):
+            row["unit_hash"] = f"{i:032x}"
+        return rows
+
+
+def _contextual_spec(arms: int, features: int, values: int) -> ExperimentSpec:
+    return ExperimentSpec.create(
+        {
+            "key": f"learn-ctx-{arms}x{features}x{values}",
+            "arms": [{"key": f"a{i}"} for i in range(arms)],
+            "default_arm": "a0",
+            "features": [f"f{j}" for j in range(features)],
+            "holdout": 0.0,
+            "floor": 0.05,
+            "min_segment_units": 1,
+            "contextual": {"max_values": values},
+        }
+    )
+
+
 class _Bench:
     def __init__(self, root: Path, name: str, spec: ExperimentSpec) -> None:
         self.root = root / name
@@ -294,6 +332,7 @@ def run(
     repeats: int = 3,
     budget_s: float = 8.0,
     shape: tuple[int, int] = HEADLINE,
+    contextual: tuple[int, int, int, int] = (50, 4, 48, 2_000),
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="perch-bench-learner-"))
     out: dict[str, Any] = {"load_before": load_average(), "shape": "{}x{}".format(*shape)}
@@ -337,6 +376,21 @@ def run(
 
             grid_out[f"{arms}x{segments}"] = _with_bench(root, f"grid-{arms}x{segments}", grid_spec, fill)
         out["grid"] = grid_out
+        ctx_pop = _ContextualPopulation(*contextual)
+
+        def fill_contextual(bench: _Bench) -> Any:
+            bench.write_cells(ctx_pop, *ctx_pop.counts(grid_events))
+            return _repeat(bench, repeats, budget_s)
+
+        arms, features, values, _ = contextual
+        result = _with_bench(root, "contextual", _contextual_spec(arms, features, values), fill_contextual)
+        out["contextual"] = {
+            "arms": arms,
+            "features": features,
+            "values": values,
+            "columns": 1 + features * (values + 2),
+            **result,
+        }
         out["load_after"] = load_average()
         return out
     finally:

@@ -362,6 +362,15 @@ def learner_section(lr: dict[str, Any]) -> list[str]:
             cells.append("—" if r is None else f"{r['cycle_s']:.2f} ({r['learn_s']:.2f})")
         grid_rows.append([f"{segments} segments", *cells])
     lines += _table(["", *(f"{a} arms" for a in ARMS)], grid_rows)
+    ctx = lr.get("contextual")
+    if ctx:
+        lines += [
+            f"Contextual experiment: {ctx['arms']} arms, {ctx['features']} features of "
+            f"{ctx['values']} values ({ctx['columns']} columns), {ctx['cells']:,} cells: cycle "
+            f"{ctx['cycle_s']:.2f} s (read cells {ctx['cells_read_s']:.2f}, learn {ctx['learn_s']:.2f}, "
+            f"gate {ctx['gate_s']:.2f}, rest {ctx['rest_s']:.2f}), snapshot {ctx['bytes']:,} bytes.",
+            "",
+        ]
     return lines
 
 
@@ -653,6 +662,15 @@ def _headline(sections: dict[str, Any]) -> tuple[list[str], list[str]]:
             "flat",
             "met" if flat else "**missed**",
         )
+        ctx = lr.get("contextual")
+        if ctx:
+            add(
+                f"Learn-and-publish cycle, contextual, {ctx['arms']} arms x {ctx['columns']} columns x "
+                f"{ctx['cells']:,} cells",
+                f"{ctx['cycle_s']:.2f} s (learn {ctx['learn_s']:.2f} s, gate {ctx['gate_s']:.2f} s)",
+                "≤ 2 s",
+                _verdict(ctx["cycle_s"], 2.0),
+            )
         big = lr.get("grid", {}).get("50x500")
         if big:
             rows.append(

@@ -61,6 +61,7 @@ QUICK = Plan(
         "grid": ((2, 1), (2, 50)),
         "grid_events": 10**4,
         "repeats": 1,
+        "contextual": (5, 3, 6, 50),
     },
     learning={"visitors": 4_000, "seeds": (1,)},
     ingest={"duration_s": 0.5, "loads": ((1, 2), (1, 8), (50, 2))},
@@ -78,6 +79,7 @@ SMOKE = Plan(
         "grid_events": 10**3,
         "repeats": 1,
         "shape": (2, 15),
+        "contextual": (2, 2, 3, 8),
     },
     learning={
         "visitors": 2_500,

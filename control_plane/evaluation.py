@@ -36,7 +36,7 @@ import numpy.typing as npt
 from sqlalchemy import select
 
 from control_plane.experiments import ExperimentSpec
-from control_plane.propensity import context_moments, context_probabilities
+from control_plane.propensity import PropensityCache, context_moments, context_probabilities
 from control_plane.schema import exposures
 from core import Snapshot, with_unknowns
 
@@ -199,7 +199,9 @@ def evaluate(
 Row = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]
 
 
-def _policy_rows(candidate: Snapshot, spec: ExperimentSpec) -> Callable[[tuple[str, ...]], Row]:
+def _policy_rows(
+    candidate: Snapshot, spec: ExperimentSpec, propensities: PropensityCache | None = None
+) -> Callable[[tuple[str, ...]], Row]:
     """Per logged path: the candidate's P(arm), its model of each arm's reward, and their average.
 
     The direct-method term is the model's value under the candidate's allocation as a distribution:
@@ -226,7 +228,11 @@ def _policy_rows(candidate: Snapshot, spec: ExperimentSpec) -> Callable[[tuple[s
         if model is None:
             found = by_segment[candidate.segment_for(with_unknowns(candidate.context_features, context))]
         else:
-            probs = context_probabilities(candidate, context)
+            probs = (
+                context_probabilities(candidate, context)
+                if propensities is None
+                else propensities.get(candidate, context)
+            )
             # E[sigmoid(score)] under the posterior, by the probit approximation (MacKay 1992).
             m, v = context_moments(candidate, context)
             rates = 1.0 / (1.0 + np.exp(-m / np.sqrt(1.0 + np.pi * v / 8.0)))
@@ -237,7 +243,12 @@ def _policy_rows(candidate: Snapshot, spec: ExperimentSpec) -> Callable[[tuple[s
     return row
 
 
-def policy_eval(rows: Iterable[Sequence[Any]], candidate: Snapshot, spec: ExperimentSpec) -> OPEResult:
+def policy_eval(
+    rows: Iterable[Sequence[Any]],
+    candidate: Snapshot,
+    spec: ExperimentSpec,
+    propensities: PropensityCache | None = None,
+) -> OPEResult:
     """Evaluate ``candidate`` on logged personalized exposures (see :func:`logged_exposures`).
 
     Each row is (arm, path, propensity, reward).  The candidate's probability of
@@ -249,7 +260,7 @@ def policy_eval(rows: Iterable[Sequence[Any]], candidate: Snapshot, spec: Experi
     the candidate does not have gets probability 0 (its model value then never
     matters).  ValueError when there are no rows.
     """
-    rows_of = _policy_rows(candidate, spec)
+    rows_of = _policy_rows(candidate, spec, propensities)
     r: list[float] = []
     p: list[float] = []
     q: list[float] = []

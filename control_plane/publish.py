@@ -142,7 +142,9 @@ def _gate(
     rows = logged_exposures(store, spec.key, now - gate.window_ms, gate.max_exposures, until_ms=until)
     if len(rows) < gate.min_exposures:
         return None
-    new, old = policy_eval(rows, candidate, spec), policy_eval(rows, current, spec)
+    # Through the store's cache: this cycle's candidate is the next cycle's current snapshot.
+    new = policy_eval(rows, candidate, spec, store.propensities)
+    old = policy_eval(rows, current, spec, store.propensities)
     return {
         "candidate": new.to_dict(),
         "current": old.to_dict(),

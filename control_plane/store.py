@@ -94,7 +94,7 @@ class Store:
         self.published_live: frozenset[str] | None = None
         # Contextual exposures arrive without a propensity: ingestion computes it from the
         # snapshot that decided (decoded once per version) and caches it per context.
-        self.propensities = PropensityCache()
+        self.propensities = PropensityCache(size=32_768)
         self._decoded: OrderedDict[tuple[str, int], Snapshot | None] = OrderedDict()
 
     @classmethod
