@@ -80,11 +80,12 @@ def delay_cdf(
 
 
 class _Empirical:
-    """The empirical CDF of sorted delays (ms), callable, with its 95th percentile."""
+    """The empirical CDF of sorted delays (ms), callable, with its 95th percentile and maximum."""
 
     def __init__(self, delays: list[int]) -> None:
         self.delays = delays
         self.horizon_ms = delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)]
+        self.max_ms = delays[-1]
 
     def __call__(self, t: float) -> float:
         return bisect_right(self.delays, t) / len(self.delays)
@@ -95,18 +96,26 @@ def _empirical(delays: list[int]) -> _Empirical:
 
 
 def young_exposures(
-    store: Store, spec: ExperimentSpec, now_ms: int
+    store: Store, spec: ExperimentSpec, now_ms: int, support_ms: int | None = None
 ) -> dict[tuple[tuple[str, ...], str], list[tuple[float, int]]]:
-    """Personalized exposures inside the reward window: (age ms at the bucket's middle, count) per cell."""
+    """Personalized exposures younger than ``support_ms`` (default: the reward window), as
+    (age ms at the middle of its bucket, count) per cell.
+
+    Past the longest delay seen, ``F`` is 1: only exposures younger than that need reading, in
+    buckets of 1/48 of it, so the ages are resolved on the delays' own scale (milliseconds for
+    instant beacons, minutes for conversions) and the query reads the last few delays' worth
+    of exposures, not a whole reward window.
+    """
     window_ms = spec.reward.window_s * 1000
-    width = max(1, window_ms // BUCKETS)
+    span = max(1, min(window_ms, support_ms if support_ms is not None else window_ms))
+    width = max(1, span // BUCKETS)
     bucket = (exposures.c.ts_ms // width).label("bucket")
     query = (
         select(exposures.c.path, exposures.c.arm, bucket, func.count().label("n"))
         .where(
             exposures.c.experiment == spec.key,
             exposures.c.reason == "personalized",
-            exposures.c.ts_ms > now_ms - window_ms,
+            exposures.c.ts_ms > now_ms - span,
         )
         .group_by(exposures.c.path, exposures.c.arm, bucket)
     )
@@ -117,8 +126,23 @@ def young_exposures(
                 key = tuple(json.loads(path))
             except ValueError:
                 continue  # the learner skips and counts such cells itself
-            middle = (int(index) + 0.5) * width
+            middle = min((int(index) + 0.5) * width, float(now_ms))
             out.setdefault((key, arm), []).append((max(0.0, now_ms - middle), int(count)))
+    return out
+
+
+def _discounts(
+    young: Mapping[tuple[tuple[str, ...], str], list[tuple[float, int]]],
+    cdf: Callable[[float], float],
+    half_life_s: float | None,
+) -> dict[tuple[tuple[str, ...], str], float]:
+    """Per cell: how many (decayed) young exposures are not yet counted, ``sum (1 - F(age))``."""
+    out = {}
+    for key, ages in young.items():
+        missing = 0.0
+        for age, count in ages:
+            missing += count * decay(1.0, 0, int(age), half_life_s) * (1.0 - cdf(age))
+        out[key] = missing
     return out
 
 
@@ -129,30 +153,32 @@ def mature_cells(
     half_life_s: float | None,
 ) -> tuple[Cells, float]:
     """``cells`` with each young exposure counted as ``F(age)`` of one; and how much was left out."""
+    return _apply(cells, _discounts(young, cdf, half_life_s))
+
+
+def _apply(
+    cells: Mapping[tuple[str, ...], Mapping[str, CellStats]],
+    discounts: Mapping[tuple[tuple[str, ...], str], float],
+) -> tuple[Cells, float]:
     out: Cells = {path: dict(by_arm) for path, by_arm in cells.items()}
     left_out = 0.0
-    for (path, arm), ages in young.items():
+    for (path, arm), missing in discounts.items():
         cell = out.get(path, {}).get(arm)
         if cell is None:
             continue
-        missing = 0.0
-        for age, count in ages:
-            weight = decay(1.0, 0, int(age), half_life_s)
-            missing += count * weight * (1.0 - cdf(age))
         exposures_now = max(cell.exposures - missing, min(cell.reward, cell.exposures))
         left_out += cell.exposures - exposures_now
         out[path][arm] = CellStats(exposures_now, min(cell.reward, exposures_now))
     return out, left_out
 
 
-def recent_cells(
-    store: Store, spec: ExperimentSpec, now_ms: int, count: int, cdf: Callable[[float], float] | None
-) -> Cells:
-    """The newest ``count`` personalized exposures as cells, weighted as :func:`maturity` weighs them.
+def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> Cells:
+    """The newest ``count`` personalized exposures as cells (raw counts and rewards).
 
     The contextual learner fits everything older first and then updates with these, so that an
     arm whose visitors changed can follow them (``contextual_learner.follow``). Counting by
     exposures, not by time, makes "recent" mean as much evidence on a quiet site as on a busy one.
+    :func:`maturity` then discounts their young exposures exactly as it does the totals'.
     """
     if count <= 0:
         return {}
@@ -166,39 +192,22 @@ def recent_cells(
         ).scalar()
         if cutoff is None:
             return {}  # fewer than ``count`` in all: nothing is older, nothing to update
-        window_ms = spec.reward.window_s * 1000
-        width = max(1, window_ms // BUCKETS)
-        bucket = (exposures.c.ts_ms // width).label("bucket")
         rows = conn.execute(
-            select(
-                exposures.c.path,
-                exposures.c.arm,
-                bucket,
-                func.count().label("n"),
-                func.sum(exposures.c.reward).label("r"),
-            )
+            select(exposures.c.path, exposures.c.arm, func.count(), func.sum(exposures.c.reward))
             .where(
                 exposures.c.experiment == spec.key,
                 exposures.c.reason == "personalized",
                 exposures.c.ts_ms >= cutoff,
             )
-            .group_by(exposures.c.path, exposures.c.arm, bucket)
+            .group_by(exposures.c.path, exposures.c.arm)
         ).all()
     out: Cells = {}
-    sums: dict[tuple[tuple[str, ...], str], list[float]] = {}
-    for path, arm, index, n, r in rows:
+    for path, arm, n, r in sorted(rows, key=lambda row: (row[0], row[1])):
         try:
             key = tuple(json.loads(path))
         except ValueError:
             continue
-        age = max(0.0, now_ms - (int(index) + 0.5) * width)
-        weight = decay(1.0, 0, int(age), spec.half_life_s)
-        due = cdf(age) if cdf is not None and age < window_ms else 1.0
-        acc = sums.setdefault((key, arm), [0.0, 0.0])
-        acc[0] += int(n) * weight * due
-        acc[1] += float(r or 0.0) * weight
-    for (key, arm), (n_eff, r_sum) in sorted(sums.items()):
-        out.setdefault(key, {})[arm] = CellStats(n_eff, min(r_sum, n_eff))
+        out.setdefault(key, {})[arm] = CellStats(float(n), min(float(r or 0.0), float(n)))
     return out
 
 
@@ -208,9 +217,13 @@ def maturity(
     """The learner's cells with outcomes still to come accounted for (see the module docstring),
     and the newest ``recent`` exposures' share of them (:func:`recent_cells`), weighted alike."""
     cdf, count, source = delay_cdf(store, spec, now_ms)
-    newest = recent_cells(store, spec, now_ms, recent, cdf)
+    newest = recent_cells(store, spec, recent)
     if cdf is None:
         return cells, newest, Maturity(0, "none", 0.0)
-    corrected, left_out = mature_cells(cells, young_exposures(store, spec, now_ms), cdf, spec.half_life_s)
+    support = cdf.max_ms + 1 if isinstance(cdf, _Empirical) else None
+    discounts = _discounts(young_exposures(store, spec, now_ms, support), cdf, spec.half_life_s)
+    corrected, left_out = _apply(cells, discounts)
+    # The newest exposures include every young one (unless fewer than a delay's worth are asked for).
+    newest, _ = _apply(newest, discounts)
     horizon = cdf.horizon_ms if isinstance(cdf, _Empirical) else None
     return corrected, newest, Maturity(count, source, left_out if math.isfinite(left_out) else 0.0, horizon)

@@ -52,7 +52,10 @@ def _traffic(
         assert r.status_code == 200, r.text
 
 
-def _publish(client: ApiClient) -> dict[str, Any]:
+def _publish(client: ApiClient, clock: Clock) -> dict[str, Any]:
+    # Learn a minute after the traffic: every outcome (1 s after its exposure) is in by then,
+    # as in life, where nothing arrives from the future.
+    clock.ms = max(clock.ms, NOW + 60_000)
     r = client.post("/v1/experiments/hero/publish", headers=AUTH)
     assert r.status_code == 200, r.text
     doc: dict[str, Any] = r.json()
@@ -60,12 +63,12 @@ def _publish(client: ApiClient) -> dict[str, Any]:
 
 
 def test_a_new_experiment_with_features_learns_a_contextual_model(
-    client: ApiClient, store: Store, kv: LocalKV
+    client: ApiClient, store: Store, kv: LocalKV, clock: Clock
 ) -> None:
     created = client.post("/v1/experiments", json=HERO, headers=AUTH).json()
     assert created["model"] == "contextual" and created["half_life_s"] == 604800.0
     _traffic(client, 1500, version=None)
-    _publish(client)
+    _publish(client, clock)
     raw = kv.get(snapshot_key("hero"))
     assert raw is not None and msgpack.unpackb(raw)["schema"] == 2
     snap = decode_snapshot(raw)
@@ -86,11 +89,11 @@ def test_a_new_experiment_with_features_learns_a_contextual_model(
 
 
 def test_contextual_exposures_get_the_exact_propensity_of_their_snapshot(
-    client: ApiClient, store: Store, kv: LocalKV
+    client: ApiClient, store: Store, kv: LocalKV, clock: Clock
 ) -> None:
     client.post("/v1/experiments", json=HERO, headers=AUTH)
     _traffic(client, 600, version=None)
-    version = _publish(client)["snapshot_version"]
+    version = _publish(client, clock)["snapshot_version"]
     snap = decode_snapshot(kv.get(snapshot_key("hero")) or b"")
     _traffic(client, 40, version=version, start=10_000)
     _traffic(client, 5, version=version + 50, start=20_000)  # a snapshot the store never made
@@ -116,28 +119,29 @@ def test_the_promotion_gate_evaluates_contextual_candidates(
 ) -> None:
     client.post("/v1/experiments", json=HERO, headers=AUTH)
     _traffic(client, 300, version=None)
-    version = _publish(client)["snapshot_version"]
+    version = _publish(client, clock)["snapshot_version"]
     _traffic(client, 900, version=version, start=30_000)
-    clock.ms = NOW + 60_000  # past the delay horizon (1 s here): the gate judges only complete rewards
-    _publish(client)
+    _publish(client, clock)
     ope = client.get("/v1/experiments/hero/report", headers=AUTH).json()["ope"]
     assert ope is not None
     candidate = ope["evaluation"]["candidate"]
     assert candidate["n"] >= 500 and math.isfinite(candidate["snips"])
 
 
-def test_segment_experiments_stay_segments_bit_for_bit(client: ApiClient, kv: LocalKV) -> None:
+def test_segment_experiments_stay_segments_bit_for_bit(client: ApiClient, kv: LocalKV, clock: Clock) -> None:
     client.post("/v1/experiments", json={**HERO, "model": "segments"}, headers=AUTH)
     _traffic(client, 200, version=None)
-    _publish(client)
+    _publish(client, clock)
     raw = kv.get(snapshot_key("hero")) or b""
     assert msgpack.unpackb(raw)["schema"] == 1 and decode_snapshot(raw).model is None
 
 
-def test_every_context_combination_decodes_to_a_decision(client: ApiClient, kv: LocalKV) -> None:
+def test_every_context_combination_decodes_to_a_decision(
+    client: ApiClient, kv: LocalKV, clock: Clock
+) -> None:
     client.post("/v1/experiments", json=HERO, headers=AUTH)
     _traffic(client, 300, version=None)
-    _publish(client)
+    _publish(client, clock)
     snap = decode_snapshot(kv.get(snapshot_key("hero")) or b"")
     for device, source in itertools.product(["desktop", "mobile", "tv", None], ["search", None]):
         context = {k: v for k, v in (("device", device), ("source", source)) if v is not None}
@@ -150,11 +154,10 @@ def test_a_world_that_changed_raises_a_calibration_alert(
 ) -> None:
     client.post("/v1/experiments", json={**HERO, "contextual": {"recent_exposures": 600}}, headers=AUTH)
     _traffic(client, 3000, version=None)
-    _publish(client)
+    _publish(client, clock)
     assert [a for a in store.alerts("hero") if a["kind"] == "calibration"] == []
     _traffic(client, 600, version=None, start=50_000, best={"desktop": "c", "mobile": "c"})
-    clock.ms = NOW + 60_000  # their outcomes are due by now
-    _publish(client)
+    _publish(client, clock)
     (alert,) = [a for a in store.alerts("hero") if a["kind"] == "calibration"]
     assert "no longer predicts the newest exposures" in alert["message"]
     assert {row["arm"] for row in alert["details"]} >= {"c"}

@@ -81,3 +81,20 @@ def test_recent_traffic_no_longer_looks_like_failures(hero: Store) -> None:
     newest = recent[("mobile", "search")]["b"]
     assert newest.exposures == pytest.approx(100.0) and newest.reward == pytest.approx(20.0)
     assert maturity(hero, spec, cells, NOW, recent=10_000)[1] == {}  # fewer in all: nothing older
+
+
+def test_instant_outcomes_against_a_long_window_discount_almost_nothing(hero: Store) -> None:
+    """Beacons seconds after the exposure, a 24 h window: ages are read on the delays' scale."""
+    spec = hero.get_experiment("hero").spec  # type: ignore[union-attr]
+    events = []
+    for i in range(400):
+        events.append(exposure(i, ts=NOW - 60_000 + i * 100))
+        if i % 4 == 0:
+            events.append(outcome(i, ts=NOW - 60_000 + i * 100 + 5))
+    ingest(hero, events, None, NOW)
+    cells = hero.cells(spec, NOW)
+    corrected, _, report = maturity(hero, spec, cells, NOW)
+    assert report.source == "all joined" and report.horizon_ms == 5
+    assert report.discounted < 1.0  # at most the exposures of the last few milliseconds
+    cell = corrected[("mobile", "search")]["b"]
+    assert cell.reward / cell.exposures == pytest.approx(0.25, abs=0.005)
