@@ -1,6 +1,6 @@
 """``make bench``: every Perch benchmark in one run, written to ``benchmarks/RESULTS.md``.
 
-    .venv/bin/python -m benchmarks.run                 # everything, ~10 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run                 # everything, ~20 minutes on 2 cores
     .venv/bin/python -m benchmarks.run --quick         # tiny sizes: checks the machinery only
     .venv/bin/python -m benchmarks.run --sections core,learner --output /tmp/r.md
 
