@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from control_plane.propensity import context_probabilities
 from core import LocalKV, decode_snapshot, snapshot_key
 
 pytestmark = pytest.mark.process
@@ -174,10 +175,12 @@ def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -
     snap = decode_snapshot(kv.get(snapshot_key("e2e-hero")) or b"")
     assert snap.version == published["snapshot_version"]
     assert doc["counters"]["updates"] > 0
-    assert [s.key for s in snap.segments] == ["all", "device:mobile"]
-    mobile = snap.segment_for({"device": "mobile"})
-    bold = snap.arm_index["bold"]
-    assert snap.allocation[mobile * 2 + bold] > 0.5  # learnt: bold converts
+    # A new experiment with features is contextual: the edge logs no propensity, the control
+    # plane computes it; the model learnt that bold converts on mobile.
+    assert snap.model is not None and [s.key for s in snap.segments] == ["all"]
+    personalized = [d for d in decisions if d["reason"] == "personalized"]
+    assert personalized and all(d["propensity"] is None for d in personalized)
+    assert context_probabilities(snap, {"device": "mobile"})[snap.arm_index["bold"]] > 0.5
 
     def edge_caught_up() -> dict[str, Any] | None:
         # Requests drive the edge's background refresh; health then shows what it holds.
