@@ -137,7 +137,9 @@ def _decode_model(raw: object, arms: int) -> ContextualModel:
             Block(
                 _field(item, "kind", str),
                 tuple(_field(item, "inputs", list)),
-                tuple(tuple(v) if isinstance(v, list) else v for v in item.get("values", [])),
+                tuple(tuple(v) if isinstance(v, list) else v for v in _field(item, "values", list))
+                if "values" in item
+                else (),
                 _field(item, "mean", (int, float)) if "mean" in item else 0.0,
                 _field(item, "scale", (int, float)) if "scale" in item else 1.0,
             )

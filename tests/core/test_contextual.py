@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -251,6 +251,23 @@ values = st.recursive(
 @given(st.dictionaries(st.sampled_from(sorted(BODY["model"])), values, min_size=1, max_size=3))
 def test_a_mangled_model_is_a_snapshot_error(replaced: dict[str, Any]) -> None:
     payload = msgpack.packb({**BODY, "model": {**BODY["model"], **replaced}}, use_bin_type=True)
+    data = msgpack.packb({"schema": 2, "crc32": zlib.crc32(payload), "payload": payload})
+    try:
+        decode_snapshot(data)
+    except SnapshotError as exc:
+        assert str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(["kind", "inputs", "values", "mean", "scale"]), values), max_size=3
+    )
+)
+@example([{"kind": "categorical", "inputs": ["device"], "values": 5}])
+@example([{"kind": "numeric", "inputs": ["visits"], "mean": "x"}])
+def test_mangled_blocks_are_a_snapshot_error(blocks: list[dict[str, Any]]) -> None:
+    payload = msgpack.packb({**BODY, "model": {**BODY["model"], "blocks": blocks}}, use_bin_type=True)
     data = msgpack.packb({"schema": 2, "crc32": zlib.crc32(payload), "payload": payload})
     try:
         decode_snapshot(data)
