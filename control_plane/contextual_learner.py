@@ -60,6 +60,9 @@ INTERCEPT_SCALE = 1.5  # logits around the pooled rate
 MAX_NEWTON = 30
 # Paths whose choice probabilities make up the global allocation summary (the heaviest ones).
 SUMMARY_PATHS = 64
+MAX_NUMERIC = (
+    1e12  # larger numeric feature values are ignored when standardising (they still clip at the edge)
+)
 
 
 def _exposures(by_arm: Mapping[str, CellStats]) -> float:
@@ -101,7 +104,8 @@ def build_blocks(
                 value = float(path[position[name]])
             except ValueError:
                 continue
-            if math.isfinite(value):
+            # Bounded, so that one hostile "1e308" cannot make the variance infinite and stop publishing.
+            if math.isfinite(value) and abs(value) <= MAX_NUMERIC:
                 n = _exposures(by_arm)
                 weight += n
                 total += n * value

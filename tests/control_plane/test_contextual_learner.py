@@ -208,3 +208,18 @@ def test_learning_with_recent_cells_equals_the_update() -> None:
     assert snap.model is not None and plain.model is not None
     # Nothing changed: the update agrees with the single fit on everything.
     assert np.allclose(snap.model.mean, plain.model.mean, atol=0.05)
+
+
+def test_hostile_numbers_never_stop_a_numeric_feature_from_learning() -> None:
+    s = spec(features=["device", "visits"], contextual={"numeric": ["visits"]})
+    data = {
+        ("mobile", "1e308"): {"a": CellStats(10.0, 1.0)},
+        ("mobile", "-1e300"): {"a": CellStats(10.0, 1.0)},
+        ("mobile", "nan"): {"a": CellStats(10.0, 1.0)},
+        ("mobile", "3"): {"a": CellStats(100.0, 5.0)},
+        ("mobile", "5"): {"a": CellStats(100.0, 5.0)},
+    }
+    snap = learn_contextual(s, data, version=1, now_ms=0)
+    assert snap.model is not None
+    numeric = snap.model.blocks[-1]
+    assert (numeric.mean, numeric.scale) == (4.0, 1.0)
