@@ -404,6 +404,8 @@ def _policy(name: str, seed: int, root: Path) -> tuple[Policy, bool]:
         return VowpalWabbit(seed, "--epsilon 0.05"), False
     if name == "MABWiser LinTS":
         return LinTS(seed), False
+    if name == "Perch contextual, no interactions":
+        return Perch(root / f"no-pairs-{seed}", "contextual", seed, {"interactions": []}), False
     if name.startswith("Perch contextual explore="):
         explore = float(name.split("=")[1])
         return Perch(root / f"explore-{explore}-{seed}", "contextual", seed, {"explore": explore}), False

@@ -23,7 +23,7 @@ traffic.  Steps:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,7 +92,7 @@ def build_blocks(
     features = list(spec.features)
     position = {name: i for i, name in enumerate(features)}
     groups: list[tuple[str, ...]] = [(f,) for f in features if f not in spec.contextual.numeric]
-    groups += [tuple(pair) for pair in spec.contextual.interactions]
+    groups += list(spec.interaction_groups())
     blocks: list[Block] = []
     numeric = set(spec.contextual.numeric)
     for name in features:
@@ -268,10 +268,12 @@ def fit_arms(
     binary: bool,
     prior_scale: float | None,
     scales: Sequence[float] = PRIOR_SCALES,
+    interactions: Sequence[bool] | None = None,
 ) -> Fit:
     """Per-arm posteriors for design ``x`` (paths x D), exposures and rewards ``n``, ``r`` (paths x arms).
 
-    The features' prior scale is ``prior_scale``, or the one of ``scales`` with the most evidence.
+    The features' prior scale is ``prior_scale``, or the one of ``scales`` with the most evidence;
+    columns flagged in ``interactions`` get their own scale, also by evidence.
     """
     design = Design.of(x)
     dim = design.dim
@@ -285,12 +287,15 @@ def fit_arms(
     mu0 = np.zeros(dim)
     mu0[0] = centre
     grid = tuple(scales) if prior_scale is None else (prior_scale,)
-    fits: dict[int, tuple[FloatArray, list[FloatArray], float]] = {}
+    # Interaction columns get a prior scale of their own: a world where effects add up needs
+    # them near zero while its main effects are large, and evidence can tell the two apart.
+    pair = np.zeros(dim, dtype=bool) if interactions is None else np.asarray(interactions, dtype=bool)
+    fits: dict[tuple[int, int], tuple[FloatArray, list[FloatArray], float]] = {}
     starts = np.tile(mu0, (arms, 1))
 
-    def fit(i: int) -> float:
-        if i not in fits:
-            prec = np.full(dim, 1.0 / (grid[i] * unit) ** 2)
+    def fit(key: tuple[int, int]) -> float:
+        if key not in fits:
+            prec = np.where(pair, 1.0 / (grid[key[1]] * unit) ** 2, 1.0 / (grid[key[0]] * unit) ** 2)
             prec[0] = 1.0 / intercept_sd**2
             prior = _Prior.diagonal(mu0, prec)
             means = np.empty((arms, dim))
@@ -305,25 +310,32 @@ def fit_arms(
                 hessians.append(h)
                 total += evidence
             starts[:] = means  # warm start for the next scale tried
-            fits[i] = (means, hessians, total)
-        return fits[i][2]
+            fits[key] = (means, hessians, total)
+        return fits[key][2]
 
-    # The evidence is unimodal in the scale in practice: climb from the middle of the grid
-    # rather than fit every scale (3-4 fits instead of 8).
-    i = len(grid) // 2
-    while True:
-        here = fit(i)
-        up = fit(i + 1) if i + 1 < len(grid) else -math.inf
-        down = fit(i - 1) if i > 0 and up <= here else -math.inf
-        if up > here:
-            i += 1
-        elif down > here:
-            i -= 1
-        else:
-            break
-    means, hessians, total = fits[i]
+    def climb(
+        key: tuple[int, int], step: Callable[[tuple[int, int], int], tuple[int, int]], axis: int
+    ) -> tuple[int, int]:
+        # The evidence is unimodal in a scale in practice: climb from where we are rather than
+        # fit every scale (3-4 fits instead of 8).
+        while True:
+            here = fit(key)
+            up = fit(step(key, 1)) if key[axis] + 1 < len(grid) else -math.inf
+            down = fit(step(key, -1)) if key[axis] > 0 and up <= here else -math.inf
+            if up > here:
+                key = step(key, 1)
+            elif down > here:
+                key = step(key, -1)
+            else:
+                return key
+
+    middle = len(grid) // 2
+    key = climb((middle, middle), lambda k, d: (k[0] + d, k[1] + d), 0)  # both scales together
+    if pair.any() and prior_scale is None:
+        key = climb(key, lambda k, d: (k[0], k[1] + d), 1)  # then the interactions' alone
+    means, hessians, total = fits[key]
     covs = np.stack([cho_solve(cho_factor(h), np.eye(dim)) for h in hessians])
-    return Fit(means, covs, grid[i], total)
+    return Fit(means, covs, grid[key[0]], total)
 
 
 def follow(
@@ -426,17 +438,23 @@ def _learn(  # noqa: PLR0917 (the pieces learn_contextual prepared)
 ) -> Snapshot:
     arm_keys = [a.key for a in spec.arms]
     binary = spec.reward.kind == "binary"
+    pair = [False] + [b.kind == "categorical" and len(b.inputs) > 1 for b in blocks for _ in range(b.width)]
     try:
         if newest:
             n_new, r_new = _table(newest, paths, arm_keys)
             n_new, r_new = np.minimum(n_new, n), np.minimum(r_new, r)
             n_old = n - n_new
             old = fit_arms(
-                x, n_old, np.minimum(r - r_new, n_old), binary=binary, prior_scale=spec.contextual.prior_scale
+                x,
+                n_old,
+                np.minimum(r - r_new, n_old),
+                binary=binary,
+                prior_scale=spec.contextual.prior_scale,
+                interactions=pair,
             )
             fit, _ = follow(old, x, n_new, r_new, binary=binary)
         else:
-            fit = fit_arms(x, n, r, binary=binary, prior_scale=spec.contextual.prior_scale)
+            fit = fit_arms(x, n, r, binary=binary, prior_scale=spec.contextual.prior_scale, interactions=pair)
     except LinAlgError as exc:  # only if the data are degenerate beyond what the prior regularises
         raise ValueError(f"{spec.key}: contextual fit failed ({exc})") from None
     model = ContextualModel(

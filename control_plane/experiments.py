@@ -9,6 +9,7 @@ the API can answer 422 with the message as is.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ __all__ = ["Contextual", "ExperimentError", "ExperimentSpec", "Prior", "Reward"]
 MAX_FEATURES = 4  # segment depth: global + one level per feature
 MAX_CONTEXT_FEATURES = 16  # what a snapshot reports (core.snapshot), and so what a contextual model can read
 MODELS = ("segments", "contextual")
+AUTO_PAIRS_UP_TO = 4
 # New contextual experiments forget evidence with this half-life unless told otherwise: a world that
 # changes must not be outvoted by months of old traffic (benchmarks/bench_learning.py).
 DEFAULT_HALF_LIFE_S = 7 * 86400.0
@@ -92,13 +94,16 @@ class Contextual:
 
     Every feature is categorical (one column per value among the ``max_values`` most
     exposed, plus ``other`` and ``unknown``) unless listed in ``numeric`` (standardised).
-    ``interactions`` adds a column per value pair of the named features. ``explore``
+    ``interactions`` adds a column per value pair of the named features (by default every pair of
+    categorical features when there are 2 to 4). ``explore``
     multiplies the posterior variance of every Thompson draw; ``prior_scale`` is the prior
     standard deviation of feature weights in logits, estimated from the data (Laplace
     evidence over a grid) when null.
     """
 
-    interactions: Sequence[Sequence[str]] = ()
+    # None: every pair of categorical features, when there are 2 to 4 of them (each pair its own
+    # block, shrunk by its own evidence-chosen scale); [] for none.
+    interactions: Sequence[Sequence[str]] | None = None
     numeric: Sequence[str] = ()
     max_values: int = 20
     explore: float = 0.5
@@ -107,10 +112,12 @@ class Contextual:
     recent_exposures: int = 5_000
 
     def __post_init__(self) -> None:
-        if not isinstance(self.interactions, (list, tuple)) or len(self.interactions) > 8:
+        if self.interactions is None:
+            pass
+        elif not isinstance(self.interactions, (list, tuple)) or len(self.interactions) > 8:
             raise ExperimentError("contextual.interactions: at most 8 lists of 2-4 feature names")
         pairs = []
-        for item in self.interactions:
+        for item in self.interactions or ():
             if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 4 or len(set(item)) != len(item):
                 raise ExperimentError(
                     f"contextual.interactions: {item!r} must be 2-4 distinct feature names"[:300]
@@ -137,7 +144,7 @@ class Contextual:
             )
         if self.prior_scale is not None:
             _number("contextual.prior_scale", self.prior_scale, 0.0, 100.0, low_open=True)
-        object.__setattr__(self, "interactions", tuple(pairs))
+        object.__setattr__(self, "interactions", None if self.interactions is None else tuple(pairs))
         object.__setattr__(self, "numeric", tuple(self.numeric))
 
 
@@ -209,7 +216,9 @@ class ExperimentSpec:
             raise ExperimentError(f"salt {self.salt!r}: must be a string of at most 128 characters"[:300])
         if not isinstance(self.contextual, Contextual):
             raise ExperimentError("contextual must be an object")
-        named = set(self.contextual.numeric) | {n for pair in self.contextual.interactions for n in pair}
+        named = set(self.contextual.numeric) | {
+            n for pair in self.contextual.interactions or () for n in pair
+        }
         stray = sorted(named - set(features))
         if stray:
             raise ExperimentError(
@@ -219,11 +228,23 @@ class ExperimentSpec:
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "salt", self.salt or self.key)
 
+    def interaction_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The interactions the contextual model encodes: the declared ones, or by default every
+        pair of categorical features when there are 2 to 4 of them (more would multiply columns)."""
+        declared = self.contextual.interactions
+        if declared is not None:
+            return tuple(tuple(group) for group in declared)
+        categorical = [f for f in self.features if f not in self.contextual.numeric]
+        if not 2 <= len(categorical) <= AUTO_PAIRS_UP_TO:
+            return ()
+        return tuple(itertools.combinations(categorical, 2))
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["arms"] = [{k: v for k, v in asdict(a).items() if v is not None} for a in self.arms]
         out["features"] = list(self.features)
-        out["contextual"]["interactions"] = [list(p) for p in self.contextual.interactions]
+        declared = self.contextual.interactions
+        out["contextual"]["interactions"] = None if declared is None else [list(p) for p in declared]
         out["contextual"]["numeric"] = list(self.contextual.numeric)
         return out
 

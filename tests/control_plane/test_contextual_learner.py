@@ -93,7 +93,7 @@ def test_vocabularies_keep_the_busiest_values_with_enough_visitors() -> None:
         ("tv", "search"): {"a": CellStats(200.0, 5.0)},
         ("unknown", "social"): {"a": CellStats(900.0, 5.0)},
     }
-    blocks = build_blocks(spec(contextual={"max_values": 2}), data)
+    blocks = build_blocks(spec(contextual={"max_values": 2, "interactions": []}), data)
     assert [b.values for b in blocks] == [(("mobile",), ("desktop",)), (("search",), ("social",))]
     # One client inventing a device: too few distinct visitors for a column of its own.
     units = {
@@ -102,7 +102,7 @@ def test_vocabularies_keep_the_busiest_values_with_enough_visitors() -> None:
         ("tv", "search"): 50,
         ("unknown", "social"): 9,
     }
-    blocks = build_blocks(spec(min_segment_units=5), data, units)
+    blocks = build_blocks(spec(min_segment_units=5, contextual={"interactions": []}), data, units)
     assert blocks[0].values == (("mobile",), ("tv",))
 
 
@@ -160,7 +160,8 @@ def test_numeric_rewards_use_the_conjugate_gaussian_model() -> None:
 def test_no_data_gives_the_prior_and_a_uniform_allocation() -> None:
     snap = learn(spec(), {}, version=1, now_ms=5)
     assert snap.model is not None and list(snap.allocation) == pytest.approx([1 / 3] * 3)
-    assert snap.model.dim == 1 + 2 + 2  # intercept, then other and unknown per feature
+    # Intercept, then other and unknown per feature and for the (device, source) pair.
+    assert snap.model.dim == 1 + 2 + 2 + 2
 
 
 def test_the_same_inputs_give_the_same_bytes_and_a_schema_2_snapshot() -> None:
@@ -223,3 +224,30 @@ def test_hostile_numbers_never_stop_a_numeric_feature_from_learning() -> None:
     assert snap.model is not None
     numeric = snap.model.blocks[-1]
     assert (numeric.mean, numeric.scale) == (4.0, 1.0)
+
+
+def test_pairs_of_categorical_features_interact_by_default_up_to_four() -> None:
+    assert spec().interaction_groups() == (("device", "source"),)
+    three = spec(features=["device", "source", "country"])
+    assert three.interaction_groups() == (("device", "source"), ("device", "country"), ("source", "country"))
+    assert spec(features=list("abcde")).interaction_groups() == ()  # would multiply the columns
+    assert spec(contextual={"interactions": []}).interaction_groups() == ()
+    numeric = spec(features=["device", "visits"], contextual={"numeric": ["visits"]})
+    assert numeric.interaction_groups() == ()
+    assert ExperimentSpec.from_dict(three.to_dict()) == three
+
+
+def test_evidence_gives_interactions_their_own_scale() -> None:
+    """An additive world: main effects matter, pairs do not; the pairs' scale ends up smaller."""
+    data = cells(4000.0)
+    s = spec()
+    blocks = build_blocks(s, data)
+    paths = sorted(data)
+    x = encode_paths(blocks, s.features, paths)
+    n = np.array([[data[p][a].exposures for a in ARMS] for p in paths])
+    r = np.array([[data[p][a].reward for a in ARMS] for p in paths])
+    pair = [False] + [len(b.inputs) > 1 for b in blocks for _ in range(b.width)]
+    fit = fit_arms(x, n, r, binary=True, prior_scale=None, interactions=pair)
+    columns = np.flatnonzero(pair)
+    main = np.flatnonzero(~np.array(pair))[1:]
+    assert np.abs(fit.mean[:, columns]).max() < np.abs(fit.mean[:, main]).max() / 2
