@@ -214,7 +214,7 @@ def _contextual_spec(arms: int, features: int, values: int) -> ExperimentSpec:
             "holdout": 0.0,
             "floor": 0.05,
             "min_segment_units": 1,
-            "contextual": {"max_values": values},
+            "contextual": {"max_values": values, "interactions": []},  # the 200-column shape
         }
     )
 

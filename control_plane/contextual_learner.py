@@ -36,6 +36,7 @@ from control_plane.experiments import ExperimentSpec
 from control_plane.learner import MIN_SHAPE, MIN_SHARE, Cells, CellStats, split_cells
 from control_plane.propensity import choice_probabilities, model_arrays
 from core import UNKNOWN, Block, ContextualModel, Segment, Snapshot
+from core.contextual import MAX_COLUMNS, MAX_MODEL_FLOATS
 
 __all__ = ["Fit", "build_blocks", "encode_paths", "fit_arms", "learn_contextual"]
 
@@ -123,7 +124,29 @@ def build_blocks(
                 seen[key] = seen.get(key, 0) + units.get(path, 0)
         blocks.append(Block("categorical", group, _top_values(counts, seen, spec)))
     # Numeric blocks first in the loop above but last in the model, like the spec reads.
-    return [b for b in blocks if b.kind == "categorical"] + [b for b in blocks if b.kind == "numeric"]
+    ordered = [b for b in blocks if b.kind == "categorical"] + [b for b in blocks if b.kind == "numeric"]
+    return _within_limits(ordered, len(spec.arms))
+
+
+def _fits(blocks: Sequence[Block], arms: int) -> bool:
+    dim = 1 + sum(b.width for b in blocks)
+    return dim <= MAX_COLUMNS and arms * (dim + dim * (dim + 1) // 2) <= MAX_MODEL_FLOATS
+
+
+def _within_limits(blocks: list[Block], arms: int) -> list[Block]:
+    """Blocks whose model fits a snapshot: interactions dropped last first, then the widest
+    vocabularies halved. A spec must never reach a data size at which it can no longer publish."""
+    while not _fits(blocks, arms):
+        pairs = [i for i, b in enumerate(blocks) if len(b.inputs) > 1]
+        if pairs:
+            del blocks[pairs[-1]]
+            continue
+        widest = max(range(len(blocks)), key=lambda i: len(blocks[i].values))
+        block = blocks[widest]
+        if not block.values:
+            break  # nothing left to trim (cannot happen within MAX_BLOCKS)
+        blocks[widest] = Block(block.kind, block.inputs, block.values[: len(block.values) // 2])
+    return blocks
 
 
 def encode_paths(

@@ -251,3 +251,18 @@ def test_evidence_gives_interactions_their_own_scale() -> None:
     columns = np.flatnonzero(pair)
     main = np.flatnonzero(~np.array(pair))[1:]
     assert np.abs(fit.mean[:, columns]).max() < np.abs(fit.mean[:, main]).max() / 2
+
+
+def test_a_model_too_big_for_a_snapshot_drops_interactions_then_halves_vocabularies() -> None:
+    arms = [{"key": f"a{i}"} for i in range(50)]
+    s = spec(arms=arms, default_arm="a0", features=["f0", "f1", "f2", "f3"], contextual={"max_values": 48})
+    data = {
+        (f"v{i}", f"v{(i * 7) % 48}", f"v{(i * 11) % 48}", f"v{(i * 13) % 48}"): {"a0": CellStats(10.0, 1.0)}
+        for i in range(48 * 48)
+    }
+    blocks = build_blocks(s, data)
+    dim = 1 + sum(b.width for b in blocks)
+    assert 50 * (dim + dim * (dim + 1) // 2) <= 6_000_000
+    assert all(len(b.inputs) == 1 for b in blocks[:4])  # the main effects are all still there
+    snap = learn_contextual(s, data, version=1, now_ms=0)  # and it publishes
+    assert snap.model is not None and snap.model.dim == dim
