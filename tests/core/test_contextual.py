@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from typing import Any
@@ -273,3 +274,23 @@ def test_mangled_blocks_are_a_snapshot_error(blocks: list[dict[str, Any]]) -> No
         decode_snapshot(data)
     except SnapshotError as exc:
         assert str(exc)
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([], True),
+        ([0.0, -1.5, 3e38, -3e38, 1e-45], True),  # huge and subnormal values are finite
+        ([1.0, float("nan")], False),
+        ([float("-nan"), 2.0], False),
+        ([float("inf")], False),
+        ([0.5, float("-inf")], False),
+    ],
+)
+def test_the_finiteness_check_reads_the_exponent_bits(values: list[float], finite: bool) -> None:
+    from array import array
+
+    from core.contextual import _all_finite
+
+    assert _all_finite(array("f", values)) is finite
+    assert finite == all(math.isfinite(v) for v in values)
