@@ -29,12 +29,12 @@ from core import (
     JSONInputError,
     decide,
     exposure_event,
+    feature_path,
     mint_token,
     parse_beacon,
     parse_json,
     stitch_event,
     unit_tag,
-    with_unknowns,
 )
 from edge.cache import CacheEntry, SnapshotCache
 from edge.config import EdgeConfig
@@ -146,12 +146,12 @@ class _Request:
             if snap is None:
                 return _fallback(experiment, entry, self.rng)
             now = self.platform.now_ms()
-            # What the token and the exposure report: the same cell decide() uses (core.features).
-            context = with_unknowns(snap.context_features, context)
             decision = decide(
                 snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=self.identity.consent
             )
-            reported = {f: context[f] for f in snap.context_features if f in context}
+            # What the token and the exposure report: the cell decide() used (core.features).
+            names = snap.context_features
+            reported = dict(zip(names, feature_path(names, context), strict=True))
             self.events.append(exposure_event(decision, self.identity.unit, now, reported))
             out = decision.to_dict()
             out["why"] = _why(decision, snap.max_age_s)
