@@ -33,7 +33,7 @@ from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 from control_plane.experiments import ExperimentSpec
-from control_plane.learner import MIN_SHAPE, MIN_SHARE, Cells, CellStats, split_cells
+from control_plane.learner import MIN_SHAPE, MIN_SHARE, Cells, CellStats, spec_snapshot, split_cells
 from control_plane.propensity import choice_probabilities, model_arrays
 from core import UNKNOWN, Block, ContextualModel, Segment, Snapshot
 from core.contextual import MAX_COLUMNS, MAX_MODEL_FLOATS
@@ -433,9 +433,8 @@ def learn_contextual(
     """
     usable, _ = split_cells(spec, cells)
     newest, _ = split_cells(spec, recent or {})
-    paths = sorted(
-        set(usable) | set(newest)
-    )  # sorted: float sums, hence the bytes, do not depend on row order
+    # Sorted: float sums, hence the bytes, do not depend on row order.
+    paths = sorted(set(usable) | set(newest))
     arm_keys = [a.key for a in spec.arms]
     n, r = _table(usable, paths, arm_keys)
     blocks = build_blocks(spec, usable, units)
@@ -443,43 +442,7 @@ def learn_contextual(
     # Hundreds of small (D x D) factorizations: threads only contend, with each other and with
     # the server's other work (measured: 0.35 ms single-threaded against 1.4-5 ms on 2 busy cores).
     with threadpool_limits(limits=1, user_api="blas"):
-        return _learn(spec, usable, newest, paths, blocks, x, n, r, version=version, now_ms=now_ms)
-
-
-def _learn(  # noqa: PLR0917 (the pieces learn_contextual prepared)
-    spec: ExperimentSpec,
-    usable: Cells,
-    newest: Cells,
-    paths: list[tuple[str, ...]],
-    blocks: list[Block],
-    x: FloatArray,
-    n: FloatArray,
-    r: FloatArray,
-    *,
-    version: int,
-    now_ms: int,
-) -> Snapshot:
-    arm_keys = [a.key for a in spec.arms]
-    binary = spec.reward.kind == "binary"
-    pair = [False] + [b.kind == "categorical" and len(b.inputs) > 1 for b in blocks for _ in range(b.width)]
-    try:
-        if newest:
-            n_new, r_new = _table(newest, paths, arm_keys)
-            n_new, r_new = np.minimum(n_new, n), np.minimum(r_new, r)
-            n_old = n - n_new
-            old = fit_arms(
-                x,
-                n_old,
-                np.minimum(r - r_new, n_old),
-                binary=binary,
-                prior_scale=spec.contextual.prior_scale,
-                interactions=pair,
-            )
-            fit, _ = follow(old, x, n_new, r_new, binary=binary)
-        else:
-            fit = fit_arms(x, n, r, binary=binary, prior_scale=spec.contextual.prior_scale, interactions=pair)
-    except LinAlgError as exc:  # only if the data are degenerate beyond what the prior regularises
-        raise ValueError(f"{spec.key}: contextual fit failed ({exc})") from None
+        fit = _fit(spec, blocks, x, n, r, newest=_table(newest, paths, arm_keys) if newest else None)
     model = ContextualModel(
         len(arm_keys),
         blocks,
@@ -488,25 +451,41 @@ def _learn(  # noqa: PLR0917 (the pieces learn_contextual prepared)
         explore=spec.contextual.explore,
     )
     totals_n, totals_r = n.sum(axis=0), r.sum(axis=0)
-    alpha = np.maximum(spec.prior.alpha + totals_r, MIN_SHAPE)
-    beta = np.maximum(spec.prior.beta + totals_n - totals_r, MIN_SHAPE)
-    return Snapshot(
-        experiment=spec.key,
+    return spec_snapshot(
+        spec,
         version=version,
-        created_at=now_ms,
-        max_age_s=spec.max_age_s,
-        salt=spec.salt,
-        default_arm=spec.default_arm,
-        holdout=spec.holdout,
-        floor=spec.floor,
-        arms=spec.arms,
+        now_ms=now_ms,
         segments=[Segment("all")],
-        alpha=alpha.tolist(),
-        beta=beta.tolist(),
+        alpha=np.maximum(spec.prior.alpha + totals_r, MIN_SHAPE).tolist(),
+        beta=np.maximum(spec.prior.beta + totals_n - totals_r, MIN_SHAPE).tolist(),
         allocation=_allocation(model, spec, paths, n.sum(axis=1)),
-        context_features=spec.features,
         model=model,
     )
+
+
+def _fit(
+    spec: ExperimentSpec,
+    blocks: Sequence[Block],
+    x: FloatArray,
+    n: FloatArray,
+    r: FloatArray,
+    *,
+    newest: tuple[FloatArray, FloatArray] | None,
+) -> Fit:
+    """One fit on everything, or the older data first and then ``newest`` as an update."""
+    binary = spec.reward.kind == "binary"
+    pair = [False] + [b.kind == "categorical" and len(b.inputs) > 1 for b in blocks for _ in range(b.width)]
+    prior_scale = spec.contextual.prior_scale
+    try:
+        if newest is None:
+            return fit_arms(x, n, r, binary=binary, prior_scale=prior_scale, interactions=pair)
+        n_new, r_new = np.minimum(newest[0], n), np.minimum(newest[1], r)
+        n_old = n - n_new
+        r_old = np.minimum(r - r_new, n_old)
+        old = fit_arms(x, n_old, r_old, binary=binary, prior_scale=prior_scale, interactions=pair)
+        return follow(old, x, n_new, r_new, binary=binary)[0]
+    except LinAlgError as exc:  # only if the data are degenerate beyond what the prior regularises
+        raise ValueError(f"{spec.key}: contextual fit failed ({exc})") from None
 
 
 def _table(

@@ -41,6 +41,7 @@ __all__ = [
     "posteriors",
     "prob_best",
     "segment_key",
+    "spec_snapshot",
     "split_cells",
 ]
 
@@ -415,6 +416,20 @@ def learn(
     beta32 = beta.astype(np.float32)
     rng = np.random.default_rng(default_seed(spec.key, version) if seed is None else seed)
     table = allocation(alpha32.astype(np.float64), beta32.astype(np.float64), spec.floor, draws, rng)
+    return spec_snapshot(
+        spec,
+        version=version,
+        now_ms=now_ms,
+        segments=segments,
+        alpha=_float32_table(alpha32),
+        beta=_float32_table(beta32),
+        allocation=_float32_table(table),
+    )
+
+
+def spec_snapshot(spec: ExperimentSpec, *, version: int, now_ms: int, **learnt: Any) -> Snapshot:
+    """The snapshot of ``spec`` as of ``version``: the spec's fields plus what was ``learnt``
+    (segments, alpha, beta, allocation and, for a contextual experiment, the model)."""
     return Snapshot(
         experiment=spec.key,
         version=version,
@@ -425,9 +440,6 @@ def learn(
         holdout=spec.holdout,
         floor=spec.floor,
         arms=spec.arms,
-        segments=segments,
-        alpha=_float32_table(alpha32),
-        beta=_float32_table(beta32),
-        allocation=_float32_table(table),
         context_features=spec.features,
+        **learnt,
     )
