@@ -75,7 +75,7 @@ def delay_cdf(
         ):
             delays = sorted(max(0, int(d)) for d in conn.execute(query).scalars())
             if len(delays) >= MIN_DELAYS:
-                return _empirical(delays), len(delays), source
+                return _Empirical(delays), len(delays), source
     return None, 0, "none"
 
 
@@ -89,10 +89,6 @@ class _Empirical:
 
     def __call__(self, t: float) -> float:
         return bisect_right(self.delays, t) / len(self.delays)
-
-
-def _empirical(delays: list[int]) -> _Empirical:
-    return _Empirical(delays)
 
 
 def young_exposures(
