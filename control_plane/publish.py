@@ -28,7 +28,6 @@ from control_plane.store import ExperimentRecord, Store
 from core import (
     INDEX_KEY,
     Snapshot,
-    SnapshotError,
     decode_snapshot,
     encode_index,
     encode_snapshot,
@@ -124,16 +123,15 @@ def _gate(
     store: Store,
     spec: Any,
     candidate: Snapshot,
-    last: dict[str, Any] | None,
+    current: Snapshot | None,
     *,
     gate: Gate,
     now: int,
     horizon_ms: int | None = None,
 ) -> dict[str, Any] | None:
     """The evaluation behind the decision, or None when there is nothing to compare with."""
-    if last is None or last.get("data") is None:
+    if current is None:
         return None
-    current = decode_snapshot(last["data"])
     if [a.key for a in current.arms] != [a.key for a in candidate.arms]:
         return None  # arms changed: the old policy is not a comparable baseline
     # Exposures younger than the delay horizon still miss most of their rewards: they would make
@@ -148,7 +146,7 @@ def _gate(
     return {
         "candidate": new.to_dict(),
         "current": old.to_dict(),
-        "current_version": last["version"],
+        "current_version": current.version,
         "tolerance": gate.tolerance,
         "exposures": len(rows),
         "passed": new.snips is not None and old.snips is not None and new.snips >= old.snips - gate.tolerance,
@@ -156,14 +154,10 @@ def _gate(
 
 
 def _check_calibration(
-    store: Store, spec: Any, last: dict[str, Any] | None, recent: Any, now: int
+    store: Store, spec: Any, current: Snapshot | None, recent: Any, now: int
 ) -> list[Miscalibration]:
     """The snapshot in force against the newest exposures; one alert when some cells drifted."""
-    if spec.model != "contextual" or spec.reward.kind != "binary" or not recent or last is None:
-        return []
-    try:
-        current = decode_snapshot(last["data"]) if last.get("data") is not None else None
-    except SnapshotError:
+    if spec.model != "contextual" or spec.reward.kind != "binary" or not recent:
         return []
     if current is None or current.model is None:
         return []
@@ -173,7 +167,7 @@ def _check_calibration(
             f"{m.arm}{' ' + m.feature if m.feature else ''}: {m.observed:.1f} vs {m.expected:.1f} expected"
             for m in drifted[:3]
         )
-        message = f"snapshot {last['version']} no longer predicts the newest exposures ({worst})"
+        message = f"snapshot {current.version} no longer predicts the newest exposures ({worst})"
         log.warning("%s: %s", spec.key, message)
         store.add_alert(spec.key, now, "calibration", message, [m.to_dict() for m in drifted[:10]])
     return drifted
@@ -214,8 +208,10 @@ def publish_experiment(
     cells, recent, matured = maturity(store, spec, cells, now, follow)
     units = store.units_per_path(spec.key)
     snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
-    drifted = _check_calibration(store, spec, last, recent, now)
-    evaluation = _gate(store, spec, snapshot, last, gate=gate, now=now, horizon_ms=matured.horizon_ms)
+    # The snapshot in force, decoded once for both checks against it.
+    current = decode_snapshot(last["data"]) if last is not None and last.get("data") is not None else None
+    drifted = _check_calibration(store, spec, current, recent, now)
+    evaluation = _gate(store, spec, snapshot, current, gate=gate, now=now, horizon_ms=matured.horizon_ms)
     if evaluation is not None and not evaluation["passed"]:
         message = (
             f"learnt snapshot {version} held back: SNIPS {evaluation['candidate']['snips']:.4f} vs "
