@@ -173,6 +173,19 @@ def decision_cases(snaps: dict[str, Snapshot]) -> list[dict[str, Any]]:
     return cases
 
 
+def _rejections(broken: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Each broken snapshot with the error the decoder gives it (all must be refused)."""
+    cases = []
+    for name, data in broken.items():
+        try:
+            decode_snapshot(data)
+        except SnapshotError as exc:
+            cases.append({"name": name, "bytes": base64.b64encode(data).decode(), "error": str(exc)})
+        else:
+            raise AssertionError(f"{name} decoded")
+    return cases
+
+
 def rejection_cases(valid: bytes) -> list[dict[str, Any]]:
     envelope = msgpack.unpackb(valid)
     body = msgpack.unpackb(envelope["payload"])
@@ -194,15 +207,7 @@ def rejection_cases(valid: bytes) -> list[dict[str, Any]]:
         "unknown-default": wrap({**body, "default_arm": "arm-99"}),
         "allocation-sum": wrap({**body, "allocation": body["alpha"]}),
     }
-    cases = []
-    for name, data in broken.items():
-        try:
-            decode_snapshot(data)
-        except SnapshotError as exc:
-            cases.append({"name": name, "bytes": base64.b64encode(data).decode(), "error": str(exc)})
-        else:
-            raise AssertionError(f"{name} decoded")
-    return cases
+    return _rejections(broken)
 
 
 def model_rejection_cases(valid: bytes) -> list[dict[str, Any]]:
@@ -227,15 +232,7 @@ def model_rejection_cases(valid: bytes) -> list[dict[str, Any]]:
         ),
         "model-negative-variance": wrap(cov=b"\x00\x00\x80\xbf" + model["cov"][4:]),
     }
-    cases = []
-    for name, data in broken.items():
-        try:
-            decode_snapshot(data)
-        except SnapshotError as exc:
-            cases.append({"name": name, "bytes": base64.b64encode(data).decode(), "error": str(exc)})
-        else:
-            raise AssertionError(f"{name} decoded")
-    return cases
+    return _rejections(broken)
 
 
 def main() -> int:
