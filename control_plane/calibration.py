@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from control_plane.learner import CellStats
+from control_plane.propensity import model_arrays
 from core import Snapshot, with_unknowns
 
 __all__ = ["ALERT_Z", "MIN_EXPECTED", "Miscalibration", "calibration"]
@@ -50,16 +51,18 @@ def calibration(
     if model is None:
         return []
     sums: dict[tuple[str, str], list[float]] = {}
-    for path, by_arm in recent.items():
-        context = with_unknowns(snapshot.context_features, dict(zip(features, path, strict=False)))
-        cols, vals = model.encode(context)
-        moments = model.moments(cols, vals)
+    encoded = [
+        model.encode(with_unknowns(snapshot.context_features, dict(zip(features, path, strict=False))))
+        for path in recent
+    ]
+    means, variances = model_arrays(model).many(encoded)
+    for i, ((cols, _), by_arm) in enumerate(zip(encoded, recent.values(), strict=True)):
         labels = [""] + [model.label(c) for c in cols[1:]]
         for arm, cell in by_arm.items():
             a = snapshot.arm_index.get(arm)
             if a is None or cell.exposures <= 0:
                 continue
-            mean, var = moments[a]
+            mean, var = float(means[i, a]), float(variances[i, a])
             # The rate and its spread under the posterior (probit approximation and delta method).
             p = 1.0 / (1.0 + math.exp(-mean / math.sqrt(1.0 + math.pi * var / 8.0)))
             sd_p = p * (1.0 - p) * math.sqrt(var)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -36,7 +36,7 @@ import numpy.typing as npt
 from sqlalchemy import select
 
 from control_plane.experiments import ExperimentSpec
-from control_plane.propensity import PropensityCache, context_moments, context_probabilities
+from control_plane.propensity import PropensityCache, many_probabilities
 from control_plane.schema import exposures
 from core import Snapshot, with_unknowns
 
@@ -62,7 +62,7 @@ class LoggedExposure(NamedTuple):
     """One personalized decision as logged: what was shown, where, how likely, what it earned."""
 
     arm: str
-    path: list[str]
+    path: tuple[str, ...]
     propensity: float
     reward: float
 
@@ -200,8 +200,11 @@ Row = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]
 
 
 def _policy_rows(
-    candidate: Snapshot, spec: ExperimentSpec, propensities: PropensityCache | None = None
-) -> Callable[[tuple[str, ...]], Row]:
+    candidate: Snapshot,
+    spec: ExperimentSpec,
+    paths: Sequence[tuple[str, ...]],
+    propensities: PropensityCache | None = None,
+) -> dict[tuple[str, ...], Row]:
     """Per logged path: the candidate's P(arm), its model of each arm's reward, and their average.
 
     The direct-method term is the model's value under the candidate's allocation as a distribution:
@@ -210,37 +213,23 @@ def _policy_rows(
     the raw cells, exactly the propensities the edge logs.
     """
     n_arms = len(candidate.arms)
-    cache: dict[tuple[str, ...], Row] = {}
-    model = candidate.model
-    if model is None:
-        alloc = np.asarray(candidate.allocation, dtype=np.float64).reshape(-1, n_arms)
-        alpha = np.asarray(candidate.alpha, dtype=np.float64).reshape(-1, n_arms)
-        beta = np.asarray(candidate.beta, dtype=np.float64).reshape(-1, n_arms)
-        means = alpha / (alpha + beta)
-        values = np.sum(alloc * means, axis=1) / np.sum(alloc, axis=1)
-        by_segment = [(alloc[s], means[s], float(values[s])) for s in range(alloc.shape[0])]
-
-    def row(path: tuple[str, ...]) -> Row:
-        found = cache.get(path)
-        if found is not None:
-            return found
-        context = dict(zip(spec.features, path, strict=False))
-        if model is None:
-            found = by_segment[candidate.segment_for(with_unknowns(candidate.context_features, context))]
-        else:
-            probs = (
-                context_probabilities(candidate, context)
-                if propensities is None
-                else propensities.get(candidate, context)
-            )
-            # E[sigmoid(score)] under the posterior, by the probit approximation (MacKay 1992).
-            m, v = context_moments(candidate, context)
-            rates = 1.0 / (1.0 + np.exp(-m / np.sqrt(1.0 + np.pi * v / 8.0)))
-            found = (probs, rates, float(np.sum(probs * rates) / np.sum(probs)))
-        cache[path] = found
-        return found
-
-    return row
+    contexts = [dict(zip(spec.features, path, strict=False)) for path in paths]
+    if candidate.model is not None:
+        probs, m, v = many_probabilities(candidate, contexts, propensities)
+        # E[sigmoid(score)] under the posterior, by the probit approximation (MacKay 1992).
+        rates = 1.0 / (1.0 + np.exp(-m / np.sqrt(1.0 + np.pi * v / 8.0)))
+        values = np.sum(probs * rates, axis=1) / np.sum(probs, axis=1)
+        return {path: (probs[i], rates[i], float(values[i])) for i, path in enumerate(paths)}
+    alloc = np.asarray(candidate.allocation, dtype=np.float64).reshape(-1, n_arms)
+    alpha = np.asarray(candidate.alpha, dtype=np.float64).reshape(-1, n_arms)
+    beta = np.asarray(candidate.beta, dtype=np.float64).reshape(-1, n_arms)
+    means = alpha / (alpha + beta)
+    by_segment = np.sum(alloc * means, axis=1) / np.sum(alloc, axis=1)
+    out = {}
+    for path, context in zip(paths, contexts, strict=True):
+        s = candidate.segment_for(with_unknowns(candidate.context_features, context))
+        out[path] = (alloc[s], means[s], float(by_segment[s]))
+    return out
 
 
 def policy_eval(
@@ -260,14 +249,15 @@ def policy_eval(
     the candidate does not have gets probability 0 (its model value then never
     matters).  ValueError when there are no rows.
     """
-    rows_of = _policy_rows(candidate, spec, propensities)
+    rows = list(rows)
+    rows_of = _policy_rows(candidate, spec, list(dict.fromkeys(tuple(row[1]) for row in rows)), propensities)
     r: list[float] = []
     p: list[float] = []
     q: list[float] = []
     dm_logged: list[float] = []
     dm_target: list[float] = []
     for arm, path, propensity, reward in rows:
-        alloc, means, model_value = rows_of(tuple(path))
+        alloc, means, model_value = rows_of[tuple(path)]
         a = candidate.arm_index.get(arm)
         r.append(float(reward))
         p.append(float(propensity))
@@ -299,8 +289,14 @@ def logged_exposures(
     if until_ms is not None:
         query = query.where(exposures.c.ts_ms < until_ms)
     query = query.order_by(exposures.c.ts_ms.desc(), exposures.c.decision_id.desc()).limit(limit)
+    paths: dict[str, tuple[str, ...]] = {}  # thousands of rows share a few hundred paths: parse each once
     with store.engine.connect() as conn:
         return [
-            LoggedExposure(arm, list(json.loads(path)), float(propensity), float(reward))
+            LoggedExposure(
+                arm,
+                paths[path] if path in paths else paths.setdefault(path, tuple(json.loads(path))),
+                float(propensity),
+                float(reward),
+            )
             for arm, path, propensity, reward in conn.execute(query)
         ]

@@ -296,12 +296,19 @@ class Store:
 
     def cells(self, spec: ExperimentSpec, now_ms: int) -> dict[tuple[str, ...], dict[str, CellStats]]:
         """The learner's input: every (path, arm) cell, decayed to ``now_ms``; O(cells)."""
-        out: dict[tuple[str, ...], dict[str, CellStats]] = {}
+        by_text: dict[str, dict[str, CellStats]] = {}
+        query = select(
+            stats.c.path, stats.c.arm, stats.c.decayed_exposures, stats.c.decayed_reward, stats.c.ref_ms
+        ).where(stats.c.experiment == spec.key)
         with self.engine.connect() as conn:
-            for row in conn.execute(select(stats).where(stats.c.experiment == spec.key)):
-                n = decay(row.decayed_exposures, row.ref_ms, now_ms, spec.half_life_s)
-                r = decay(row.decayed_reward, row.ref_ms, now_ms, spec.half_life_s)
-                out.setdefault(tuple(json.loads(row.path)), {})[row.arm] = CellStats(n, min(r, n))
+            for text, arm, exposed, reward, ref_ms in conn.execute(query):
+                n = decay(exposed, ref_ms, now_ms, spec.half_life_s)
+                r = decay(reward, ref_ms, now_ms, spec.half_life_s)
+                by_text.setdefault(text, {})[arm] = CellStats(n, min(r, n))
+        # Each path's JSON parsed once, not once per arm (a third of a 10^5-cell read).
+        out: dict[tuple[str, ...], dict[str, CellStats]] = {}
+        for text, by_arm in by_text.items():
+            out.setdefault(tuple(json.loads(text)), {}).update(by_arm)
         return out
 
     def expire_pending(self, now_ms: int) -> int:

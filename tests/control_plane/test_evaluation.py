@@ -211,10 +211,10 @@ def candidate(allocation: tuple[float, ...] = (0.5, 0.5, 0.75, 0.25)) -> Snapsho
 
 
 ROWS = [
-    LoggedExposure("a", ["mobile", "search"], 0.5, 1.0),
-    LoggedExposure("b", ["desktop", "direct"], 0.5, 0.0),
-    LoggedExposure("b", ["mobile", "direct"], 0.5, 1.0),
-    LoggedExposure("z", ["desktop", "search"], 0.5, 1.0),  # an arm the candidate does not have
+    LoggedExposure("a", ("mobile", "search"), 0.5, 1.0),
+    LoggedExposure("b", ("desktop", "direct"), 0.5, 0.0),
+    LoggedExposure("b", ("mobile", "direct"), 0.5, 1.0),
+    LoggedExposure("z", ("desktop", "search"), 0.5, 1.0),  # an arm the candidate does not have
 ]
 
 
