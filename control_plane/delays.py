@@ -92,10 +92,14 @@ class _Empirical:
 
 
 def young_exposures(
-    store: Store, spec: ExperimentSpec, now_ms: int, support_ms: int | None = None
+    store: Store,
+    spec: ExperimentSpec,
+    now_ms: int,
+    support_ms: int | None = None,
+    since_ms: int | None = None,
 ) -> dict[tuple[tuple[str, ...], str], list[tuple[float, int]]]:
-    """Personalized exposures younger than ``support_ms`` (default: the reward window), as
-    (age ms at the middle of its bucket, count) per cell.
+    """Personalized exposures younger than ``support_ms`` (default: the reward window), and not
+    older than ``since_ms`` if given, as (age ms at the middle of its bucket, count) per cell.
 
     Past the longest delay seen, ``F`` is 1: only exposures younger than that need reading, in
     buckets of 1/48 of it, so the ages are resolved on the delays' own scale (milliseconds for
@@ -112,6 +116,7 @@ def young_exposures(
             exposures.c.experiment == spec.key,
             exposures.c.reason == "personalized",
             exposures.c.ts_ms > now_ms - span,
+            exposures.c.ts_ms >= (since_ms if since_ms is not None else now_ms - span),
         )
         .group_by(exposures.c.path, exposures.c.arm, bucket)
     )
@@ -168,16 +173,17 @@ def _apply(
     return out, left_out
 
 
-def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> Cells:
-    """The newest ``count`` personalized exposures as cells (raw counts and rewards).
+def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> tuple[Cells, int | None]:
+    """The newest ``count`` personalized exposures as cells (raw counts and rewards), and the
+    time of the oldest of them (None when there are fewer than ``count``: then nothing).
 
     The contextual learner fits everything older first and then updates with these, so that an
     arm whose visitors changed can follow them (``contextual_learner.follow``). Counting by
     exposures, not by time, makes "recent" mean as much evidence on a quiet site as on a busy one.
-    :func:`maturity` then discounts their young exposures exactly as it does the totals'.
+    :func:`maturity` then discounts their young exposures as it does the totals'.
     """
     if count <= 0:
-        return {}
+        return {}, None
     with store.engine.connect() as conn:
         cutoff = conn.execute(
             select(exposures.c.ts_ms)
@@ -187,7 +193,7 @@ def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> Cells:
             .limit(1)
         ).scalar()
         if cutoff is None:
-            return {}  # fewer than ``count`` in all: nothing is older, nothing to update
+            return {}, None  # fewer than ``count`` in all: nothing is older, nothing to update
         rows = conn.execute(
             select(exposures.c.path, exposures.c.arm, func.count(), func.sum(exposures.c.reward))
             .where(
@@ -204,7 +210,7 @@ def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> Cells:
         except ValueError:
             continue
         out.setdefault(key, {})[arm] = CellStats(float(n), min(float(r or 0.0), float(n)))
-    return out
+    return out, int(cutoff)
 
 
 def maturity(
@@ -213,13 +219,18 @@ def maturity(
     """The learner's cells with outcomes still to come accounted for (see the module docstring),
     and the newest ``recent`` exposures' share of them (:func:`recent_cells`), weighted alike."""
     cdf, count, source = delay_cdf(store, spec, now_ms)
-    newest = recent_cells(store, spec, recent)
+    newest, since = recent_cells(store, spec, recent)
     if cdf is None:
         return cells, newest, Maturity(0, "none", 0.0)
     support = cdf.max_ms + 1 if isinstance(cdf, _Empirical) else None
     discounts = _discounts(young_exposures(store, spec, now_ms, support), cdf, spec.half_life_s)
     corrected, left_out = _apply(cells, discounts)
-    # The newest exposures include every young one (unless fewer than a delay's worth are asked for).
-    newest, _ = _apply(newest, discounts)
+    if newest:
+        # Only the young exposures among the newest: when outcomes take longer than the newest
+        # exposures span, the totals' discounts would take away more than these cells hold, and
+        # the newest data would look better than they are (measured: a false drift and calibration
+        # alert in a static world, benchmarks/bench_learning.py).
+        within = young_exposures(store, spec, now_ms, support, since_ms=since)
+        newest, _ = _apply(newest, _discounts(within, cdf, spec.half_life_s))
     horizon = cdf.horizon_ms if isinstance(cdf, _Empirical) else None
     return corrected, newest, Maturity(count, source, left_out if math.isfinite(left_out) else 0.0, horizon)

@@ -106,7 +106,7 @@ class Contextual:
     interactions: Sequence[Sequence[str]] | None = None
     numeric: Sequence[str] = ()
     max_values: int = 20
-    explore: float = 0.5
+    explore: float = 0.25
     prior_scale: float | None = None
     # The newest exposures the model is updated with last, each arm free to have drifted (0: off).
     recent_exposures: int = 5_000

@@ -98,3 +98,25 @@ def test_instant_outcomes_against_a_long_window_discount_almost_nothing(hero: St
     assert report.discounted < 1.0  # at most the exposures of the last few milliseconds
     cell = corrected[("mobile", "search")]["b"]
     assert cell.reward / cell.exposures == pytest.approx(0.25, abs=0.005)
+
+
+def test_the_newest_exposures_lose_only_their_own_missing_outcomes(hero: Store) -> None:
+    """Outcomes that take longer than the newest exposures span: the young exposures before
+    those must not be discounted from them (they made the newest data look better than it was)."""
+    spec = hero.get_experiment("hero").spec  # type: ignore[union-attr]
+    events = []
+    for i in range(40):  # matured: delays of 0, 3, 6, ... 117 minutes
+        events += [exposure(i, ts=NOW - 48 * HOUR), outcome(i, ts=NOW - 48 * HOUR + i * 180_000)]
+    for i in range(100, 300):  # 90 minutes old: a quarter of their outcomes are still to come
+        events.append(exposure(i, arm="b", ts=NOW - 90 * 60_000))
+    for i in range(300, 400):  # the newest 100, 10 minutes old: ~90 % still to come
+        events.append(exposure(i, arm="b", ts=NOW - 10 * 60_000))
+    ingest(hero, events, None, NOW)
+    cells = hero.cells(spec, NOW)
+    corrected, recent, _ = maturity(hero, spec, cells, NOW, recent=100)
+    newest = recent[("mobile", "search")]["b"]
+    # 100 exposures x F(about 10 min) = 3/40 or 4/40 (the age is read at its bucket's middle).
+    assert 7.5 <= newest.exposures <= 10.0
+    # The totals still lose every young exposure's share: 40 matured, 200 x F(90 min), 100 x F(10 min).
+    everything = corrected[("mobile", "search")]["b"]
+    assert 40 + 200 * 30 / 40 + 7.5 <= everything.exposures <= 40 + 200 * 31 / 40 + 10.0

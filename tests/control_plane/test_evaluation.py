@@ -15,6 +15,7 @@ from control_plane.evaluation import (
     logged_exposures,
     policy_eval,
     snips,
+    snips_difference,
 )
 from control_plane.ingest import ingest
 from control_plane.store import Store
@@ -34,6 +35,30 @@ DM_TARGET = [0.7, 0.3, 0.2, 0.35, 0.5]
 def test_ips_is_the_mean_weighted_reward() -> None:
     # (2 + 0 + 0 + 0 + 3) / 5
     assert ips(R, P, Q) == pytest.approx(1.0)
+
+
+def test_the_paired_snips_difference_and_its_standard_error() -> None:
+    new, old = [0.9, 0.5, 0.1, 0.4, 0.6], Q
+    difference, se = snips_difference(R, P, new, old)  # type: ignore[misc]
+    assert difference == pytest.approx(snips(R, P, new) - snips(R, P, old))
+    assert se is not None and se > 0
+    assert snips_difference(R, P, [0.0] * 5, old) is None  # SNIPS undefined for one of them
+    # The error is what the difference actually scatters by over repeated logs, and smaller than
+    # the two estimates' errors added: the shared rows cancel most of the noise.
+    rng = np.random.default_rng(7)
+    differences, errors, unpaired = [], [], []
+    for _ in range(400):
+        arm = rng.integers(0, 3, 2000)
+        p = np.full(2000, 1 / 3)
+        r = (rng.random(2000) < np.array([0.04, 0.05, 0.06])[arm]).astype(float)
+        q_new = np.array([0.1, 0.3, 0.6])[arm]
+        q_old = np.array([0.2, 0.3, 0.5])[arm]
+        d, e = snips_difference(r, p, q_new, q_old)  # type: ignore[misc]
+        differences.append(d)
+        errors.append(e)
+        unpaired.append(float(np.hypot(evaluate(r, p, q_new).ips_se, evaluate(r, p, q_old).ips_se)))
+    assert np.mean(errors) == pytest.approx(np.std(differences), rel=0.15)
+    assert np.mean(errors) < 0.5 * np.mean(unpaired)
 
 
 def test_snips_normalises_by_the_weight_sum() -> None:

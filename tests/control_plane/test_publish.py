@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -150,56 +151,29 @@ def _logged(store: Store, n: int, clock: Clock, first: int = 1000) -> None:
     ingest(store, events, None, clock.ms)
 
 
-def test_the_promotion_gate_holds_back_a_worse_snapshot(
-    setup: tuple[Store, LocalKV, Clock], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _contrarian(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    """A learner gone wrong: it puts nearly all traffic on 'c', the worse arm."""
+    from control_plane.learner import learn
+
+    snap = learn(*args, **kwargs)  # type: ignore[arg-type]
+    n = len(snap.arms)
+    allocation = [0.9 if snap.arms[i % n].key == "c" else 0.1 / (n - 1) for i in range(len(snap.allocation))]
+    return dataclasses.replace(snap, allocation=allocation)
+
+
+def _publish_contrarian(
+    store: Store, kv: LocalKV, clock: Clock, monkeypatch: pytest.MonkeyPatch, metrics: Metrics
+):  # type: ignore[no-untyped-def]
     from control_plane import publish as module
-    from control_plane.learner import learn as real_learn
     from control_plane.publish import Gate
 
-    store, kv, clock = setup
     _logged(store, 1200, clock)
     assert _publish(store, kv, clock).published  # learnt from the data: prefers 'b'
-    current = kv.get(snapshot_key("hero"))
-
-    def contrarian(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        # A learner gone wrong: it puts nearly all traffic on 'c', the worse arm.
-        snap = real_learn(*args, **kwargs)  # type: ignore[arg-type]
-        n = len(snap.arms)
-        allocation = [
-            0.9 if snap.arms[i % n].key == "c" else 0.1 / (n - 1) for i in range(len(snap.allocation))
-        ]
-        return type(snap)(
-            **{
-                **{
-                    f: getattr(snap, f)
-                    for f in (
-                        "experiment",
-                        "version",
-                        "created_at",
-                        "max_age_s",
-                        "salt",
-                        "default_arm",
-                        "holdout",
-                        "floor",
-                        "arms",
-                        "segments",
-                        "alpha",
-                        "beta",
-                        "hash_version",
-                        "context_features",
-                    )
-                },
-                "allocation": allocation,
-            }
-        )
-
-    monkeypatch.setattr(module, "learn", contrarian)
+    monkeypatch.setattr(module, "learn", _contrarian)
     clock.ms += 10_000
     record = store.get_experiment("hero")
     assert record is not None
-    metrics = Metrics()
-    result = publish_experiment(
+    return publish_experiment(
         store,
         LocalKVPublisher(kv),
         record,
@@ -210,12 +184,41 @@ def test_the_promotion_gate_holds_back_a_worse_snapshot(
         sleep=clock.sleep,
         gate=Gate(tolerance=0.01, min_exposures=500),
     )
+
+
+def test_the_promotion_gate_holds_back_a_worse_snapshot(
+    setup: tuple[Store, LocalKV, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, kv, clock = setup
+    metrics = Metrics()
+    result = _publish_contrarian(store, kv, clock, monkeypatch, metrics)
     assert not result.published and result.reason == "held back by the promotion gate"
-    assert kv.get(snapshot_key("hero")) == current  # the previous snapshot stays
+    assert decode_snapshot(kv.get(snapshot_key("hero")) or b"").version == 1  # the previous snapshot stays
     (alert,) = store.alerts("hero")
     assert alert["kind"] == "promotion_blocked" and "held back" in alert["message"]
-    assert alert["details"]["candidate"]["snips"] < alert["details"]["current"]["snips"] - 0.01
+    details = alert["details"]
+    assert details["candidate"]["snips"] < details["current"]["snips"] - 0.01
+    # Worse beyond the tolerance by more than two standard errors of the paired difference.
+    assert details["difference"] + 2 * details["difference_se"] < -0.01
+    assert details["difference"] == pytest.approx(details["candidate"]["snips"] - details["current"]["snips"])
     assert 'perch_promotion_blocked_total{experiment="hero"} 1.0' in metrics.render().decode()
+
+
+def test_a_miscalibrated_snapshot_in_force_cannot_hold_back_its_successor(
+    setup: tuple[Store, LocalKV, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calibration check says the world changed: the gate's older logs no longer judge."""
+    from control_plane import publish as module
+    from control_plane.calibration import Miscalibration
+
+    drift = [Miscalibration("b", "", 10.0, 40.0, -5.0)]
+    monkeypatch.setattr(module, "_check_calibration", lambda *args: drift)
+    store, kv, clock = setup
+    result = _publish_contrarian(store, kv, clock, monkeypatch, Metrics())
+    assert result.published and result.snapshot_version == 2
+    gate = store.snapshot_history("hero")[0]["summary"]["gate"]
+    assert gate["passed"] is False and gate["overridden"] == "calibration"
+    assert store.alerts("hero") == []
 
 
 def test_the_gate_lets_an_equal_or_better_snapshot_through(setup: tuple[Store, LocalKV, Clock]) -> None:
