@@ -42,6 +42,7 @@ Z = 9.0  # |z| beyond 9 has mass 2e-19
 MAX_STEP = 0.05
 MAX_POINTS = 400_001
 SHARED_POINTS = 20_001
+GRID_FLOATS = 2_000_000  # contexts x arms x grid points per vectorised pass (16 MB a table)
 # A score whose standard deviation is this far below the largest is treated as a point mass:
 # its density would need more grid points than there is precision to gain.
 TINY = 1e-9
@@ -55,60 +56,89 @@ def _simpson(points: int, h: float) -> FloatArray:
     return out
 
 
-def _shared_grid(m: FloatArray, sd: FloatArray) -> FloatArray | None:
-    """All arms at once on one grid of scores t: P(a) = Int phi_a(t) prod_{i != a} Phi_i(t) dt.
-
-    O(arms x points) rather than O(arms^2 x points); usable when the spreads are alike, so
-    that a step fine enough for the narrowest density does not need too many points.
-    """
-    # Below max_i(m_i - Z sd_i) every integrand is negligible: either the arm's own density or the
-    # CDF of the arm that attains the maximum is below Phi(-Z). On a busy model most arms sit far
-    # below the best, so this range is a few best arms' spreads wide, not all of them.
-    lo = float(np.max(m - Z * sd))
-    hi = float(np.max(m + Z * sd))
-    # The trapezoidal rule, not Simpson's: the integrand is smooth on the scale of the narrowest
-    # spread and negligible at both ends, where the trapezoid's error falls like
-    # exp(-2 pi^2 (sd/h)^2), ~1e-77 at h = sd/3 (Simpson's only like h^4, so it needed sd/10).
-    step = float(sd.min()) / 3.0
-    points = int(np.ceil((hi - lo) / step)) + 1
-    if points > SHARED_POINTS:
-        return None
-    t = np.linspace(lo, hi, points)
-    log_cdf = log_ndtr((t[None, :] - m[:, None]) / sd[:, None])  # arms x points
-    total = log_cdf.sum(axis=0)
-    z = (t[None, :] - m[:, None]) / sd[:, None]
-    density = np.exp(-0.5 * z * z + total[None, :] - log_cdf) / (sd[:, None] * np.sqrt(2.0 * np.pi))
-    weights = np.full(points, t[1] - t[0])
-    weights[0] = weights[-1] = 0.5 * (t[1] - t[0])
-    out: FloatArray = density @ weights
-    return out
-
-
 def choice_probabilities(
     means: Sequence[float] | FloatArray, variances: Sequence[float] | FloatArray, floor: float
 ) -> FloatArray:
     """P(each arm is chosen) when scores are independent N(means, variances), argmax wins."""
     m = np.asarray(means, dtype=np.float64)
+    return choice_probabilities_many(m[None, :], np.asarray(variances, dtype=np.float64)[None, :], floor)[0]
+
+
+def choice_probabilities_many(means: FloatArray, variances: FloatArray, floor: float) -> FloatArray:
+    """Rows of :func:`choice_probabilities`: (contexts x arms) moments in, probabilities out.
+
+    One implementation for one context or thousands, so a promotion gate and ingestion agree
+    on every bit; most contexts share one vectorised pass (per context, numpy's call overhead
+    was most of the cost at 50 arms).
+    """
+    m = np.asarray(means, dtype=np.float64)
     sd = np.sqrt(np.maximum(np.asarray(variances, dtype=np.float64), 0.0))
-    n = m.size
+    rows, n = m.shape
     if n == 1:
-        return np.ones(1)
-    scale = max(float(sd.max()), 1.0)
-    sd = np.maximum(sd, TINY * scale)
-    # An arm whose score stays below max_j(m_j - Z sd_j) but with probability Phi(-Z) is never
-    # chosen (P < 2 Phi(-Z) ~ 2e-19) and is ~1 in every other arm's product: on a busy model most
-    # arms are like this, and leaving them out is what keeps a gate over 50 arms cheap.
-    live = m + Z * sd >= float(np.max(m - Z * sd))
-    best = np.zeros(n)
-    best[live] = _best(m[live], sd[live]) if int(live.sum()) > 1 else 1.0
-    return _finish(best, floor)
+        return np.ones((rows, 1))
+    sd = np.maximum(sd, TINY * np.maximum(sd.max(axis=1), 1.0)[:, None])
+    # Below max_i(m_i - Z sd_i) every integrand is negligible: either the arm's own density or the
+    # CDF of the arm that attains the maximum is below Phi(-Z). An arm whose score stays below it
+    # but with probability Phi(-Z) is never chosen (P < 2 Phi(-Z) ~ 2e-19) and is ~1 in every other
+    # arm's product, so it is left out; on a busy model most arms are like this.
+    lo = np.max(m - Z * sd, axis=1)
+    hi = np.max(m + Z * sd, axis=1)
+    live = m + Z * sd >= lo[:, None]
+    best = np.zeros((rows, n))
+    alone = live.sum(axis=1) == 1
+    best[alone] = live[alone]
+    # The trapezoidal rule on one grid of scores for all arms, its step a third of the narrowest
+    # live spread: the integrand is smooth on that scale and negligible at both ends, where the
+    # trapezoid's error falls like exp(-2 pi^2 (sd/h)^2), ~1e-77 (Simpson's only like h^4).
+    narrow = np.min(np.where(live, sd, np.inf), axis=1)
+    points = np.ceil((hi - lo) / (narrow / 3.0)).astype(np.int64) + 1
+    shared = np.flatnonzero(~alone & (points <= SHARED_POINTS))
+    chunk = 0
+    while chunk < shared.size:
+        size = max(1, GRID_FLOATS // (n * int(points[shared[chunk]])))
+        index = shared[chunk : chunk + size]
+        best[index] = _shared_grid(m[index], sd[index], live[index], points[index])
+        chunk += size
+    for i in np.flatnonzero(~alone & (points > SHARED_POINTS)):
+        best[i, live[i]] = _per_arm(m[i, live[i]], sd[i, live[i]])
+    best = np.clip(best, 0.0, 1.0)
+    total = best.sum(axis=1, keepdims=True)
+    # The integrals sum to 1 up to quadrature error; exact rows help IPS.
+    best = np.divide(best, total, out=best, where=total > 0)
+    out: FloatArray = floor / n + (1.0 - floor) * best
+    return out
 
 
-def _best(m: FloatArray, sd: FloatArray) -> FloatArray:
-    """P(each arm has the highest score), scores independent N(m, sd^2), before the floor."""
-    shared = _shared_grid(m, sd)
-    if shared is not None:
-        return shared
+def _shared_grid(
+    m: FloatArray, sd: FloatArray, live: npt.NDArray[np.bool_], points: npt.NDArray[np.int64]
+) -> FloatArray:
+    """All arms of several contexts at once: P(a) = Int phi_a(t) prod_{i != a} Phi_i(t) dt.
+
+    O(arms x points) per context rather than O(arms^2 x points). Each context has its own grid
+    over the range where its integrands are not negligible; shorter grids are padded with points
+    of weight 0.
+    """
+    rows = m.shape[0]
+    lo = np.max(m - Z * sd, axis=1)
+    step = (np.max(m + Z * sd, axis=1) - lo) / (points - 1)
+    width = int(points.max())
+    j = np.arange(width)
+    t = lo[:, None] + j[None, :] * step[:, None]  # rows x width
+    z = (t[:, None, :] - m[:, :, None]) / sd[:, :, None]  # rows x arms x width
+    log_cdf = np.where(live[:, :, None], log_ndtr(z), 0.0)
+    total = log_cdf.sum(axis=1)
+    density = np.exp(-0.5 * z * z + total[:, None, :] - log_cdf) / (sd[:, :, None] * np.sqrt(2.0 * np.pi))
+    weights = np.where(j[None, :] < points[:, None], step[:, None], 0.0)
+    weights[:, 0] *= 0.5
+    weights[np.arange(rows), points - 1] *= 0.5
+    out: FloatArray = np.einsum("cap,cp->ca", density, weights)
+    out[~live] = 0.0
+    return out
+
+
+def _per_arm(m: FloatArray, sd: FloatArray) -> FloatArray:
+    """Spreads too unlike for one grid: each arm's integral in its own z, Simpson's rule on a step
+    small enough for the steepest factor (its scale in z is ``s_i / s_a``)."""
     n = m.size
     best = np.empty(n)
     for a in range(n):
@@ -123,16 +153,6 @@ def _best(m: FloatArray, sd: FloatArray) -> FloatArray:
         density = np.exp(-0.5 * z * z + log_cdf) / np.sqrt(2.0 * np.pi)
         best[a] = float(weights @ density)
     return best
-
-
-def _finish(best: FloatArray, floor: float) -> FloatArray:
-    n = best.size
-    best = np.clip(best, 0.0, 1.0)
-    total = best.sum()
-    if total > 0:
-        best /= total  # the integrals sum to 1 up to quadrature error; exact rows help IPS
-    out: FloatArray = floor / n + (1.0 - floor) * best
-    return out
 
 
 class _Arrays:
@@ -229,14 +249,21 @@ def many_probabilities(
     encoded = [model.encode(with_unknowns(snapshot.context_features, c)) for c in contexts]
     means, variances = model_arrays(model).many(encoded)
     probs = np.empty_like(means)
-    for i, (cols, vals) in enumerate(encoded):
-        key = _key(snapshot, cols, vals)
+    keys = [_key(snapshot, cols, vals) for cols, vals in encoded]
+    missing = []
+    for i, key in enumerate(keys):
         row = None if cache is None else cache.lookup(key)
         if row is None:
-            row = choice_probabilities(means[i], model.explore * variances[i], snapshot.floor)
-            if cache is not None:
-                cache.store(key, row)
-        probs[i] = row
+            missing.append(i)
+        else:
+            probs[i] = row
+    if missing:
+        probs[missing] = choice_probabilities_many(
+            means[missing], model.explore * variances[missing], snapshot.floor
+        )
+        if cache is not None:
+            for i in missing:
+                cache.store(keys[i], probs[i].copy())
     return probs, means, variances
 
 
