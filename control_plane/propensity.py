@@ -60,8 +60,9 @@ def choice_probabilities(
     means: Sequence[float] | FloatArray, variances: Sequence[float] | FloatArray, floor: float
 ) -> FloatArray:
     """P(each arm is chosen) when scores are independent N(means, variances), argmax wins."""
-    m = np.asarray(means, dtype=np.float64)
-    return choice_probabilities_many(m[None, :], np.asarray(variances, dtype=np.float64)[None, :], floor)[0]
+    m = np.asarray(means, dtype=np.float64)[None, :]
+    out: FloatArray = choice_probabilities_many(m, np.asarray(variances, dtype=np.float64)[None, :], floor)[0]
+    return out
 
 
 def choice_probabilities_many(means: FloatArray, variances: FloatArray, floor: float) -> FloatArray:
