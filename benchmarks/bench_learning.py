@@ -443,12 +443,16 @@ def _one(args: tuple[str, str, int, int, str]) -> dict[str, Any]:
 def run(
     *,
     visitors: int = 100_000,
-    seeds: Sequence[int] = (1, 2, 3),
+    seeds: Sequence[int] = (1, 2, 3, 4, 5, 6),
     environments: Sequence[str] = ENVIRONMENTS,
     policies: Sequence[str] = POLICIES,
     processes: int = 2,
 ) -> dict[str, Any]:
     """Every (environment, policy, seed) once; figures averaged over seeds.
+
+    Six seeds, not three: one peer's share of the oracle's lift ranged from 18 % to 87 % over
+    six seeds of one world, so three could not rank the policies (measured when choosing
+    ``explore``: the 3-seed verdicts flipped on seeds 4-6).
 
     A peer whose package is not installed (the ``bench`` extra) is left out and listed.
     """

@@ -165,8 +165,10 @@ def experiment_spec() -> dict[str, Any]:
 class _Simulator:
     """Visitors as browsers would be: their own cookie, consent, referer and device."""
 
-    def __init__(self, edge_url: str, visits: list[Visit]) -> None:
+    def __init__(self, edge_url: str, visits: list[Visit], rate: float) -> None:
         self.edge_url = edge_url
+        self.rate = rate
+        self.started = 0.0
         self.outcomes = [Outcome() for _ in visits]
         self.cookies: dict[int, str] = {}
         self.queue: asyncio.Queue[Visit] = asyncio.Queue()
@@ -218,6 +220,10 @@ class _Simulator:
 
         while not self.queue.empty():
             visit = self.queue.get_nowait()
+            # Visitors arrive at ``rate`` a second, not as fast as two cores can send them.
+            wait = self.started + visit.index / self.rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             try:
                 await self.visit(session, visit)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -225,12 +231,15 @@ class _Simulator:
             progress.update(1)
 
 
-async def _simulate(edge_url: str, visits: list[Visit], concurrency: int, progress: Any) -> list[Outcome]:
+async def _simulate(
+    edge_url: str, visits: list[Visit], concurrency: int, rate: float, progress: Any
+) -> list[Outcome]:
     # aiohttp rather than httpx here: at thousands of requests a second on two shared
     # cores the client's own overhead decides how fast the demo runs.
     import aiohttp
 
-    simulator = _Simulator(edge_url, visits)
+    simulator = _Simulator(edge_url, visits, rate)
+    simulator.started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=concurrency)
     # Cookies are kept per simulated visitor, not in one shared jar.
     async with aiohttp.ClientSession(
@@ -394,6 +403,13 @@ def _print_report(
 @click.command("demo")
 @click.option("--visitors", type=int, default=50_000, show_default=True)
 @click.option("--concurrency", type=int, default=16, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1.0),
+    default=1_500.0,
+    show_default=True,
+    help="Visitors a second: with a publish every 2 s, about 3,000 visits between snapshots.",
+)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option(
     "--data-dir",
@@ -402,7 +418,9 @@ def _print_report(
     show_default=True,
 )
 @click.option("--exit", "exit_after", is_flag=True, help="Stop the servers after the report (for tests).")
-def demo(visitors: int, concurrency: int, seed: int, data_dir: Path, exit_after: bool) -> None:
+def demo(
+    *, visitors: int, concurrency: int, rate: float, seed: int, data_dir: Path, exit_after: bool
+) -> None:
     """Run the whole loop locally and report Perch against uniform and oracle."""
     started = time.monotonic()
     _fresh(data_dir)
@@ -441,7 +459,7 @@ def demo(visitors: int, concurrency: int, seed: int, data_dir: Path, exit_after:
         with click.progressbar(
             length=len(visits), label="visitors through the edge", show_pos=True, show_eta=True
         ) as bar:
-            outcomes = asyncio.run(_simulate(edge_url, visits, concurrency, bar))
+            outcomes = asyncio.run(_simulate(edge_url, visits, concurrency, rate, bar))
         time.sleep(1.0)  # the edge's last batch and beacons
         admin.post(f"/v1/experiments/{EXPERIMENT}/publish").raise_for_status()
         report_response = admin.get(f"/v1/experiments/{EXPERIMENT}/report")
