@@ -5,7 +5,7 @@ weighted for outcomes still on their way) are compared with what the snapshot in
 for them: per arm, and per arm and feature value (``device=mobile``), the observed reward against
 the expected one.  The spread is binomial noise plus the model's own uncertainty about the rate,
 so ``z = (observed - expected) / sd``; a cell beyond :data:`ALERT_Z` raises one ``calibration``
-alert naming the worst cells.  The drift the learner allows itself (``contextual_learner.follow``)
+alert naming the worst cells.  The drift the learner allows itself (``laplace.follow``)
 already adapts to such a change; this tells the operator it happened, and where.
 """
 
@@ -56,8 +56,9 @@ def calibration(
         for path in recent
     ]
     means, variances = model_arrays(model).many(encoded)
+    names: dict[int, str] = {}  # a few hundred columns among thousands of paths: each named once
     for i, ((cols, _), by_arm) in enumerate(zip(encoded, recent.values(), strict=True)):
-        labels = [""] + [model.label(c) for c in cols[1:]]
+        labels = [""] + [names[c] if c in names else names.setdefault(c, model.label(c)) for c in cols[1:]]
         for arm, cell in by_arm.items():
             a = snapshot.arm_index.get(arm)
             if a is None or cell.exposures <= 0:

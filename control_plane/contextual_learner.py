@@ -10,12 +10,11 @@ traffic.  Steps:
    ``min_segment_units`` visitors have (so one client cannot invent columns);
    the rest share ``other``, a missing feature is ``unknown``.  Numeric
    features are standardised with their exposure-weighted mean and deviation.
-2. **Per arm**, a Gaussian posterior over the weights: the Laplace
-   approximation of Bayesian logistic regression for binary rewards (Newton /
-   IRLS to the mode, covariance = inverse Hessian), or the conjugate Gaussian
-   linear model for numeric rewards.  The prior is centred on the pooled rate
-   (intercept) and zero (features); the features' prior scale is picked from
-   a grid by the Laplace evidence of all arms together unless the spec fixes it.
+2. **Per arm**, a Gaussian posterior over the weights (:mod:`control_plane.laplace`):
+   the Laplace approximation of Bayesian logistic regression for binary rewards,
+   or the conjugate Gaussian linear model for numeric rewards, the features'
+   prior scale picked by evidence unless the spec fixes it; the newest
+   exposures last, as an update that lets each arm drift.
 3. The snapshot: the model, plus one global segment whose Beta posteriors and
    exposure-weighted allocation describe the arms overall, for reports.
 """
@@ -23,43 +22,24 @@ traffic.  Steps:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy.linalg import LinAlgError, cho_factor, cho_solve, lapack
-from scipy.special import expit
+from scipy.linalg import LinAlgError
 from threadpoolctl import threadpool_limits
 
 from control_plane.experiments import ExperimentSpec
+from control_plane.laplace import Fit, fit_arms, follow
 from control_plane.learner import MIN_SHAPE, MIN_SHARE, Cells, CellStats, spec_snapshot, split_cells
 from control_plane.propensity import choice_probabilities, model_arrays
 from core import UNKNOWN, Block, ContextualModel, Segment, Snapshot
 from core.contextual import MAX_COLUMNS, MAX_MODEL_FLOATS
 
-__all__ = ["Fit", "build_blocks", "encode_paths", "fit_arms", "learn_contextual"]
+__all__ = ["build_blocks", "encode_paths", "learn_contextual"]
 
 FloatArray = npt.NDArray[np.float64]
 
-PRIOR_SCALES = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.2,
-    0.4,
-    0.8,
-    1.6,
-)  # feature weight s.d. in logits, chosen by evidence
-DRIFT_SCALES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)  # how far an arm's weights may have moved, by evidence
-# The prior over those: an arm's world stays put with probability 0.9 at each update, else the
-# drift is one of the others. Without it the evidence alone often prefers a little drift by chance,
-# and the model then chases noise (measured in benchmarks/bench_learning.py, context-free world).
-DRIFT_PRIOR = (math.log(0.9),) + (math.log(0.1 / 5),) * 5
-INTERCEPT_SCALE = 1.5  # logits around the pooled rate
-MAX_NEWTON = 30
-NEWTON_TOLERANCE = 1e-4  # largest Newton step (logits) at which a fit has converged
 # Paths whose choice probabilities make up the global allocation summary (the heaviest ones).
 SUMMARY_PATHS = 64
 MAX_NUMERIC = (
@@ -164,272 +144,6 @@ def encode_paths(
             offset, value = block.column(context)
             x[row, start + offset] = value
     return x
-
-
-@dataclass(frozen=True, slots=True)
-class Fit:
-    """Posterior means (arms x D) and covariances (arms x D x D), and the prior scale used."""
-
-    mean: FloatArray
-    cov: FloatArray
-    prior_scale: float
-    log_evidence: float
-
-
-@dataclass(frozen=True, slots=True)
-class Design:
-    """A design matrix stored by its few non-zero entries per row (one-hot rows: ``k`` of ``D``).
-
-    ``X w``, ``X' v`` and ``X' diag(c) X`` then cost O(rows x k^2), not O(rows x D^2): what keeps a
-    learning cycle at 200 columns and 10^5 cells within its budget.
-    """
-
-    cols: npt.NDArray[np.int64]  # rows x k
-    vals: FloatArray  # rows x k (padding: column 0 with value 0)
-    dim: int
-    # X' diag(c) X's (column pair, product of values) per row, made once: every Newton step needs them.
-    pairs: npt.NDArray[np.int64] = field(init=False, repr=False)
-    products: FloatArray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        rows, k = self.cols.shape
-        pairs = (self.cols[:, :, None] * self.dim + self.cols[:, None, :]).reshape(rows, k * k)
-        products = (self.vals[:, :, None] * self.vals[:, None, :]).reshape(rows, k * k)
-        object.__setattr__(self, "pairs", pairs)
-        object.__setattr__(self, "products", products)
-
-    @classmethod
-    def of(cls, x: FloatArray | Design) -> Design:
-        if isinstance(x, Design):
-            return x
-        k = max(1, int((x != 0).sum(axis=1).max(initial=0)))
-        cols = np.zeros((x.shape[0], k), dtype=np.int64)
-        vals = np.zeros((x.shape[0], k))
-        for i, row in enumerate(x):
-            nz = np.flatnonzero(row)
-            cols[i, : nz.size] = nz
-            vals[i, : nz.size] = row[nz]
-        return cls(cols, vals, x.shape[1])
-
-    def rows(self, mask: npt.NDArray[np.bool_]) -> Design:
-        return Design(self.cols[mask], self.vals[mask], self.dim)
-
-    def dot(self, w: FloatArray) -> FloatArray:
-        out: FloatArray = (self.vals * w[self.cols]).sum(axis=1)
-        return out
-
-    def tdot(self, v: FloatArray) -> FloatArray:
-        out = np.bincount(self.cols.ravel(), (self.vals * v[:, None]).ravel(), minlength=self.dim)
-        return out.astype(np.float64)
-
-    def gram(self, c: FloatArray) -> FloatArray:
-        d = self.dim
-        weights = (self.products * c[:, None]).ravel()
-        out = np.bincount(self.pairs.ravel(), weights, minlength=d * d).reshape(d, d)
-        return out.astype(np.float64)
-
-
-@dataclass(frozen=True, slots=True)
-class _Prior:
-    """A Gaussian prior over one arm's weights: mean, precision matrix and its log-determinant."""
-
-    mean: FloatArray
-    precision: FloatArray
-    log_det: float
-
-    @classmethod
-    def diagonal(cls, mean: FloatArray, precision: FloatArray) -> _Prior:
-        return cls(mean, np.diag(precision), float(np.sum(np.log(precision))))
-
-    @classmethod
-    def full(cls, mean: FloatArray, covariance: FloatArray) -> _Prior:
-        factor = cho_factor(covariance, check_finite=False)
-        return cls(mean, _inverse(factor), -2.0 * float(np.sum(np.log(np.diag(factor[0])))))
-
-
-def _inverse(factor: tuple[FloatArray, bool]) -> FloatArray:
-    """The inverse of a symmetric positive definite matrix from its Cholesky factor.
-
-    LAPACK's potri: 2.5x quicker than solving against the identity, per arm and drift scale.
-    """
-    half, info = lapack.dpotri(factor[0], lower=factor[1])
-    if info != 0:
-        raise LinAlgError(f"potri failed ({info})")
-    upper = np.tril(half).T if factor[1] else np.triu(half)
-    out: FloatArray = upper + np.triu(upper, 1).T
-    return out
-
-
-def _fit_one(
-    x: Design,
-    n: FloatArray,
-    r: FloatArray,
-    prior: _Prior,
-    *,
-    binary: bool,
-    noise: float,
-    start: FloatArray,
-) -> tuple[FloatArray, FloatArray, float]:
-    """(mode, Hessian at the mode, Laplace log evidence up to a constant) for one arm."""
-    mu0, prec = prior.mean, prior.precision
-    w = start.copy()
-    if not binary:
-        # Conjugate: the mean reward of a row, with precision n / noise.
-        y = np.divide(r, n, out=np.zeros_like(r), where=n > 0)
-        h = x.gram(n / noise) + prec
-        factor = cho_factor(h, check_finite=False)
-        w = cho_solve(factor, x.tdot(n * y / noise) + prec @ mu0)
-        resid = y - x.dot(w)
-        loglik = -0.5 * float(np.sum(n / noise * resid * resid))
-    else:
-        for _ in range(MAX_NEWTON):
-            p = expit(x.dot(w))
-            grad = x.tdot(r - n * p) - prec @ (w - mu0)
-            h = x.gram(n * p * (1.0 - p)) + prec
-            factor = cho_factor(h, check_finite=False)
-            step = cho_solve(factor, grad, check_finite=False)
-            w = w + step
-            # Converged: Newton's error after a step of 1e-4 logits is O(1e-8), and the Hessian at
-            # the previous iterate differs from the one at w by O(1e-4) relative, far below what the
-            # posterior's own uncertainty moves. (1e-6 cost one more step per fit, 8 % of a cycle.)
-            if float(np.max(np.abs(step))) < NEWTON_TOLERANCE:
-                break
-        eta = x.dot(w)
-        loglik = float(np.sum(r * eta - n * np.logaddexp(0.0, eta)))
-    log_det_h = 2.0 * float(np.sum(np.log(np.diag(factor[0]))))
-    d = w - mu0
-    evidence = loglik - 0.5 * float(d @ prec @ d) + 0.5 * prior.log_det - 0.5 * log_det_h
-    return w, h, evidence
-
-
-def _rows(n: FloatArray, r: FloatArray, a: int) -> tuple[npt.NDArray[np.bool_], FloatArray, FloatArray]:
-    rows = n[:, a] > 0
-    return rows, n[rows, a], np.minimum(r[rows, a], n[rows, a])
-
-
-def fit_arms(
-    x: FloatArray | Design,
-    n: FloatArray,
-    r: FloatArray,
-    *,
-    binary: bool,
-    prior_scale: float | None,
-    scales: Sequence[float] = PRIOR_SCALES,
-    interactions: Sequence[bool] | None = None,
-) -> Fit:
-    """Per-arm posteriors for design ``x`` (paths x D), exposures and rewards ``n``, ``r`` (paths x arms).
-
-    The features' prior scale is ``prior_scale``, or the one of ``scales`` with the most evidence;
-    columns flagged in ``interactions`` get their own scale, also by evidence.
-    """
-    design = Design.of(x)
-    dim = design.dim
-    arms = n.shape[1]
-    pooled = (float(r.sum()) + 1.0) / (float(n.sum()) + 2.0)
-    noise = max(pooled * (1.0 - pooled), 1e-4)
-    if binary:
-        centre, intercept_sd, unit = math.log(pooled / (1.0 - pooled)), INTERCEPT_SCALE, 1.0
-    else:
-        centre, intercept_sd, unit = pooled, 0.5, math.sqrt(noise)
-    mu0 = np.zeros(dim)
-    mu0[0] = centre
-    grid = tuple(scales) if prior_scale is None else (prior_scale,)
-    # Interaction columns get a prior scale of their own: a world where effects add up needs
-    # them near zero while its main effects are large, and evidence can tell the two apart.
-    pair = np.zeros(dim, dtype=bool) if interactions is None else np.asarray(interactions, dtype=bool)
-    fits: dict[tuple[int, int], tuple[FloatArray, list[FloatArray], float]] = {}
-    starts = np.tile(mu0, (arms, 1))
-    per_arm = [_rows(n, r, a) for a in range(arms)]
-    designs = [design.rows(rows) for rows, _, _ in per_arm]
-
-    def fit(key: tuple[int, int]) -> float:
-        if key not in fits:
-            prec = np.where(pair, 1.0 / (grid[key[1]] * unit) ** 2, 1.0 / (grid[key[0]] * unit) ** 2)
-            prec[0] = 1.0 / intercept_sd**2
-            prior = _Prior.diagonal(mu0, prec)
-            means = np.empty((arms, dim))
-            hessians = []
-            total = 0.0
-            for a, (_, n_a, r_a) in enumerate(per_arm):
-                w, h, evidence = _fit_one(
-                    designs[a], n_a, r_a, prior, binary=binary, noise=noise, start=starts[a]
-                )
-                means[a] = w
-                hessians.append(h)
-                total += evidence
-            starts[:] = means  # warm start for the next scale tried
-            fits[key] = (means, hessians, total)
-        return fits[key][2]
-
-    def climb(
-        key: tuple[int, int], step: Callable[[tuple[int, int], int], tuple[int, int]], axis: int
-    ) -> tuple[int, int]:
-        # The evidence is unimodal in a scale in practice: climb from where we are rather than
-        # fit every scale (3-4 fits instead of 8).
-        while True:
-            here = fit(key)
-            up = fit(step(key, 1)) if key[axis] + 1 < len(grid) else -math.inf
-            down = fit(step(key, -1)) if key[axis] > 0 and up <= here else -math.inf
-            if up > here:
-                key = step(key, 1)
-            elif down > here:
-                key = step(key, -1)
-            else:
-                return key
-
-    middle = len(grid) // 2
-    key = climb((middle, middle), lambda k, d: (k[0] + d, k[1] + d), 0)  # both scales together
-    if pair.any() and prior_scale is None:
-        key = climb(key, lambda k, d: (k[0], k[1] + d), 1)  # then the interactions' alone
-    means, hessians, total = fits[key]
-    covs = np.stack([_inverse(cho_factor(h, check_finite=False)) for h in hessians])
-    return Fit(means, covs, grid[key[0]], total)
-
-
-def follow(
-    old: Fit, x: FloatArray | Design, n: FloatArray, r: FloatArray, *, binary: bool
-) -> tuple[Fit, list[float]]:
-    """Update ``old`` (fitted on all but the newest data) with the newest data ``n``, ``r``.
-
-    Each arm's prior is its old posterior widened by a drift ``tau^2 I``: how far its weights may
-    have moved since. ``tau`` is picked per arm by the Laplace evidence of the newest data (times
-    :data:`DRIFT_PRIOR`: change is the exception), so an
-    arm whose visitors still behave as before keeps all it learnt (tau near 0: the update is the
-    plain posterior on all data), and one whose world changed follows the new data at once,
-    without forgetting anything about the arms that did not change.
-    """
-    design = Design.of(x)
-    dim = design.dim
-    arms = n.shape[1]
-    pooled = (float(r.sum()) + 1.0) / (float(n.sum()) + 2.0)
-    noise = max(pooled * (1.0 - pooled), 1e-4)
-    unit = 1.0 if binary else math.sqrt(noise)
-    means = np.empty((arms, dim))
-    covs = np.empty((arms, dim, dim))
-    taus = []
-    total = 0.0
-    for a in range(arms):
-        rows, n_a, r_a = _rows(n, r, a)
-        rows_a = design.rows(rows)
-        best: tuple[float, FloatArray, FloatArray, float] | None = None
-        # No drift, then the drift scales upward while their evidence improves (it is unimodal
-        # in tau in practice): an arm that did not change costs two fits, not one per scale.
-        climbing: float | None = None
-        for tau, log_prior in zip(DRIFT_SCALES, DRIFT_PRIOR, strict=True):
-            prior = _Prior.full(old.mean[a], old.cov[a] + np.eye(dim) * (tau * unit) ** 2)
-            w, h, evidence = _fit_one(rows_a, n_a, r_a, prior, binary=binary, noise=noise, start=old.mean[a])
-            if climbing is not None and evidence <= climbing:
-                break
-            climbing = evidence
-            evidence += log_prior
-            if best is None or evidence > best[3]:
-                best = (tau, w, h, evidence)
-        assert best is not None
-        taus.append(best[0])
-        means[a] = best[1]
-        covs[a] = _inverse(cho_factor(best[2], check_finite=False))
-        total += best[3]
-    return Fit(means, covs, old.prior_scale, old.log_evidence + total), taus
 
 
 def _upper(covs: FloatArray) -> FloatArray:

@@ -178,7 +178,7 @@ def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> tuple[Cells,
     time of the oldest of them (None when there are fewer than ``count``: then nothing).
 
     The contextual learner fits everything older first and then updates with these, so that an
-    arm whose visitors changed can follow them (``contextual_learner.follow``). Counting by
+    arm whose visitors changed can follow them (``laplace.follow``). Counting by
     exposures, not by time, makes "recent" mean as much evidence on a quiet site as on a busy one.
     :func:`maturity` then discounts their young exposures as it does the totals'.
     """

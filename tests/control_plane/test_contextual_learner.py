@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from control_plane.contextual_learner import build_blocks, encode_paths, fit_arms, follow, learn_contextual
+from control_plane.contextual_learner import build_blocks, encode_paths, learn_contextual
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.learner import CellStats, learn
 from core import decode_snapshot, encode_snapshot
@@ -133,21 +133,6 @@ def test_interactions_and_numeric_features_get_their_blocks() -> None:
         assert np.flatnonzero(row).tolist() == cols and row[cols].tolist() == vals
 
 
-def test_evidence_picks_a_tight_prior_for_context_free_data_and_a_loose_one_otherwise() -> None:
-    flat = {path: {a: CellStats(3000.0, 90.0) for a in ARMS} for path in itertools.product(DEVICES, SOURCES)}
-    s = spec()
-    blocks = build_blocks(s, flat)
-    paths = sorted(flat)
-    x = encode_paths(blocks, s.features, paths)
-    n = np.array([[flat[p][a].exposures for a in ARMS] for p in paths])
-    r = np.array([[flat[p][a].reward for a in ARMS] for p in paths])
-    tight = fit_arms(x, n, r, binary=True, prior_scale=None)
-    rich = cells(3000.0)
-    r2 = np.array([[rich[p][a].reward for a in ARMS] for p in paths])
-    loose = fit_arms(x, n, r2, binary=True, prior_scale=None)
-    assert tight.prior_scale < loose.prior_scale
-
-
 def test_numeric_rewards_use_the_conjugate_gaussian_model() -> None:
     s = spec(reward={"kind": "numeric", "max_value": 10.0})
     data = {("mobile", "search"): {"a": CellStats(1000.0, 300.0), "b": CellStats(1000.0, 600.0)}}
@@ -171,31 +156,6 @@ def test_the_same_inputs_give_the_same_bytes_and_a_schema_2_snapshot() -> None:
     snap = decode_snapshot(first)
     assert snap.model is not None and [s.key for s in snap.segments] == ["all"]
     assert abs(sum(snap.allocation) - 1.0) < 1e-3
-
-
-def test_follow_keeps_what_still_holds_and_follows_what_changed() -> None:
-    s = spec(arms=[{"key": "a"}, {"key": "b"}], default_arm="a")
-    paths = [("mobile", "search"), ("desktop", "search")]
-    old = {p: {"a": CellStats(20_000.0, 1000.0), "b": CellStats(20_000.0, 1000.0)} for p in paths}
-    new = {p: {"a": CellStats(2_000.0, 100.0), "b": CellStats(2_000.0, 100.0)} for p in paths}
-    new[("mobile", "search")]["b"] = CellStats(2_000.0, 300.0)  # b now converts 15 % of mobiles
-    blocks = build_blocks(s, old)
-    x = encode_paths(blocks, s.features, paths)
-    n_old = np.array([[old[p][a].exposures for a in "ab"] for p in paths])
-    r_old = np.array([[old[p][a].reward for a in "ab"] for p in paths])
-    n_new = np.array([[new[p][a].exposures for a in "ab"] for p in paths])
-    r_new = np.array([[new[p][a].reward for a in "ab"] for p in paths])
-    before = fit_arms(x, n_old, r_old, binary=True, prior_scale=None)
-    after, taus = follow(before, x, n_new, r_new, binary=True)
-    assert taus[0] <= 0.05
-    assert taus[1] >= 0.2
-    rate = 1 / (1 + np.exp(-(x @ after.mean.T)))  # paths x arms
-    assert rate[0, 1] == pytest.approx(0.15, abs=0.02)  # mobile, b: followed
-    assert rate[1, 1] == pytest.approx(0.05, abs=0.01)  # desktop, b: kept
-    assert rate[:, 0] == pytest.approx([0.05, 0.05], abs=0.005)  # a: all it learnt still holds
-    # Everything in one fit would still believe b's old mobile rate, diluted.
-    pooled = fit_arms(x, n_old + n_new, r_old + r_new, binary=True, prior_scale=None)
-    assert 1 / (1 + np.exp(-(x[0] @ pooled.mean[1]))) < 0.075
 
 
 def test_learning_with_recent_cells_equals_the_update() -> None:
@@ -235,22 +195,6 @@ def test_pairs_of_categorical_features_interact_by_default_up_to_four() -> None:
     numeric = spec(features=["device", "visits"], contextual={"numeric": ["visits"]})
     assert numeric.interaction_groups() == ()
     assert ExperimentSpec.from_dict(three.to_dict()) == three
-
-
-def test_evidence_gives_interactions_their_own_scale() -> None:
-    """An additive world: main effects matter, pairs do not; the pairs' scale ends up smaller."""
-    data = cells(4000.0)
-    s = spec()
-    blocks = build_blocks(s, data)
-    paths = sorted(data)
-    x = encode_paths(blocks, s.features, paths)
-    n = np.array([[data[p][a].exposures for a in ARMS] for p in paths])
-    r = np.array([[data[p][a].reward for a in ARMS] for p in paths])
-    pair = [False] + [len(b.inputs) > 1 for b in blocks for _ in range(b.width)]
-    fit = fit_arms(x, n, r, binary=True, prior_scale=None, interactions=pair)
-    columns = np.flatnonzero(pair)
-    main = np.flatnonzero(~np.array(pair))[1:]
-    assert np.abs(fit.mean[:, columns]).max() < np.abs(fit.mean[:, main]).max() / 2
 
 
 def test_a_model_too_big_for_a_snapshot_drops_interactions_then_halves_vocabularies() -> None:
