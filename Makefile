@@ -70,7 +70,7 @@ test-fast: install
 test-pyodide: install node
 	$(BIN)/pytest tests/pyodide tests/test_wrangler.py
 
-# Every benchmark in one run (~20 min on 2 cores, 13 of them the learning-quality simulations); writes benchmarks/RESULTS.md.
+# Every benchmark in one run (~26 min on 2 cores, 20 of them the learning-quality simulations); writes benchmarks/RESULTS.md.
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
