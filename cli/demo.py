@@ -168,7 +168,7 @@ class _Simulator:
     def __init__(self, edge_url: str, visits: list[Visit], rate: float) -> None:
         self.edge_url = edge_url
         self.rate = rate
-        self.started = 0.0
+        self.started = time.monotonic()
         self.outcomes = [Outcome() for _ in visits]
         self.cookies: dict[int, str] = {}
         self.queue: asyncio.Queue[Visit] = asyncio.Queue()
@@ -239,7 +239,6 @@ async def _simulate(
     import aiohttp
 
     simulator = _Simulator(edge_url, visits, rate)
-    simulator.started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=concurrency)
     # Cookies are kept per simulated visitor, not in one shared jar.
     async with aiohttp.ClientSession(

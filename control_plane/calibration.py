@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
 from control_plane.learner import CellStats
 from control_plane.propensity import model_arrays
@@ -56,9 +57,9 @@ def calibration(
         for path in recent
     ]
     means, variances = model_arrays(model).many(encoded)
-    names: dict[int, str] = {}  # a few hundred columns among thousands of paths: each named once
+    name_of = cache(model.label)  # a few hundred columns among thousands of paths: each named once
     for i, ((cols, _), by_arm) in enumerate(zip(encoded, recent.values(), strict=True)):
-        labels = [""] + [names[c] if c in names else names.setdefault(c, model.label(c)) for c in cols[1:]]
+        labels = [""] + [name_of(c) for c in cols[1:]]
         for arm, cell in by_arm.items():
             a = snapshot.arm_index.get(arm)
             if a is None or cell.exposures <= 0:

@@ -116,10 +116,11 @@ def young_exposures(
             exposures.c.experiment == spec.key,
             exposures.c.reason == "personalized",
             exposures.c.ts_ms > now_ms - span,
-            exposures.c.ts_ms >= (since_ms if since_ms is not None else now_ms - span),
         )
         .group_by(exposures.c.path, exposures.c.arm, bucket)
     )
+    if since_ms is not None:
+        query = query.where(exposures.c.ts_ms >= since_ms)
     out: dict[tuple[tuple[str, ...], str], list[tuple[float, int]]] = {}
     with store.engine.connect() as conn:
         for path, arm, index, count in conn.execute(query):

@@ -114,16 +114,16 @@ class Block:
             or max(map(len, flat), default=0) > 128
             or not is_text("".join(flat))
         ):
-            for item in self.values:
-                if (
-                    not isinstance(item, (list, tuple))
-                    or len(item) != len(inputs)
-                    or not all(isinstance(v, str) and is_text(v) and len(v) <= 128 for v in item)
-                ):
-                    raise SnapshotError(
-                        f"block {list(inputs)}: value {item!r} must be {len(inputs)} strings of at most "
-                        "128 characters"
-                    )
+            bad = next(
+                item
+                for item in self.values
+                if not isinstance(item, (list, tuple))
+                or len(item) != len(inputs)
+                or not all(isinstance(v, str) and is_text(v) and len(v) <= 128 for v in item)
+            )
+            raise SnapshotError(
+                f"block {list(inputs)}: value {bad!r} must be {len(inputs)} strings of at most 128 characters"
+            )
         if self.kind == "numeric" and values:
             raise SnapshotError(f"numeric block {list(inputs)}: has no values")
         lookup = {v: i for i, v in enumerate(values)}

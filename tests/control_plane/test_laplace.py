@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from control_plane.contextual_learner import build_blocks, encode_paths
+from control_plane.contextual_learner import _table, build_blocks, encode_paths
 from control_plane.laplace import Design, fit_arms, follow
 from control_plane.learner import CellStats
 from tests.control_plane.test_contextual_learner import ARMS, DEVICES, SOURCES, cells, spec
@@ -35,11 +35,9 @@ def test_evidence_picks_a_tight_prior_for_context_free_data_and_a_loose_one_othe
     blocks = build_blocks(s, flat)
     paths = sorted(flat)
     x = encode_paths(blocks, s.features, paths)
-    n = np.array([[flat[p][a].exposures for a in ARMS] for p in paths])
-    r = np.array([[flat[p][a].reward for a in ARMS] for p in paths])
+    n, r = _table(flat, paths, ARMS)
     tight = fit_arms(x, n, r, binary=True, prior_scale=None)
-    rich = cells(3000.0)
-    r2 = np.array([[rich[p][a].reward for a in ARMS] for p in paths])
+    _, r2 = _table(cells(3000.0), paths, ARMS)
     loose = fit_arms(x, n, r2, binary=True, prior_scale=None)
     assert tight.prior_scale < loose.prior_scale
 
@@ -52,10 +50,8 @@ def test_follow_keeps_what_still_holds_and_follows_what_changed() -> None:
     new[("mobile", "search")]["b"] = CellStats(2_000.0, 300.0)  # b now converts 15 % of mobiles
     blocks = build_blocks(s, old)
     x = encode_paths(blocks, s.features, paths)
-    n_old = np.array([[old[p][a].exposures for a in "ab"] for p in paths])
-    r_old = np.array([[old[p][a].reward for a in "ab"] for p in paths])
-    n_new = np.array([[new[p][a].exposures for a in "ab"] for p in paths])
-    r_new = np.array([[new[p][a].reward for a in "ab"] for p in paths])
+    n_old, r_old = _table(old, paths, ["a", "b"])
+    n_new, r_new = _table(new, paths, ["a", "b"])
     before = fit_arms(x, n_old, r_old, binary=True, prior_scale=None)
     after, taus = follow(before, x, n_new, r_new, binary=True)
     assert taus[0] <= 0.05
@@ -76,8 +72,7 @@ def test_evidence_gives_interactions_their_own_scale() -> None:
     blocks = build_blocks(s, data)
     paths = sorted(data)
     x = encode_paths(blocks, s.features, paths)
-    n = np.array([[data[p][a].exposures for a in ARMS] for p in paths])
-    r = np.array([[data[p][a].reward for a in ARMS] for p in paths])
+    n, r = _table(data, paths, ARMS)
     pair = [False] + [len(b.inputs) > 1 for b in blocks for _ in range(b.width)]
     fit = fit_arms(x, n, r, binary=True, prior_scale=None, interactions=pair)
     columns = np.flatnonzero(pair)
