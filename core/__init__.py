@@ -30,6 +30,7 @@ from core.kv import (
     encode_index,
     snapshot_key,
 )
+from core.queue import MessageError, encode_messages, parse_message, route, send_batches
 from core.sampling import beta_variate, beta_variates, gamma_variate
 from core.signing import (
     SIGNATURE_HEADER,
@@ -39,6 +40,7 @@ from core.signing import (
     sign,
     sign_identity,
     verify,
+    verify_any_age,
     verify_identity,
 )
 from core.snapshot import KEY_RE, Arm, Segment, Snapshot
@@ -68,6 +70,7 @@ __all__ = [
     "LiveIndexError",
     "JSONInputError",
     "LocalKV",
+    "MessageError",
     "PerchError",
     "Segment",
     "Snapshot",
@@ -83,6 +86,7 @@ __all__ = [
     "draw_stream",
     "encode_batch",
     "encode_index",
+    "encode_messages",
     "encode_snapshot",
     "exposure_event",
     "feature_path",
@@ -96,15 +100,19 @@ __all__ = [
     "parse_batch",
     "parse_beacon",
     "parse_json",
+    "parse_message",
     "read_token",
     "replay_key",
+    "route",
     "seed64",
+    "send_batches",
     "sign",
     "sign_identity",
     "snapshot_key",
     "stitch_event",
     "unit_tag",
     "verify",
+    "verify_any_age",
     "verify_identity",
     "with_unknowns",
 ]
