@@ -1,14 +1,26 @@
-"""The edge's settings, read from the Worker's vars (or the environment)."""
+"""The edge's settings, read from the Worker's vars (or the environment).
+
+Event queues are not a setting: they are the runtime's ``PERCH_EVENTS_*`` Queues producer
+bindings (:func:`event_queue_names` states the rule), found by the platform. What the settings
+decide is how long the outbox gathers events before it sends them (:meth:`EdgeConfig.linger_ms`).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "EdgeConfig"]
+__all__ = ["EVENT_QUEUE_PREFIX", "QUEUE_LINGER_MS", "ConfigError", "EdgeConfig", "event_queue_names"]
+
+# Queues producer bindings named PERCH_EVENTS_<suffix> carry the edge's events.
+EVENT_QUEUE_PREFIX = "PERCH_EVENTS_"
+# With queues, a drain is one sendBatch per queue whatever it holds: gathering 200 ms of an
+# isolate's events fills messages (fewer, fuller messages for `perch consume`) at no cost to pages.
+QUEUE_LINGER_MS = 200
+MAX_LINGER_MS = 10_000
 
 
 class ConfigError(ValueError):
@@ -30,6 +42,17 @@ def _names(raw: str | None, default: str) -> frozenset[str]:
     return frozenset(n.strip() for n in (default if raw is None else raw).split(",") if n.strip())
 
 
+def event_queue_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The event queue bindings among ``names``, in route order (queue index = position).
+
+    A binding counts if its name is ``PERCH_EVENTS_`` followed by at least one character.
+    The order is by name, so every isolate of a deployment numbers the queues alike and
+    ``core.route`` sends a decision's exposure and outcomes to the same queue; as text, so
+    ``PERCH_EVENTS_10`` precedes ``PERCH_EVENTS_2`` (zero-pad the suffixes to read them in order).
+    """
+    return tuple(sorted({n for n in names if n.startswith(EVENT_QUEUE_PREFIX) and n != EVENT_QUEUE_PREFIX}))
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
     origin_url: str | None = None
@@ -42,7 +65,10 @@ class EdgeConfig:
     kv_timeout_s: float = 0.25  # the longest a request waits on KV
     cookie_max_age_s: int = 365 * 24 * 3600
     max_experiments: int = 20
-    event_linger_ms: int = 0  # gather events of this long across requests into one batch
+    # Gather events of this long across requests into one batch. None: 0 for the signed POST
+    # (a drain per request's events, as Workers without queues have always done) and
+    # QUEUE_LINGER_MS with event queues; a number applies to both paths.
+    event_linger_ms: int | None = None
     token_max_age_s: int = 7 * 24 * 3600  # how long after a decision its outcome beacon is accepted
     # Features only the edge derives: a client's ctx.* or POSTed context cannot set them.
     server_features: frozenset[str] = frozenset({"country", "colo", "timezone"})
@@ -57,12 +83,24 @@ class EdgeConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r}, must be a number > 0")
-        if not 0 <= self.event_linger_ms <= 10_000:
-            raise ConfigError(f"event_linger_ms={self.event_linger_ms}, must be in [0, 10000]")
+        linger = self.event_linger_ms
+        if linger is not None and not (
+            isinstance(linger, int) and not isinstance(linger, bool) and 0 <= linger <= MAX_LINGER_MS
+        ):
+            raise ConfigError(
+                f"event_linger_ms={linger!r}, must be an integer in [0, {MAX_LINGER_MS}], or None "
+                f"(0 without event queues, {QUEUE_LINGER_MS} with them)"
+            )
         if not 60 <= self.token_max_age_s <= 90 * 24 * 3600:
             raise ConfigError(f"token_max_age_s={self.token_max_age_s}, must be in [60, 7776000]")
         if not 1 <= self.max_experiments <= 100:
             raise ConfigError(f"max_experiments={self.max_experiments}, must be in [1, 100]")
+
+    def linger_ms(self, queued: bool) -> int:
+        """How long a drain waits for more events; ``queued``: the events go to event queues."""
+        if self.event_linger_ms is not None:
+            return self.event_linger_ms
+        return QUEUE_LINGER_MS if queued else 0
 
     @classmethod
     def from_vars(cls, env: Mapping[str, Any]) -> EdgeConfig:
@@ -79,6 +117,15 @@ class EdgeConfig:
             except ValueError:
                 raise ConfigError(f"{name}={raw!r}, must be a number") from None
 
+        def milliseconds(name: str) -> int | None:
+            raw = get(name)
+            if not raw:
+                return None  # unset: the default follows the event path
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r}, must be a whole number of ms") from None
+
         return cls(
             origin_url=get("ORIGIN_URL"),
             control_plane_url=get("CONTROL_PLANE_URL"),
@@ -88,7 +135,7 @@ class EdgeConfig:
             cache_ttl_s=number("PERCH_CACHE_TTL_S", 30.0),
             retry_after_s=number("PERCH_RETRY_AFTER_S", 5.0),
             kv_timeout_s=number("PERCH_KV_TIMEOUT_S", 0.25),
-            event_linger_ms=int(number("PERCH_EVENT_LINGER_MS", 0)),
+            event_linger_ms=milliseconds("PERCH_EVENT_LINGER_MS"),
             token_max_age_s=int(number("PERCH_TOKEN_MAX_AGE_S", 7 * 24 * 3600)),
             server_features=_names(get("PERCH_SERVER_FEATURES"), "country,colo,timezone"),
         )

@@ -3,25 +3,29 @@
 Same handler as the Worker, over a :class:`LocalPlatform`: KV is the
 on-disk :class:`core.LocalKV` that the control plane publishes to, the
 origin and the control plane are reached with httpx, ``waitUntil`` is an
-asyncio task.  Served as a small ASGI app by uvicorn.
+asyncio task, and event queues are whatever producers the caller passes in
+(:class:`QueueProducer`; ``perch edge dev`` passes a directory queue's).
+Served as a small ASGI app by uvicorn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import httpx
 
 from core import JSONInputError, LocalKV, parse_json
+from edge.config import EVENT_QUEUE_PREFIX
 from edge.handler import Edge, handle
 from edge.platform import EdgeRequest, OriginResponse
 
-__all__ = ["LocalPlatform", "asgi_app"]
+__all__ = ["LocalPlatform", "QueueProducer", "asgi_app"]
 
 MAX_REQUEST_BYTES = 1024 * 1024
 # Lets local tests and the demo pose as visitors from elsewhere: JSON that
@@ -34,10 +38,31 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class QueueProducer(Protocol):
+    """One event queue, as the local runner sends to it (what a Queues binding is on Workers)."""
+
+    def send_batch(self, messages: list[str]) -> Awaitable[None] | None:
+        """Store ``messages`` (signed text, one ``sendBatch``'s worth) or raise; may be async.
+
+        A raise sends these messages' events by POST instead. A sync producer runs on the event
+        loop, so it should be quick (appending a file is).
+        """
+
+
 class LocalPlatform:
-    def __init__(self, kv: LocalKV, client: httpx.AsyncClient) -> None:
+    def __init__(self, kv: LocalKV, client: httpx.AsyncClient, queues: Sequence[QueueProducer] = ()) -> None:
+        """``queues``: event queue producers; the position in the list is the queue's route index."""
         self.kv, self.client = kv, client
+        self.queues = list(queues)
         self.tasks: set[asyncio.Future[Any]] = set()
+
+    def queue_names(self) -> tuple[str, ...]:
+        return tuple(f"{EVENT_QUEUE_PREFIX}{i}" for i in range(len(self.queues)))
+
+    async def queue_send(self, index: int, messages: list[str]) -> None:
+        result = self.queues[index].send_batch(messages)
+        if inspect.isawaitable(result):
+            await result
 
     async def kv_get(self, key: str) -> bytes | None:
         return self.kv.get(key)

@@ -2,17 +2,35 @@
 
 Exposures, outcomes and stitches of an isolate's requests ride in one signed batch per drain
 (``X-Perch-Signature``, see :mod:`core.signing`) to the control plane's ``/v1/events``; a failing
-network is retried a few times and never delays a page. What became of them is counted for
-``/v1/health``: delivered, refused one by one by the control plane, or dropped.
+network is retried a few times and never delays a page.
+
+With event queues (the platform's ``PERCH_EVENTS_*`` Queues producer bindings), a drain instead
+becomes signed text messages (:func:`core.encode_messages`), each queue's in as few ``sendBatch``
+calls as the limits allow (:func:`core.send_batches`), for ``perch consume`` at the origin. Events
+of a call that Queues refuse take today's signed POST instead, so a Queues outage loses nothing
+the control plane can take.
+
+What became of the events is counted for ``/v1/health``: sent to a queue, delivered by POST,
+refused one by one by the control plane, or dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import secrets
 from typing import Any
 
-from core import SIGNATURE_HEADER, JSONInputError, encode_batch, parse_json, sign
+from core import (
+    SIGNATURE_HEADER,
+    JSONInputError,
+    encode_batch,
+    encode_messages,
+    parse_json,
+    send_batches,
+    sign,
+)
 from edge.config import EdgeConfig
 from edge.platform import Platform
 
@@ -31,7 +49,7 @@ class Outbox:
     The first request that has events schedules a drain through its
     ``waitUntil``; events of requests that come before the drain runs ride
     along in the same signed batch.  ``event_linger_ms`` holds the drain back
-    a little to gather more (the local runner uses it; on Workers it is 0).
+    a little to gather more (by default 0 for the POST, 200 ms with queues).
     """
 
     def __init__(self) -> None:
@@ -42,6 +60,13 @@ class Outbox:
         self.delivered = 0
         self.dropped = 0
         self.rejected = 0  # stored by nobody: the control plane refused them one by one
+        # The queue path. `delivered` counts POSTs only: a queue's events are stored later,
+        # by `perch consume`, which has its own counts.
+        self.queues = 0  # event queues the last drain saw
+        self.queue_messages = 0
+        self.queue_events = 0
+        self.queue_errors = 0  # sendBatch calls that failed
+        self.fallbacks = 0  # events of those calls, sent by POST instead
 
     def add(self, platform: Platform, config: EdgeConfig, events: list[dict[str, Any]]) -> None:
         self.queue.extend(events)
@@ -50,10 +75,61 @@ class Outbox:
             platform.wait_until(self._drain(platform, config))
 
     async def _drain(self, platform: Platform, config: EdgeConfig) -> None:
-        if config.event_linger_ms:
-            await asyncio.sleep(config.event_linger_ms / 1000)
+        queues = len(platform.queue_names())
+        linger_ms = config.linger_ms(queues > 0)
+        if linger_ms:
+            await asyncio.sleep(linger_ms / 1000)
         self.scheduled = False
         batch, self.queue = self.queue, []
+        self.queues = queues
+        # Unsigned messages would be refused by the consumer: without the secret the POST path
+        # drops them, and says why.
+        if queues and config.edge_secret:
+            batch = await self._enqueue(platform, config.edge_secret, queues, batch)
+            self.fallbacks += len(batch)
+        await self._post(platform, config, batch)
+
+    async def _enqueue(
+        self, platform: Platform, secret: str, queues: int, batch: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Send ``batch`` to the event queues; returns the events of the calls that failed."""
+        per_queue = encode_messages(
+            secret,
+            batch,
+            now_s=platform.now_ms() // 1000,
+            batch_id=secrets.token_hex(16),  # names the messages in the consumer's log
+            queues=queues,
+        )
+        failed: list[dict[str, Any]] = []
+        carried = 0
+        for index, messages in enumerate(per_queue):
+            for group in send_batches(messages):
+                # Which events each message holds: needed to count them, and to POST a failed
+                # call's events; the messages are the only record of how they were packed.
+                events = [event for message in group for event in _events_of(message)]
+                carried += len(events)
+                try:
+                    await platform.queue_send(index, group)
+                except Exception as exc:  # Queues may fail; the POST below takes over
+                    self.queue_errors += 1
+                    failed += events
+                    log.warning(
+                        "event queue %d refused %d messages (%s: %s): sending their %d events by POST",
+                        index,
+                        len(group),
+                        type(exc).__name__,
+                        exc,
+                        len(events),
+                    )
+                else:
+                    self.queue_messages += len(group)
+                    self.queue_events += len(events)
+        if carried < len(batch):  # too large for any message (the edge's own events never are)
+            log.warning("dropping %d events too large for a queue message", len(batch) - carried)
+            self.dropped += len(batch) - carried
+        return failed
+
+    async def _post(self, platform: Platform, config: EdgeConfig, batch: list[dict[str, Any]]) -> None:
         for start in range(0, len(batch), MAX_EVENTS_PER_BATCH):
             part = batch[start : start + MAX_EVENTS_PER_BATCH]
             refused = await send_events(platform, config, part)
@@ -63,13 +139,27 @@ class Outbox:
                 self.delivered += len(part) - refused
                 self.rejected += refused
 
-    def health(self) -> dict[str, int]:
+    def health(self) -> dict[str, int | float]:
         return {
             "queued": len(self.queue),
             "delivered": self.delivered,
             "rejected": self.rejected,
             "dropped": self.dropped,
+            "queues": self.queues,
+            "queue_messages": self.queue_messages,
+            "queue_events": self.queue_events,
+            "events_per_message": round(self.queue_events / self.queue_messages, 2)
+            if self.queue_messages
+            else 0.0,
+            "queue_errors": self.queue_errors,
+            "fallbacks": self.fallbacks,
         }
+
+
+def _events_of(message: str) -> list[dict[str, Any]]:
+    """The events of a message ``core.encode_messages`` made: ``<signature>\\n<batch JSON>``."""
+    events: list[dict[str, Any]] = json.loads(message.partition("\n")[2])["events"]
+    return events
 
 
 def _refused(answer: bytes) -> int:

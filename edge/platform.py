@@ -2,7 +2,7 @@
 
 The handler (``edge.handler``) is plain async Python; everything that
 differs between workerd, Pyodide under Node and CPython (KV, subrequests,
-``waitUntil``, clocks, HTML rewriting) is reached through a :class:`Platform`.
+``waitUntil``, clocks, HTML rewriting, event queues) is reached through a :class:`Platform`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,18 @@ class Platform(Protocol):
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         """POST to the control plane; returns the HTTP status and the response body."""
+
+    def queue_names(self) -> tuple[str, ...]:
+        """The event queues this runtime can send to, in route order (index = position); () if none.
+
+        The same on every isolate of a deployment: ``core.route`` picks a queue by its index.
+        """
+
+    async def queue_send(self, index: int, messages: list[str]) -> None:
+        """Send text ``messages`` to event queue ``index`` in one call; raises if it failed.
+
+        ``messages`` are one group of ``core.send_batches`` (within one ``sendBatch``'s limits).
+        """
 
     def wait_until(self, task: Awaitable[Any]) -> None:
         """Run ``task`` after the response is sent, without delaying it."""

@@ -40,6 +40,10 @@ class FakePlatform:
         self.post_status = [202]
         self.post_answer = b'{"rejected": []}'
         self.tasks: list[Awaitable[Any]] = []
+        # Event queues: none unless a test adds some; each sendBatch call as (queue, messages).
+        self.queue_count = 0
+        self.queue_calls: list[tuple[int, list[str]]] = []
+        self.queue_error: dict[int, Exception] = {}  # queue index -> what its sendBatch raises
         self.clock_ms = NOW_MS
         self.perf = 0.0
 
@@ -73,6 +77,14 @@ class FakePlatform:
         self.posts.append((url, body, dict(headers)))
         status = self.post_status.pop(0) if len(self.post_status) > 1 else self.post_status[0]
         return status, self.post_answer
+
+    def queue_names(self) -> tuple[str, ...]:
+        return tuple(f"PERCH_EVENTS_{i}" for i in range(self.queue_count))
+
+    async def queue_send(self, index: int, messages: list[str]) -> None:
+        self.queue_calls.append((index, list(messages)))
+        if index in self.queue_error:
+            raise self.queue_error[index]
 
     def wait_until(self, task: Awaitable[Any]) -> None:
         self.tasks.append(task)
