@@ -246,7 +246,7 @@ class Api:
         record = await run_in_threadpool(self.experiment_or_404, _path_key(request))
 
         def publish_now() -> PublishResult:
-            with self.store.publish_lock(wait=True):
+            with self.store.publish_lock(record.spec.key, wait=True):
                 return publish_experiment(
                     self.store,
                     self.kv,

@@ -20,18 +20,15 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
-from itertools import groupby
-from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from control_plane.experiments import ExperimentSpec
-from control_plane.schema import experiments, exposures, outcomes, seen_batches, stats, stitches
+from control_plane.schema import experiments, exposures, outcomes, seen_batches, stitches
 from control_plane.settings import REPLAY_MEMORY_S
-from control_plane.store import Store, decay
+from control_plane.stats import Deltas
+from control_plane.store import Store
 from core import feature_path
 
 __all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of"]
@@ -68,130 +65,32 @@ def _reward(spec: ExperimentSpec, value: float, already: float) -> float:
 
 
 class Cells:
-    """Stat deltas and counter bumps gathered over a batch, then written in a few bulk statements.
+    """Cell deltas and counter bumps gathered over a transaction, written last in a few statements.
 
-    Per cell the work is a read-modify-write (the decayed sums need the stored
-    reference time), but the statements are per batch, not per cell: one bulk
-    insert makes sure every cell exists, one ordered ``SELECT ... FOR UPDATE``
-    per experiment reads (and on PostgreSQL locks, always in the same order, so
-    concurrent writers cannot deadlock) them, one executemany writes them back.
+    The deltas are appended (control_plane.stats): no statistics row is read or locked, so
+    concurrent writers (group commits, consumers) never wait on each other for them.
     """
 
     def __init__(self) -> None:
-        self.deltas: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
+        self.deltas = Deltas()
         self.bumps: Counter[tuple[str, str]] = Counter()
         self.specs: dict[str, ExperimentSpec] = {}  # of the experiments with deltas (half-lives)
 
     def add(self, experiment: str, path: str, arm: str, *, ts: int, n: float, r: float) -> None:
-        self.deltas.setdefault((experiment, path, arm), []).append((ts, n, r))
+        half_life = self.specs[experiment].half_life_s
+        self.deltas.add(experiment, path, arm, ts=ts, n=n, r=r, half_life_s=half_life)
 
     def bump(self, experiment: str, name: str) -> None:
         self.bumps[experiment, name] += 1
 
     def flush(self, store: Store, conn: Connection) -> None:
-        specs = self.specs
-        keys = sorted(self.deltas)
-        if keys:
-            conn.execute(
-                _ensure_cell(store.dialect),
-                [{"experiment": e, "path": p, "arm": a} for e, p, a in keys],
-            )
-        updates: list[dict[str, Any]] = []
-        for experiment, cells in groupby(keys, key=itemgetter(0)):
-            wanted = {(path, arm) for _, path, arm in cells}
-            paths = sorted({path for path, _ in wanted})
-            half_life = specs[experiment].half_life_s
-            for start in range(0, len(paths), _CHUNK):
-                for row in conn.execute(
-                    _read_cells(store.dialect),
-                    {"experiment": experiment, "paths": paths[start : start + _CHUNK]},
-                ):
-                    if (row.path, row.arm) in wanted:
-                        updates.append(_apply(row, self.deltas[experiment, row.path, row.arm], half_life))
-            self.bumps[experiment, "updates"] += len(wanted)
-        if updates:
-            conn.execute(_WRITE_CELL, updates)
+        self.deltas.append(conn)
+        # Sorted, so concurrent writers take the counter rows in one order and cannot deadlock.
         for (experiment, name), by in sorted(self.bumps.items()):
             store.bump(conn, experiment, name, by)
+        self.bumps.clear()
 
 
-def _apply(row: Any, items: list[tuple[int, float, float]], half_life: float | None) -> dict[str, Any]:
-    """A cell's stored sums with the batch's deltas added, decayed to the newest event time."""
-    n, r, dn, dr, ref = row.exposures, row.reward, row.decayed_exposures, row.decayed_reward, row.ref_ms
-    for ts, add_n, add_r in sorted(items):
-        n, r = n + add_n, r + add_r
-        if ts >= ref:
-            dn = decay(dn, ref, ts, half_life) + add_n
-            dr = decay(dr, ref, ts, half_life) + add_r
-            ref = ts
-        else:  # an older event: it weighs less at the reference time
-            dn += decay(add_n, ts, ref, half_life)
-            dr += decay(add_r, ts, ref, half_life)
-    return {
-        "k_experiment": row.experiment,
-        "k_path": row.path,
-        "k_arm": row.arm,
-        "exposures": n,
-        "reward": r,
-        "decayed_exposures": dn,
-        "decayed_reward": dr,
-        "ref_ms": ref,
-    }
-
-
-# Statements built once: building and cache-keying a statement per row cost more
-# than executing it.
-@cache
-def _ensure_cell(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (
-        insert(stats)
-        .values(
-            experiment=bindparam("experiment"),
-            path=bindparam("path"),
-            arm=bindparam("arm"),
-            exposures=0.0,
-            reward=0.0,
-            decayed_exposures=0.0,
-            decayed_reward=0.0,
-            ref_ms=0,
-        )
-        .on_conflict_do_nothing()
-    )
-
-
-@cache
-def _read_cells(dialect: str) -> Any:
-    # Rows are locked in the order they come back: the same order as Python's
-    # sorted() of the paths (code points; "C" on PostgreSQL, SQLite's BINARY).
-    path = stats.c.path.collate("C") if dialect == "postgresql" else stats.c.path
-    arm = stats.c.arm.collate("C") if dialect == "postgresql" else stats.c.arm
-    return (
-        select(stats)
-        .where(
-            stats.c.experiment == bindparam("experiment"),
-            stats.c.path.in_(bindparam("paths", expanding=True)),
-        )
-        .order_by(path, arm)
-        .with_for_update()
-    )
-
-
-_WRITE_CELL = (
-    stats.update()
-    .where(
-        stats.c.experiment == bindparam("k_experiment"),
-        stats.c.path == bindparam("k_path"),
-        stats.c.arm == bindparam("k_arm"),
-    )
-    .values(
-        exposures=bindparam("exposures"),
-        reward=bindparam("reward"),
-        decayed_exposures=bindparam("decayed_exposures"),
-        decayed_reward=bindparam("decayed_reward"),
-        ref_ms=bindparam("ref_ms"),
-    )
-)
 _WRITE_JOIN = (
     exposures.update()
     .where(exposures.c.decision_id == bindparam("k_decision_id"))

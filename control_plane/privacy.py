@@ -21,9 +21,10 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, or_, select
 
+from control_plane import stats
 from control_plane.experiments import ExperimentSpec
-from control_plane.schema import experiments, exposures, outcomes, stats, stitches
-from control_plane.store import Store, decay
+from control_plane.schema import experiments, exposures, outcomes, stitches
+from control_plane.store import Store
 
 __all__ = ["erase", "export"]
 
@@ -88,37 +89,32 @@ def erase(store: Store, unit: str) -> dict[str, int]:
     with store.write() as conn:
         person = _Person(conn, store, unit)
         rows = conn.execute(select(exposures).where(person.owns(exposures.c.unit_hash))).all()
-        specs = {
-            key: ExperimentSpec.from_dict(json.loads(doc))
+        # Rewards credited from a decision token whose exposure never arrived: on their own cell.
+        shown = select(exposures.c.decision_id).where(exposures.c.decision_id == outcomes.c.decision_id)
+        orphans = conn.execute(
+            select(outcomes.c.experiment, outcomes.c.cell, outcomes.c.credited).where(
+                person.owns(outcomes.c.unit_hash), outcomes.c.cell.is_not(None), ~shown.exists()
+            )
+        ).all()
+        half_lives = {
+            key: ExperimentSpec.from_dict(json.loads(doc)).half_life_s
             for key, doc in conn.execute(
                 select(experiments.c.key, experiments.c.spec).where(
-                    experiments.c.key.in_({r.experiment for r in rows})
+                    experiments.c.key.in_({r.experiment for r in rows} | {o.experiment for o in orphans})
                 )
             )
         }
-        touched: set[str] = set()
-        for row in rows:
-            spec = specs.get(row.experiment)
-            if spec is None or row.reason != "personalized":
-                continue  # never counted: nothing to take back
-            key = (
-                (stats.c.experiment == row.experiment) & (stats.c.path == row.path) & (stats.c.arm == row.arm)
-            )
-            cell = conn.execute(select(stats).where(key).with_for_update()).first()
-            if cell is None:
-                continue
-            weight = decay(1.0, row.ts_ms, cell.ref_ms, spec.half_life_s)
-            conn.execute(
-                stats.update()
-                .where(key)
-                .values(
-                    exposures=max(cell.exposures - 1.0, 0.0),
-                    reward=max(cell.reward - row.reward, 0.0),
-                    decayed_exposures=max(cell.decayed_exposures - weight, 0.0),
-                    decayed_reward=max(cell.decayed_reward - row.reward * weight, 0.0),
-                )
-            )
-            touched.add(row.experiment)
+        # Everything they added to a cell is appended back negated (control_plane.stats): their
+        # personalized exposures with the rewards credited to them, and the orphans' rewards.
+        taken = [
+            (row.experiment, row.path, row.arm, row.ts_ms, 1.0, row.reward)
+            for row in rows
+            if row.reason == "personalized"
+        ]
+        for experiment, cell, credited in orphans:
+            path, arm, ts = json.loads(cell)
+            taken.append((experiment, path, arm, ts, 0.0, credited or 0.0))
+        touched = stats.subtract(conn, taken, half_lives)
         theirs = select(exposures.c.decision_id).where(person.owns(exposures.c.unit_hash))
         gone_outcomes = conn.execute(
             delete(outcomes).where(or_(person.owns(outcomes.c.unit_hash), outcomes.c.decision_id.in_(theirs)))
@@ -131,7 +127,6 @@ def erase(store: Store, unit: str) -> dict[str, int]:
             gone_stitches += conn.execute(
                 delete(stitches).where(stitches.c.event_id.in_(stitch_ids[start : start + _CHUNK]))
             ).rowcount
-        for experiment in touched:
-            store.bump(conn, experiment, "updates")  # the next cycle republishes without them
+        for experiment in sorted(touched):  # the appended deltas make the next cycle republish
             store.bump(conn, experiment, "erasures")
     return {"exposures": gone_exposures, "outcomes": gone_outcomes, "stitches": gone_stitches}

@@ -3,8 +3,10 @@
 Runs on a schedule in the app and on demand.  Publishes only when the inputs
 changed (the experiment's version or its statistics) or the last snapshot is
 half-way to its ``max_age_s`` (so the edge never goes stale while nothing
-happens); never writes one KV key twice within a second (Workers KV's limit);
-with several replicas only the holder of the PostgreSQL advisory lock publishes.
+happens); never writes one KV key twice within a second (Workers KV's limit).
+Each experiment has its own publish lock (a PostgreSQL advisory lock across
+processes), so several publishers share hundreds of experiments; the holder
+folds the experiment's appended statistics (control_plane.stats) before learning.
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def publish_experiment(
     gate = gate or Gate()
     spec = record.spec
     key = snapshot_key(spec.key)
-    digest = f"{record.version}:{store.counters(spec.key).get('updates', 0)}"
+    digest = f"{record.version}:{store.data_mark(spec.key)}"
     last = store.last_snapshot(spec.key)
     now = now_ms()
     fresh = last is not None and now - last["created_ms"] < spec.max_age_s * 500
@@ -209,6 +211,7 @@ def publish_experiment(
         now = now_ms()
     started = time.perf_counter()
     version = store.next_snapshot_version(spec.key)
+    store.rollup(spec)  # the caller holds this experiment's publish lock
     cells, skipped = split_cells(spec, store.cells(spec, now))
     for reason in ("bad_path", "unknown_arm"):
         metrics.learner_skipped_cells.labels(spec.key, reason).set(skipped[reason])
@@ -307,11 +310,10 @@ def publish_all(
 ) -> list[PublishResult]:
     """One scheduled cycle over every active experiment; one failure does not stop the others."""
     results: list[PublishResult] = []
-    with store.publish_lock() as leader:
-        if not leader:
-            log.info("another replica holds the publish lock; skipping this cycle")
-            return results
-        for record in store.list_experiments():
+    for record in store.list_experiments():
+        with store.publish_lock(record.spec.key) as mine:
+            if not mine:  # another publisher has it this cycle
+                continue
             try:
                 results.append(
                     publish_experiment(store, kv, record, metrics, now_ms=now_ms, draws=draws, gate=gate)
@@ -319,6 +321,10 @@ def publish_all(
             except Exception:
                 log.exception("publishing %s failed", record.spec.key)
                 metrics.publish_failures.labels(record.spec.key).inc()
+    with store.publish_lock() as leader:
+        if not leader:
+            log.info("another publisher holds the index lock; leaving the index to it")
+            return results
         try:
             publish_index(store, kv, now_ms=now_ms())
         except Exception:

@@ -30,6 +30,7 @@ __all__ = [
     "outcomes",
     "seen_batches",
     "snapshots",
+    "stat_deltas",
     "stats",
     "stitches",
     "revoked_sessions",
@@ -97,6 +98,11 @@ outcomes = Table(
     Column("unit_hash", String(64), nullable=True, index=True),
     Column("ts_ms", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),  # joined | late | pending | extra
+    # Added in 0005: the reward this outcome added to its cell, and for one credited from its
+    # decision token, the cell itself (JSON [path, arm, decision ts]): erasure takes back exactly
+    # what was credited, even when the exposure never arrived.
+    Column("credited", Float, nullable=True),
+    Column("cell", Text, nullable=True),
 )
 
 stitches = Table(
@@ -123,6 +129,26 @@ stats = Table(
     Column("decayed_exposures", Float, nullable=False, default=0.0),
     Column("decayed_reward", Float, nullable=False, default=0.0),
     Column("ref_ms", BigInteger, nullable=False, default=0),
+)
+
+# Added in 0005: what ingestion appends instead of updating ``stats`` (control_plane.stats): one row
+# per (cell, hour) a commit touched, with raw sums and the decayed masses relative to ``hour_ms``.
+# Reads sum ``stats`` and these; a rollup under the publish lock folds them into ``stats``.
+stat_deltas = Table(
+    "stat_deltas",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("experiment", String(128), nullable=False, index=True),
+    Column("path", Text, nullable=False),
+    Column("arm", String(128), nullable=False),
+    Column("hour_ms", BigInteger, nullable=False),
+    Column("exposures", Float, nullable=False),
+    Column("reward", Float, nullable=False),
+    Column("decayed_exposures", Float, nullable=False),
+    Column("decayed_reward", Float, nullable=False),
+    # Ids only grow, even after a rollup deletes every row (SQLite would reuse them): the
+    # publisher's digest is the newest id (control_plane.stats.data_mark).
+    sqlite_autoincrement=True,
 )
 
 # What was counted rather than learnt: late outcomes, orphans joined later, extras.

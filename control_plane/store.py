@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -22,6 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select, t
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from control_plane import stats
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.learner import CellStats
 from control_plane.migrate import migrate
@@ -34,8 +34,8 @@ from control_plane.schema import (
     outcomes,
     revoked_sessions,
     snapshots,
-    stats,
 )
+from control_plane.stats import decay
 from core import Snapshot, SnapshotError, decode_snapshot
 
 __all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store", "decay"]
@@ -71,13 +71,6 @@ class ExperimentRecord:
         }
 
 
-def decay(value: float, from_ms: int, to_ms: int, half_life_s: float | None) -> float:
-    """``value`` observed at ``from_ms``, as it weighs at ``to_ms``."""
-    if not half_life_s or to_ms <= from_ms:
-        return value
-    return value * math.pow(2.0, -(to_ms - from_ms) / (half_life_s * 1000.0))
-
-
 class Store:
     def __init__(self, engine: Engine, unit_key: str) -> None:
         self.engine = engine
@@ -85,7 +78,8 @@ class Store:
         self.dialect = engine.dialect.name
         # SQLite allows one writer; serialising writers here avoids "database is locked".
         self.write_lock = threading.RLock()
-        self._publish_mutex = threading.Lock()
+        self._publish_mutexes: dict[str, threading.Lock] = {}
+        self._mutexes_guard = threading.Lock()
         # Ingestion's per-batch shortcuts: specs parsed once per (key, version), and
         # expired replay signatures purged once a minute rather than on every batch.
         self.parsed_specs: dict[str, tuple[int, ExperimentSpec]] = {}
@@ -295,21 +289,19 @@ class Store:
             return {status: int(count) for status, count in conn.execute(query)}
 
     def cells(self, spec: ExperimentSpec, now_ms: int) -> dict[tuple[str, ...], dict[str, CellStats]]:
-        """The learner's input: every (path, arm) cell, decayed to ``now_ms``; O(cells)."""
-        by_text: dict[str, dict[str, CellStats]] = {}
-        query = select(
-            stats.c.path, stats.c.arm, stats.c.decayed_exposures, stats.c.decayed_reward, stats.c.ref_ms
-        ).where(stats.c.experiment == spec.key)
+        """The learner's input: every (path, arm) cell, decayed to ``now_ms`` (control_plane.stats)."""
         with self.engine.connect() as conn:
-            for text, arm, exposed, reward, ref_ms in conn.execute(query):
-                n = decay(exposed, ref_ms, now_ms, spec.half_life_s)
-                r = decay(reward, ref_ms, now_ms, spec.half_life_s)
-                by_text.setdefault(text, {})[arm] = CellStats(n, min(r, n))
-        # Each path's JSON parsed once, not once per arm (a third of a 10^5-cell read).
-        out: dict[tuple[str, ...], dict[str, CellStats]] = {}
-        for text, by_arm in by_text.items():
-            out.setdefault(tuple(json.loads(text)), {}).update(by_arm)
-        return out
+            return stats.cells(conn, spec.key, spec.half_life_s, now_ms)
+
+    def data_mark(self, experiment: str) -> int:
+        """Changes whenever the experiment's statistics do (the publisher's digest)."""
+        with self.engine.connect() as conn:
+            return stats.data_mark(conn, experiment)
+
+    def rollup(self, spec: ExperimentSpec) -> int:
+        """Fold the experiment's appended deltas into its base statistics (hold its publish lock)."""
+        with self.write() as conn:
+            return stats.rollup(conn, spec.key, spec.half_life_s, upsert=self.insert)
 
     def expire_pending(self, now_ms: int) -> int:
         """Delete outcomes still waiting for their exposure past the reward window; how many.
@@ -468,37 +460,45 @@ class Store:
             conn.execute(snapshots.insert().values(**row))
 
     @contextmanager
-    def publish_lock(self, wait: bool = False) -> Iterator[bool]:
-        """True for the one publisher allowed now: in this process (the schedule and on-demand
-        publishes share a mutex) and across replicas (a PostgreSQL advisory lock).
+    def publish_lock(self, key: str = "", wait: bool = False) -> Iterator[bool]:
+        """True for the one publisher of ``key`` (an experiment; "" for the live index) allowed now:
+        in this process (the schedule and on-demand publishes share a mutex per key) and across
+        processes (a PostgreSQL advisory lock per key), so several publishers share many
+        experiments, each published by one at a time.
 
         ``wait=False`` (the schedule) gives up at once when another holds it; ``wait=True``
         (an operator's publish) queues behind it.
         """
-        if not self._publish_mutex.acquire(blocking=wait):
+        with self._mutexes_guard:
+            mutex = self._publish_mutexes.setdefault(key, threading.Lock())
+        if not mutex.acquire(blocking=wait):
             yield False
             return
         try:
             if self.dialect != "postgresql":
                 yield True  # SQLite is one process's database
                 return
+            lock_key = _lock_key(key)
             with self.engine.connect() as conn:
                 if wait:
-                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
                     got = True
                 else:
                     got = bool(
-                        conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
+                        conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key}).scalar()
                     )
                 try:
                     yield got
                 finally:
                     if got:
-                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key})
                     conn.commit()
         finally:
-            self._publish_mutex.release()
+            mutex.release()
 
 
-# "perch-publish" as a signed 64-bit key for pg_advisory_lock.
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"perch-publish").digest()[:8], "big", signed=True)
+def _lock_key(key: str) -> int:
+    """``key``'s publish lock as a signed 64-bit key for pg_advisory_lock."""
+    return int.from_bytes(
+        hashlib.sha256(b"perch-publish\x00" + key.encode()).digest()[:8], "big", signed=True
+    )

@@ -161,7 +161,7 @@ def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -
         return doc if doc["outcomes"].get("joined", 0) == conversions else None
 
     # The edge sent its events in the background; the control plane joined every conversion...
-    doc = _until(joined)
+    _until(joined)
     # ... and its schedule has been publishing what arrived, without being asked.
     _until(
         lambda: (
@@ -174,7 +174,6 @@ def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -
     published = httpx.post(f"{loop['cp']}/v1/experiments/e2e-hero/publish", headers=headers).json()
     snap = decode_snapshot(kv.get(snapshot_key("e2e-hero")) or b"")
     assert snap.version == published["snapshot_version"]
-    assert doc["counters"]["updates"] > 0
     # A new experiment with features is contextual: the edge logs no propensity, the control
     # plane computes it; the model learnt that bold converts on mobile.
     assert snap.model is not None and [s.key for s in snap.segments] == ["all"]

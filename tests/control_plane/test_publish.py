@@ -11,7 +11,7 @@ from control_plane.kv_publishers import LocalKVPublisher
 from control_plane.metrics import Metrics
 from control_plane.publish import publish_all, publish_experiment
 from control_plane.store import Store
-from core import LocalKV, decode_snapshot, snapshot_key
+from core import INDEX_KEY, LocalKV, decode_snapshot, snapshot_key
 from tests.control_plane.conftest import NOW, UNIT_KEY, reset_postgres, spec
 from tests.control_plane.test_ingest import exposure
 
@@ -103,25 +103,33 @@ def test_one_failing_experiment_does_not_stop_the_cycle(setup: tuple[Store, Loca
     assert 'perch_publish_failures_total{experiment="hero"} 1.0' in metrics.render().decode()
 
 
-def test_only_the_advisory_lock_holder_publishes(tmp_path: Path, pg_url: str) -> None:
-    # PostgreSQL only: SQLite is one process's database, with no replicas to coordinate.
-    from control_plane.store import _LOCK_KEY
+def test_each_experiment_is_published_by_the_holder_of_its_own_lock(tmp_path: Path, pg_url: str) -> None:
+    # PostgreSQL only: SQLite is one process's database, with no other publishers to coordinate.
+    from control_plane.store import _lock_key
 
     reset_postgres(pg_url)
     store = Store.from_url(pg_url, UNIT_KEY)
     store.migrate()
     store.create_experiment(spec(), NOW)
+    store.create_experiment(spec(key="second"), NOW)
     kv, clock = LocalKV(tmp_path), Clock()
     other = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    lock, unlock = text("SELECT pg_try_advisory_lock(:k)"), text("SELECT pg_advisory_unlock(:k)")
     try:
         with other.connect() as conn:
-            assert conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
-            assert publish_all(store, LocalKVPublisher(kv), Metrics(), now_ms=clock, draws=10_000) == []
-            assert kv.get(snapshot_key("hero")) is None
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+            # Another publisher is busy with "hero" and with the index.
+            assert conn.execute(lock, {"k": _lock_key("hero")}).scalar()
+            assert conn.execute(lock, {"k": _lock_key("")}).scalar()
+            published = publish_all(store, LocalKVPublisher(kv), Metrics(), now_ms=clock, draws=10_000)
+            assert [r.experiment for r in published] == ["second"]
+            assert kv.get(snapshot_key("hero")) is None and kv.get(INDEX_KEY) is None
+            conn.execute(unlock, {"k": _lock_key("hero")})
+            conn.execute(unlock, {"k": _lock_key("")})
             conn.commit()
+        clock.ms += 2_000
         published = publish_all(store, LocalKVPublisher(kv), Metrics(), now_ms=clock, draws=10_000)
-        assert [r.experiment for r in published] == ["hero"]
+        assert [r.experiment for r in published if r.published] == ["hero"]  # "second" is unchanged
+        assert kv.get(snapshot_key("hero")) is not None and kv.get(INDEX_KEY) is not None
     finally:
         other.dispose()
         store.engine.dispose()

@@ -101,20 +101,33 @@ def test_decay_halves_per_half_life() -> None:
 
 
 def test_data_written_before_a_migration_survives_it(db_url: str) -> None:
-    # Build the database as release 0001 left it, with data, then upgrade to head.
+    # Build the database as release 0004 left it, with data written the way it wrote it (statistics
+    # updated in place in ``stats``), then upgrade to head: the base keeps it, reads see it.
     from sqlalchemy import select as sql_select
+    from sqlalchemy import text
 
-    from control_plane.ingest import ingest
     from control_plane.migrate import migrate
     from control_plane.schema import snapshots
     from tests.control_plane.conftest import UNIT_KEY
-    from tests.control_plane.test_ingest import exposure
 
     old = Store.from_url(db_url, UNIT_KEY)
-    migrate(old.engine, "0001")
+    migrate(old.engine, "0004")
     old.create_experiment(spec(), NOW)
-    ingest(old, [exposure(1)], None, NOW)
     with old.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO stats (experiment, path, arm, exposures, reward, decayed_exposures, "
+                "decayed_reward, ref_ms) VALUES ('hero', '[\"mobile\"]', 'a', 10, 3, 8, 2, :ref)"
+            ),
+            {"ref": NOW - 3_600_000},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO outcomes (event_id, decision_id, experiment, value, ts_ms, status) "
+                "VALUES ('o-1', :d, 'hero', 1.0, :ts, 'pending')"
+            ),
+            {"d": "0" * 32, "ts": NOW},
+        )
         conn.execute(
             snapshots.insert().values(
                 experiment="hero",
@@ -127,16 +140,17 @@ def test_data_written_before_a_migration_survives_it(db_url: str) -> None:
                 spec_version=1,
             )
         )
-    before = old.cells(spec(), NOW)
     old.migrate()
-    assert old.cells(spec(), NOW) == before
+    half = spec().half_life_s
+    cell = old.cells(spec(), NOW)[("mobile",)]["a"]
+    assert cell.exposures == pytest.approx(decay(8.0, NOW - 3_600_000, NOW, half))
+    assert cell.reward == pytest.approx(decay(2.0, NOW - 3_600_000, NOW, half))
+    assert old.outcome_statuses("hero") == {"pending": 1}
     record = old.get_experiment("hero")
     assert record is not None and record.spec == spec()
-    assert old.snapshot_history("hero")[0]["summary"] is None  # the new column, empty for old rows
     with old.engine.connect() as conn:
         assert conn.execute(sql_select(snapshots.c.data)).scalar() is None
     old.engine.dispose()
-
 
 def test_m8_pending_outcomes_expire_after_the_reward_window(store: Store) -> None:
     from control_plane.ingest import ingest
