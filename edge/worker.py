@@ -1,8 +1,8 @@
 """The Cloudflare Python Worker: ``Default.fetch`` over :mod:`edge.handler`.
 
 Only this module knows about workerd (and Pyodide's ``js``/``pyodide``
-modules): it adapts the JS Request, KV binding, ``fetch``, ``waitUntil`` and
-Response to the handler's :class:`~edge.platform.Platform`.  It is imported by
+modules): it adapts the JS Request, KV binding, Queues producer bindings,
+``fetch``, ``waitUntil`` and Response to the handler's :class:`~edge.platform.Platform`.  It is imported by
 the bundle's ``entry.py`` and by the Pyodide test suite, never by CPython.
 """
 
@@ -19,7 +19,7 @@ import js
 from pyodide.ffi import create_proxy, to_js
 from workers import WorkerEntrypoint
 
-from edge.config import EdgeConfig
+from edge.config import EVENT_QUEUE_PREFIX, EdgeConfig, event_queue_names
 from edge.handler import Edge, handle, origin_url_for
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
 
@@ -89,6 +89,19 @@ class WorkersPlatform:
 
     def __init__(self, env: Any, ctx: Any) -> None:
         self.env, self.ctx = env, ctx
+        self._queues: tuple[str, ...] | None = None
+
+    def queue_names(self) -> tuple[str, ...]:
+        if self._queues is None:
+            self._queues = event_queue_names(_queue_bindings(self.env))
+        return self._queues
+
+    async def queue_send(self, index: int, messages: list[str]) -> None:
+        binding = getattr(self.env, self.queue_names()[index])
+        # Text bodies: `perch consume` pulls over HTTP, where only text (and bytes) arrive as sent.
+        # Plain JS objects, not the Maps to_js makes of dicts by default.
+        batch = [{"body": text, "contentType": "text"} for text in messages]
+        await binding.sendBatch(to_js(batch, dict_converter=js.Object.fromEntries))
 
     async def kv_get(self, key: str) -> bytes | None:
         value = await self.env.PERCH_KV.get(key, type="arrayBuffer", cacheTtl=KV_CACHE_TTL_S)
@@ -127,6 +140,25 @@ class WorkersPlatform:
 
     def perf_s(self) -> float:
         return time.perf_counter()
+
+
+def _queue_bindings(env: Any) -> list[str]:
+    """Names of the env's ``PERCH_EVENTS_*`` bindings that can ``sendBatch``."""
+    # The SDK wraps env in a Python object that only answers getattr; the JS object lists the names.
+    raw = getattr(env, "_env", env)
+    try:
+        names = [str(name) for name in js.Object.keys(raw)]
+    except Exception:  # not a JS object: no bindings to find
+        log.exception("cannot list the Worker's bindings; events go by POST")
+        return []
+    found = []
+    for name in names:
+        if name.startswith(EVENT_QUEUE_PREFIX):
+            if hasattr(_env_var(env, name), "sendBatch"):
+                found.append(name)
+            else:  # e.g. a var of that name: sending to it would fail on every drain
+                log.warning("%s is not a Queues producer binding; ignored", name)
+    return found
 
 
 async def _edge_request(request: Any) -> EdgeRequest:

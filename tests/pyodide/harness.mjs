@@ -16,10 +16,11 @@
 //  {"op":"fetch","module":"worker","class":"Default",
 //   "request":{"url":"https://x/","method":"GET","headers":[["k","v"]],
 //              "body":"text" | "body_b64":"...", "cf":{...} | null},
-//   "kv":{"NS":{"key":"text" | {"b64":"..."}}}, "vars":{"GREETING":"hi"}}
+//   "kv":{"NS":{"key":"text" | {"b64":"..."}}}, "vars":{"GREETING":"hi"},
+//   "queues":{"Q":"ok" | "error"}}
 //  -> {"ok":true,"status":..,"statusText":..,"headers":[[k,v]..],"set_cookie":[..],
 //      "body_b64":..,"body_text":..,"wait_until":{"count":n,"rejected":[..]},
-//      "kv":{"NS":{"key":{"b64":..}}},"ms":..}
+//      "kv":{"NS":{"key":{"b64":..}}},"queues":{"Q":[[{"body":..,"contentType":..}..]..]},"ms":..}
 //  {"op":"call","module":"golden","func":"vectors","args":[3],"kwargs":{}}
 //  -> {"ok":true,"result":<JSON of the Python return value>}
 //  {"op":"ping"} -> {"ok":true,"boot_ms":..}
@@ -110,6 +111,26 @@ class KvNamespace {
   }
   dump() {
     return Object.fromEntries([...this.store].map(([k, v]) => [k, { b64: Buffer.from(v).toString('base64') }]));
+  }
+}
+
+// A Queues producer binding. Named WorkerQueue like workerd's, so the SDK wraps it as it does
+// there. Records each sendBatch call (what a consumer would pull) and, as Cloudflare does,
+// refuses a call over its limits. mode: 'ok', or 'error' (every call rejects).
+const QUEUE_LIMITS = { messages: 100, messageBytes: 128 * 1024, batchBytes: 256 * 1024 };
+class WorkerQueue {
+  constructor(mode = 'ok') { this.mode = mode; this.calls = []; }
+  async send(body, options) { return this.sendBatch([{ body, ...(options ?? {}) }]); }
+  async sendBatch(messages, _options) {
+    const batch = [...messages].map((m) => ({
+      body: m.body, contentType: m.contentType, kind: Object.prototype.toString.call(m),
+    }));
+    this.calls.push(batch);
+    if (this.mode === 'error') throw new Error('Queue send failed: internal error (injected)');
+    const sizes = batch.map((m) => Buffer.byteLength(typeof m.body === 'string' ? m.body : JSON.stringify(m.body)));
+    if (batch.length > QUEUE_LIMITS.messages) throw new Error(`sendBatch: ${batch.length} messages`);
+    if (sizes.some((n) => n > QUEUE_LIMITS.messageBytes)) throw new Error('sendBatch: message too large');
+    if (sizes.reduce((a, b) => a + b, 0) > QUEUE_LIMITS.batchBytes) throw new Error('sendBatch: batch too large');
   }
 }
 
@@ -271,6 +292,8 @@ async function runFetch(job) {
   for (const [name, init] of Object.entries(job.kv ?? { NS: {} })) {
     env[name] = kvs[name] = new KvNamespace(init, job.kv_mode?.[name] ?? 'ok');
   }
+  const queues = {};
+  for (const [name, mode] of Object.entries(job.queues ?? {})) env[name] = queues[name] = new WorkerQueue(mode);
   const ctx = new ExecutionContext();
   // workerd: new EntrypointWrapper(ctx, env) -> Python Default(ctx, env); one per request.
   const inst = cls(ctx, env);
@@ -297,6 +320,7 @@ async function runFetch(job) {
     wait_until: waitUntil,
     kv: Object.fromEntries(Object.entries(kvs).map(([k, v]) => [k, v.dump()])),
     kv_reads: Object.fromEntries(Object.entries(kvs).map(([k, v]) => [k, v.reads])),
+    queues: Object.fromEntries(Object.entries(queues).map(([k, v]) => [k, v.calls])),
     ms: tResp - t0,
     ms_total: performance.now() - t0,
   };
