@@ -84,6 +84,48 @@ def test_the_config_states_what_the_worker_needs() -> None:
     assert 'binding = "PERCH_KV"' in text and 'main = "src/entry.py"' in text
 
 
+def _with_queues(text: str) -> str:
+    """wrangler.toml with its commented example queue bindings in force."""
+    return re.sub(
+        r'^# (\[\[queues\.producers\]\]|binding = "PERCH_EVENTS_\w+"|queue = "[\w-]+")$',
+        r"\1",
+        text,
+        flags=re.MULTILINE,
+    )
+
+
+def test_the_config_documents_event_queue_bindings_and_works_without_them() -> None:
+    text = (ROOT / "wrangler.toml").read_text()
+    assert "\n[[queues" not in text  # the Worker deploys before anyone has created a queue
+    enabled = _with_queues(text)
+    assert enabled.count("\n[[queues.producers]]\n") == 2
+    assert 'binding = "PERCH_EVENTS_0"\nqueue = "perch-events-0"' in enabled
+    assert 'binding = "PERCH_EVENTS_1"\nqueue = "perch-events-1"' in enabled
+
+
+def test_wrangler_accepts_the_bundle_with_event_queues(bundle: Bundle, tmp_path: Path) -> None:
+    queued = tmp_path / "queued"
+    shutil.copytree(bundle.path, queued)
+    config = queued / "wrangler.toml"
+    config.write_text(_with_queues(config.read_text()))
+    code, output = _dry_run(queued, tmp_path)
+    assert code == 0, output
+    assert "WARNING" not in output, output
+    for binding, queue in (("PERCH_EVENTS_0", "perch-events-0"), ("PERCH_EVENTS_1", "perch-events-1")):
+        assert re.search(rf"env\.{binding}\s+\({queue}\)\s+Queue", output), output
+    assert "env.PERCH_KV" in output
+
+
+def test_wrangler_rejects_a_queue_producer_without_its_binding(bundle: Bundle, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle.path, broken)
+    config = broken / "wrangler.toml"
+    config.write_text(_with_queues(config.read_text()).replace('binding = "PERCH_EVENTS_1"\n', ""))
+    code, output = _dry_run(broken, tmp_path)
+    # The dry run does read the queue bindings: one it cannot use fails the deploy.
+    assert code != 0 and '"queues.producers[1]" bindings should have a string "binding"' in output, output
+
+
 def test_wrangler_rejects_a_config_without_python_workers(bundle: Bundle, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(bundle.path, broken)
