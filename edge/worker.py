@@ -2,8 +2,9 @@
 
 Only this module knows about workerd (and Pyodide's ``js``/``pyodide``
 modules): it adapts the JS Request, KV binding, Queues producer bindings,
-``fetch``, ``waitUntil`` and Response to the handler's :class:`~edge.platform.Platform`.  It is imported by
-the bundle's ``entry.py`` and by the Pyodide test suite, never by CPython.
+``fetch``, ``waitUntil`` and Response to the handler's
+:class:`~edge.platform.Platform`.  It is imported by the bundle's ``entry.py``
+and by the Pyodide test suite, never by CPython.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class WorkersPlatform:
 
     async def queue_send(self, index: int, messages: list[str]) -> None:
         binding = getattr(self.env, self.queue_names()[index])
-        # Text bodies: `perch consume` pulls over HTTP, where only text (and bytes) arrive as sent.
-        # Plain JS objects, not the Maps to_js makes of dicts by default.
+        # Text bodies, as the contract with `perch consume` has them (core.queue): the signed text
+        # must reach the pull consumer as it was signed. Plain JS objects, not Maps, for sendBatch.
         batch = [{"body": text, "contentType": "text"} for text in messages]
         await binding.sendBatch(to_js(batch, dict_converter=js.Object.fromEntries))
 
