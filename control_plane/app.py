@@ -32,6 +32,7 @@ from control_plane import privacy
 from control_plane.dashboard import dashboard_routes, has_session
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.group_commit import IngestWriter, ReplayedBatch
+from control_plane.ingest import verified_tokens
 from control_plane.kv_publishers import KVPublisher
 from control_plane.metrics import Metrics
 from control_plane.middleware import InternalErrorMiddleware
@@ -349,7 +350,8 @@ class Api:
             return _error(400, "no valid event in the batch", rejected=rejected[:20])
         signature = replay_key(self.settings.edge_secret, timestamp, body)
         try:
-            result = await self.writer.submit(valid, signature, self.now_ms())
+            tokens = verified_tokens(self.settings.edge_secret, valid)
+            result = await self.writer.submit(valid, signature, self.now_ms(), tokens)
         except Exception as exc:
             if isinstance(exc, ReplayedBatch) or _is_duplicate_signature(exc):
                 self.metrics.events_rejected.labels("replay").inc()

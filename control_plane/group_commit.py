@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from control_plane.ingest import Cells, IngestResult, ingest, ingest_into
 from control_plane.schema import seen_batches
 from control_plane.store import Store
+from core import DecisionToken
 
 __all__ = ["IngestWriter", "ReplayedBatch", "ingest_group"]
 
@@ -44,6 +45,8 @@ class Batch:
     events: list[dict[str, Any]]
     signature: str | None
     now_ms: int
+    lease: str | None = None  # the queue message it came in (control_plane.consume)
+    tokens: Mapping[str, DecisionToken] | None = None  # ingest.verified_tokens of its outcomes
 
 
 Outcome = IngestResult | Exception
@@ -71,7 +74,17 @@ def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
                     continue
                 if batch.signature is not None:
                     taken.add(batch.signature)
-                out.append(ingest_into(store, conn, batch.events, batch.signature, batch.now_ms, cells=cells))
+                out.append(
+                    ingest_into(
+                        store,
+                        conn,
+                        batch.events,
+                        batch.signature,
+                        batch.now_ms,
+                        cells=cells,
+                        tokens=batch.tokens,
+                    )
+                )
             cells.flush(store, conn)
         return out
     except Exception:
@@ -81,7 +94,7 @@ def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
 
 def _alone(store: Store, batch: Batch) -> Outcome:
     try:
-        return ingest(store, batch.events, batch.signature, batch.now_ms)
+        return ingest(store, batch.events, batch.signature, batch.now_ms, tokens=batch.tokens)
     except Exception as exc:
         return exc
 
@@ -109,13 +122,19 @@ class IngestWriter:
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def submit(self, events: list[dict[str, Any]], signature: str | None, now_ms: int) -> IngestResult:
+    async def submit(
+        self,
+        events: list[dict[str, Any]],
+        signature: str | None,
+        now_ms: int,
+        tokens: Mapping[str, DecisionToken] | None = None,
+    ) -> IngestResult:
         """Store one batch; returns once it is committed, or raises what refused it."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._loop, self._queue, self._drain_task = loop, deque(), None
         future: asyncio.Future[IngestResult] = loop.create_future()
-        self._queue.append((Batch(events, signature, now_ms), future))
+        self._queue.append((Batch(events, signature, now_ms, tokens=tokens), future))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._drain())
         return await future

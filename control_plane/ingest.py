@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from control_plane.experiments import ExperimentSpec
 from control_plane.schema import experiments, exposures, outcomes, seen_batches, stitches
 from control_plane.settings import REPLAY_MEMORY_S
 from control_plane.stats import Deltas
 from control_plane.store import Store
-from core import feature_path
+from core import DecisionToken, TokenError, feature_path, verify_token
 
-__all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of"]
+__all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of", "verified_tokens"]
 
 
 @dataclass
@@ -146,7 +146,7 @@ def _join_outcomes(
             select(exposures).where(exposures.c.decision_id.in_(ids[start : start + _CHUNK]))
         ):
             shown[row.decision_id] = dict(row._mapping)
-    statuses: dict[str, list[str]] = {}
+    updates: list[dict[str, Any]] = []
     for outcome in sorted(pending, key=lambda o: (o.ts_ms, o.event_id)):
         exposure = shown.get(outcome.decision_id)
         spec = specs.get(exposure["experiment"]) if exposure else None
@@ -154,7 +154,7 @@ def _join_outcomes(
             result.pending += 1
             continue
         if outcome.ts_ms - exposure["ts_ms"] > spec.reward.window_s * 1000:
-            statuses.setdefault("late", []).append(outcome.event_id)
+            updates.append({"k_event_id": outcome.event_id, "status": "late", "credited": None, "cell": None})
             result.late += 1
             cells.bump(exposure["experiment"], "late_outcomes")
             continue
@@ -163,7 +163,8 @@ def _join_outcomes(
         if reward <= 0 and spec.reward.kind == "binary" and exposure["outcomes"] > 0:
             status = "extra"
             cells.bump(exposure["experiment"], "extra_outcomes")
-        statuses.setdefault(status, []).append(outcome.event_id)
+        # What it credited, so a later token-credited outcome of the decision knows (binary: once).
+        updates.append({"k_event_id": outcome.event_id, "status": status, "credited": reward, "cell": None})
         result.joined += 1
         exposure["reward"] += reward
         exposure["outcomes"] += 1
@@ -184,13 +185,8 @@ def _join_outcomes(
     ]
     if joined:
         conn.execute(_WRITE_JOIN, joined)
-    for status, event_ids in statuses.items():
-        for start in range(0, len(event_ids), _CHUNK):
-            conn.execute(
-                outcomes.update()
-                .where(outcomes.c.event_id.in_(event_ids[start : start + _CHUNK]))
-                .values(status=status)
-            )
+    if updates:
+        conn.execute(_WRITE_CREDIT, updates)
 
 
 def _fill_propensities(
@@ -220,14 +216,21 @@ def _fill_propensities(
         row["propensity"] = float(store.propensities.get(snapshot, context)[index])
 
 
-def ingest(store: Store, events: list[dict[str, Any]], signature: str | None, now_ms: int) -> IngestResult:
+def ingest(
+    store: Store,
+    events: list[dict[str, Any]],
+    signature: str | None,
+    now_ms: int,
+    *,
+    tokens: Mapping[str, DecisionToken] | None = None,
+) -> IngestResult:
     """Store one validated batch in one transaction; raises nothing for duplicates.
 
     Bulk statements per event type: a batch of hundreds of events costs a handful
     of round trips, which is what lets one control plane keep up with many edges.
     """
     with store.write() as conn:
-        return ingest_into(store, conn, events, signature, now_ms)
+        return ingest_into(store, conn, events, signature, now_ms, tokens=tokens)
 
 
 def ingest_into(
@@ -238,12 +241,14 @@ def ingest_into(
     now_ms: int,
     *,
     cells: Cells | None = None,
+    tokens: Mapping[str, DecisionToken] | None = None,
 ) -> IngestResult:
     """:func:`ingest` inside the caller's transaction (group commit stores several batches in one).
 
     With ``cells`` the statistics are only gathered there, for the caller to
-    flush once for the whole group: every cell and counter row is then locked
-    once, in one order, so concurrent replicas cannot deadlock on them.
+    flush once for the whole group. ``tokens`` (from :func:`verified_tokens`)
+    are the decisions of outcomes that carried a valid decision token: those
+    are credited from the token, with no exposure lookup.
     """
     own_cells = cells is None
     result = IngestResult()
@@ -285,6 +290,8 @@ def ingest_into(
     _fill_propensities(store, conn, specs, rows, cells)
     new_exposures = _insert_new(store, conn, exposures, exposures.c.decision_id, list(rows.values()))
     result.accepted["exposure"] = len(new_exposures)
+    if new_exposures:
+        _absorb_credited(conn, sorted(new_exposures))
     result.duplicates += len(by_type["exposure"]) - len(new_exposures)
     for decision_id in sorted(new_exposures):
         row = rows[decision_id]
@@ -310,7 +317,11 @@ def ingest_into(
     new_outcomes = _insert_new(store, conn, outcomes, outcomes.c.event_id, list(outcome_rows.values()))
     result.accepted["outcome"] = len(new_outcomes)
     result.duplicates += len(by_type["outcome"]) - len(new_outcomes)
-    # Outcomes of this batch, and older ones that were waiting for an exposure of this batch.
+    tokened = {i: tokens[i] for i in sorted(new_outcomes) if tokens and i in tokens}
+    if tokened:
+        _credit_from_tokens(conn, cells=cells, specs=specs, result=result, rows=outcome_rows, tokens=tokened)
+    # Outcomes of this batch without a token, and older ones that were waiting for an exposure of
+    # this batch (the token-credited ones were absorbed above).
     waiting = (
         []
         if not new_exposures
@@ -325,6 +336,7 @@ def ingest_into(
     fresh = [
         _OutcomeRow(**{k: outcome_rows[i][k] for k in ("event_id", "decision_id", "value", "ts_ms")})
         for i in sorted(new_outcomes)
+        if i not in tokened
     ]
     if fresh or waiting:
         _join_outcomes(store, conn, cells=cells, specs=specs, result=result, pending=[*fresh, *waiting])
@@ -345,6 +357,127 @@ def ingest_into(
     if own_cells:
         cells.flush(store, conn)
     return result
+
+
+def verified_tokens(secret: str | None, events: Iterable[dict[str, Any]]) -> dict[str, DecisionToken]:
+    """Outcome event id -> the decision its token describes, for tokens that are ours and match.
+
+    A token that does not verify (a rotated secret, a token of an older format without the
+    decision's reason) leaves its outcome to the exposure join, as before tokens described cells.
+    """
+    out: dict[str, DecisionToken] = {}
+    if not secret:
+        return out
+    for event in events:
+        raw = event.get("token") if event.get("type") == "outcome" else None
+        if raw is None:
+            continue
+        try:
+            token = verify_token(secret, raw)
+        except TokenError:
+            continue
+        if token.reason and (token.decision_id, token.experiment) == (
+            event["decision_id"],
+            event["experiment"],
+        ):
+            out[event["id"]] = token
+    return out
+
+
+def _credit_from_tokens(
+    conn: Connection,
+    *,
+    cells: Cells,
+    specs: dict[str, ExperimentSpec],
+    result: IngestResult,
+    rows: dict[str, dict[str, Any]],
+    tokens: dict[str, DecisionToken],
+) -> None:
+    """Credit outcomes to the cells their tokens name: the window check is local, nothing waits.
+
+    What each decision already received comes from its earlier credited outcomes (binary rewards
+    count once per decision); the exposure, if stored, gets the reward too (evaluation reads it).
+    """
+    decisions = sorted({t.decision_id for t in tokens.values()})
+    already: dict[str, float] = {}
+    seen: Counter[str] = Counter()
+    for start in range(0, len(decisions), _CHUNK):
+        for decision_id, credited in conn.execute(
+            select(outcomes.c.decision_id, outcomes.c.credited).where(
+                outcomes.c.decision_id.in_(decisions[start : start + _CHUNK]),
+                outcomes.c.credited.is_not(None),
+            )
+        ):
+            already[decision_id] = already.get(decision_id, 0.0) + credited
+            seen[decision_id] += 1
+    updates: list[dict[str, Any]] = []
+    exposure_updates: list[dict[str, Any]] = []
+    for event_id in sorted(tokens, key=lambda i: (rows[i]["ts_ms"], i)):
+        token, row = tokens[event_id], rows[event_id]
+        spec = specs.get(token.experiment)
+        if spec is None:
+            result.pending += 1  # an experiment this store does not know (yet): kept, not credited
+            continue
+        if row["ts_ms"] - token.ts_ms > spec.reward.window_s * 1000:
+            updates.append({"k_event_id": event_id, "status": "late", "credited": None, "cell": None})
+            result.late += 1
+            cells.bump(token.experiment, "late_outcomes")
+            continue
+        prior = already.get(token.decision_id, 0.0)
+        reward = _reward(spec, row["value"], prior)
+        status = "joined"
+        if reward <= 0 and spec.reward.kind == "binary" and seen[token.decision_id] > 0:
+            status = "extra"
+            cells.bump(token.experiment, "extra_outcomes")
+        already[token.decision_id] = prior + reward
+        seen[token.decision_id] += 1
+        result.joined += 1
+        cell = None
+        if token.reason == "personalized":
+            path = json.dumps(path_of(spec, token.cell))
+            cell = json.dumps([path, token.arm, token.ts_ms])
+            if reward > 0:
+                cells.add(token.experiment, path, token.arm, ts=token.ts_ms, n=0.0, r=reward)
+        updates.append({"k_event_id": event_id, "status": status, "credited": reward, "cell": cell})
+        exposure_updates.append({"k_decision_id": token.decision_id, "add_reward": reward})
+    if updates:
+        conn.execute(_WRITE_CREDIT, updates)
+    if exposure_updates:
+        conn.execute(_ADD_TO_EXPOSURE, exposure_updates)
+
+
+def _absorb_credited(conn: Connection, decision_ids: list[str]) -> None:
+    """New exposures take the rewards already credited from their decisions' tokens (evaluation reads
+    them from the exposure); their cells have them already."""
+    credited: list[Any] = []
+    for start in range(0, len(decision_ids), _CHUNK):
+        credited.extend(
+            conn.execute(
+                select(outcomes.c.decision_id, func.sum(outcomes.c.credited), func.count())
+                .where(
+                    outcomes.c.decision_id.in_(decision_ids[start : start + _CHUNK]),
+                    outcomes.c.credited.is_not(None),
+                )
+                .group_by(outcomes.c.decision_id)
+            )
+        )
+    if credited:
+        conn.execute(
+            _WRITE_JOIN,
+            [{"k_decision_id": d, "reward": float(r or 0.0), "outcomes": int(n)} for d, r, n in credited],
+        )
+
+
+_WRITE_CREDIT = (
+    outcomes.update()
+    .where(outcomes.c.event_id == bindparam("k_event_id"))
+    .values(status=bindparam("status"), credited=bindparam("credited"), cell=bindparam("cell"))
+)
+_ADD_TO_EXPOSURE = (
+    exposures.update()
+    .where(exposures.c.decision_id == bindparam("k_decision_id"))
+    .values(reward=exposures.c.reward + bindparam("add_reward"), outcomes=exposures.c.outcomes + 1)
+)
 
 
 @dataclass(frozen=True, slots=True)

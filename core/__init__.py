@@ -45,7 +45,7 @@ from core.signing import (
 )
 from core.snapshot import KEY_RE, Arm, Segment, Snapshot
 from core.text import JSONInputError, is_int64, is_text, parse_json
-from core.tokens import DecisionToken, TokenError, mint_token, read_token, unit_tag
+from core.tokens import DecisionToken, TokenError, mint_token, read_token, unit_tag, verify_token
 
 __all__ = [
     "HASH_VERSION",
@@ -114,5 +114,6 @@ __all__ = [
     "verify",
     "verify_any_age",
     "verify_identity",
+    "verify_token",
     "with_unknowns",
 ]

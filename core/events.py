@@ -29,7 +29,7 @@ from core.decide import REASONS, Decision
 from core.errors import PerchError
 from core.snapshot import KEY_RE
 from core.text import JSONInputError, is_int64, is_text, parse_json
-from core.tokens import DecisionToken, TokenError, read_token
+from core.tokens import MAX_TOKEN_CHARS, DecisionToken, TokenError, read_token
 
 __all__ = [
     "EVENT_SCHEMA",
@@ -94,12 +94,14 @@ def outcome_event(
     ts_ms: int,
     unit: str | None,
     event_id: str | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
+    """``token``, the decision's, lets the control plane credit the outcome without the exposure."""
     if event_id is None:
         # A retried beacon carries the same (decision, value): same id, one row.
         digest = hashlib.sha256(f"{decision_id}|{experiment}|{value!r}".encode()).hexdigest()[:24]
         event_id = f"o-{digest}"
-    return {
+    event = {
         "type": "outcome",
         "id": event_id,
         "ts": ts_ms,
@@ -108,6 +110,9 @@ def outcome_event(
         "value": value,
         "unit": unit,
     }
+    if token is not None:
+        event["token"] = token
+    return event
 
 
 def stitch_event(anonymous_id: str, user_id: str, ts_ms: int) -> dict[str, Any]:
@@ -177,7 +182,13 @@ def parse_beacon(
             continue
         events.append(
             outcome_event(
-                token.decision_id, token.experiment, value, ts_ms=ts_ms, unit=unit, event_id=event_id
+                token.decision_id,
+                token.experiment,
+                value,
+                ts_ms=ts_ms,
+                unit=unit,
+                event_id=event_id,
+                token=item["token"],
             )
         )
     return events, rejected
@@ -286,6 +297,15 @@ def validate_event(event: object, where: str) -> dict[str, Any]:
             where,
         )
     elif kind == "outcome":
+        token = event.get("token")
+        _require(
+            event,
+            "token",
+            token is None
+            or (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_CHARS and token.isascii()),
+            "the decision's token string or null",
+            where,
+        )
         value = event.get("value")
         _require(
             event,
