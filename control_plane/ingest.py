@@ -75,9 +75,14 @@ class Cells:
         self.deltas = Deltas()
         self.bumps: Counter[tuple[str, str]] = Counter()
         self.specs: dict[str, ExperimentSpec] = {}  # of the experiments with deltas (half-lives)
+        # An event stamped after the batch arrived (a skewed clock) counts as arriving now: its mass
+        # relative to a later hour would weigh up to 2^60 times one event when read before it.
+        self.now_ms: int | None = None
 
     def add(self, experiment: str, path: str, arm: str, *, ts: int, n: float, r: float) -> None:
         half_life = self.specs[experiment].half_life_s
+        if self.now_ms is not None:
+            ts = min(ts, self.now_ms)
         self.deltas.add(experiment, path, arm, ts=ts, n=n, r=r, half_life_s=half_life)
 
     def bump(self, experiment: str, name: str) -> None:
@@ -266,6 +271,7 @@ def ingest_into(
     if cells is None:
         cells = Cells()
     cells.specs.update(specs)
+    cells.now_ms = now_ms
 
     rows: dict[str, dict[str, Any]] = {}
     for event in by_type["exposure"]:

@@ -169,7 +169,8 @@ def test_numeric_rewards_are_scaled_and_capped_per_exposure(store: Store) -> Non
 
 def test_decay_weighs_old_evidence_less(store: Store) -> None:
     store.create_experiment(spec(half_life_s=3600), NOW)
-    ingest(store, [exposure(1, ts=NOW), exposure(2, ts=NOW + HOUR), exposure(3, ts=NOW - HOUR)], None, NOW)
+    events = [exposure(1, ts=NOW), exposure(2, ts=NOW + HOUR), exposure(3, ts=NOW - HOUR)]
+    ingest(store, events, None, NOW + HOUR)
     got = cells(store, NOW + HOUR, half_life_s=3600)
     # weights at NOW + 1h: 0.5 (NOW), 1 (NOW + 1h), 0.25 (NOW - 1h)
     assert got[("mobile", "search")]["b"][0] == pytest.approx(1.75)
@@ -265,3 +266,100 @@ def test_a_failed_batch_leaves_nothing_behind(hero: Store, monkeypatch: pytest.M
     with hero.engine.connect() as conn:
         assert conn.execute(select(exposures.c.decision_id)).all() == []
     assert ingest(hero, [exposure(1)], None, NOW).accepted["exposure"] == 1  # the resend is accepted
+
+
+# --- outcomes credited from their decision token -------------------------------------------------
+
+SECRET = "edge-secret-0123456789"
+
+
+def tokened(
+    i: int,
+    *,
+    value: float = 1.0,
+    ts: int = NOW + 1000,
+    event: str | None = None,
+    decided: int = NOW,
+    reason: str = "personalized",
+    arm: str = "b",
+) -> dict[str, Any]:
+    """An outcome carrying its decision's token (as the edge's beacon route builds it)."""
+    from core import DecisionToken, mint_token
+
+    token = DecisionToken(
+        f"{i:032x}", "hero", arm, {"device": "mobile", "source": "search"}, decided, 1, "", reason
+    )
+    return {**outcome(i, value=value, ts=ts, event=event), "token": mint_token(SECRET, token)}
+
+
+def ingest_tokened(store: Store, events: list[dict[str, Any]], now: int = NOW) -> Any:
+    from control_plane.ingest import verified_tokens
+
+    return ingest(store, events, None, now, tokens=verified_tokens(SECRET, events))
+
+
+def test_a_tokened_outcome_is_credited_before_its_exposure_arrives(hero: Store) -> None:
+    result = ingest_tokened(hero, [tokened(1)])
+    assert (result.joined, result.pending) == (1, 0)  # nothing waits for the exposure
+    with hero.engine.connect() as conn:
+        assert stats.totals(conn, "hero") == {('["mobile", "search"]', "b"): stats.Totals(0.0, 1.0)}
+    ingest_tokened(hero, [exposure(1)])
+    assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}  # not credited twice
+    with hero.engine.connect() as conn:
+        row = conn.execute(select(exposures.c.reward, exposures.c.outcomes)).one()
+        assert tuple(row) == (1.0, 1)  # evaluation reads the reward from the exposure
+        assert conn.execute(select(outcomes.c.status)).scalar() == "joined"
+
+
+def test_a_binary_decision_is_credited_once_across_tokened_and_joined_outcomes(hero: Store) -> None:
+    ingest_tokened(hero, [exposure(1), exposure(2)])
+    # Decision 1: a joined beacon first, then a tokened one; decision 2: two tokened ones.
+    ingest_tokened(hero, [outcome(1)])
+    result = ingest_tokened(hero, [tokened(1, event="o-1b"), tokened(2), tokened(2, event="o-2b")])
+    assert result.joined == 3
+    assert cells(hero) == {("mobile", "search"): {"b": (2, 2)}}
+    assert hero.counters("hero") == {"extra_outcomes": 2}
+
+
+def test_a_tokened_outcome_past_the_window_is_late_by_the_tokens_own_time(hero: Store) -> None:
+    result = ingest_tokened(hero, [tokened(1, decided=NOW - 25 * HOUR)])
+    assert result.late == 1 and cells(hero) == {}
+    assert hero.counters("hero") == {"late_outcomes": 1}
+
+
+def test_holdout_tokens_reward_the_exposure_but_no_cell(hero: Store) -> None:
+    ingest_tokened(hero, [exposure(1, reason="holdout"), tokened(1, reason="holdout")])
+    assert cells(hero) == {}
+    with hero.engine.connect() as conn:
+        assert conn.execute(select(exposures.c.reward)).scalar() == 1.0
+
+
+def test_a_token_that_does_not_verify_falls_back_to_the_join(hero: Store) -> None:
+    from control_plane.ingest import verified_tokens
+
+    forged = {**tokened(1), "token": tokened(1)["token"][:-1] + "0"}
+    other = {**tokened(2), "decision_id": f"{3:032x}"}  # a valid token for another decision
+    assert verified_tokens(SECRET, [forged, other]) == {}
+    result = ingest_tokened(hero, [forged])
+    assert result.pending == 1 and cells(hero) == {}
+    ingest_tokened(hero, [exposure(1)])
+    assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}
+
+
+def test_erasure_takes_back_a_tokened_credit_whose_exposure_never_came(hero: Store) -> None:
+    from control_plane import privacy
+
+    def raw() -> tuple[float, float]:
+        with hero.engine.connect() as conn:
+            (cell,) = stats.totals(conn, "hero").values()
+        return cell.exposures, cell.reward
+
+    ingest_tokened(hero, [{**tokened(1), "unit": "gone"}, tokened(2), exposure(2)])
+    assert raw() == (1, 2)
+    assert privacy.erase(hero, "gone")["outcomes"] == 1
+    assert raw() == (1, 1)
+    with hero.engine.connect() as conn:
+        kept, recomputed = stats.totals(conn, "hero"), stats.recompute(conn, "hero")
+    assert {k: (v.exposures, v.reward) for k, v in kept.items()} == {
+        k: (v.exposures, v.reward) for k, v in recomputed.items()
+    }

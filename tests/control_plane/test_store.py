@@ -152,6 +152,7 @@ def test_data_written_before_a_migration_survives_it(db_url: str) -> None:
         assert conn.execute(sql_select(snapshots.c.data)).scalar() is None
     old.engine.dispose()
 
+
 def test_m8_pending_outcomes_expire_after_the_reward_window(store: Store) -> None:
     from control_plane.ingest import ingest
     from tests.control_plane.test_ingest import outcome
