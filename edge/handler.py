@@ -177,6 +177,7 @@ class _Request:
                 now,
                 decision.snapshot_version,
                 self.unit_tag,
+                decision.reason,  # so the control plane can credit the outcome from the token alone
             ),
         )
 

@@ -104,3 +104,25 @@ def test_a_visitor_who_signed_in_since_still_holds_their_anonymous_decisions() -
     assert (token, matched) == (_token("anon-1"), "anon-1")
     with pytest.raises(TokenError, match="another visitor"):
         read_token(SECRET, raw, now_ms=NOW, max_age_ms=DAY, units=("user-7", "anon-2"))
+
+
+def test_a_token_names_its_decisions_reason_and_older_tokens_still_verify() -> None:
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    from core import verify_token
+
+    raw = mint_token(SECRET, _token(reason="personalized"))
+    assert verify_token(SECRET, raw).reason == "personalized"
+    # A token minted before the reason was added: 7 fields, same MAC scheme.
+    doc = ["ab" * 16, "hero", "b", {}, NOW, 7, ""]
+    payload = base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+    mac = hmac.new(SECRET.encode(), b"perch-decision-v1\x00" + payload.encode(), hashlib.sha256).hexdigest()
+    old = verify_token(SECRET, f"t1.{payload}.{mac[:32]}")
+    assert (old.decision_id, old.reason) == ("ab" * 16, "")
+    with pytest.raises(TokenError, match="wrong kind"):
+        verify_token(SECRET, mint_token(SECRET, _token(reason="because")))
+    with pytest.raises(TokenError, match="signature"):
+        verify_token("another-secret-000000", raw)
