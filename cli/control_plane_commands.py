@@ -1,6 +1,7 @@
-"""``perch serve``, ``perch experiments ...``, ``perch publish``, ``perch db upgrade``.
+"""``perch serve``, ``perch consume``, ``perch experiments ...``, ``perch publish``, ``perch db upgrade``.
 
-``serve`` runs the control plane; the others are clients of its HTTP API
+``serve`` runs the control plane and ``consume`` stores queued event batches; the others are clients
+of its HTTP API
 (``PERCH_URL``, default http://127.0.0.1:8000, with ``PERCH_ADMIN_TOKEN``), so
 an operator's laptop needs no database access.
 """
@@ -120,6 +121,79 @@ def db_upgrade() -> None:
     click.echo("database is at the latest schema", file=sys.stderr)
 
 
+@click.command("consume")
+@click.option(
+    "--queue-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A local directory queue (what `perch edge dev --queue-dir` writes).",
+)
+@click.option(
+    "--cloudflare-queue",
+    metavar="QUEUE_ID",
+    help="A Cloudflare queue with an HTTP pull consumer (PERCH_CF_ACCOUNT_ID, PERCH_CF_API_TOKEN).",
+)
+@click.option("--max-events", type=click.IntRange(1, 50_000), default=5_000, show_default=True)
+@click.option(
+    "--visibility-timeout",
+    type=click.FloatRange(1.0, 12 * 3600.0),
+    default=120.0,
+    show_default=True,
+    help="Seconds a pulled message stays leased; unacknowledged after that, it is delivered again.",
+)
+@click.option("--until-empty", is_flag=True, help="Stop once the queue is empty (backfills, tests).")
+def consume(
+    queue_dir: Path | None,
+    cloudflare_queue: str | None,
+    max_events: int,
+    visibility_timeout: float,
+    until_empty: bool,
+) -> None:
+    """Store the edge's event batches from a queue (settings from PERCH_* variables).
+
+    Acknowledges each group of messages only after it is committed: run as many consumers as you
+    like, kill them at will; a redelivered message counts nothing twice. For exact binary rewards
+    run one consumer per queue (the edge routes each decision's events to one queue).
+    """
+    import logging
+    import signal
+
+    from control_plane.consume import Consumer
+    from control_plane.queues import CloudflareQueue, DirectoryQueue, MessageSource, QueueError
+    from control_plane.settings import Settings, SettingsError
+    from control_plane.store import Store
+
+    if (queue_dir is None) == (cloudflare_queue is None):
+        raise click.ClickException("give exactly one of --queue-dir DIR or --cloudflare-queue QUEUE_ID")
+    try:
+        settings = Settings.from_env(dict(os.environ))
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    source: MessageSource
+    if queue_dir is not None:
+        source = DirectoryQueue(queue_dir)
+    else:
+        if not (settings.cf_account_id and settings.cf_api_token):
+            raise click.ClickException("--cloudflare-queue needs PERCH_CF_ACCOUNT_ID and PERCH_CF_API_TOKEN")
+        source = CloudflareQueue(settings.cf_account_id, cloudflare_queue or "", settings.cf_api_token)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.from_url(settings.database_url, settings.unit_salt)
+    store.migrate()
+    consumer = Consumer(
+        store, source, settings.edge_secret, max_events=max_events, visibility_timeout_s=visibility_timeout
+    )
+    stopping: list[int] = []
+    # SIGTERM ends the current group properly (commit, then ack) instead of abandoning it mid-way.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    try:
+        result = consumer.run(until_empty=until_empty, stop=lambda: bool(stopping))
+    except QueueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        result = consumer.stats
+    click.echo(json.dumps(result.to_dict(), sort_keys=True))
+
+
 def register(group: click.Group) -> None:
-    for command in (serve, experiments, publish, db):
+    for command in (serve, experiments, publish, db, consume):
         group.add_command(command)

@@ -164,7 +164,15 @@ def edge() -> None:
     show_default=True,
     help="Where the local KV store lives ($PERCH_DATA_DIR).",
 )
-def edge_dev(host: str, port: int, data_dir: Path) -> None:
+@click.option(
+    "--queue-dir",
+    "queue_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Send events to this local directory queue (as PERCH_EVENTS_<i> on Workers; repeat for "
+    "several) for `perch consume --queue-dir` to store, instead of POSTing them.",
+)
+def edge_dev(host: str, port: int, data_dir: Path, queue_dirs: tuple[Path, ...]) -> None:
     """Serve the Worker's handler on CPython, reading snapshots from the local KV store.
 
     Configured like the Worker, from the environment: ORIGIN_URL, CONTROL_PLANE_URL,
@@ -175,6 +183,7 @@ def edge_dev(host: str, port: int, data_dir: Path) -> None:
     import httpx
     import uvicorn
 
+    from control_plane.queues import DirectoryQueue
     from core import LocalKV
     from edge.config import ConfigError, EdgeConfig
     from edge.handler import Edge
@@ -185,7 +194,8 @@ def edge_dev(host: str, port: int, data_dir: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
-    app = asgi_app(Edge(config), LocalPlatform(LocalKV(data_dir), client))
+    queues = [DirectoryQueue(path) for path in queue_dirs]
+    app = asgi_app(Edge(config), LocalPlatform(LocalKV(data_dir), client, queues))
     click.echo(f"perch edge on http://{host}:{port} (KV: {data_dir / 'kv'}, origin: {config.origin_url})")
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
 
