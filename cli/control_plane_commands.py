@@ -140,12 +140,20 @@ def db_upgrade() -> None:
     show_default=True,
     help="Seconds a pulled message stays leased; unacknowledged after that, it is delivered again.",
 )
+@click.option(
+    "--idle-max",
+    type=click.FloatRange(0.01, 60.0),
+    default=2.0,
+    show_default=True,
+    help="Longest pause between polls of an empty queue (the pause doubles from 50 ms up to it).",
+)
 @click.option("--until-empty", is_flag=True, help="Stop once the queue is empty (backfills, tests).")
-def consume(
+def consume(  # noqa: PLR0917 - one parameter per click option
     queue_dir: Path | None,
     cloudflare_queue: str | None,
     max_events: int,
     visibility_timeout: float,
+    idle_max: float,
     until_empty: bool,
 ) -> None:
     """Store the edge's event batches from a queue (settings from PERCH_* variables).
@@ -180,11 +188,18 @@ def consume(
     store = Store.from_url(settings.database_url, settings.unit_salt)
     store.migrate()
     consumer = Consumer(
-        store, source, settings.edge_secret, max_events=max_events, visibility_timeout_s=visibility_timeout
+        store,
+        source,
+        settings.edge_secret,
+        max_events=max_events,
+        visibility_timeout_s=visibility_timeout,
+        idle_min_s=min(0.05, idle_max),
+        idle_max_s=idle_max,
     )
     stopping: list[int] = []
     # SIGTERM ends the current group properly (commit, then ack) instead of abandoning it mid-way.
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    click.echo(f"perch consume: {source!r} into {store.engine.url.render_as_string()}", err=True)
     try:
         result = consumer.run(until_empty=until_empty, stop=lambda: bool(stopping))
     except QueueError as exc:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.group_commit import Batch, ReplayedBatch, ingest_group
+from control_plane.group_commit import Batch, ReplayedBatch, ingest_group, ingest_merged
 from control_plane.ingest import verified_tokens
 from control_plane.queues import Message, MessageSource, QueueError
 from control_plane.store import Store
@@ -129,25 +129,38 @@ class Consumer:
         self.stats.messages += len(messages)
         done = list(useless)
         if batches:
-            outcomes = ingest_group(self.store, batches)
             self.stats.groups += 1
-            for batch, outcome in zip(batches, outcomes, strict=True):
-                if isinstance(outcome, ReplayedBatch):
-                    self.stats.replayed_messages += 1
-                elif isinstance(outcome, Exception):
-                    # Not acknowledged: it comes back when its lease expires (the store may be
-                    # down; a batch it can never take is retried until the queue's own limit).
-                    self.stats.failed_groups += 1
-                    log.error("message could not be stored, left for redelivery: %s", outcome)
-                    continue
-                else:
-                    self.stats.events.update(outcome.accepted)
-                    self.stats.duplicates += outcome.duplicates
-                assert batch.lease is not None
-                done.append(batch.lease)
+            merged = ingest_merged(self.store, batches)
+            if merged is not None:
+                result, replayed = merged
+                self.stats.events.update(result.accepted)
+                self.stats.duplicates += result.duplicates
+                self.stats.replayed_messages += len(replayed)
+                done.extend(b.lease for b in batches if b.lease is not None)
+            else:
+                done.extend(self._one_by_one(batches))
         if done:
             self.source.ack(done)
         return len(messages)
+
+    def _one_by_one(self, batches: list[Batch]) -> list[str]:
+        """The leases of the batches stored (or already stored) when the group as one failed."""
+        done = []
+        for batch, outcome in zip(batches, ingest_group(self.store, batches), strict=True):
+            if isinstance(outcome, ReplayedBatch):
+                self.stats.replayed_messages += 1
+            elif isinstance(outcome, Exception):
+                # Not acknowledged: it comes back when its lease expires (the store may be
+                # down; a batch it can never take is retried until the queue's own limit).
+                self.stats.failed_groups += 1
+                log.error("message could not be stored, left for redelivery: %s", outcome)
+                continue
+            else:
+                self.stats.events.update(outcome.accepted)
+                self.stats.duplicates += outcome.duplicates
+            if batch.lease is not None:
+                done.append(batch.lease)
+        return done
 
     def run(self, *, until_empty: bool = False, stop: Callable[[], bool] = lambda: False) -> ConsumeStats:
         """Consume until ``stop()`` (or, with ``until_empty``, until a pull comes back empty)."""

@@ -31,7 +31,7 @@ from control_plane.schema import seen_batches
 from control_plane.store import Store
 from core import DecisionToken
 
-__all__ = ["IngestWriter", "ReplayedBatch", "ingest_group"]
+__all__ = ["IngestWriter", "ReplayedBatch", "ingest_group", "ingest_merged"]
 
 log = logging.getLogger("perch.ingest")
 
@@ -57,7 +57,7 @@ def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
     if len(batches) == 1:
         return [_alone(store, batches[0])]
     try:
-        with store.write() as conn:
+        with store.ingest_write() as conn:
             signatures = [b.signature for b in batches if b.signature is not None]
             taken = set(
                 conn.execute(
@@ -90,6 +90,43 @@ def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
     except Exception:
         # Nothing of the group was committed: each batch again, alone, so only a faulty one fails.
         return [_alone(store, batch) for batch in batches]
+
+
+def ingest_merged(store: Store, batches: list[Batch]) -> tuple[IngestResult, list[Batch]] | None:
+    """Store ``batches`` as one: one transaction, one set of statements for all their events.
+
+    For the queue consumer, which answers nobody per batch: a few statements per group rather
+    than per message. Returns the result and the batches skipped as replays (already stored
+    whole), or None if the transaction failed (then :func:`ingest_group` finds the batch at fault).
+    """
+    try:
+        with store.ingest_write() as conn:
+            keys = [b.signature for b in batches if b.signature is not None]
+            taken = set(
+                conn.execute(
+                    select(seen_batches.c.signature).where(seen_batches.c.signature.in_(keys))
+                ).scalars()
+            )
+            fresh: list[Batch] = []
+            replayed: list[Batch] = []
+            for batch in batches:
+                if batch.signature is not None and batch.signature in taken:
+                    replayed.append(batch)
+                else:
+                    fresh.append(batch)
+                    if batch.signature is not None:
+                        taken.add(batch.signature)
+            now = max((b.now_ms for b in fresh), default=0)
+            seen = sorted({b.signature for b in fresh if b.signature is not None})
+            if seen:
+                conn.execute(seen_batches.insert(), [{"signature": k, "ts": now // 1000} for k in seen])
+            events = [e for b in fresh for e in b.events]
+            tokens = {i: t for b in fresh for i, t in (b.tokens or {}).items()}
+            result = ingest_into(store, conn, events, None, now, tokens=tokens)
+        return result, replayed
+    except Exception:
+        log.warning("a merged group failed; storing its batches one by one", exc_info=True)
+        return None
 
 
 def _alone(store: Store, batch: Batch) -> Outcome:

@@ -22,8 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, func, select
 
+from control_plane import bulk
 from control_plane.experiments import ExperimentSpec
 from control_plane.schema import experiments, exposures, outcomes, seen_batches, stitches
 from control_plane.settings import REPLAY_MEMORY_S
@@ -55,6 +56,25 @@ class IngestResult:
 def path_of(spec: ExperimentSpec, context: dict[str, str]) -> list[str]:
     """The exposure's cell: the experiment's features in order (absent ones as 'unknown')."""
     return list(feature_path(spec.features, context))
+
+
+class _Paths:
+    """Each exposure's cell as stored (JSON of its feature path), made once per distinct context:
+    a group of thousands of events holds a few hundred contexts."""
+
+    def __init__(self, specs: Mapping[str, ExperimentSpec]) -> None:
+        self.specs = specs
+        self.made: dict[tuple[str, tuple[Any, ...]], str] = {}
+
+    def of(self, experiment: str, context: dict[str, Any]) -> str:
+        spec = self.specs.get(experiment)
+        if spec is None:
+            return "[]"
+        key = (experiment, tuple([context.get(name) for name in spec.features]))
+        path = self.made.get(key)
+        if path is None:
+            path = self.made[key] = json.dumps(path_of(spec, context))
+        return path
 
 
 def _reward(spec: ExperimentSpec, value: float, already: float) -> float:
@@ -96,13 +116,6 @@ class Cells:
         self.bumps.clear()
 
 
-_WRITE_JOIN = (
-    exposures.update()
-    .where(exposures.c.decision_id == bindparam("k_decision_id"))
-    .values(reward=bindparam("reward"), outcomes=bindparam("outcomes"))
-)
-
-
 def _spec_cache(store: Store, conn: Connection, keys: Iterable[str]) -> dict[str, ExperimentSpec]:
     """The specs of ``keys`` that exist; parsed only when their version is new to this store."""
     specs: dict[str, ExperimentSpec] = {}
@@ -122,18 +135,6 @@ def _spec_cache(store: Store, conn: Connection, keys: Iterable[str]) -> dict[str
 _CHUNK = 500  # ids per IN (...): well under SQLite's bound-parameter limit
 
 
-def _insert_new(store: Store, conn: Connection, table: Any, key: Any, rows: list[dict[str, Any]]) -> set[str]:
-    """Insert ``rows`` in bulk, skipping ones already stored; the keys that were new.
-
-    One cached statement executed for many rows (SQLAlchemy batches it with
-    RETURNING), rather than a VALUES list that would be compiled anew per batch.
-    """
-    if not rows:
-        return set()
-    stmt = store.insert(table).on_conflict_do_nothing().returning(key)
-    return set(conn.execute(stmt, rows).scalars())
-
-
 def _join_outcomes(
     store: Store,
     conn: Connection,
@@ -146,10 +147,8 @@ def _join_outcomes(
     """Join outcomes to their exposures (those that exist), in time order, and write the results."""
     ids = list({o.decision_id for o in pending})
     shown: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), _CHUNK):
-        for row in conn.execute(
-            select(exposures).where(exposures.c.decision_id.in_(ids[start : start + _CHUNK]))
-        ):
+    for part in bulk.parts(conn, ids):
+        for row in conn.execute(select(exposures).where(bulk.member(conn, exposures.c.decision_id, part))):
             shown[row.decision_id] = dict(row._mapping)
     updates: list[dict[str, Any]] = []
     for outcome in sorted(pending, key=lambda o: (o.ts_ms, o.event_id)):
@@ -159,7 +158,7 @@ def _join_outcomes(
             result.pending += 1
             continue
         if outcome.ts_ms - exposure["ts_ms"] > spec.reward.window_s * 1000:
-            updates.append({"k_event_id": outcome.event_id, "status": "late", "credited": None, "cell": None})
+            updates.append({"event_id": outcome.event_id, "status": "late", "credited": None, "cell": None})
             result.late += 1
             cells.bump(exposure["experiment"], "late_outcomes")
             continue
@@ -169,7 +168,7 @@ def _join_outcomes(
             status = "extra"
             cells.bump(exposure["experiment"], "extra_outcomes")
         # What it credited, so a later token-credited outcome of the decision knows (binary: once).
-        updates.append({"k_event_id": outcome.event_id, "status": status, "credited": reward, "cell": None})
+        updates.append({"event_id": outcome.event_id, "status": status, "credited": reward, "cell": None})
         result.joined += 1
         exposure["reward"] += reward
         exposure["outcomes"] += 1
@@ -184,14 +183,12 @@ def _join_outcomes(
                 r=reward,
             )
     joined = [
-        {"k_decision_id": decision_id, "reward": exposure["reward"], "outcomes": exposure["outcomes"]}
+        {"decision_id": decision_id, "reward": exposure["reward"], "outcomes": exposure["outcomes"]}
         for decision_id, exposure in sorted(shown.items())
         if exposure.get("touched")
     ]
-    if joined:
-        conn.execute(_WRITE_JOIN, joined)
-    if updates:
-        conn.execute(_WRITE_CREDIT, updates)
+    bulk.update_rows(conn, exposures, "decision_id", joined)
+    bulk.update_rows(conn, outcomes, "event_id", updates)
 
 
 def _fill_propensities(
@@ -234,7 +231,7 @@ def ingest(
     Bulk statements per event type: a batch of hundreds of events costs a handful
     of round trips, which is what lets one control plane keep up with many edges.
     """
-    with store.write() as conn:
+    with store.ingest_write() as conn:
         return ingest_into(store, conn, events, signature, now_ms, tokens=tokens)
 
 
@@ -274,8 +271,8 @@ def ingest_into(
     cells.now_ms = now_ms
 
     rows: dict[str, dict[str, Any]] = {}
+    paths = _Paths(specs)
     for event in by_type["exposure"]:
-        spec = specs.get(event["experiment"])
         rows.setdefault(
             event["decision_id"],
             {
@@ -283,7 +280,7 @@ def ingest_into(
                 "experiment": event["experiment"],
                 "arm": event["arm"],
                 "unit_hash": store.hash_unit(event.get("unit")),
-                "path": json.dumps(path_of(spec, event.get("context", {})) if spec else []),
+                "path": paths.of(event["experiment"], event.get("context", {})),
                 "segment": event.get("segment"),
                 "reason": event["reason"],
                 "propensity": event.get("propensity"),
@@ -294,7 +291,7 @@ def ingest_into(
             },
         )
     _fill_propensities(store, conn, specs, rows, cells)
-    new_exposures = _insert_new(store, conn, exposures, exposures.c.decision_id, list(rows.values()))
+    new_exposures = bulk.insert_new(conn, exposures, "decision_id", list(rows.values()))
     result.accepted["exposure"] = len(new_exposures)
     if new_exposures:
         _absorb_credited(conn, sorted(new_exposures))
@@ -320,7 +317,7 @@ def ingest_into(
                 "status": "pending",
             },
         )
-    new_outcomes = _insert_new(store, conn, outcomes, outcomes.c.event_id, list(outcome_rows.values()))
+    new_outcomes = bulk.insert_new(conn, outcomes, "event_id", list(outcome_rows.values()))
     result.accepted["outcome"] = len(new_outcomes)
     result.duplicates += len(by_type["outcome"]) - len(new_outcomes)
     tokened = {i: tokens[i] for i in sorted(new_outcomes) if tokens and i in tokens}
@@ -328,17 +325,16 @@ def ingest_into(
         _credit_from_tokens(conn, cells=cells, specs=specs, result=result, rows=outcome_rows, tokens=tokened)
     # Outcomes of this batch without a token, and older ones that were waiting for an exposure of
     # this batch (the token-credited ones were absorbed above).
-    waiting = (
-        []
-        if not new_exposures
-        else conn.execute(
+    waiting = [
+        row
+        for part in bulk.parts(conn, sorted(new_exposures))
+        for row in conn.execute(
             select(outcomes).where(
-                outcomes.c.decision_id.in_(list(new_exposures)),
-                outcomes.c.status == "pending",
-                outcomes.c.event_id.not_in(list(new_outcomes) or [""]),
+                bulk.member(conn, outcomes.c.decision_id, part), outcomes.c.status == "pending"
             )
-        ).all()
-    )
+        )
+        if row.event_id not in new_outcomes
+    ]
     fresh = [
         _OutcomeRow(**{k: outcome_rows[i][k] for k in ("event_id", "decision_id", "value", "ts_ms")})
         for i in sorted(new_outcomes)
@@ -357,7 +353,7 @@ def ingest_into(
         # Earliest first: an anonymous id keeps its first user (a unique column skips the rest).
         for e in sorted(by_type["stitch"], key=lambda e: (e["ts"], e["id"]))
     }
-    new_stitches = _insert_new(store, conn, stitches, stitches.c.event_id, list(stitch_rows.values()))
+    new_stitches = bulk.insert_new(conn, stitches, "event_id", list(stitch_rows.values()))
     result.accepted["stitch"] = len(new_stitches)
     result.duplicates += len(by_type["stitch"]) - len(new_stitches)
     if own_cells:
@@ -407,17 +403,16 @@ def _credit_from_tokens(
     decisions = sorted({t.decision_id for t in tokens.values()})
     already: dict[str, float] = {}
     seen: Counter[str] = Counter()
-    for start in range(0, len(decisions), _CHUNK):
+    for part in bulk.parts(conn, decisions):
         for decision_id, credited in conn.execute(
             select(outcomes.c.decision_id, outcomes.c.credited).where(
-                outcomes.c.decision_id.in_(decisions[start : start + _CHUNK]),
-                outcomes.c.credited.is_not(None),
+                bulk.member(conn, outcomes.c.decision_id, part), outcomes.c.credited.is_not(None)
             )
         ):
             already[decision_id] = already.get(decision_id, 0.0) + credited
             seen[decision_id] += 1
     updates: list[dict[str, Any]] = []
-    exposure_updates: list[dict[str, Any]] = []
+    added_to: dict[str, list[Any]] = {}  # decision -> [reward, outcomes] for its exposure
     for event_id in sorted(tokens, key=lambda i: (rows[i]["ts_ms"], i)):
         token, row = tokens[event_id], rows[event_id]
         spec = specs.get(token.experiment)
@@ -425,7 +420,7 @@ def _credit_from_tokens(
             result.pending += 1  # an experiment this store does not know (yet): kept, not credited
             continue
         if row["ts_ms"] - token.ts_ms > spec.reward.window_s * 1000:
-            updates.append({"k_event_id": event_id, "status": "late", "credited": None, "cell": None})
+            updates.append({"event_id": event_id, "status": "late", "credited": None, "cell": None})
             result.late += 1
             cells.bump(token.experiment, "late_outcomes")
             continue
@@ -444,46 +439,38 @@ def _credit_from_tokens(
             cell = json.dumps([path, token.arm, token.ts_ms])
             if reward > 0:
                 cells.add(token.experiment, path, token.arm, ts=token.ts_ms, n=0.0, r=reward)
-        updates.append({"k_event_id": event_id, "status": status, "credited": reward, "cell": cell})
-        exposure_updates.append({"k_decision_id": token.decision_id, "add_reward": reward})
-    if updates:
-        conn.execute(_WRITE_CREDIT, updates)
-    if exposure_updates:
-        conn.execute(_ADD_TO_EXPOSURE, exposure_updates)
+        updates.append({"event_id": event_id, "status": status, "credited": reward, "cell": cell})
+        added = added_to.setdefault(token.decision_id, [0.0, 0])
+        added[0] += reward
+        added[1] += 1
+    bulk.update_rows(conn, outcomes, "event_id", updates)
+    bulk.update_rows(
+        conn,
+        exposures,
+        "decision_id",
+        [{"decision_id": d, "reward": r, "outcomes": n} for d, (r, n) in sorted(added_to.items())],
+        add=("reward", "outcomes"),
+    )
 
 
 def _absorb_credited(conn: Connection, decision_ids: list[str]) -> None:
     """New exposures take the rewards already credited from their decisions' tokens (evaluation reads
     them from the exposure); their cells have them already."""
     credited: list[Any] = []
-    for start in range(0, len(decision_ids), _CHUNK):
+    for part in bulk.parts(conn, decision_ids):
         credited.extend(
             conn.execute(
                 select(outcomes.c.decision_id, func.sum(outcomes.c.credited), func.count())
-                .where(
-                    outcomes.c.decision_id.in_(decision_ids[start : start + _CHUNK]),
-                    outcomes.c.credited.is_not(None),
-                )
+                .where(bulk.member(conn, outcomes.c.decision_id, part), outcomes.c.credited.is_not(None))
                 .group_by(outcomes.c.decision_id)
             )
         )
-    if credited:
-        conn.execute(
-            _WRITE_JOIN,
-            [{"k_decision_id": d, "reward": float(r or 0.0), "outcomes": int(n)} for d, r, n in credited],
-        )
-
-
-_WRITE_CREDIT = (
-    outcomes.update()
-    .where(outcomes.c.event_id == bindparam("k_event_id"))
-    .values(status=bindparam("status"), credited=bindparam("credited"), cell=bindparam("cell"))
-)
-_ADD_TO_EXPOSURE = (
-    exposures.update()
-    .where(exposures.c.decision_id == bindparam("k_decision_id"))
-    .values(reward=exposures.c.reward + bindparam("add_reward"), outcomes=exposures.c.outcomes + 1)
-)
+    bulk.update_rows(
+        conn,
+        exposures,
+        "decision_id",
+        [{"decision_id": d, "reward": float(r or 0.0), "outcomes": int(n)} for d, r, n in credited],
+    )
 
 
 @dataclass(frozen=True, slots=True)

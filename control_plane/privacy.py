@@ -86,7 +86,7 @@ def export(store: Store, unit: str) -> dict[str, Any]:
 
 def erase(store: Store, unit: str) -> dict[str, int]:
     """Delete ``unit``'s events and take their contribution out of the statistics, in one transaction."""
-    with store.write() as conn:
+    with store.ingest_write() as conn:
         person = _Person(conn, store, unit)
         rows = conn.execute(select(exposures).where(person.owns(exposures.c.unit_hash))).all()
         # Rewards credited from a decision token whose exposure never arrived: on their own cell.

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, literal, select, union_all
 
+from control_plane import bulk
 from control_plane.learner import CellStats
 from control_plane.schema import stat_deltas, stats
 
@@ -93,10 +94,9 @@ class Deltas:
         return {key[0] for key in self.sums}
 
     def append(self, conn: Connection) -> None:
-        if not self.sums:
-            return
-        conn.execute(
-            stat_deltas.insert(),
+        bulk.insert_rows(
+            conn,
+            stat_deltas,
             [
                 {
                     "experiment": e,

@@ -28,7 +28,7 @@ from typing import Any
 from core.decide import REASONS, Decision
 from core.errors import PerchError
 from core.snapshot import KEY_RE
-from core.text import JSONInputError, is_int64, is_text, parse_json
+from core.text import _SUSPECT_ESCAPE, INT64_MAX, JSONInputError, is_int64, is_text, parse_json
 from core.tokens import MAX_TOKEN_CHARS, DecisionToken, TokenError, read_token
 
 __all__ = [
@@ -230,10 +230,79 @@ def _optional_text(value: object, limit: int = 256) -> bool:
     return value is None or (isinstance(value, str) and 0 < len(value) <= limit and is_text(value))
 
 
-def validate_event(event: object, where: str) -> dict[str, Any]:
-    """One event of a batch, checked against its type's schema."""
+def _text(value: object, limit: int, clean: bool) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= limit and (clean or is_text(value))
+
+
+def _valid_fast(event: dict[str, Any], clean: bool) -> bool:
+    """True if ``event`` is a well-formed exposure or outcome: the common case in one expression.
+
+    Exactly the rules :func:`validate_event` states one by one (it runs when this says False, to
+    name the first rule broken). ``clean``: the body had no escape that can make a string that is
+    not text, so every string is text. At 30,000 events/s the per-rule calls showed.
+    """
+    kind = event.get("type")
+    event_id, ts, decision_id, experiment = (
+        event.get("id"),
+        event.get("ts"),
+        event.get("decision_id"),
+        event.get("experiment"),
+    )
+    unit = event.get("unit")
+    common = (
+        isinstance(event_id, str)
+        and _EVENT_ID.fullmatch(event_id) is not None
+        and type(ts) is int
+        and 0 <= ts <= INT64_MAX
+        and isinstance(decision_id, str)
+        and _HEX32.fullmatch(decision_id) is not None
+        and isinstance(experiment, str)
+        and KEY_RE.fullmatch(experiment) is not None
+        and (unit is None or _text(unit, 256, clean))
+    )
+    if not common:
+        return False
+    if kind == "exposure":
+        arm, p, segment, version = (
+            event.get("arm"),
+            event.get("propensity"),
+            event.get("segment"),
+            event.get("snapshot_version"),
+        )
+        ctx = event.get("context", {})
+        return (
+            isinstance(arm, str)
+            and KEY_RE.fullmatch(arm) is not None
+            and event.get("reason") in REASONS
+            and (p is None or (_bounded_number(p) and 0.0 < p <= 1.0))
+            and (segment is None or _text(segment, 128, clean))
+            and (version is None or is_int64(version))
+            and isinstance(ctx, dict)
+            and len(ctx) <= 16
+            and all(
+                _text(k, 64, clean) and isinstance(v, str) and len(v) <= 128 and (clean or is_text(v))
+                for k, v in ctx.items()
+            )
+        )
+    if kind == "outcome":
+        token = event.get("token")
+        return (
+            token is None
+            or (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_CHARS and token.isascii())
+        ) and _bounded_number(event.get("value"))
+    return False
+
+
+def validate_event(event: object, where: str, *, clean: bool = False) -> dict[str, Any]:
+    """One event of a batch, checked against its type's schema.
+
+    ``clean``: the body it came in holds no ``\\u`` escape of a NUL or a surrogate (see
+    :func:`parse_batch`), so its strings need no text check.
+    """
     if not isinstance(event, dict):
         raise EventError(f"{where}: expected an event object")
+    if _valid_fast(event, clean):
+        return event
     kind = event.get("type")
     _check_common(event, where)
     if kind in ("exposure", "outcome"):
@@ -344,8 +413,14 @@ def parse_batch(body: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     events = doc["events"]
     if len(events) > MAX_BATCH_EVENTS:
         raise EventError(f"{len(events)} events, at most {MAX_BATCH_EVENTS} per batch")
+    # Only these escapes can make a decoded string that is not text (core.text): without them the
+    # per-string text checks can be skipped.
+    clean = _SUSPECT_ESCAPE.search(body) is None
     valid, rejected = [], []
     for i, event in enumerate(events):
+        if isinstance(event, dict) and _valid_fast(event, clean):
+            valid.append(event)
+            continue
         try:
             valid.append(validate_event(event, f"events[{i}]"))
         except EventError as exc:

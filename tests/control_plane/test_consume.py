@@ -170,7 +170,8 @@ def test_a_group_the_store_refuses_is_left_for_redelivery(
     def down(store: Store, batches: list[Any]) -> list[Exception]:
         return [RuntimeError("database unavailable") for _ in batches]
 
-    monkeypatch.setattr(consume, "ingest_group", down)
+    monkeypatch.setattr(consume, "ingest_merged", lambda store, batches: None)  # the group as one fails
+    monkeypatch.setattr(consume, "ingest_group", down)  # and each message alone
     first = consumer(hero, queue, visibility_timeout_s=1.0).run(until_empty=True)
     assert first.failed_groups > 0 and first.accepted == 0
     assert queue.depth().leased > 0  # not acknowledged: they come back when the leases end
@@ -263,6 +264,9 @@ def test_consumers_killed_mid_group_and_redeliveries_leave_every_event_counted_o
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     assert stored < 6000, "the victim should die with work left"
+    while "perch consume:" not in (tmp_path / "b" / "consume.log").read_text():  # its SIGTERM handler is set
+        assert other.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
     other.send_signal(signal.SIGTERM)  # ends its group properly
     assert other.wait(timeout=60) == 0, (tmp_path / "b" / "consume.log").read_text()
     time.sleep(2.1)  # the victim's leases expire
