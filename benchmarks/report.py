@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from benchmarks import bench_consume
 from benchmarks.shapes import ARMS, HEADLINE, SEGMENTS, SHAPES
 
 __all__ = ["render"]
@@ -603,6 +604,26 @@ def contextual_verdicts(ctx: dict[str, Any] | None) -> list[tuple[str, str, str,
     ]
 
 
+def _event_path(sections: dict[str, Any], rows: list[list[str]], add: Any) -> None:
+    """The headline's ingestion rows: the HTTP path as measured, the queue path against its target."""
+    ing = sections.get("ingest", {})
+    if ing.get("ok"):
+        for backend, b in ing["backends"].items():
+            for r in b.get("runs", []):
+                rows.append(
+                    [
+                        f"Ingestion, {backend}, {r['batch_size']} events/batch, {r['senders']} senders",
+                        f"{r['events_per_s']:,.0f} events/s",
+                        "—",
+                        "",
+                    ]
+                )
+    consume = sections.get("consume", {})
+    if consume.get("ok"):
+        for figure, value, target, met in bench_consume.verdicts(consume):
+            add(figure, value, target, "met" if met else "**missed**")
+
+
 def _headline(sections: dict[str, Any]) -> tuple[list[str], list[str]]:
     rows: list[list[str]] = []
     missed: list[str] = []
@@ -680,18 +701,7 @@ def _headline(sections: dict[str, Any]) -> tuple[list[str], list[str]]:
     if lg.get("ok"):
         for figure, value, target, verdict in learning_verdicts(lg):
             add(figure, value, target, verdict)
-    ing = sections.get("ingest", {})
-    if ing.get("ok"):
-        for backend, b in ing["backends"].items():
-            for r in b.get("runs", []):
-                rows.append(
-                    [
-                        f"Ingestion, {backend}, {r['batch_size']} events/batch, {r['senders']} senders",
-                        f"{r['events_per_s']:,.0f} events/s",
-                        "—",
-                        "",
-                    ]
-                )
+    _event_path(sections, rows, add)
     http = sections.get("http", {})
     if http.get("ok"):
         for r in http["levels"]:
@@ -760,6 +770,7 @@ def render(results: dict[str, Any]) -> str:
         "learner": learner_section,
         "learning": learning_section,
         "ingest": ingest_section,
+        "consume": bench_consume.section,
         "http": http_section,
     }
     for name, render_section in renderers.items():

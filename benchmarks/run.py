@@ -33,7 +33,7 @@ from benchmarks import report
 from benchmarks.common import ROOT, Stopwatch, load_average, machine
 from benchmarks.shapes import SEED
 
-SECTIONS = ("core", "pyodide", "learner", "learning", "ingest", "http")
+SECTIONS = ("core", "pyodide", "learner", "learning", "ingest", "consume", "http")
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
 
 
@@ -47,6 +47,7 @@ class Plan:
     learner: dict[str, Any] = field(default_factory=dict)
     learning: dict[str, Any] = field(default_factory=dict)
     ingest: dict[str, Any] = field(default_factory=dict)
+    consume: dict[str, Any] = field(default_factory=dict)
     http: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,6 +66,7 @@ QUICK = Plan(
     },
     learning={"visitors": 4_000, "seeds": (1,)},
     ingest={"duration_s": 0.5, "loads": ((1, 2), (1, 8), (50, 2))},
+    consume={"events": 5_000, "consumers": (1, 2)},
     http={"concurrency": (1, 4), "requests": 100, "seconds": 3.0, "warmup": 20},
 )
 # What `pytest benchmarks --benchmark-disable` (make test) runs, so no section can rot unnoticed.
@@ -89,6 +91,7 @@ SMOKE = Plan(
         "processes": 1,
     },
     ingest={"duration_s": 0.3, "loads": ((1, 2), (1, 8), (50, 2)), "backends": ("sqlite",)},
+    consume={"events": 2_000, "consumers": (1,), "backends": ("sqlite",)},
     http={"concurrency": (2,), "requests": 40, "seconds": 3.0, "warmup": 10},
 )
 
@@ -134,7 +137,14 @@ def run_core(plan: Plan) -> dict[str, Any]:
 
 
 def _sections(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
-    from benchmarks import bench_http, bench_ingest, bench_learner, bench_learning, bench_pyodide
+    from benchmarks import (
+        bench_consume,
+        bench_http,
+        bench_ingest,
+        bench_learner,
+        bench_learning,
+        bench_pyodide,
+    )
 
     return {
         "core": lambda: run_core(plan),
@@ -142,6 +152,7 @@ def _sections(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
         "learner": lambda: bench_learner.run(**plan.learner),
         "learning": lambda: bench_learning.run(**plan.learning),
         "ingest": lambda: bench_ingest.run(**plan.ingest),
+        "consume": lambda: bench_consume.run(**plan.consume),
         "http": lambda: bench_http.run(**plan.http),
     }
 

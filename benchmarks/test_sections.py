@@ -75,3 +75,12 @@ def test_learning_section_runs_perchs_loop_and_renders() -> None:
     assert abs(table["uniform"]["captured"]) < 0.5
     text = report.render(results)
     assert "## 4. Learning quality" in text and "Perch contextual" in text
+
+
+def test_consume_section_drains_a_queue_exactly_and_renders() -> None:
+    results = _execute("consume")
+    (drain,) = results["sections"]["consume"]["backends"]["sqlite"]
+    assert drain["exact"] and drain["stored"] == drain["events"] >= 2_000
+    text = report.render(results)
+    assert "## 5b. Ingestion through `perch consume`" in text
+    assert "`perch consume` into sqlite, local queue" in text

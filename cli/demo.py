@@ -16,6 +16,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -314,11 +315,24 @@ def _launch(
     procs: list[subprocess.Popen[bytes]], data_dir: Path, env: dict[str, str], cp_port: int, edge_port: int
 ) -> None:
     cp_url, edge_url = f"http://127.0.0.1:{cp_port}", f"http://127.0.0.1:{edge_port}"
-    cp_log, edge_log = data_dir / "control-plane.log", data_dir / "edge.log"
+    cp_log, edge_log, consume_log = (
+        data_dir / "control-plane.log",
+        data_dir / "edge.log",
+        data_dir / "consume.log",
+    )
     procs.append(_start(["serve", "--port", str(cp_port)], {**env, "PERCH_PUBLISH_INTERVAL_S": "2"}, cp_log))
     _wait_up(f"{cp_url}/healthz", procs[0], cp_log)
-    # The edge gathers the events of overlapping requests for 250 ms: thousands of visitors
-    # a second would otherwise mean thousands of one-event commits at the control plane.
+    # The production event path: the edge's outbox sends its events to a queue (here a local
+    # directory queue, on Workers a Cloudflare queue) and `perch consume` stores them.
+    queue = str(data_dir / "queue")
+    procs.append(_start(["consume", "--queue-dir", queue, "--idle-max", "0.2"], env, consume_log))
+    deadline = time.monotonic() + 60
+    while "perch consume:" not in consume_log.read_text():
+        if procs[-1].poll() is not None or time.monotonic() > deadline:
+            raise click.ClickException(f"perch consume did not start; see {consume_log}")
+        time.sleep(0.05)
+    # The edge gathers the events of overlapping requests for 250 ms into a few queue messages:
+    # thousands of visitors a second would otherwise mean thousands of one-event messages.
     edge_env = {
         **env,
         "CONTROL_PLANE_URL": cp_url,
@@ -326,8 +340,17 @@ def _launch(
         "PERCH_CACHE_TTL_S": "1",
         "PERCH_EVENT_LINGER_MS": "250",
     }
-    procs.append(_start(["edge", "dev", "--port", str(edge_port)], edge_env, edge_log))
-    _wait_up(f"{edge_url}/v1/health", procs[1], edge_log)
+    procs.append(_start(["edge", "dev", "--port", str(edge_port), "--queue-dir", queue], edge_env, edge_log))
+    _wait_up(f"{edge_url}/v1/health", procs[-1], edge_log)
+
+
+def _drained(data_dir: Path, timeout_s: float = 60.0) -> None:
+    """Wait until the consumer has stored (and acknowledged) every queued message."""
+    from control_plane.queues import DirectoryQueue
+
+    queue, deadline = DirectoryQueue(data_dir / "queue"), time.monotonic() + timeout_s
+    while queue.depth().total and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _fresh(data_dir: Path) -> None:
@@ -337,6 +360,7 @@ def _fresh(data_dir: Path) -> None:
     if (data_dir / "kv").exists():
         for old in (data_dir / "kv").iterdir():
             old.unlink()
+    shutil.rmtree(data_dir / "queue", ignore_errors=True)
     data_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -460,6 +484,7 @@ def demo(
         ) as bar:
             outcomes = asyncio.run(_simulate(edge_url, visits, concurrency, rate, bar))
         time.sleep(1.0)  # the edge's last batch and beacons
+        _drained(data_dir)
         admin.post(f"/v1/experiments/{EXPERIMENT}/publish").raise_for_status()
         report_response = admin.get(f"/v1/experiments/{EXPERIMENT}/report")
         report = report_response.json() if report_response.status_code == 200 else None
