@@ -30,7 +30,15 @@ from core.kv import (
     encode_index,
     snapshot_key,
 )
-from core.queue import MessageError, encode_messages, parse_message, route, send_batches
+from core.queue import (
+    MessageError,
+    Packed,
+    encode_messages,
+    pack_messages,
+    parse_message,
+    route,
+    send_batches,
+)
 from core.sampling import beta_variate, beta_variates, gamma_variate
 from core.signing import (
     SIGNATURE_HEADER,
@@ -71,6 +79,7 @@ __all__ = [
     "JSONInputError",
     "LocalKV",
     "MessageError",
+    "Packed",
     "PerchError",
     "Segment",
     "Snapshot",
@@ -96,6 +105,7 @@ __all__ = [
     "is_int64",
     "is_text",
     "normal_variates",
+    "pack_messages",
     "outcome_event",
     "parse_batch",
     "parse_beacon",

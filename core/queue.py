@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from core.errors import PerchError
 from core.events import EVENT_SCHEMA
@@ -30,7 +31,9 @@ __all__ = [
     "MAX_SEND_BATCH_BYTES",
     "MAX_SEND_BATCH_MESSAGES",
     "MessageError",
+    "Packed",
     "encode_messages",
+    "pack_messages",
     "parse_message",
     "route",
     "send_batches",
@@ -63,14 +66,23 @@ def _body(batch_id: str, events: Sequence[dict[str, Any]]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def encode_messages(
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """One message and the events it carries (the sender counts them, and re-sends them by POST
+    if Queues refuse the message)."""
+
+    text: str
+    events: list[dict[str, Any]]
+
+
+def pack_messages(
     secret: str,
     events: Sequence[dict[str, Any]],
     *,
     now_s: int,
     batch_id: str,
     queues: int = 1,
-) -> list[list[str]]:
+) -> list[list[Packed]]:
     """Per queue, the signed messages carrying ``events`` (each at most :data:`MAX_MESSAGE_BYTES`).
 
     ``batch_id`` must be unique per call (the edge uses a random id); message k of queue q is
@@ -81,9 +93,9 @@ def encode_messages(
     per_queue: list[list[dict[str, Any]]] = [[] for _ in range(queues)]
     for event in events:
         per_queue[route(_event_key(event), queues) if queues > 1 else 0].append(event)
-    out: list[list[str]] = []
+    out: list[list[Packed]] = []
     for q, items in enumerate(per_queue):
-        messages: list[str] = []
+        messages: list[Packed] = []
         chunk: list[dict[str, Any]] = []
         size = 0
         for event in items:
@@ -92,14 +104,27 @@ def encode_messages(
             if length + 200 > MAX_MESSAGE_BYTES:
                 continue
             if chunk and size + length + 200 > MAX_MESSAGE_BYTES:
-                messages.append(_sign(secret, now_s, f"{batch_id}.{q}.{len(messages)}", chunk))
+                messages.append(Packed(_sign(secret, now_s, f"{batch_id}.{q}.{len(messages)}", chunk), chunk))
                 chunk, size = [], 0
             chunk.append(event)
             size += length
         if chunk:
-            messages.append(_sign(secret, now_s, f"{batch_id}.{q}.{len(messages)}", chunk))
+            messages.append(Packed(_sign(secret, now_s, f"{batch_id}.{q}.{len(messages)}", chunk), chunk))
         out.append(messages)
     return out
+
+
+def encode_messages(
+    secret: str,
+    events: Sequence[dict[str, Any]],
+    *,
+    now_s: int,
+    batch_id: str,
+    queues: int = 1,
+) -> list[list[str]]:
+    """:func:`pack_messages`, the message texts only."""
+    packed = pack_messages(secret, events, now_s=now_s, batch_id=batch_id, queues=queues)
+    return [[p.text for p in messages] for messages in packed]
 
 
 def _sign(secret: str, now_s: int, batch_id: str, events: Sequence[dict[str, Any]]) -> str:
@@ -107,13 +132,16 @@ def _sign(secret: str, now_s: int, batch_id: str, events: Sequence[dict[str, Any
     return sign(secret, body, now_s) + "\n" + body.decode("utf-8")
 
 
-def send_batches(messages: Sequence[str]) -> list[list[str]]:
+M = TypeVar("M", str, Packed)
+
+
+def send_batches(messages: Sequence[M]) -> list[list[M]]:
     """``messages`` grouped for ``sendBatch``: at most 100 messages and 240,000 bytes per call."""
-    calls: list[list[str]] = []
-    current: list[str] = []
+    calls: list[list[M]] = []
+    current: list[M] = []
     size = 0
     for message in messages:
-        length = len(message.encode("utf-8"))
+        length = len((message if isinstance(message, str) else message.text).encode("utf-8"))
         if current and (len(current) >= MAX_SEND_BATCH_MESSAGES or size + length > MAX_SEND_BATCH_BYTES):
             calls.append(current)
             current, size = [], 0

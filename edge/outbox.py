@@ -5,7 +5,7 @@ Exposures, outcomes and stitches of an isolate's requests ride in one signed bat
 network is retried a few times and never delays a page.
 
 With event queues (the platform's ``PERCH_EVENTS_*`` Queues producer bindings), a drain instead
-becomes signed text messages (:func:`core.encode_messages`), each queue's in as few ``sendBatch``
+becomes signed text messages (:func:`core.pack_messages`), each queue's in as few ``sendBatch``
 calls as the limits allow (:func:`core.send_batches`), for ``perch consume`` at the origin. Events
 of a call that Queues refuse take today's signed POST instead, so a Queues outage loses nothing
 the control plane can take.
@@ -17,7 +17,6 @@ refused one by one by the control plane, or dropped.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from typing import Any
@@ -26,7 +25,7 @@ from core import (
     SIGNATURE_HEADER,
     JSONInputError,
     encode_batch,
-    encode_messages,
+    pack_messages,
     parse_json,
     send_batches,
     sign,
@@ -93,7 +92,7 @@ class Outbox:
         self, platform: Platform, secret: str, queues: int, batch: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """Send ``batch`` to the event queues; returns the events of the calls that failed."""
-        per_queue = encode_messages(
+        per_queue = pack_messages(
             secret,
             batch,
             now_s=platform.now_ms() // 1000,
@@ -104,12 +103,10 @@ class Outbox:
         carried = 0
         for index, messages in enumerate(per_queue):
             for group in send_batches(messages):
-                # Which events each message holds: needed to count them, and to POST a failed
-                # call's events; the messages are the only record of how they were packed.
-                events = [event for message in group for event in _events_of(message)]
+                events = [event for message in group for event in message.events]
                 carried += len(events)
                 try:
-                    await platform.queue_send(index, group)
+                    await platform.queue_send(index, [message.text for message in group])
                 except Exception as exc:  # Queues may fail; the POST below takes over
                     self.queue_errors += 1
                     failed += events
@@ -154,12 +151,6 @@ class Outbox:
             "queue_errors": self.queue_errors,
             "fallbacks": self.fallbacks,
         }
-
-
-def _events_of(message: str) -> list[dict[str, Any]]:
-    """The events of a message ``core.encode_messages`` made: ``<signature>\\n<batch JSON>``."""
-    events: list[dict[str, Any]] = json.loads(message.partition("\n")[2])["events"]
-    return events
 
 
 def _refused(answer: bytes) -> int:
