@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, or_, select
 
 from control_plane import bulk
 from control_plane.experiments import ExperimentSpec
@@ -293,8 +293,7 @@ def ingest_into(
     _fill_propensities(store, conn, specs, rows, cells)
     new_exposures = bulk.insert_new(conn, exposures, "decision_id", list(rows.values()))
     result.accepted["exposure"] = len(new_exposures)
-    if new_exposures:
-        _absorb_credited(conn, sorted(new_exposures))
+    waiting = _waiting_for(conn, sorted(new_exposures)) if new_exposures else []
     result.duplicates += len(by_type["exposure"]) - len(new_exposures)
     for decision_id in sorted(new_exposures):
         row = rows[decision_id]
@@ -325,16 +324,6 @@ def ingest_into(
         _credit_from_tokens(conn, cells=cells, specs=specs, result=result, rows=outcome_rows, tokens=tokened)
     # Outcomes of this batch without a token, and older ones that were waiting for an exposure of
     # this batch (the token-credited ones were absorbed above).
-    waiting = [
-        row
-        for part in bulk.parts(conn, sorted(new_exposures))
-        for row in conn.execute(
-            select(outcomes).where(
-                bulk.member(conn, outcomes.c.decision_id, part), outcomes.c.status == "pending"
-            )
-        )
-        if row.event_id not in new_outcomes
-    ]
     fresh = [
         _OutcomeRow(**{k: outcome_rows[i][k] for k in ("event_id", "decision_id", "value", "ts_ms")})
         for i in sorted(new_outcomes)
@@ -453,24 +442,39 @@ def _credit_from_tokens(
     )
 
 
-def _absorb_credited(conn: Connection, decision_ids: list[str]) -> None:
-    """New exposures take the rewards already credited from their decisions' tokens (evaluation reads
-    them from the exposure); their cells have them already."""
-    credited: list[Any] = []
+def _waiting_for(conn: Connection, decision_ids: list[str]) -> list[Any]:
+    """What earlier outcomes left for these new exposures, in one query: the pending ones (returned,
+    to be joined now), and the rewards already credited from tokens, which the exposures take
+    (evaluation reads them there; the cells have them already)."""
+    pending: list[Any] = []
+    credited: dict[str, list[Any]] = {}
     for part in bulk.parts(conn, decision_ids):
-        credited.extend(
-            conn.execute(
-                select(outcomes.c.decision_id, func.sum(outcomes.c.credited), func.count())
-                .where(bulk.member(conn, outcomes.c.decision_id, part), outcomes.c.credited.is_not(None))
-                .group_by(outcomes.c.decision_id)
+        for row in conn.execute(
+            select(
+                outcomes.c.event_id,
+                outcomes.c.decision_id,
+                outcomes.c.value,
+                outcomes.c.ts_ms,
+                outcomes.c.status,
+                outcomes.c.credited,
+            ).where(
+                bulk.member(conn, outcomes.c.decision_id, part),
+                or_(outcomes.c.status == "pending", outcomes.c.credited.is_not(None)),
             )
-        )
+        ):
+            if row.credited is not None:
+                sums = credited.setdefault(row.decision_id, [0.0, 0])
+                sums[0] += row.credited
+                sums[1] += 1
+            elif row.status == "pending":
+                pending.append(row)
     bulk.update_rows(
         conn,
         exposures,
         "decision_id",
-        [{"decision_id": d, "reward": float(r or 0.0), "outcomes": int(n)} for d, r, n in credited],
+        [{"decision_id": d, "reward": r, "outcomes": n} for d, (r, n) in sorted(credited.items())],
     )
+    return pending
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,7 +117,6 @@ class Store:
             engine = create_engine(
                 url.replace("postgresql://", "postgresql+psycopg://", 1),
                 pool_pre_ping=True,
-                connect_args={"prepare_threshold": None},
             )
         return cls(engine, unit_key)
 
