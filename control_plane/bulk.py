@@ -113,9 +113,7 @@ def update_rows(
         )
         conn.exec_driver_sql(sql, tuple([row[c] for row in rows] for c in [key, *columns]))
         return
-    stmt = (
-        table.update()
-        .where(table.c[key] == bindparam(f"k_{key}"))
-        .values({c: (table.c[c] + bindparam(c)) if c in add else bindparam(c) for c in columns})
-    )
-    conn.execute(stmt, [{f"k_{key}": row[key], **{c: row[c] for c in columns}} for row in rows])
+    # SQLite: the driver's executemany, one compiled statement for every row.
+    sets = ", ".join(f"{c} = {table.name}.{c} + ?" if c in add else f"{c} = ?" for c in columns)
+    sql = f"UPDATE {table.name} SET {sets} WHERE {key} = ?"
+    conn.exec_driver_sql(sql, [tuple(row[c] for c in [*columns, key]) for row in rows])

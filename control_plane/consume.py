@@ -80,6 +80,7 @@ class Consumer:
     now_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
     sleep: Callable[[float], None] = time.sleep
     stats: ConsumeStats = field(default_factory=ConsumeStats)
+    report_every_s: float = 60.0
     # Learnt from the messages pulled; an edge message holds a few hundred events when busy.
     events_per_message: float = 100.0
 
@@ -165,7 +166,12 @@ class Consumer:
     def run(self, *, until_empty: bool = False, stop: Callable[[], bool] = lambda: False) -> ConsumeStats:
         """Consume until ``stop()`` (or, with ``until_empty``, until a pull comes back empty)."""
         idle = self.idle_min_s
+        reported = time.monotonic()
         while not stop():
+            if time.monotonic() - reported >= self.report_every_s:
+                # A long-running consumer's progress, for its log (the final counts go to stdout).
+                log.info("consumed so far: %s", self.stats.to_dict())
+                reported = time.monotonic()
             try:
                 handled = self.step()
             except QueueError as exc:
