@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.ingest import Cells, IngestResult, ingest, ingest_into
+from control_plane.ingest import Cells, IngestResult, ingest, ingest_into, remember_batches
 from control_plane.schema import seen_batches
 from control_plane.store import Store
 from core import DecisionToken
@@ -58,22 +58,15 @@ def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
         return [_alone(store, batches[0])]
     try:
         with store.ingest_write() as conn:
-            signatures = [b.signature for b in batches if b.signature is not None]
-            taken = set(
-                conn.execute(
-                    select(seen_batches.c.signature).where(seen_batches.c.signature.in_(signatures))
-                ).scalars()
-            )
+            replayed = _replayed(conn, batches)
             out: list[Outcome] = []
-            # One set of cell deltas for the group, written last: each statistics and counter row
-            # is locked once, in sorted order, whatever the batches touched.
+            # One set of cell deltas for the group, appended last, and each counter row bumped
+            # once, in sorted order, whatever the batches touched.
             cells = Cells()
-            for batch in batches:
-                if batch.signature is not None and batch.signature in taken:
+            for batch, again in zip(batches, replayed, strict=True):
+                if again:
                     out.append(ReplayedBatch("this batch was already accepted (replayed signature)"))
                     continue
-                if batch.signature is not None:
-                    taken.add(batch.signature)
                 out.append(
                     ingest_into(
                         store,
@@ -92,6 +85,20 @@ def ingest_group(store: Store, batches: list[Batch]) -> list[Outcome]:
         return [_alone(store, batch) for batch in batches]
 
 
+def _replayed(conn: Connection, batches: list[Batch]) -> list[bool]:
+    """Per batch: was it stored already (its signature seen before, or earlier in this group)?"""
+    keys = [b.signature for b in batches if b.signature is not None]
+    taken = set(
+        conn.execute(select(seen_batches.c.signature).where(seen_batches.c.signature.in_(keys))).scalars()
+    )
+    out = []
+    for batch in batches:
+        out.append(batch.signature is not None and batch.signature in taken)
+        if batch.signature is not None:
+            taken.add(batch.signature)
+    return out
+
+
 def ingest_merged(store: Store, batches: list[Batch]) -> tuple[IngestResult, list[Batch]] | None:
     """Store ``batches`` as one: one transaction, one set of statements for all their events.
 
@@ -101,25 +108,13 @@ def ingest_merged(store: Store, batches: list[Batch]) -> tuple[IngestResult, lis
     """
     try:
         with store.ingest_write() as conn:
-            keys = [b.signature for b in batches if b.signature is not None]
-            taken = set(
-                conn.execute(
-                    select(seen_batches.c.signature).where(seen_batches.c.signature.in_(keys))
-                ).scalars()
-            )
-            fresh: list[Batch] = []
-            replayed: list[Batch] = []
-            for batch in batches:
-                if batch.signature is not None and batch.signature in taken:
-                    replayed.append(batch)
-                else:
-                    fresh.append(batch)
-                    if batch.signature is not None:
-                        taken.add(batch.signature)
+            again = _replayed(conn, batches)
+            fresh = [b for b, r in zip(batches, again, strict=True) if not r]
+            replayed = [b for b, r in zip(batches, again, strict=True) if r]
             now = max((b.now_ms for b in fresh), default=0)
             seen = sorted({b.signature for b in fresh if b.signature is not None})
             if seen:
-                conn.execute(seen_batches.insert(), [{"signature": k, "ts": now // 1000} for k in seen])
+                remember_batches(store, conn, seen, now)
             events = [e for b in fresh for e in b.events]
             tokens = {i: t for b in fresh for i, t in (b.tokens or {}).items()}
             result = ingest_into(store, conn, events, None, now, tokens=tokens)

@@ -32,7 +32,7 @@ from control_plane.stats import Deltas
 from control_plane.store import Store
 from core import DecisionToken, TokenError, feature_path, verify_token
 
-__all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of", "verified_tokens"]
+__all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "path_of", "remember_batches", "verified_tokens"]
 
 
 @dataclass
@@ -218,6 +218,19 @@ def _fill_propensities(
         row["propensity"] = float(store.propensities.get(snapshot, context)[index])
 
 
+def remember_batches(store: Store, conn: Connection, signatures: list[str], now_ms: int) -> None:
+    """Record accepted batches' signatures, so a replay is refused whole; forget old ones.
+
+    Kept past the signature tolerance (+/- 5 min) so a replayed POST is always recognised; a queue
+    message redelivered later than that is still harmless (every event is idempotent by its id).
+    """
+    now_s = now_ms // 1000
+    conn.execute(seen_batches.insert(), [{"signature": k, "ts": now_s} for k in signatures])
+    if now_s - store.replays_purged_s >= 60:
+        conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_s - REPLAY_MEMORY_S))
+        store.replays_purged_s = now_s
+
+
 def ingest(
     store: Store,
     events: list[dict[str, Any]],
@@ -258,12 +271,7 @@ def ingest_into(
     for event in events:
         by_type[event["type"]].append(event)
     if signature is not None:
-        now_s = now_ms // 1000
-        conn.execute(seen_batches.insert().values(signature=signature, ts=now_s))
-        if now_s - store.replays_purged_s >= 60:
-            # Kept past the signature tolerance (+/- 5 min) so a replay is always recognised.
-            conn.execute(seen_batches.delete().where(seen_batches.c.ts < now_s - REPLAY_MEMORY_S))
-            store.replays_purged_s = now_s
+        remember_batches(store, conn, [signature], now_ms)
     specs = _spec_cache(store, conn, {e["experiment"] for e in events if "experiment" in e})
     if cells is None:
         cells = Cells()

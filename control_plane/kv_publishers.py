@@ -25,6 +25,8 @@ from core import LocalKV, PerchError
 from core.kv import KV_KEY_MAX_BYTES
 
 __all__ = [
+    "cloudflare_errors",
+    "retry_after",
     "KV_BATCH_MAX_BYTES",
     "KV_BATCH_MAX_KEYS",
     "KV_VALUE_MAX_BYTES",
@@ -90,7 +92,8 @@ class LocalKVPublisher:
                 raise PublishError(f"deleting KV key {key!r} under {self.kv.root}: {exc}") from exc
 
 
-def _cloudflare_errors(response: httpx.Response) -> str:
+def cloudflare_errors(response: httpx.Response) -> str:
+    """Cloudflare's own words for a refused API call (its ``errors``), for our error messages."""
     try:
         doc = response.json()
     except ValueError:
@@ -103,7 +106,8 @@ def _cloudflare_errors(response: httpx.Response) -> str:
     )
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
+    """The seconds a 429 or 503 asks us to wait, if it says."""
     raw = response.headers.get("Retry-After")
     try:
         seconds = float(raw) if raw is not None else None
@@ -177,8 +181,8 @@ class CloudflareKVPublisher:
         return batches
 
     def _delay(self, attempt: int, response: httpx.Response | None = None) -> float:
-        retry_after = _retry_after(response) if response is not None else None
-        return retry_after if retry_after is not None else self.backoff_s * 2 ** (attempt - 1)
+        asked = retry_after(response) if response is not None else None
+        return asked if asked is not None else self.backoff_s * 2 ** (attempt - 1)
 
     def _put_batch(
         self, batch: dict[str, bytes], *, method: str = "PUT", url: str | None = None, what: str = "write"
@@ -196,12 +200,12 @@ class CloudflareKVPublisher:
                 self._pause(attempt, self._delay(attempt))
                 continue
             if response.status_code == 429 or response.status_code >= 500:
-                problem = f"HTTP {response.status_code}: {_cloudflare_errors(response)}"
+                problem = f"HTTP {response.status_code}: {cloudflare_errors(response)}"
                 self._pause(attempt, self._delay(attempt, response))
                 continue
             if response.status_code >= 400:
                 raise PublishError(
-                    f"Workers KV bulk {what} refused ({response.status_code}): {_cloudflare_errors(response)}"
+                    f"Workers KV bulk {what} refused ({response.status_code}): {cloudflare_errors(response)}"
                 )
             doc = self._result(response)
             if doc is None:
@@ -209,7 +213,7 @@ class CloudflareKVPublisher:
                 self._pause(attempt, self._delay(attempt))
                 continue
             if doc.get("success") is not True:
-                raise PublishError(f"Workers KV bulk {what} failed: {_cloudflare_errors(response)}")
+                raise PublishError(f"Workers KV bulk {what} failed: {cloudflare_errors(response)}")
             result = doc.get("result")
             reported = result.get("unsuccessful_keys") if isinstance(result, dict) else None
             failed = [k for k in reported or [] if isinstance(k, str) and k in pending]

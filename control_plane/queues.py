@@ -72,6 +72,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from control_plane.kv_publishers import cloudflare_errors, retry_after
 from core.errors import PerchError
 from core.queue import MAX_MESSAGE_BYTES
 
@@ -406,10 +407,10 @@ class CloudflareQueue:
         if status >= 400:
             retriable = status == 429 or status >= 500
             raise QueueError(
-                f"{what} failed (HTTP {status}): {_cloudflare_errors(response)}",
+                f"{what} failed (HTTP {status}): {cloudflare_errors(response)}",
                 status=status,
                 retriable=retriable,
-                retry_after_s=_retry_after(response) if retriable else None,
+                retry_after_s=retry_after(response) if retriable else None,
             )
         try:
             doc = response.json()
@@ -422,7 +423,7 @@ class CloudflareQueue:
                 retriable=False,
             )
         if doc.get("success") is not True:
-            raise QueueError(f"{what} failed: {_cloudflare_errors(response)}", status=status, retriable=False)
+            raise QueueError(f"{what} failed: {cloudflare_errors(response)}", status=status, retriable=False)
         return doc.get("result")
 
 
@@ -463,25 +464,3 @@ def _decode_body(body: object, content_type: object) -> bytes:
         except ValueError:
             pass
     return body.encode("utf-8")
-
-
-def _cloudflare_errors(response: httpx.Response) -> str:
-    try:
-        doc = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    if not errors:
-        return response.text[:500] or response.reason_phrase
-    return "; ".join(
-        f"{e.get('code')}: {e.get('message')}" if isinstance(e, dict) else str(e) for e in errors
-    )
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    try:
-        seconds = float(raw) if raw is not None else None
-    except ValueError:  # an HTTP date: the caller's own backoff applies
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None

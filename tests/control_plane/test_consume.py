@@ -274,3 +274,17 @@ def test_consumers_killed_mid_group_and_redeliveries_leave_every_event_counted_o
     assert last.wait(timeout=120) == 0, (tmp_path / "c" / "consume.log").read_text()
     assert queue.depth().total == 0
     check_exact(hero, events)
+
+
+def test_consumers_forget_old_message_signatures(hero: Store, tmp_path: Path) -> None:
+    # One row per message would otherwise pile up forever at thousands of messages a second.
+    from control_plane.schema import seen_batches
+
+    with hero.engine.begin() as conn:
+        conn.execute(seen_batches.insert().values(signature="0" * 64, ts=(NOW - 3_600_000) // 1000))
+    queue = DirectoryQueue(tmp_path / "q")
+    enqueue(queue, traffic(30, seed=9))
+    consumer(hero, queue).run(until_empty=True)
+    with hero.engine.connect() as conn:
+        kept = set(conn.execute(select(seen_batches.c.signature)).scalars())
+    assert "0" * 64 not in kept and len(kept) == 1  # the new message's, for replays within 15 min
