@@ -198,7 +198,7 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     )
     stopping: list[int] = []
     # SIGTERM ends the current group properly (commit, then ack) instead of abandoning it mid-way.
-    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     click.echo(f"perch consume: {source!r} into {store.engine.url.render_as_string()}", err=True)
     try:
         result = consumer.run(until_empty=until_empty, stop=lambda: bool(stopping))
@@ -206,6 +206,9 @@ def consume(  # noqa: PLR0917 - one parameter per click option
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         result = consumer.stats
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        store.engine.dispose()
     click.echo(json.dumps(result.to_dict(), sort_keys=True))
 
 
