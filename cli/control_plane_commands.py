@@ -165,8 +165,9 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     import logging
     import signal
 
+    from control_plane.cloudflare_queue import CloudflareQueue
     from control_plane.consume import Consumer
-    from control_plane.queues import CloudflareQueue, DirectoryQueue, MessageSource, QueueError
+    from control_plane.queues import DirectoryQueue, MessageSource, QueueError
     from control_plane.settings import Settings, SettingsError
     from control_plane.store import Store
 
