@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Table, any_, bindparam
+from sqlalchemy import Column, ColumnElement, Connection, Float, Table, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 
 __all__ = ["insert_new", "insert_rows", "member", "parts", "update_rows"]
@@ -48,6 +48,14 @@ def _pg_array(column: Column[Any], conn: Connection) -> str:
     return f"%s::{column.type.compile(dialect=conn.dialect)}[]"
 
 
+def _column(table: Table, name: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """One column's values as one array parameter. psycopg refuses a list mixing ints and floats,
+    so a float column's values are all floats."""
+    if isinstance(table.c[name].type, Float):
+        return [None if row[name] is None else float(row[name]) for row in rows]
+    return [row[name] for row in rows]
+
+
 def insert_new(conn: Connection, table: Table, key: str, rows: Sequence[Mapping[str, Any]]) -> set[str]:
     """Insert ``rows``, skipping those whose ``key`` is stored; the keys this call inserted.
 
@@ -61,7 +69,7 @@ def insert_new(conn: Connection, table: Table, key: str, rows: Sequence[Mapping[
     if conn.dialect.name == "postgresql":
         arrays = ", ".join(_pg_array(table.c[c], conn) for c in columns)
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})" + tail
-        params = tuple([row[c] for row in rows] for c in columns)
+        params = tuple(_column(table, c, rows) for c in columns)
         return {r[0] for r in conn.exec_driver_sql(sql, params)}
     one = "(" + ", ".join(["?"] * len(columns)) + ")"
     head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
@@ -81,7 +89,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     if conn.dialect.name == "postgresql":
         arrays = ", ".join(_pg_array(table.c[c], conn) for c in columns)
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
-        conn.exec_driver_sql(sql, tuple([row[c] for row in rows] for c in columns))
+        conn.exec_driver_sql(sql, tuple(_column(table, c, rows) for c in columns))
         return
     marks = ", ".join(["?"] * len(columns))
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
@@ -111,7 +119,7 @@ def update_rows(
             f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS v({key}, {', '.join(columns)}) "
             f"WHERE {table.name}.{key} = v.{key}"
         )
-        conn.exec_driver_sql(sql, tuple([row[c] for row in rows] for c in [key, *columns]))
+        conn.exec_driver_sql(sql, tuple(_column(table, c, rows) for c in [key, *columns]))
         return
     # SQLite: the driver's executemany, one compiled statement for every row.
     sets = ", ".join(f"{c} = {table.name}.{c} + ?" if c in add else f"{c} = ?" for c in columns)

@@ -291,9 +291,11 @@ def ingest_into(
                 "path": paths.of(event["experiment"], event.get("context", {})),
                 "segment": event.get("segment"),
                 "reason": event["reason"],
-                "propensity": event.get("propensity"),
+                "propensity": None if event.get("propensity") is None else float(event["propensity"]),
                 "snapshot_version": event.get("snapshot_version"),
-                "ts_ms": event["ts"],
+                # As received, at the latest: a skewed clock's future stamp would weigh more in the
+                # decayed statistics than erasure could take back (control_plane.stats).
+                "ts_ms": min(event["ts"], now_ms),
                 "reward": 0.0,
                 "outcomes": 0,
             },
@@ -327,7 +329,15 @@ def ingest_into(
     new_outcomes = bulk.insert_new(conn, outcomes, "event_id", list(outcome_rows.values()))
     result.accepted["outcome"] = len(new_outcomes)
     result.duplicates += len(by_type["outcome"]) - len(new_outcomes)
-    tokened = {i: tokens[i] for i in sorted(new_outcomes) if tokens and i in tokens}
+    # A token counts only for the stored row it came with: two events may share a client-chosen id.
+    tokened = {
+        i: tokens[i]
+        for i in sorted(new_outcomes)
+        if tokens
+        and i in tokens
+        and (tokens[i].decision_id, tokens[i].experiment)
+        == (outcome_rows[i]["decision_id"], outcome_rows[i]["experiment"])
+    }
     if tokened:
         _credit_from_tokens(conn, cells=cells, specs=specs, result=result, rows=outcome_rows, tokens=tokened)
     # Outcomes of this batch without a token, and older ones that were waiting for an exposure of
@@ -408,6 +418,14 @@ def _credit_from_tokens(
         ):
             already[decision_id] = already.get(decision_id, 0.0) + credited
             seen[decision_id] += 1
+        # Outcomes joined before migration 0005 carry no ``credited``; their exposure's reward holds it.
+        for decision_id, reward, count in conn.execute(
+            select(exposures.c.decision_id, exposures.c.reward, exposures.c.outcomes).where(
+                bulk.member(conn, exposures.c.decision_id, part)
+            )
+        ):
+            already[decision_id] = max(already.get(decision_id, 0.0), float(reward))
+            seen[decision_id] = max(seen[decision_id], int(count))
     updates: list[dict[str, Any]] = []
     added_to: dict[str, list[Any]] = {}  # decision -> [reward, outcomes] for its exposure
     for event_id in sorted(tokens, key=lambda i: (rows[i]["ts_ms"], i)):
@@ -433,9 +451,10 @@ def _credit_from_tokens(
         cell = None
         if token.reason == "personalized":
             path = json.dumps(path_of(spec, token.cell))
-            cell = json.dumps([path, token.arm, token.ts_ms])
+            decided = min(token.ts_ms, cells.now_ms) if cells.now_ms is not None else token.ts_ms
+            cell = json.dumps([path, token.arm, decided])
             if reward > 0:
-                cells.add(token.experiment, path, token.arm, ts=token.ts_ms, n=0.0, r=reward)
+                cells.add(token.experiment, path, token.arm, ts=decided, n=0.0, r=reward)
         updates.append({"event_id": event_id, "status": status, "credited": reward, "cell": cell})
         added = added_to.setdefault(token.decision_id, [0.0, 0])
         added[0] += reward

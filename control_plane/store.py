@@ -357,7 +357,7 @@ class Store:
             outcomes.c.ts_ms < now_ms - MAX_WINDOW_MS - EXPIRY_GRACE_MS
         )
         total = 0
-        with self.write() as conn:
+        with self.ingest_write() as conn:
             for key, window_s in sorted(windows.items()):
                 cutoff = now_ms - window_s * 1000 - EXPIRY_GRACE_MS
                 gone = conn.execute(

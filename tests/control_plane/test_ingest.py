@@ -363,3 +363,40 @@ def test_erasure_takes_back_a_tokened_credit_whose_exposure_never_came(hero: Sto
     assert {k: (v.exposures, v.reward) for k, v in kept.items()} == {
         k: (v.exposures, v.reward) for k, v in recomputed.items()
     }
+
+
+def test_an_outcome_joined_before_credits_were_recorded_still_counts_once(hero: Store) -> None:
+    ingest_tokened(hero, [exposure(1), outcome(1)])
+    with hero.engine.begin() as conn:  # as migration 0005 left outcomes joined before it
+        conn.execute(outcomes.update().values(credited=None))
+    ingest_tokened(hero, [tokened(1, event="o-later")])
+    assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}
+    assert hero.counters("hero") == {"extra_outcomes": 1}
+
+
+def test_numbers_of_either_kind_in_one_column(hero: Store) -> None:
+    # PostgreSQL's array parameters refuse a list mixing ints and floats.
+    result = ingest(hero, [{**exposure(1), "propensity": 1}, {**exposure(2), "propensity": 0.5}], None, NOW)
+    assert result.accepted["exposure"] == 2
+
+
+def test_a_token_counts_only_for_the_row_it_came_with(hero: Store) -> None:
+    # Two beacons chose the same id: the first is stored; the second's token must not ride on it.
+    first = {**outcome(1, event="order")}
+    second = tokened(2, event="order")
+    ingest_tokened(hero, [exposure(1), exposure(2), first, second])
+    with hero.engine.connect() as conn:
+        rewards = dict(conn.execute(select(exposures.c.decision_id, exposures.c.reward)).all())
+    assert rewards == {f"{1:032x}": 1.0, f"{2:032x}": 0.0}
+    assert cells(hero) == {("mobile", "search"): {"b": (2, 1)}}
+
+
+def test_erasing_a_future_stamped_exposure_takes_back_exactly_what_it_added(store: Store) -> None:
+    from control_plane import privacy
+
+    store.create_experiment(spec(half_life_s=60.0), NOW)
+    ingest(store, [exposure(i) for i in range(1, 11)], None, NOW)
+    ingest(store, [{**exposure(99, ts=NOW + 20 * 60_000), "unit": "bob"}], None, NOW)
+    privacy.erase(store, "bob")
+    got = store.cells(spec(half_life_s=60.0), NOW)[("mobile", "search")]["b"].exposures
+    assert got == pytest.approx(10.0)
