@@ -30,7 +30,7 @@ from sqlalchemy import Connection, func, literal, select, union_all
 
 from control_plane import bulk
 from control_plane.learner import CellStats
-from control_plane.schema import stat_deltas, stats
+from control_plane.schema import counters, exposures, outcomes, stat_deltas, stats
 
 __all__ = [
     "HOUR_MS",
@@ -187,8 +187,6 @@ def data_mark(conn: Connection, experiment: str) -> int:
     The publisher's digest: unchanged statistics are not relearnt. A rollup keeps it (it records
     the highest id it folded).
     """
-    from control_plane.schema import counters
-
     newest = conn.execute(
         select(func.max(stat_deltas.c.id)).where(stat_deltas.c.experiment == experiment)
     ).scalar()
@@ -272,8 +270,6 @@ def rollup(conn: Connection, experiment: str, half_life_s: float | None, *, upse
 
 
 def _record_folded(conn: Connection, experiment: str, watermark: int, *, upsert: Any) -> None:
-    from control_plane.schema import counters
-
     stmt = upsert(counters).values(experiment=experiment, name=_FOLDED, value=watermark)
     conn.execute(
         stmt.on_conflict_do_update(
@@ -310,8 +306,6 @@ def recompute(conn: Connection, experiment: str) -> dict[tuple[str, str], Totals
     Personalized exposures count; each counts the rewards credited to it. An outcome credited from
     its decision token before (or without) its exposure counts on its own cell.
     """
-    from control_plane.schema import exposures, outcomes
-
     out: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     rows = conn.execute(
         select(exposures.c.path, exposures.c.arm, func.count(), func.sum(exposures.c.reward))

@@ -28,7 +28,7 @@ from typing import Any
 from core.decide import REASONS, Decision
 from core.errors import PerchError
 from core.snapshot import KEY_RE
-from core.text import _SUSPECT_ESCAPE, INT64_MAX, JSONInputError, is_int64, is_text, parse_json
+from core.text import INT64_MAX, JSONInputError, is_int64, is_text, may_hold_non_text, parse_json
 from core.tokens import MAX_TOKEN_CHARS, DecisionToken, TokenError, read_token
 
 __all__ = [
@@ -413,9 +413,7 @@ def parse_batch(body: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     events = doc["events"]
     if len(events) > MAX_BATCH_EVENTS:
         raise EventError(f"{len(events)} events, at most {MAX_BATCH_EVENTS} per batch")
-    # Only these escapes can make a decoded string that is not text (core.text): without them the
-    # per-string text checks can be skipped.
-    clean = _SUSPECT_ESCAPE.search(body) is None
+    clean = not may_hold_non_text(body)  # then the per-string text checks can be skipped
     valid, rejected = [], []
     for i, event in enumerate(events):
         if isinstance(event, dict) and _valid_fast(event, clean):

@@ -20,7 +20,16 @@ from typing import Any, TypeGuard
 
 from core.errors import PerchError
 
-__all__ = ["MAX_JSON_DEPTH", "INT64_MAX", "INT64_MIN", "JSONInputError", "is_int64", "is_text", "parse_json"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "INT64_MAX",
+    "INT64_MIN",
+    "JSONInputError",
+    "is_int64",
+    "is_text",
+    "may_hold_non_text",
+    "parse_json",
+]
 
 MAX_JSON_DEPTH = 32
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -51,6 +60,12 @@ def is_int64(value: object) -> TypeGuard[int]:
 # Only these escapes can put a lone surrogate or a NUL into a decoded string: raw bytes that
 # are not UTF-8 fail decoding, and raw control characters are invalid JSON.
 _SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def may_hold_non_text(raw: bytes) -> bool:
+    """Whether JSON ``raw`` can decode to a string that is not text (a lone surrogate or a NUL):
+    only through those escapes, so without them every decoded string needs no check."""
+    return _SUSPECT_ESCAPE.search(raw) is not None
 
 
 def _check_depth(doc: Any, max_depth: int) -> None:
@@ -110,6 +125,6 @@ def parse_json(body: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, check_text
     # skips the walk: that is most of this function's cost on a 5,000-event batch.
     if check_text and isinstance(doc, (dict, list)) and raw.count(b"[") + raw.count(b"{") > max_depth:
         _check_depth(doc, max_depth)
-    if check_text and _SUSPECT_ESCAPE.search(raw):
+    if check_text and may_hold_non_text(raw):
         _check_text(doc)
     return doc
