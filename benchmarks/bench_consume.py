@@ -28,11 +28,11 @@ from sqlalchemy import func, select
 from benchmarks.bench_ingest import PG_BENCH_URL, prepare_postgres
 from benchmarks.common import ROOT, load_average
 from benchmarks.shapes import SEED, leaf_features
-from control_plane import stats
+from control_plane.events.queues import DirectoryQueue
 from control_plane.experiments import ExperimentSpec
-from control_plane.queues import DirectoryQueue
-from control_plane.schema import exposures, outcomes
-from control_plane.store import Store
+from control_plane.storage import stats
+from control_plane.storage.schema import exposures, outcomes
+from control_plane.storage.store import Store
 from core import DecisionToken, encode_messages, mint_token
 
 __all__ = ["run"]

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from benchmarks.common import free_port, load_average, perch_process, summarize
 from benchmarks.shapes import SEED, leaf_features
-from control_plane.schema import exposures, outcomes
+from control_plane.storage.schema import exposures, outcomes
 from core import SIGNATURE_HEADER, encode_batch, sign
 
 __all__ = ["PG_ADMIN_URL", "PG_BENCH_URL", "run"]

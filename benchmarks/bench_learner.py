@@ -1,6 +1,6 @@
 """Learner scaling: one learn-and-publish cycle as events and as segments x arms grow.
 
-The cycle is ``control_plane.publish.publish_experiment`` (force=True) on a
+The cycle is ``control_plane.learning.publish.publish_experiment`` (force=True) on a
 SQLite store and the local KV publisher: read the cells, learn (segment
 tree, shrinkage, 20,000-draw Monte Carlo allocation), the promotion gate
 (SNIPS of the candidate and of the current snapshot on the newest logged
@@ -15,7 +15,7 @@ fixed population of contexts, plus the newest ``min(N, LOGGED_ROWS)``
 exposure rows the gate reads (it never reads more than 20,000, through the
 (experiment, ts) index).  For the smaller sizes it also ingests the same
 number of real exposures and their outcomes through
-``control_plane.ingest.ingest`` and runs the same cycle on what they left.
+``control_plane.events.ingest.ingest`` and runs the same cycle on what they left.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ import numpy as np
 
 from benchmarks.common import load_average
 from benchmarks.shapes import HEADLINE, SEED, SHAPES, leaf_paths
-from control_plane import publish
+from control_plane.distribution.kv_publishers import LocalKVPublisher
+from control_plane.events.ingest import ingest
 from control_plane.experiments import ExperimentSpec
-from control_plane.ingest import ingest
-from control_plane.kv_publishers import LocalKVPublisher
+from control_plane.learning import publish
+from control_plane.learning.publish import publish_experiment
 from control_plane.metrics import Metrics
-from control_plane.publish import publish_experiment
-from control_plane.schema import exposures, stats
-from control_plane.store import Store
+from control_plane.storage.schema import exposures, stats
+from control_plane.storage.store import Store
 from core import LocalKV
 
 __all__ = ["run"]

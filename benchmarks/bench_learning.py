@@ -1,6 +1,6 @@
 """Learning quality: how much of the oracle's lift each policy captures, on the same visitors.
 
-A simulation drives Perch's real pipeline in-process -- ``control_plane.ingest.ingest``
+A simulation drives Perch's real pipeline in-process -- ``control_plane.events.ingest.ingest``
 into SQLite, ``publish_experiment`` (learner, promotion gate, encode, KV), and
 ``core.decide`` on the decoded snapshot -- with a publish lag, and runs the peers on
 the same stream:
@@ -42,12 +42,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from control_plane.distribution.kv_publishers import LocalKVPublisher
+from control_plane.events.ingest import ingest
 from control_plane.experiments import ExperimentSpec
-from control_plane.ingest import ingest
-from control_plane.kv_publishers import LocalKVPublisher
+from control_plane.learning.publish import publish_experiment
 from control_plane.metrics import Metrics
-from control_plane.publish import publish_experiment
-from control_plane.store import Store
+from control_plane.storage.store import Store
 from core import LocalKV, decide, decode_snapshot, exposure_event, outcome_event, snapshot_key
 
 __all__ = ["ENVIRONMENTS", "POLICIES", "Environment", "run", "simulate"]

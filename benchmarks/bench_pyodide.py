@@ -67,7 +67,7 @@ def run(
     warmup_s: float = 5.0,
 ) -> dict[str, Any]:
     """Every figure of the Pyodide section; raises if Node or Pyodide is missing."""
-    from cli.bundle import build_bundle
+    from deploy.bundle import build_bundle
     from tests.pyodide.conftest import Harness, node_executable
 
     node = node_executable()

@@ -305,8 +305,8 @@ def learner_section(lr: dict[str, Any]) -> list[str]:
     lines = [
         "## 3. Learner scaling",
         "",
-        "One forced learn-and-publish cycle (`control_plane.publish.publish_experiment` on SQLite with "
-        "the local KV publisher: read cells, learn with a 20,000-draw Monte Carlo allocation, promotion "
+        "One forced learn-and-publish cycle (`control_plane.learning.publish.publish_experiment` on SQLite "
+        "with the local KV publisher: read cells, learn with a 20,000-draw Monte Carlo allocation, promotion "
         "gate, encode, KV write, record), after one untimed cycle so the gate has a current snapshot to "
         "compare with; median of the runs shown, the parts timed inside the cycle. Events series: "
         f"{_shape(lr.get('shape', HEAD))} (arms x segments), statistics written directly as ingestion "
@@ -348,8 +348,9 @@ def learner_section(lr: dict[str, Any]) -> list[str]:
     ]
     lines += _table(heads, rows)
     lines += [
-        "The *ingested* rows ran real exposures and their outcomes through `control_plane.ingest.ingest` "
-        "(batches of 100, in process) and then the same cycle on what ingestion left.",
+        "The *ingested* rows ran real exposures and their outcomes through "
+        "`control_plane.events.ingest.ingest` (batches of 100, in process) and then the same cycle on what "
+        "ingestion left.",
         "",
         f"Segments x arms ({lr.get('grid_events', 0):,} exposures each), cycle seconds (of which learn):",
         "",

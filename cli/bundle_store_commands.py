@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from control_plane.bundle_store import BundleStore
+    from deploy.bundle_store import BundleStore
 
 __all__ = ["newest_bundle", "register", "store_from_env"]
 
@@ -43,7 +43,7 @@ def store_from_env(env: dict[str, str] | None = None) -> BundleStore:
     try:
         import boto3  # type: ignore[import-untyped, unused-ignore]
 
-        from control_plane.bundle_store import BundleStore
+        from deploy.bundle_store import BundleStore
 
         client = boto3.client(
             "s3",
@@ -104,7 +104,7 @@ def publish(version: str | None, bundles_dir: Path, no_current: bool) -> None:
                 f"no bundle {version} in {bundles_dir} (no {bundle_dir}/manifest.json)"
             )
     store = store_from_env()
-    from control_plane.bundle_store import BundleStoreError  # after boto3 is known to be there
+    from deploy.bundle_store import BundleStoreError  # after boto3 is known to be there
 
     try:
         result = store.publish(bundle_dir, make_current=not no_current)
@@ -124,7 +124,7 @@ def publish(version: str | None, bundles_dir: Path, no_current: bool) -> None:
 def list_bundles(as_json: bool) -> None:
     """List the bundles in S3/R2, oldest first; * marks the current one."""
     store = store_from_env()
-    from control_plane.bundle_store import BundleStoreError  # after boto3 is known to be there
+    from deploy.bundle_store import BundleStoreError  # after boto3 is known to be there
 
     try:
         entries = store.list()
@@ -150,7 +150,7 @@ def list_bundles(as_json: bool) -> None:
 def rollback(version: str) -> None:
     """Make the published bundle VERSION current again (after checking all its files are there)."""
     store = store_from_env()
-    from control_plane.bundle_store import BundleStoreError  # after boto3 is known to be there
+    from deploy.bundle_store import BundleStoreError  # after boto3 is known to be there
 
     try:
         pointer = store.rollback(version)

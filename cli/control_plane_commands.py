@@ -110,7 +110,7 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply pending migrations to PERCH_DATABASE_URL (serve does this at startup too)."""
     from control_plane.settings import Settings, SettingsError
-    from control_plane.store import Store
+    from control_plane.storage.store import Store
 
     try:
         settings = Settings.from_env(dict(os.environ))
@@ -165,11 +165,11 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     import logging
     import signal
 
-    from control_plane.cloudflare_queue import CloudflareQueue
-    from control_plane.consume import Consumer
-    from control_plane.queues import DirectoryQueue, MessageSource, QueueError
+    from control_plane.events.cloudflare_queue import CloudflareQueue
+    from control_plane.events.consume import Consumer
+    from control_plane.events.queues import DirectoryQueue, MessageSource, QueueError
     from control_plane.settings import Settings, SettingsError
-    from control_plane.store import Store
+    from control_plane.storage.store import Store
 
     if (queue_dir is None) == (cloudflare_queue is None):
         raise click.ClickException("give exactly one of --queue-dir DIR or --cloudflare-queue QUEUE_ID")

@@ -346,7 +346,7 @@ def _launch(
 
 def _drained(data_dir: Path, timeout_s: float = 60.0) -> None:
     """Wait until the consumer has stored (and acknowledged) every queued message."""
-    from control_plane.queues import DirectoryQueue
+    from control_plane.events.queues import DirectoryQueue
 
     queue, deadline = DirectoryQueue(data_dir / "queue"), time.monotonic() + timeout_s
     while queue.depth().total and time.monotonic() < deadline:
@@ -367,7 +367,7 @@ def _fresh(data_dir: Path) -> None:
 def _write_files(
     data_dir: Path, visits: list[Visit], outcomes: list[Outcome], summary: dict[str, Any]
 ) -> dict[str, Path]:
-    from control_plane.charts import line_chart
+    from control_plane.http.charts import line_chart
 
     chart = data_dir / "regret.svg"
     title = "Cumulative expected regret vs the oracle"

@@ -183,7 +183,7 @@ def edge_dev(host: str, port: int, data_dir: Path, queue_dirs: tuple[Path, ...])
     import httpx
     import uvicorn
 
-    from control_plane.queues import DirectoryQueue
+    from control_plane.events.queues import DirectoryQueue
     from core import LocalKV
     from edge.config import ConfigError, EdgeConfig
     from edge.handler import Edge
@@ -237,7 +237,7 @@ def bundle() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle of the same version.")
 def bundle_build(version: str | None, out_dir: Path, max_gzip_bytes: int | None, force: bool) -> None:
     """Assemble bundles/<version>/: Worker entry, core/, edge/, python_modules/, manifest.json."""
-    from cli.bundle import DEFAULT_MAX_GZIP_BYTES, BundleError, build_bundle
+    from deploy.bundle import DEFAULT_MAX_GZIP_BYTES, BundleError, build_bundle
 
     try:
         built = build_bundle(

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import httpx
 from starlette.applications import Starlette
 
-from control_plane.app import create_app
-from control_plane.kv_publishers import CloudflareKVPublisher, KVPublisher, LocalKVPublisher
+from control_plane.distribution.kv_publishers import CloudflareKVPublisher, KVPublisher, LocalKVPublisher
+from control_plane.http.app import create_app
 from control_plane.settings import Settings
-from control_plane.store import Store
+from control_plane.storage.store import Store
 from core import LocalKV
 
 __all__ = ["app_from_env", "kv_publisher"]

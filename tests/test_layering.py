@@ -16,21 +16,55 @@ ALLOWED = {
     "core": set(),
     "edge": {"core"},
     "control_plane": {"core"},
-    "cli": {"core", "edge", "control_plane"},
+    # Bundles are built and published by operators; the control-plane server never touches them.
+    "deploy": {"core"},
+    "cli": {"core", "edge", "control_plane", "deploy"},
     # Build tooling runs before the virtualenv exists: standard library only, nothing of ours.
     "tools": set(),
 }
 OURS = set(ALLOWED)
 
+# Inside control_plane, floors from the top down (README, "Module map"): a module may import its
+# own floor's package and any floor below it, never one above. The ground floor holds the modules
+# at the top of control_plane/ and control_plane/distribution/.
+FLOORS = {
+    "control_plane.main": 5,
+    "control_plane.http": 4,
+    "control_plane.learning": 3,
+    "control_plane.events": 3,
+    "control_plane.storage": 2,
+    "control_plane.distribution": 1,
+    "control_plane": 1,  # experiments, settings, metrics, propensity
+}
+
+
+def _floor(module: str) -> tuple[str, int]:
+    """The floor package holding ``module`` (a dotted name under control_plane) and its level."""
+    parts = module.split(".")
+    for n in (2, 1):
+        prefix = ".".join(parts[:n])
+        if prefix in FLOORS and (n == 2 or len(parts) <= 2):
+            return prefix, FLOORS[prefix]
+    return "control_plane", FLOORS["control_plane"]
+
 
 def _imports(path: Path) -> list[tuple[int, str]]:
+    return [(line, name.split(".")[0]) for line, name in _dotted_imports(path)]
+
+
+def _dotted_imports(path: Path) -> list[tuple[int, str]]:
+    """Every absolute import, as the full dotted module name (``from a import b`` gives ``a.b``)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+            found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module.split(".")[0]))
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
     return found
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -75,3 +109,34 @@ def test_the_layering_check_catches_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "mod.py"
     bad.write_text("from control_plane import app\nimport numpy\n")
     assert [name for _, name in _imports(bad)] == ["control_plane", "numpy"]
+
+
+def _floor_violations(path: Path, module: str) -> list[str]:
+    """The imports of ``path`` (judged as the module ``module``) that point to its floor or above."""
+    here, level = _floor(module)
+    bad = []
+    for line, name in _dotted_imports(path):
+        if not name.startswith("control_plane."):
+            continue
+        there, their_level = _floor(name)
+        if there != here and their_level >= level:
+            bad.append(f"{module}:{line} ({here}, floor {level}) imports {name} (floor {their_level})")
+    return bad
+
+
+def test_control_plane_floors_import_only_downwards() -> None:
+    paths = sorted((ROOT / "control_plane").rglob("*.py"))
+    assert [bad for path in paths for bad in _floor_violations(path, _module(path))] == []
+
+
+def test_every_control_plane_package_has_a_floor() -> None:
+    packages = {_module(p.parent) for p in (ROOT / "control_plane").rglob("__init__.py")}
+    packages.discard("control_plane.storage.migrations")  # Alembic's scripts, part of storage
+    assert packages - set(FLOORS) == set()
+
+
+def test_the_floor_check_catches_an_upward_import(tmp_path: Path) -> None:
+    fake = tmp_path / "store.py"
+    fake.write_text("from control_plane.learning.learner import learn\nfrom control_plane.storage import X")
+    bad = _floor_violations(fake, "control_plane.storage.store")
+    assert [v.split(" imports ")[1] for v in bad] == ["control_plane.learning.learner.learn (floor 3)"]

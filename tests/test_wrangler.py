@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.bundle import Bundle, build_bundle
+from deploy.bundle import Bundle, build_bundle
 from tests.pyodide.conftest import node_executable, require_tooling
 
 pytestmark = pytest.mark.pyodide

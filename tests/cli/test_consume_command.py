@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select
 
 from cli.main import main
+from control_plane.events.queues import DirectoryQueue
 from control_plane.experiments import ExperimentSpec
-from control_plane.queues import DirectoryQueue
-from control_plane.schema import exposures
-from control_plane.store import Store
+from control_plane.storage.schema import exposures
+from control_plane.storage.store import Store
 from core import encode_messages
 
 SECRET = "edge-secret-0123456789"

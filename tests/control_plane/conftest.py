@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 
 from control_plane.experiments import ExperimentSpec
-from control_plane.store import Store
+from control_plane.storage.store import Store
 
 PG_SERVER_URL = os.environ.get("PERCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 NOW = 1_780_000_000_000

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from control_plane.schema import exposures
-from control_plane.store import Store
+from control_plane.storage.schema import exposures
+from control_plane.storage.store import Store
 from core import encode_batch, sign
 from tests.control_plane.conftest import UNIT_KEY
-from tests.control_plane.test_ingest import exposure
+from tests.control_plane.events.test_ingest import exposure
 
 pytestmark = pytest.mark.process
 

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from control_plane.app import create_app
-from control_plane.kv_publishers import LocalKVPublisher
+from control_plane.distribution.kv_publishers import LocalKVPublisher
+from control_plane.http.app import create_app
 from control_plane.settings import Settings
-from control_plane.store import Store
+from control_plane.storage.store import Store
 from core import LocalKV, decode_snapshot, encode_batch, sign, snapshot_key
-from tests.control_plane.test_app import AUTH, HERO, SECRET, TOKEN, ApiClient, Clock
-from tests.control_plane.test_ingest import exposure, outcome
+from tests.control_plane.events.test_ingest import exposure, outcome
+from tests.control_plane.http.test_app import AUTH, HERO, SECRET, TOKEN, ApiClient, Clock
 from tests.hostile import HOSTILE_TEXT, JSON_DOCS, dumps
 
 SPEC_FIELDS = [*HERO, "holdout", "reward", "prior", "half_life_s", "max_age_s", "max_segments", "salt"]

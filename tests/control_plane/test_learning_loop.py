@@ -17,12 +17,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from control_plane.distribution.kv_publishers import LocalKVPublisher
+from control_plane.events.ingest import ingest
 from control_plane.experiments import ExperimentSpec
-from control_plane.ingest import ingest
-from control_plane.kv_publishers import LocalKVPublisher
+from control_plane.learning.publish import publish_all
 from control_plane.metrics import Metrics
-from control_plane.publish import publish_all
-from control_plane.store import Store
+from control_plane.storage.store import Store
 from core import INDEX_KEY, LocalKV, decode_index, decode_snapshot, encode_batch, parse_batch, snapshot_key
 from tests.control_plane.conftest import NOW, UNIT_KEY
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cli.bundle import Bundle, build_bundle
+from deploy.bundle import Bundle, build_bundle
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HARNESS = Path(__file__).with_name("harness.mjs")

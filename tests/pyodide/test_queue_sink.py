@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cli.bundle import Bundle
 from core import parse_batch, parse_message, route
+from deploy.bundle import Bundle
 from tests.core.conftest import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
 from tests.pyodide.test_worker import SECRET, UID, _kv, _Servers

@@ -1,0 +1,679 @@
+"""The operators' dashboard: server-rendered HTML over experiment reports, behind the admin token.
+
+``dashboard_routes(store, settings, now_ms)`` gives the routes to mount next to the API:
+
+- ``GET /``: the login form, or once logged in the list of experiments;
+- ``POST /login``: the admin token from the form (never in a URL) for a session cookie;
+- ``POST /logout``: drops the cookie;
+- ``GET /experiments/{key}``: charts and tables of :func:`control_plane.learning.report.build_report`.
+
+Sessions are stateless: the cookie holds an expiry and a nonce, HMAC-signed with a key derived
+from ``PERCH_ADMIN_TOKEN``, so the token itself never leaves the login form and rotating it ends
+every session.  The cookie is ``HttpOnly; SameSite=Strict`` (and ``Secure`` over HTTPS); POSTs
+must also come from a page of this host when the browser says where they come from (Origin,
+else Referer).  Pages carry no script and a CSP that allows only their own inline style, so a
+value a visitor controls (context features end up in segment names) can at worst show as text:
+everything interpolated is escaped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import secrets
+import time
+from base64 import b64encode
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from control_plane.http.charts import allocation_chart, conversion_chart, lift_chart
+from control_plane.learning.report import build_report
+from control_plane.settings import Settings
+from control_plane.storage.store import ExperimentRecord, Store
+from core import KEY_RE
+
+__all__ = [
+    "SESSION_COOKIE",
+    "SESSION_TTL_S",
+    "dashboard_routes",
+    "has_session",
+    "new_session",
+    "session_valid",
+]
+
+log = logging.getLogger("perch.dashboard")
+
+SESSION_COOKIE = "perch_session"
+SESSION_TTL_S = 12 * 3600
+MAX_LOGIN_BODY = 4096
+ALERTS_COUNTED = 100  # the list shows "100+" past this: counting further is not worth a query
+
+ReportFn = Callable[[Store, ExperimentRecord, int], Mapping[str, Any]]
+
+CSS = """
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2937;background:#f3f4f6}
+header{display:flex;align-items:center;justify-content:space-between;padding:.6rem 1.25rem;
+background:#111827;color:#f9fafb}
+header a{color:#f9fafb;text-decoration:none;font-weight:600}
+header form{margin:0}
+main{max-width:1180px;margin:0 auto;padding:1rem 1.25rem 3rem}
+h1{font-size:1.4rem;margin:.4rem 0 .2rem}
+h2{font-size:1.05rem;margin:0 0 .6rem}
+section{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:1rem;margin:0 0 1rem;
+overflow-x:auto}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:1rem}
+.grid section{margin:0}
+.meta{color:#4b5563;margin:0 0 1rem}
+table{border-collapse:collapse;width:100%}
+th,td{padding:.35rem .6rem;border-bottom:1px solid #f0f1f3;text-align:left;vertical-align:top}
+th{font-weight:600;color:#374151;background:#f9fafb}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.alerts{border:2px solid #b91c1c;background:#fef2f2}
+.alerts h2{color:#b91c1c}
+.alerts li{margin:.25rem 0}
+.badge{display:inline-block;padding:0 .45rem;border-radius:999px;background:#e5e7eb;font-size:.8rem}
+.badge.bad{background:#b91c1c;color:#fff}
+.muted{color:#6b7280}
+.error{color:#b91c1c;font-weight:600}
+code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}
+pre{white-space:pre-wrap;margin:0}
+svg.perch-chart{display:block;width:100%;height:auto;max-width:760px}
+.login{max-width:420px;margin:3rem auto}
+.login label{display:block;font-weight:600;margin:.8rem 0 .3rem}
+.login input{width:100%;padding:.5rem;border:1px solid #9ca3af;border-radius:6px;font:inherit}
+button{padding:.45rem .9rem;border:0;border-radius:6px;background:#2563eb;color:#fff;font:inherit;
+cursor:pointer}
+header button{background:#374151}
+.login button{margin-top:.8rem}
+""".strip()
+
+# The one inline style, allowed by its hash: no 'unsafe-inline', no script at all.
+_STYLE_HASH = b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
+HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+def _session_key(settings: Settings) -> bytes:
+    # A key of its own (not the token): a leaked cookie says nothing about the token.
+    return hmac.new(settings.admin_token.encode(), b"perch:dashboard-session:v1", hashlib.sha256).digest()
+
+
+def _mac(key: bytes, payload: str) -> str:
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def new_session(settings: Settings, now_ms: int) -> str:
+    """A cookie value: ``v1.<expiry, unix s>.<nonce>.<HMAC of the rest>``."""
+    payload = f"v1.{now_ms // 1000 + SESSION_TTL_S}.{secrets.token_hex(16)}"
+    return f"{payload}.{_mac(_session_key(settings), payload)}"
+
+
+def _session_nonce(settings: Settings, value: str | None, now_ms: int) -> tuple[str, int] | None:
+    """(nonce, expiry) of a well-formed, authentic, unexpired session cookie, else None."""
+    if not value:
+        return None
+    payload, _, mac = value.rpartition(".")
+    parts = payload.split(".")
+    if len(parts) != 3 or parts[0] != "v1" or not (parts[1].isascii() and parts[1].isdigit()):
+        return None
+    # Bytes: compare_digest refuses non-ASCII str, and cookies are whatever the client sends.
+    if not hmac.compare_digest(mac.encode(), _mac(_session_key(settings), payload).encode()):
+        return None
+    now_s = now_ms // 1000
+    expires = int(parts[1])
+    return (parts[2], expires) if now_s < expires <= now_s + SESSION_TTL_S else None
+
+
+def session_valid(settings: Settings, value: str | None, now_ms: int, store: Store | None = None) -> bool:
+    """Authentic, unexpired and (with ``store``) not ended by a logout."""
+    found = _session_nonce(settings, value, now_ms)
+    return found is not None and (store is None or not store.session_revoked(found[0]))
+
+
+def has_session(request: Request, settings: Settings, now_ms: int, store: Store | None = None) -> bool:
+    """Whether ``request`` carries a valid dashboard session (for other routes to accept it)."""
+    return session_valid(settings, request.cookies.get(SESSION_COOKIE), now_ms, store)
+
+
+def _same_origin(request: Request) -> bool:
+    """False for a POST a browser says came from another site; SameSite=Strict is the first line."""
+    host = request.headers.get("host", "").lower()
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin != "null" and urlsplit(origin).netloc.lower() == host
+    referer = request.headers.get("referer")
+    if referer:
+        return urlsplit(referer).netloc.lower() == host
+    return True  # no browser omits both on a cross-site form POST
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """An url-encoded form of at most MAX_LOGIN_BODY bytes (None if larger); first value per name."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_LOGIN_BODY:
+            return None
+        chunks.append(chunk)
+    fields = parse_qs(b"".join(chunks).decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+class Html(str):
+    """Markup built here from escaped parts; every other string is escaped when rendered."""
+
+
+def _h(value: Any) -> str:
+    return value if isinstance(value, Html) else escape(str(value), quote=True)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> str:
+    v = _number(value)
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v == int(v) else f"{v:,.1f}"
+
+
+def _rate(value: Any, binary: bool) -> str:
+    v = _number(value)
+    if v is None:
+        return "—"
+    return f"{v * 100:.2f}%" if binary else f"{v:.4g}"
+
+
+def _diff(value: Any, binary: bool) -> str:
+    v = _number(value)
+    if v is None:
+        return "—"
+    return f"{v * 100:+.2f} pp" if binary else f"{v:+.4g}"
+
+
+def _interval(ci: Any, fmt: Callable[[Any], str]) -> str:
+    if not isinstance(ci, Sequence) or isinstance(ci, str) or len(ci) != 2:
+        return ""
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _share(value: Any) -> str:
+    v = _number(value)
+    return "—" if v is None else f"{v * 100:.1f}%"
+
+
+def _time(ms: Any) -> str:
+    v = _number(ms)
+    return "—" if v is None else datetime.fromtimestamp(v / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(ms: float) -> str:
+    s = max(ms, 0) / 1000
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[Any]], css: str = "") -> Html:
+    """``head``: (title, numeric?) per column; cells are escaped unless they are :class:`Html`."""
+    numeric = [n for _, n in head]
+    th = "".join(f'<th{" class=num" if n else ""} scope="col">{_h(t)}</th>' for t, n in head)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=num' if n else ''}>{_h(c)}</td>" for c, n in zip(row, numeric, strict=True))
+        + "</tr>"
+        for row in rows
+    )
+    return Html(f'<table class="{_h(css)}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def _page(title: str, body: str, *, logged_in: bool) -> str:
+    logout = (
+        '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
+        if logged_in
+        else ""
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="icon" href="data:,"><title>{_h(title)} · Perch</title><style>{CSS}</style></head>'
+        f'<body><header><a href="/">Perch control plane</a>{logout}</header><main>{body}</main></body></html>'
+    )
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+def login_page(message: str = "") -> str:
+    error = f'<p class="error" role="alert">{_h(message)}</p>' if message else ""
+    body = (
+        '<section class="login"><h1>Log in</h1>'
+        f"{error}"
+        '<form method="post" action="/login">'
+        '<label for="token">Admin token</label>'
+        '<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>'
+        '<button type="submit">Log in</button></form>'
+        '<p class="muted">The control plane\'s <code>PERCH_ADMIN_TOKEN</code>.</p></section>'
+    )
+    return _page("Log in", body, logged_in=False)
+
+
+def _message_page(title: str, message: str, *, logged_in: bool) -> str:
+    body = (
+        f'<section><h1>{_h(title)}</h1><p>{_h(message)}</p><p><a href="/">All experiments</a></p></section>'
+    )
+    return _page(title, body, logged_in=logged_in)
+
+
+def _experiment_href(key: str) -> str:
+    return "/experiments/" + quote(key, safe="")
+
+
+def overview_page(rows: Sequence[Mapping[str, Any]], now_ms: int) -> str:
+    """The experiments list; ``rows`` as made by :meth:`Dashboard.overview`."""
+    if not rows:
+        listing: str = (
+            '<p class="muted">No experiments yet: create one with <code>POST /v1/experiments</code>.</p>'
+        )
+    else:
+        cells = []
+        for row in rows:
+            last = row.get("last_snapshot")
+            if last:
+                age_ms = now_ms - last["created_ms"]
+                stale = age_ms > row["max_age_s"] * 1000
+                age = Html(
+                    _h(_age(age_ms))
+                    + (' <span class="badge bad">stale: edge serves default</span>' if stale else "")
+                )
+                version: Any = last["version"]
+            else:
+                age, version = Html('<span class="muted">never published</span>'), "—"
+            alerts = row["alerts"]
+            shown = f"{alerts}+" if alerts >= ALERTS_COUNTED else str(alerts)
+            badge = Html(f'<span class="badge{" bad" if alerts else ""}">{_h(shown)}</span>')
+            link = Html(f'<a href="{_h(_experiment_href(row["key"]))}">{_h(row["key"])}</a>')
+            cells.append([link, row["version"], ", ".join(row["arms"]), version, age, badge])
+        listing = _table(
+            [
+                ("experiment", False),
+                ("version", True),
+                ("arms", False),
+                ("last snapshot", True),
+                ("snapshot age", False),
+                ("alerts", True),
+            ],
+            cells,
+            "experiments",
+        )
+    body = f"<h1>Experiments</h1><section>{listing}</section>"
+    return _page("Experiments", body, logged_in=True)
+
+
+def _best_arm(arms: Any) -> str:
+    rows = [a for a in arms if isinstance(a, Mapping)] if isinstance(arms, Sequence) else []
+    scored = [
+        (_number(a.get("prob_best")), _number(a.get("posterior_mean")), str(a.get("arm"))) for a in rows
+    ]
+    scored = [s for s in scored if s[0] is not None]
+    if not scored:
+        return "—"
+    best = max(scored, key=lambda s: (s[0] or 0.0, s[1] or 0.0))
+    return f"{best[2]} (P(best) {best[0]:.2f})"
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a report missing a part still renders."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _features(value: Any) -> str:
+    if not isinstance(value, Mapping) or not value:
+        return "—"
+    return ", ".join(f"{k}={v}" for k, v in value.items())
+
+
+def _alerts_section(alerts: Any) -> str:
+    items = [a for a in alerts if isinstance(a, Mapping)] if isinstance(alerts, Sequence) else []
+    if not items:
+        return '<section class="no-alerts"><h2>Alerts</h2><p class="muted">No alerts.</p></section>'
+    lis = []
+    for alert in items:
+        details = alert.get("details")
+        shown = json.dumps(details, sort_keys=True, default=str) if details is not None else ""
+        if len(shown) > 400:
+            shown = shown[:399] + "…"
+        lis.append(
+            f"<li><time>{_h(_time(alert.get('at_ms')))}</time> <strong>{_h(alert.get('kind', ''))}</strong>: "
+            f"{_h(alert.get('message', ''))}" + (f" <code>{_h(shown)}</code>" if shown else "") + "</li>"
+        )
+    count = f"{len(items)} alert{'s' if len(items) != 1 else ''}"
+    return f'<section class="alerts" role="alert"><h2>{_h(count)}</h2><ul>{"".join(lis)}</ul></section>'
+
+
+def _effects_section(effects: Any) -> str:
+    """A contextual model's weights: one row per feature column, one ``effect [95%]`` cell per arm."""
+    if not isinstance(effects, list) or not effects:
+        return ""
+    arms = list(_obj(effects[0].get("arms") if isinstance(effects[0], Mapping) else None))
+    rows = []
+    for row in effects:
+        if not isinstance(row, Mapping):
+            continue
+        cells = _obj(row.get("arms"))
+        rows.append(
+            [row.get("feature")]
+            + [
+                f"{c['effect']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+                if isinstance(c := cells.get(arm), Mapping)
+                and all(_number(c.get(k)) is not None for k in ("effect", "low", "high"))
+                else "—"
+                for arm in arms
+            ]
+        )
+    table = _table([("feature", False), *((arm, True) for arm in arms)], rows, "effects")
+    return (
+        '<section id="effects"><h2>Feature effects</h2><p class="muted">Each arm\'s weight per feature '
+        "value in the contextual model (logits for binary rewards), with its 95% interval.</p>"
+        f"{table}</section>"
+    )
+
+
+def experiment_page(record: ExperimentRecord, report: Mapping[str, Any], now_ms: int) -> str:
+    """The page of one experiment from its report (see control_plane/learning/report.py for the fields)."""
+    spec = record.spec
+    binary = report.get("reward_kind", spec.reward.kind) == "binary"
+    key = spec.key
+
+    def rate(v: Any) -> str:
+        return _rate(v, binary)
+
+    def diff(v: Any) -> str:
+        return _diff(v, binary)
+
+    arms = [a for a in report.get("arms") or [] if isinstance(a, Mapping)]
+    arm_names = [str(a.get("arm")) for a in arms] or [a.key for a in spec.arms]
+    holdout = report.get("holdout") if isinstance(report.get("holdout"), Mapping) else None
+    meta = (
+        f"version {record.version} · {len(spec.arms)} arms (default {spec.default_arm}) · "
+        f"holdout {spec.holdout * 100:g}% · floor {spec.floor * 100:g}% · "
+        f"segments by {', '.join(spec.features) or 'nothing (global only)'} · reward {spec.reward.kind} · "
+        f"report at {_time(report.get('generated_ms', now_ms))}"
+    )
+    report_href = f"/v1/experiments/{quote(key, safe='')}/report"
+    parts = [
+        f"<h1>{_h(key)}</h1>",
+        f'<p class="meta">{_h(meta)} · <a href="{_h(report_href)}">JSON report</a></p>',
+        _alerts_section(report.get("alerts")),
+        '<div class="grid">',
+        '<section class="chart" id="allocation"><h2>Allocation over time</h2>'
+        f"{allocation_chart(report.get('allocation_history') or [], arm_names)}</section>",
+        '<section class="chart" id="conversion"><h2>Conversion per arm</h2>'
+        f"{conversion_chart(arms, 'binary' if binary else 'numeric')}</section>",
+        "</div>",
+    ]
+    arm_rows = [
+        [
+            a.get("arm"),
+            _count(a.get("exposures")),
+            _count(a.get("conversions")),
+            rate(a.get("rate")),
+            rate(a.get("posterior_mean")),
+            _interval([a.get("ci_low"), a.get("ci_high")], rate),
+            f"{v:.3f}" if (v := _number(a.get("prob_best"))) is not None else "—",
+            _share(a.get("allocation")),
+        ]
+        for a in arms
+    ]
+    parts.append(
+        '<section id="arms"><h2>Arms</h2>'
+        + _table(
+            [
+                ("arm", False),
+                ("exposures", True),
+                ("conversions", True),
+                ("rate", True),
+                ("posterior mean", True),
+                ("95% interval", True),
+                ("P(best)", True),
+                ("allocation", True),
+            ],
+            arm_rows,
+            "arms",
+        )
+        + "</section>"
+    )
+    lift_text = ""
+    if holdout:
+        lift_text = f"Lift {diff(holdout.get('lift'))} {_interval(holdout.get('lift_ci'), diff)}" + (
+            f", relative {v * 100:+.1f}%" if (v := _number(holdout.get("relative_lift"))) is not None else ""
+        )
+    parts.append(
+        '<section class="chart" id="lift"><h2>Holdout lift</h2>'
+        f"{lift_chart(holdout, 'binary' if binary else 'numeric')}"
+        + (f'<p class="lift">{_h(lift_text)}</p>' if lift_text else "")
+        + "</section>"
+    )
+    segments = [s for s in report.get("segments") or [] if isinstance(s, Mapping)]
+    segment_rows = []
+    for seg in segments:
+        pers = _obj(seg.get("personalized"))
+        hold = _obj(seg.get("holdout"))
+        segment_rows.append(
+            [
+                seg.get("segment"),
+                _features(seg.get("features")),
+                _count(seg.get("exposures")),
+                rate(pers.get("rate")),
+                rate(hold.get("rate")),
+                f"{diff(seg.get('lift'))} {_interval(seg.get('lift_ci'), diff)}".strip(),
+                _best_arm(seg.get("arms")),
+            ]
+        )
+    segment_table = (
+        _table(
+            [
+                ("segment", False),
+                ("features", False),
+                ("exposures", True),
+                ("personalized", True),
+                ("holdout", True),
+                ("lift [95%]", True),
+                ("best arm", False),
+            ],
+            segment_rows,
+            "segments",
+        )
+        if segment_rows
+        else '<p class="muted">No segment has exposures yet.</p>'
+    )
+    parts.append(f'<section id="segments"><h2>Segments</h2>{segment_table}</section>')
+    effects = _effects_section(report.get("feature_effects"))
+    if effects:
+        parts.append(effects)
+    snapshots = sorted(
+        (s for s in report.get("snapshots") or [] if isinstance(s, Mapping)),
+        key=lambda s: -(_number(s.get("version")) or 0),
+    )
+    snapshot_rows = [
+        [
+            s.get("version"),
+            _time(s.get("created_ms")),
+            _age(now_ms - c) if (c := _number(s.get("created_ms"))) is not None else "—",
+            _count(s.get("size")),
+        ]
+        for s in snapshots
+    ]
+    snapshot_table = (
+        _table(
+            [("version", True), ("published", False), ("age", True), ("bytes", True)],
+            snapshot_rows,
+            "snapshots",
+        )
+        if snapshot_rows
+        else '<p class="muted">Never published.</p>'
+    )
+    parts.append(f'<section id="snapshots"><h2>Snapshots</h2>{snapshot_table}</section>')
+    outcomes = _obj(report.get("outcomes"))
+    counters = _obj(report.get("counters"))
+    health_rows = [
+        [f"outcomes {name}", _count(outcomes.get(name, 0))] for name in ("joined", "late", "pending", "extra")
+    ]
+    health_rows += [[name, _count(value)] for name, value in sorted(counters.items())]
+    parts.append(
+        '<section id="data"><h2>Data</h2>'
+        + _table([("", False), ("count", True)], health_rows, "data")
+        + "</section>"
+    )
+    ope = report.get("ope")
+    if ope is not None:
+        shown = json.dumps(ope, indent=2, sort_keys=True, default=str)
+        parts.append(f'<section id="ope"><h2>Off-policy evaluation</h2><pre>{_h(shown)}</pre></section>')
+    return _page(key, "".join(parts), logged_in=True)
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+class Dashboard:
+    """The dashboard's handlers, bound to one store, settings and clock."""
+
+    def __init__(
+        self, store: Store, settings: Settings, now_ms: Callable[[], int], report: ReportFn = build_report
+    ) -> None:
+        self.store, self.settings, self.now_ms, self.report = store, settings, now_ms, report
+        self.token = settings.admin_token.encode()
+
+    def html(self, content: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(content, status_code=status, headers=HEADERS)
+
+    def redirect_home(self) -> RedirectResponse:
+        return RedirectResponse("/", status_code=303, headers=HEADERS)
+
+    def logged_in(self, request: Request) -> bool:
+        return has_session(request, self.settings, self.now_ms(), self.store)
+
+    def overview(self) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.store.list_experiments():
+            key = record.spec.key
+            last = self.store.snapshot_history(key, 1)
+            rows.append(
+                {
+                    "key": key,
+                    "version": record.version,
+                    "arms": [a.key for a in record.spec.arms],
+                    "max_age_s": record.spec.max_age_s,
+                    "last_snapshot": (
+                        {"version": last[0]["version"], "created_ms": last[0]["created_ms"]} if last else None
+                    ),
+                    "alerts": len(self.store.alerts(key, ALERTS_COUNTED)),
+                }
+            )
+        return rows
+
+    async def index(self, request: Request) -> Response:
+        if not self.logged_in(request):
+            return self.html(login_page())
+        rows = await run_in_threadpool(self.overview)
+        return self.html(overview_page(rows, self.now_ms()))
+
+    async def login(self, request: Request) -> Response:
+        if not _same_origin(request):
+            return self.html(_message_page("Forbidden", "Cross-site request refused.", logged_in=False), 403)
+        form = await _form(request)
+        if form is None:
+            return self.html(login_page("That request was too large."), 413)
+        if not hmac.compare_digest(form.get("token", "").encode(), self.token):
+            log.warning("dashboard: failed login from %s", request.client.host if request.client else "?")
+            return self.html(login_page("That is not the admin token."), 401)
+        response = self.redirect_home()
+        response.set_cookie(
+            SESSION_COOKIE,
+            new_session(self.settings, self.now_ms()),
+            max_age=SESSION_TTL_S,
+            path="/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        if not _same_origin(request):
+            return self.html(_message_page("Forbidden", "Cross-site request refused.", logged_in=False), 403)
+        found = _session_nonce(self.settings, request.cookies.get(SESSION_COOKIE), self.now_ms())
+        if found is not None:  # ended on the server too: a copy of the cookie stops working now
+            await run_in_threadpool(self.store.revoke_session, found[0], found[1], self.now_ms() // 1000)
+        response = self.redirect_home()
+        response.delete_cookie(
+            SESSION_COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="strict"
+        )
+        return response
+
+    async def experiment(self, request: Request) -> Response:
+        if not self.logged_in(request):
+            return self.redirect_home()
+        key = request.path_params["key"]
+        record = await run_in_threadpool(self.store.get_experiment, key) if KEY_RE.fullmatch(key) else None
+        if record is None or record.archived:
+            return self.html(
+                _message_page("Not found", f"There is no experiment {key!r}.", logged_in=True), 404
+            )
+        now = self.now_ms()
+        report = await run_in_threadpool(self.report, self.store, record, now)
+        return self.html(experiment_page(record, report, now))
+
+
+def dashboard_routes(
+    store: Store,
+    settings: Settings,
+    now_ms: Callable[[], int] = _wall_ms,
+    *,
+    report: ReportFn = build_report,
+) -> list[Route]:
+    """The dashboard's routes, to mount beside the API's; ``report`` is replaceable for tests."""
+    dashboard = Dashboard(store, settings, now_ms, report)
+    return [
+        Route("/", dashboard.index, methods=["GET"], include_in_schema=False),
+        Route("/login", dashboard.login, methods=["POST"], include_in_schema=False),
+        Route("/logout", dashboard.logout, methods=["POST"], include_in_schema=False),
+        Route("/experiments/{key}", dashboard.experiment, methods=["GET"], include_in_schema=False),
+    ]

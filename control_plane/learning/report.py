@@ -1,0 +1,358 @@
+"""An experiment's report: arms, holdout lift, segments, snapshot history, data health.
+
+Everything comes from GROUP BY aggregates over the exposures table and from
+bounded reads of the snapshots table, so a report costs O(segments x arms +
+snapshots), never O(exposures).  Numbers are raw (not half-life decayed): the
+report says what happened; the published snapshot says what the learner
+currently believes.  See docs/report.md for every field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, case, func, select
+
+from control_plane.learning.learner import posterior_summary, prob_best
+from control_plane.storage.schema import exposures, snapshots
+from control_plane.storage.store import ExperimentRecord, Store
+
+__all__ = ["MAX_HISTORY", "MAX_SEGMENTS", "MAX_SNAPSHOTS", "build_report"]
+
+MAX_SEGMENTS = 100
+MAX_SNAPSHOTS = 50
+MAX_HISTORY = 200
+Z95 = 1.959963984540054  # standard normal 97.5% quantile
+DRAWS = 10_000  # Monte Carlo draws for credible intervals and P(best): error about 0.005
+GROUPS = ("personalized", "holdout")
+
+
+@dataclass
+class _Sums:
+    """Sufficient statistics of one group of exposures."""
+
+    exposures: int = 0
+    reward: float = 0.0
+    reward_sq: float = 0.0
+    conversions: int = 0
+
+    def add(self, other: _Sums) -> None:
+        self.exposures += other.exposures
+        self.reward += other.reward
+        self.reward_sq += other.reward_sq
+        self.conversions += other.conversions
+
+    @property
+    def rate(self) -> float | None:
+        return self.reward / self.exposures if self.exposures else None
+
+    def variance(self) -> float | None:
+        """Sample variance of the per-exposure reward (binary or fractional)."""
+        if self.exposures < 2:
+            return None
+        spread = self.reward_sq - self.reward * self.reward / self.exposures
+        return max(spread, 0.0) / (self.exposures - 1)
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _aggregates(conn: Connection, key: str, by: Sequence[Any], *where: Any) -> dict[tuple[Any, ...], _Sums]:
+    """Exposure sums per ``by`` group, personalized and holdout exposures only."""
+    reward = exposures.c.reward
+    query = (
+        select(
+            *by,
+            func.count(),
+            func.sum(reward),
+            func.sum(reward * reward),
+            func.sum(case((reward > 0, 1), else_=0)),
+        )
+        .where(exposures.c.experiment == key, exposures.c.reason.in_(GROUPS), *where)
+        .group_by(*by)
+    )
+    out: dict[tuple[Any, ...], _Sums] = {}
+    for row in conn.execute(query):
+        n, total, squares, conversions = row[len(by) :]
+        # PostgreSQL sums integers as NUMERIC: convert explicitly.
+        out[tuple(row[: len(by)])] = _Sums(
+            int(n), float(total or 0), float(squares or 0), int(conversions or 0)
+        )
+    return out
+
+
+def _group(sums: _Sums) -> dict[str, Any]:
+    return {"exposures": sums.exposures, "reward": _round(sums.reward), "rate": _round(sums.rate)}
+
+
+def _decomposition(personalized: _Sums, holdout: _Sums) -> dict[str, Any]:
+    """Personalized vs holdout, with the lift's 95% normal-approximation interval."""
+    rate_p, rate_h = personalized.rate, holdout.rate
+    lift = None if rate_p is None or rate_h is None else rate_p - rate_h
+    var_p, var_h = personalized.variance(), holdout.variance()
+    lift_ci = None
+    if lift is not None and var_p is not None and var_h is not None:
+        half = Z95 * math.sqrt(var_p / personalized.exposures + var_h / holdout.exposures)
+        lift_ci = [_round(lift - half), _round(lift + half)]
+    return {
+        "personalized": _group(personalized),
+        "holdout": _group(holdout),
+        "lift": _round(lift),
+        "lift_ci": lift_ci,
+        "relative_lift": _round(lift / rate_h) if lift is not None and rate_h else None,
+    }
+
+
+def _split(sums: Mapping[tuple[Any, ...], _Sums]) -> tuple[_Sums, _Sums, dict[str, _Sums]]:
+    """(personalized total, holdout total, personalized per arm) of rows keyed (..., reason, arm)."""
+    personalized, holdout = _Sums(), _Sums()
+    arms: dict[str, _Sums] = {}
+    for (*_, reason, arm), value in sums.items():
+        if reason == "personalized":
+            personalized.add(value)
+            arms.setdefault(arm, _Sums()).add(value)
+        else:
+            holdout.add(value)
+    return personalized, holdout, arms
+
+
+def _global_segment(prefix: str) -> dict[str, Any] | None:
+    """Segment 0 of a snapshot summary from the start of its JSON; None if the prefix cut it short."""
+    start = prefix.find("[", prefix.find('"segments"'))
+    if start < 0:
+        return None
+    index = start + 1
+    while index < len(prefix) and prefix[index] in " \t\r\n":
+        index += 1
+    try:
+        segment, _ = json.JSONDecoder().raw_decode(prefix, index)
+    except ValueError:
+        return None
+    return segment if isinstance(segment, dict) else None
+
+
+def _snapshot_rows(conn: Connection, key: str, arms: Iterable[str]) -> list[dict[str, Any]]:
+    """The newest MAX_HISTORY snapshots with their global segment, newest first.
+
+    Only the start of each summary is read: segment 0 comes first, and the
+    whole summary grows with segments x arms (megabytes for big experiments).
+    Arms are never removed from a spec, so the current arms bound its length.
+    """
+    prefix = 1024 + sum(3 * (len(json.dumps(arm)) + 32) for arm in arms)
+    query = (
+        select(
+            snapshots.c.version,
+            snapshots.c.created_ms,
+            snapshots.c.size,
+            func.substr(snapshots.c.summary, 1, prefix).label("head"),
+        )
+        .where(snapshots.c.experiment == key)
+        .order_by(snapshots.c.version.desc())
+        .limit(MAX_HISTORY)
+    )
+    rows = []
+    for version, created_ms, size, head in conn.execute(query):
+        segment = _global_segment(head) if head else None
+        if head and segment is None:  # a summary this bound did not foresee: read all of it
+            full = conn.execute(
+                select(snapshots.c.summary).where(
+                    snapshots.c.experiment == key, snapshots.c.version == version
+                )
+            ).scalar_one()
+            segment = (json.loads(full).get("segments") or [None])[0]
+        rows.append(
+            {"version": int(version), "created_ms": int(created_ms), "size": int(size), "global": segment}
+        )
+    return rows
+
+
+def _latest_summary(conn: Connection, key: str, version: int | None) -> dict[str, Any]:
+    """The latest snapshot's parsed summary (empty without a snapshot or summary)."""
+    if version is None:
+        return {}
+    text = conn.execute(
+        select(snapshots.c.summary).where(snapshots.c.experiment == key, snapshots.c.version == version)
+    ).scalar_one_or_none()
+    doc = json.loads(text) if text else {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _allocation(segment: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if not segment or not isinstance(segment.get("allocation"), Mapping):
+        return None
+    return {arm: float(p) for arm, p in segment["allocation"].items()}
+
+
+def _arm_tables(
+    arm_keys: Sequence[str], rows: Sequence[Mapping[str, _Sums]], prior_alpha: float, prior_beta: float
+) -> list[list[dict[str, Any]]]:
+    """Per row of arm sums: every arm's counts, Beta posterior, interval and P(best)."""
+    n = np.array([[row.get(a, _Sums()).exposures for a in arm_keys] for row in rows], dtype=np.float64)
+    r = np.array([[row.get(a, _Sums()).reward for a in arm_keys] for row in rows], dtype=np.float64)
+    r = np.minimum(r, n)  # rewards are capped at one success per exposure, up to float rounding
+    alpha = prior_alpha + r
+    beta = prior_beta + (n - r)
+    summary = posterior_summary(alpha, beta, draws=DRAWS)
+    best = prob_best(alpha, beta, draws=DRAWS)
+    tables = []
+    for i, row in enumerate(rows):
+        table = []
+        for j, arm in enumerate(arm_keys):
+            sums = row.get(arm, _Sums())
+            table.append(
+                {
+                    "arm": arm,
+                    "exposures": sums.exposures,
+                    "conversions": sums.conversions,
+                    "reward": _round(sums.reward),
+                    "rate": _round(sums.rate),
+                    "posterior_mean": _round(summary.mean[i, j]),
+                    "ci_low": _round(summary.low[i, j], 4),
+                    "ci_high": _round(summary.high[i, j], 4),
+                    "prob_best": _round(best[i, j], 4),
+                    "allocation": None,
+                }
+            )
+        tables.append(table)
+    return tables
+
+
+def _with_allocation(
+    table: list[dict[str, Any]], allocation: Mapping[str, float] | None
+) -> list[dict[str, Any]]:
+    for row in table:
+        p = None if allocation is None else allocation.get(row["arm"])
+        row["allocation"] = _round(p)
+    return table
+
+
+def _is_evaluation(details: Any) -> bool:
+    return isinstance(details, Mapping) and (
+        isinstance(details.get("candidate"), Mapping) or isinstance(details.get("ope"), Mapping)
+    )
+
+
+def _ope(
+    alerts: Iterable[Mapping[str, Any]], latest: Mapping[str, Any], snapshot: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The newest promotion-gate evaluation: of a held-back snapshot (an alert whose details
+    hold one) or of the published one (its summary's ``gate``), whichever came later."""
+    found = None
+    for alert in alerts:  # newest first
+        if _is_evaluation(alert.get("details")):
+            details = dict(alert["details"])
+            found = {
+                "at_ms": alert["at_ms"],
+                "source": "alert",
+                "kind": alert["kind"],
+                "message": alert["message"],
+                "snapshot_version": None,
+                "passed": details.get("passed"),
+                "evaluation": details,
+            }
+            break
+    gate = latest.get("gate")
+    if (
+        snapshot is not None
+        and isinstance(gate, Mapping)
+        and _is_evaluation(gate)
+        and (found is None or snapshot["created_ms"] > found["at_ms"])
+    ):
+        found = {
+            "at_ms": snapshot["created_ms"],
+            "source": "snapshot",
+            "kind": "published",
+            "message": None,
+            "snapshot_version": snapshot["version"],
+            "passed": gate.get("passed"),
+            "evaluation": dict(gate),
+        }
+    return found
+
+
+def build_report(store: Store, record: ExperimentRecord, now_ms: int) -> dict[str, Any]:
+    """The report of one experiment as JSON-ready data (see docs/report.md)."""
+    spec = record.spec
+    key = spec.key
+    arm_keys = [arm.key for arm in spec.arms]
+    segment_col, reason_col, arm_col = exposures.c.segment, exposures.c.reason, exposures.c.arm
+    with store.engine.connect() as conn:
+        overall = _aggregates(conn, key, [reason_col, arm_col])
+        count = func.count().label("n")
+        busiest = conn.execute(
+            select(segment_col, count)
+            .where(exposures.c.experiment == key, segment_col.is_not(None))
+            .group_by(segment_col)
+            .order_by(count.desc(), segment_col)
+            .limit(MAX_SEGMENTS)
+        ).all()
+        keys = [segment for segment, _ in busiest]
+        by_segment = (
+            _aggregates(conn, key, [segment_col, reason_col, arm_col], segment_col.in_(keys)) if keys else {}
+        )
+        history = _snapshot_rows(conn, key, arm_keys)
+        latest = _latest_summary(conn, key, history[0]["version"] if history else None)
+
+    personalized, holdout, arms = _split(overall)
+    grouped: dict[str, dict[tuple[Any, ...], _Sums]] = {segment: {} for segment in keys}
+    for group, sums in by_segment.items():
+        grouped[group[0]][group] = sums
+    per_segment = [_split(grouped[segment]) for segment in keys]
+    tables = _arm_tables(
+        arm_keys, [arms, *(split[2] for split in per_segment)], spec.prior.alpha, spec.prior.beta
+    )
+    global_allocation = _allocation(history[0]["global"]) if history else None
+    latest_segments = {
+        segment["key"]: segment for segment in latest.get("segments") or [] if isinstance(segment, Mapping)
+    }
+    segments = []
+    for (segment, total), (seg_p, seg_h, _), table in zip(busiest, per_segment, tables[1:], strict=True):
+        summary = latest_segments.get(segment)
+        segments.append(
+            {
+                "segment": segment,
+                "features": dict(summary.get("features") or {}) if summary else None,
+                "exposures": int(total),
+                **_decomposition(seg_p, seg_h),
+                "arms": _with_allocation(table, _allocation(summary)),
+            }
+        )
+    statuses = store.outcome_statuses(key)
+    alerts = store.alerts(key)
+    return {
+        "experiment": key,
+        "version": record.version,
+        "generated_ms": now_ms,
+        "reward_kind": spec.reward.kind,
+        "model": spec.model,
+        # Contextual experiments: each arm's weight per feature column, with 95% intervals.
+        "feature_effects": latest.get("effects") or [],
+        "arms": _with_allocation(tables[0], global_allocation),
+        "holdout": _decomposition(personalized, holdout),
+        "segments": segments,
+        "snapshots": [
+            {"version": row["version"], "created_ms": row["created_ms"], "size": row["size"]}
+            for row in history[:MAX_SNAPSHOTS]
+        ],
+        "allocation_history": [
+            {
+                "version": row["version"],
+                "created_ms": row["created_ms"],
+                "allocation": {arm: _round(p) for arm, p in allocation.items()},
+            }
+            for row in reversed(history)
+            if (allocation := _allocation(row["global"])) is not None
+        ],
+        "outcomes": {
+            status: int(statuses.get(status, 0)) for status in ("joined", "late", "pending", "extra")
+        },
+        "counters": store.counters(key),
+        "alerts": alerts,
+        "ope": _ope(alerts, latest, history[0] if history else None),
+    }

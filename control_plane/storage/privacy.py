@@ -1,0 +1,132 @@
+"""A visitor's rights: see everything held about them, and have it erased.
+
+Unit ids are only ever stored as keyed hashes, so both operations start by
+hashing the id they are given.  The person is that id and, for a signed-in
+user, every anonymous id stitched to them.  The walk only goes down, user ->
+anonymous id, and an anonymous id stitches to at most one user (a unique
+column), so it never reaches another user: one person's request can never touch
+a stranger's data.  A request by an anonymous id covers that id alone (a
+cookie does not prove who signed in from it); erase a signed-in person by
+their user id.  The id sets stay in SQL
+subqueries, so a user with any number of anonymous ids never hits a driver's
+bind-parameter limit.  Erasure takes the person's exposures and rewards back
+out of the sufficient statistics (with the same decay arithmetic that put them
+in), so the next snapshot's posteriors are as if they had never been seen.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Connection, delete, or_, select
+
+from control_plane.experiments import ExperimentSpec
+from control_plane.storage import stats
+from control_plane.storage.schema import experiments, exposures, outcomes, stitches
+from control_plane.storage.store import Store
+
+__all__ = ["erase", "export"]
+
+_CHUNK = 500  # ids per IN (...): well under every driver's bind-parameter limit
+
+
+class _Person:
+    """The hashes of one person, as SQL: the given id and the anonymous ids stitched to it."""
+
+    def __init__(self, conn: Connection, store: Store, unit: str) -> None:
+        given = store.hash_unit(unit)
+        assert given is not None
+        self.given: str = given
+        self.anonymous = select(stitches.c.anonymous_hash).where(stitches.c.user_hash == given)
+
+    def owns(self, column: Any) -> Any:
+        """A condition: ``column`` holds one of this person's hashes."""
+        return or_(column == self.given, column.in_(self.anonymous))
+
+    def stitch_rows(self) -> Any:
+        return or_(stitches.c.user_hash == self.given, stitches.c.anonymous_hash == self.given)
+
+    def hashes(self, conn: Connection) -> list[str]:
+        return sorted({self.given, *conn.execute(self.anonymous).scalars()})
+
+
+def export(store: Store, unit: str) -> dict[str, Any]:
+    """Everything stored about ``unit`` (and ids stitched to it)."""
+    with store.engine.connect() as conn:
+        person = _Person(conn, store, unit)
+        hashes = person.hashes(conn)
+        exposure_rows = conn.execute(
+            select(exposures).where(person.owns(exposures.c.unit_hash)).order_by(exposures.c.ts_ms)
+        ).all()
+        theirs = select(exposures.c.decision_id).where(person.owns(exposures.c.unit_hash))
+        outcome_rows = conn.execute(
+            select(outcomes)
+            .where(or_(person.owns(outcomes.c.unit_hash), outcomes.c.decision_id.in_(theirs)))
+            .order_by(outcomes.c.ts_ms)
+        ).all()
+        stitch_rows = conn.execute(select(stitches).where(person.stitch_rows())).all()
+
+    def rows(result: Any) -> list[dict[str, Any]]:
+        out = []
+        for row in result:
+            item = dict(row._mapping)
+            if "path" in item:
+                item["path"] = json.loads(item["path"])
+            out.append(item)
+        return out
+
+    return {
+        "unit_hashes": hashes,
+        "exposures": rows(exposure_rows),
+        "outcomes": rows(outcome_rows),
+        "stitches": rows(stitch_rows),
+    }
+
+
+def erase(store: Store, unit: str) -> dict[str, int]:
+    """Delete ``unit``'s events and take their contribution out of the statistics, in one transaction."""
+    with store.ingest_write() as conn:
+        person = _Person(conn, store, unit)
+        rows = conn.execute(select(exposures).where(person.owns(exposures.c.unit_hash))).all()
+        # Rewards credited from a decision token whose exposure never arrived: on their own cell.
+        shown = select(exposures.c.decision_id).where(exposures.c.decision_id == outcomes.c.decision_id)
+        orphans = conn.execute(
+            select(outcomes.c.experiment, outcomes.c.cell, outcomes.c.credited).where(
+                person.owns(outcomes.c.unit_hash), outcomes.c.cell.is_not(None), ~shown.exists()
+            )
+        ).all()
+        half_lives = {
+            key: ExperimentSpec.from_dict(json.loads(doc)).half_life_s
+            for key, doc in conn.execute(
+                select(experiments.c.key, experiments.c.spec).where(
+                    experiments.c.key.in_({r.experiment for r in rows} | {o.experiment for o in orphans})
+                )
+            )
+        }
+        # Everything they added to a cell is appended back negated (control_plane.storage.stats): their
+        # personalized exposures with the rewards credited to them, and the orphans' rewards.
+        taken = [
+            (row.experiment, row.path, row.arm, row.ts_ms, 1.0, row.reward)
+            for row in rows
+            if row.reason == "personalized"
+        ]
+        for experiment, cell, credited in orphans:
+            path, arm, ts = json.loads(cell)
+            taken.append((experiment, path, arm, ts, 0.0, credited or 0.0))
+        touched = stats.subtract(conn, taken, half_lives)
+        theirs = select(exposures.c.decision_id).where(person.owns(exposures.c.unit_hash))
+        gone_outcomes = conn.execute(
+            delete(outcomes).where(or_(person.owns(outcomes.c.unit_hash), outcomes.c.decision_id.in_(theirs)))
+        ).rowcount
+        gone_exposures = conn.execute(delete(exposures).where(person.owns(exposures.c.unit_hash))).rowcount
+        # Materialised first: the stitches define the person, so they go last and by event id.
+        stitch_ids = list(conn.execute(select(stitches.c.event_id).where(person.stitch_rows())).scalars())
+        gone_stitches = 0
+        for start in range(0, len(stitch_ids), _CHUNK):
+            gone_stitches += conn.execute(
+                delete(stitches).where(stitches.c.event_id.in_(stitch_ids[start : start + _CHUNK]))
+            ).rowcount
+        for experiment in sorted(touched):  # the appended deltas make the next cycle republish
+            store.bump(conn, experiment, "erasures")
+    return {"exposures": gone_exposures, "outcomes": gone_outcomes, "stitches": gone_stitches}
