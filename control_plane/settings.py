@@ -8,10 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import PerchError
+
 __all__ = ["Settings", "SettingsError"]
 
 
-class SettingsError(ValueError):
+class SettingsError(PerchError, ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 

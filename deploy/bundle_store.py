@@ -50,11 +50,11 @@ class BundleStoreError(PerchError):
     """A bundle cannot be published, listed or made current; the message says why."""
 
 
-class _Missing(Exception):
+class _Missing(PerchError):
     pass
 
 
-class _Conflict(Exception):
+class _Conflict(PerchError):
     pass
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import PerchError
+
 __all__ = ["EVENT_QUEUE_PREFIX", "QUEUE_LINGER_MS", "ConfigError", "EdgeConfig", "event_queue_names"]
 
 # Queues producer bindings named PERCH_EVENTS_<suffix> carry the edge's events.
@@ -23,7 +25,7 @@ QUEUE_LINGER_MS = 200
 MAX_LINGER_MS = 10_000
 
 
-class ConfigError(ValueError):
+class ConfigError(PerchError, ValueError):
     """A setting is missing or malformed; the message names it."""
 
 

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from core.errors import PerchError
 from edge.platform import EdgeRequest
 
 __all__ = ["MAX_FEATURES", "ContextError", "build_context", "device_class", "source_class"]
@@ -50,7 +51,7 @@ _PAID = {"cpc", "ppc", "paid", "paidsearch", "display", "cpm"}
 _EMAIL = {"email", "e-mail", "newsletter"}
 
 
-class ContextError(ValueError):
+class ContextError(PerchError, ValueError):
     """Caller-supplied context breaks the limits; the message says which."""
 
 

@@ -140,3 +140,27 @@ def test_the_floor_check_catches_an_upward_import(tmp_path: Path) -> None:
     fake.write_text("from control_plane.learning.learner import learn\nfrom control_plane.storage import X")
     bad = _floor_violations(fake, "control_plane.storage.store")
     assert [v.split(" imports ")[1] for v in bad] == ["control_plane.learning.learner.learn (floor 3)"]
+
+
+@pytest.mark.process
+def test_every_error_class_of_ours_derives_from_perch_error() -> None:
+    # One base lets a caller (the edge's fallback, the CLI) catch everything Perch raises, while the
+    # builtin second base keeps `except ValueError` working where it did.
+    script = """
+import importlib, inspect, json, pkgutil
+import core
+bad = []
+for package in ("core", "edge", "control_plane", "deploy", "cli"):
+    root = importlib.import_module(package)
+    for info in pkgutil.walk_packages(root.__path__, package + "."):
+        if info.name in ("edge.worker", "edge.entry") or ".migrations" in info.name:
+            continue  # Pyodide-only; Alembic scripts
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == info.name and issubclass(cls, BaseException):
+                if not issubclass(cls, core.PerchError):
+                    bad.append(f"{info.name}.{name}")
+print(json.dumps(sorted(bad)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=ROOT)
+    assert json.loads(out.stdout) == []

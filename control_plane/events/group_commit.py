@@ -29,14 +29,14 @@ from starlette.concurrency import run_in_threadpool
 from control_plane.events.ingest import Cells, IngestResult, ingest, ingest_into, remember_batches
 from control_plane.storage.schema import seen_batches
 from control_plane.storage.store import Store
-from core import DecisionToken
+from core import DecisionToken, PerchError
 
 __all__ = ["IngestWriter", "ReplayedBatch", "ingest_group", "ingest_merged"]
 
 log = logging.getLogger("perch.ingest")
 
 
-class ReplayedBatch(Exception):
+class ReplayedBatch(PerchError):
     """A batch whose signature was already accepted."""
 
 

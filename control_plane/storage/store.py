@@ -40,7 +40,7 @@ from control_plane.storage.schema import (
     snapshots,
 )
 from control_plane.storage.stats import CellStats
-from core import Snapshot, SnapshotError, decode_snapshot
+from core import PerchError, Snapshot, SnapshotError, decode_snapshot
 
 __all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store"]
 
@@ -49,11 +49,11 @@ EXPIRY_GRACE_MS = 3_600_000
 MAX_WINDOW_MS = 90 * 86_400_000  # the longest reward window an experiment may have
 
 
-class NotFound(LookupError):
+class NotFound(PerchError, LookupError):
     pass
 
 
-class Conflict(ValueError):
+class Conflict(PerchError, ValueError):
     pass
 
 
