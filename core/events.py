@@ -22,8 +22,8 @@ import json
 import math
 import re
 import reprlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from core.decide import REASONS, Decision
 from core.errors import PerchError
@@ -41,8 +41,10 @@ __all__ = [
     "outcome_event",
     "parse_batch",
     "parse_beacon",
-    "validate_event",
+    "RULES",
+    "Rule",
     "stitch_event",
+    "validate_event",
 ]
 
 EVENT_SCHEMA = 1
@@ -143,13 +145,8 @@ def _beacon_item(
         token, unit = read_token(secret, item["token"], now_ms=now_ms, max_age_ms=max_age_ms, units=units)
     except TokenError as exc:
         raise EventError(f"{where}: {exc}") from None
-    value = item.get("value", 1)
-    if not _bounded_number(value):
-        raise EventError(f"{where}: value must be a finite number within +/-{MAX_ABS_VALUE:g}"[:300])
-    event_id = item.get("id")
-    if event_id is not None and (not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id)):
-        raise EventError(f"{where}: id must be 1-128 characters of letters, digits and '_.:-'")
-    return token, unit, float(value), event_id
+    _check(item, _BEACON_RULES, where)
+    return token, unit, float(item.get("value", 1)), item.get("id")
 
 
 def parse_beacon(
@@ -203,31 +200,90 @@ _QUOTE = reprlib.Repr()  # keyword arguments only from Python 3.12
 _QUOTE.maxlevel, _QUOTE.maxstring, _QUOTE.maxlong, _QUOTE.maxother = 3, 60, 40, 60
 
 
-def _require(event: dict[str, Any], name: str, ok: bool, expected: str, where: str) -> None:
-    if not ok:
-        raise EventError(f"{where}.{name}: expected {expected}, got {_QUOTE.repr(event.get(name))}"[:300])
+class Rule(NamedTuple):
+    """One field's rule: the check its value must pass, and what the message says was expected."""
 
-
-def _check_common(event: dict[str, Any], where: str) -> None:
-    event_id, ts = event.get("id"), event.get("ts")
-    _require(
-        event,
-        "id",
-        isinstance(event_id, str) and bool(_EVENT_ID.fullmatch(event_id)),
-        "1-128 characters of letters, digits and '_.:-'",
-        where,
-    )
-    _require(
-        event,
-        "ts",
-        is_int64(ts) and ts >= 0,
-        "an integer timestamp in ms",
-        where,
-    )
+    name: str
+    check: Callable[[Any], bool]
+    expected: str
+    missing: object = None  # what an absent field counts as
 
 
 def _optional_text(value: object, limit: int = 256) -> bool:
     return value is None or (isinstance(value, str) and 0 < len(value) <= limit and is_text(value))
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def _context(ctx: object) -> bool:
+    return (
+        isinstance(ctx, dict)
+        and len(ctx) <= 16
+        and all(
+            isinstance(k, str)
+            and isinstance(v, str)
+            and 0 < len(k) <= 64
+            and len(v) <= 128
+            and is_text(k)
+            and is_text(v)
+            for k, v in ctx.items()
+        )
+    )
+
+
+def _token(token: object) -> bool:
+    return token is None or (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_CHARS and token.isascii())
+
+
+_ID_RULE = Rule("id", _matches(_EVENT_ID), "1-128 characters of letters, digits and '_.:-'")
+_COMMON = (_ID_RULE, Rule("ts", lambda ts: is_int64(ts) and ts >= 0, "an integer timestamp in ms"))
+_DECIDED = (
+    Rule("decision_id", _matches(_DECISION_ID), "32 lowercase hex characters"),
+    Rule("experiment", _matches(KEY_RE), "an experiment key"),
+    Rule("unit", _optional_text, "a unit id or null"),
+)
+_VALUE_RULE = Rule("value", _bounded_number, f"a finite number within +/-{MAX_ABS_VALUE:g}")
+# The schema of each event type, checked in this order; the message names the first rule broken.
+RULES: dict[str, tuple[Rule, ...]] = {
+    "exposure": (
+        *_DECIDED,
+        Rule("arm", _matches(KEY_RE), "an arm key"),
+        Rule("reason", lambda reason: reason in REASONS, f"one of {REASONS}"),
+        Rule(
+            "propensity",
+            lambda p: p is None or (_bounded_number(p) and 0.0 < p <= 1.0),
+            "a number in (0, 1] or null",
+        ),
+        Rule("segment", lambda segment: _optional_text(segment, 128), "a segment key or null"),
+        Rule("snapshot_version", lambda v: v is None or is_int64(v), "a 64-bit integer or null"),
+        Rule(
+            "context",
+            _context,
+            "an object of at most 16 features, names and values UTF-8 text without NUL",
+            missing={},
+        ),
+    ),
+    "outcome": (*_DECIDED, Rule("token", _token, "the decision's token string or null"), _VALUE_RULE),
+    "stitch": (
+        Rule("anonymous_id", lambda v: v is not None and _optional_text(v), "an id"),
+        Rule("user_id", lambda v: v is not None and _optional_text(v), "an id"),
+    ),
+}
+
+# A beacon item's own fields (its token is read first: it names the decision).
+_BEACON_RULES = (
+    Rule("value", _bounded_number, f"a finite number within +/-{MAX_ABS_VALUE:g}", missing=1),
+    Rule("id", lambda i: i is None or _ID_RULE.check(i), f"null or {_ID_RULE.expected}"),
+)
+
+
+def _check(item: dict[str, Any], rules: Sequence[Rule], where: str) -> None:
+    for rule in rules:
+        value = item.get(rule.name, rule.missing)
+        if not rule.check(value):
+            raise EventError(f"{where}.{rule.name}: expected {rule.expected}, got {_QUOTE.repr(value)}"[:300])
 
 
 def _text(value: object, limit: int, clean: bool) -> bool:
@@ -285,16 +341,12 @@ def _valid_fast(event: dict[str, Any], clean: bool) -> bool:
             )
         )
     if kind == "outcome":
-        token = event.get("token")
-        return (
-            token is None
-            or (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_CHARS and token.isascii())
-        ) and _bounded_number(event.get("value"))
+        return _token(event.get("token")) and _bounded_number(event.get("value"))
     return False
 
 
 def validate_event(event: object, where: str, *, clean: bool = False) -> dict[str, Any]:
-    """One event of a batch, checked against its type's schema.
+    """One event of a batch, checked against its type's schema (:data:`RULES`).
 
     ``clean``: the body it came in holds no ``\\u`` escape of a NUL or a surrogate (see
     :func:`parse_batch`), so its strings need no text check.
@@ -303,93 +355,12 @@ def validate_event(event: object, where: str, *, clean: bool = False) -> dict[st
         raise EventError(f"{where}: expected an event object")
     if _valid_fast(event, clean):
         return event
+    _check(event, _COMMON, where)
     kind = event.get("type")
-    _check_common(event, where)
-    if kind in ("exposure", "outcome"):
-        _require(
-            event,
-            "decision_id",
-            isinstance(event.get("decision_id"), str) and bool(_HEX32.fullmatch(event["decision_id"])),
-            "32 lowercase hex characters",
-            where,
-        )
-        _require(
-            event,
-            "experiment",
-            isinstance(event.get("experiment"), str) and bool(KEY_RE.fullmatch(event["experiment"])),
-            "an experiment key",
-            where,
-        )
-        _require(event, "unit", _optional_text(event.get("unit")), "a unit id or null", where)
-    if kind == "exposure":
-        _require(
-            event,
-            "arm",
-            isinstance(event.get("arm"), str) and bool(KEY_RE.fullmatch(event["arm"])),
-            "an arm key",
-            where,
-        )
-        _require(event, "reason", event.get("reason") in REASONS, f"one of {REASONS}", where)
-        p = event.get("propensity")
-        _require(
-            event,
-            "propensity",
-            p is None or (_bounded_number(p) and 0.0 < p <= 1.0),
-            "a number in (0, 1] or null",
-            where,
-        )
-        _require(event, "segment", _optional_text(event.get("segment"), 128), "a segment key or null", where)
-        v = event.get("snapshot_version")
-        _require(
-            event,
-            "snapshot_version",
-            v is None or is_int64(v),
-            "a 64-bit integer or null",
-            where,
-        )
-        ctx = event.get("context", {})
-        _require(
-            event,
-            "context",
-            isinstance(ctx, dict)
-            and len(ctx) <= 16
-            and all(
-                isinstance(k, str)
-                and isinstance(val, str)
-                and 0 < len(k) <= 64
-                and len(val) <= 128
-                and is_text(k)
-                and is_text(val)
-                for k, val in ctx.items()
-            ),
-            "an object of at most 16 features, names and values UTF-8 text without NUL",
-            where,
-        )
-    elif kind == "outcome":
-        token = event.get("token")
-        _require(
-            event,
-            "token",
-            token is None
-            or (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_CHARS and token.isascii()),
-            "the decision's token string or null",
-            where,
-        )
-        value = event.get("value")
-        _require(
-            event,
-            "value",
-            _bounded_number(value),
-            f"a finite number within +/-{MAX_ABS_VALUE:g}",
-            where,
-        )
-    elif kind == "stitch":
-        for name in ("anonymous_id", "user_id"):
-            _require(
-                event, name, isinstance(event.get(name), str) and _optional_text(event[name]), "an id", where
-            )
-    else:
+    rules = RULES.get(kind) if isinstance(kind, str) else None
+    if rules is None:
         raise EventError(f"{where}.type: expected 'exposure', 'outcome' or 'stitch', got {kind!r}"[:300])
+    _check(event, rules, where)
     return event
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from core import Decision, EventError, encode_batch, exposure_event, parse_batch, parse_beacon
+from core import Decision, EventError, encode_batch, events, exposure_event, parse_batch, parse_beacon
+from core.events import validate_event
 
 
 def _decision() -> Decision:
@@ -42,3 +45,98 @@ def test_hostile_batches_and_beacons_are_event_errors(body: bytes) -> None:
         parse_batch(body)
     with pytest.raises(EventError, match="body must be JSON"):
         parse_beacon(body, 1, (None,), secret="s", max_age_ms=1000)
+
+
+# --- the schema table: one rule per field, and the fast path agrees with it -----------------------
+
+_VALID = {
+    "exposure": {
+        "type": "exposure",
+        "id": "x-1",
+        "ts": 1000,
+        "decision_id": "a" * 32,
+        "experiment": "hero",
+        "arm": "b",
+        "unit": "u-1",
+        "propensity": 0.5,
+        "reason": "personalized",
+        "segment": "all",
+        "snapshot_version": 3,
+        "context": {"device": "mobile"},
+    },
+    "outcome": {
+        "type": "outcome",
+        "id": "o-1",
+        "ts": 1000,
+        "decision_id": "a" * 32,
+        "experiment": "hero",
+        "unit": None,
+        "value": 1,
+    },
+    "stitch": {"type": "stitch", "id": "s-1", "ts": 1000, "anonymous_id": "anon", "user_id": "user"},
+}
+# Values that break one rule or another; each rule is tested with the first of these it refuses.
+_BAD = [None, "", 12, -1, 2**70, 1.5, "\ud800", "u\x00", "x" * 300, ["list"], {"k": 1}, {"\ud800": "v"}]
+
+
+def _broken(kind: str) -> list[tuple[str, dict[str, object], str]]:
+    out = []
+    for rule in (*events._COMMON, *events.RULES[kind]):
+        bad = next(v for v in _BAD if not rule.check(v))
+        out.append((rule.name, {**_VALID[kind], rule.name: bad}, rule.expected))
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(events.RULES))
+def test_each_rule_names_its_field_and_what_was_expected(kind: str) -> None:
+    assert validate_event(_VALID[kind], "e") is _VALID[kind]
+    for name, event, expected in _broken(kind):
+        with pytest.raises(EventError) as refused:
+            validate_event(event, "events[7]")
+        assert str(refused.value).startswith(f"events[7].{name}: expected {expected}"[:300]), name
+        assert not events._valid_fast(event, False), name
+
+
+_VALUES = st.sampled_from([*_BAD, "x-9", "b", "hero", "a" * 32, 0, 1, 0.25, "personalized", "holdout", {}])
+
+
+@settings(max_examples=300)
+@given(
+    kind=st.sampled_from(sorted(events.RULES)),
+    changes=st.dictionaries(
+        st.sampled_from(
+            [
+                "id",
+                "ts",
+                "decision_id",
+                "experiment",
+                "unit",
+                "arm",
+                "reason",
+                "propensity",
+                "segment",
+                "snapshot_version",
+                "context",
+                "token",
+                "value",
+                "anonymous_id",
+                "user_id",
+            ]
+        ),
+        _VALUES,
+        max_size=3,
+    ),
+)
+def test_the_fast_path_accepts_exactly_what_the_rules_accept(kind: str, changes: dict[str, object]) -> None:
+    # The fast path is a hand-inlined copy of RULES for exposures and outcomes (speed); it must never
+    # accept what the table refuses, nor refuse what it accepts.
+    event = {**_VALID[kind], **changes}
+    try:
+        events._check(event, (*events._COMMON, *events.RULES[kind]), "e")
+        table_ok = True
+    except EventError:
+        table_ok = False
+    if kind == "stitch":
+        assert not events._valid_fast(event, False)
+    else:
+        assert events._valid_fast(event, False) == table_ok
