@@ -30,8 +30,9 @@ from scipy.linalg import LinAlgError
 from threadpoolctl import threadpool_limits
 
 from control_plane.experiments import ExperimentSpec
+from control_plane.learning.beta import MIN_SHARE
 from control_plane.learning.laplace import Fit, fit_arms, follow
-from control_plane.learning.learner import MIN_SHAPE, MIN_SHARE, spec_snapshot, split_cells
+from control_plane.learning.learner import MIN_SHAPE, spec_snapshot, split_cells
 from control_plane.propensity import choice_probabilities, model_arrays
 from control_plane.storage.stats import Cells, CellStats
 from core import UNKNOWN, Block, ContextualModel, Segment, Snapshot
