@@ -205,67 +205,90 @@ def fit_arms(
     columns flagged in ``interactions`` get their own scale, also by evidence.
     """
     design = Design.of(x)
-    dim = design.dim
-    arms = n.shape[1]
-    pooled = (float(r.sum()) + 1.0) / (float(n.sum()) + 2.0)
-    noise = max(pooled * (1.0 - pooled), 1e-4)
-    if binary:
-        centre, intercept_sd, unit = math.log(pooled / (1.0 - pooled)), INTERCEPT_SCALE, 1.0
-    else:
-        centre, intercept_sd, unit = pooled, 0.5, math.sqrt(noise)
-    mu0 = np.zeros(dim)
-    mu0[0] = centre
     grid = tuple(scales) if prior_scale is None else (prior_scale,)
     # Interaction columns get a prior scale of their own: a world where effects add up needs
     # them near zero while its main effects are large, and evidence can tell the two apart.
-    pair = np.zeros(dim, dtype=bool) if interactions is None else np.asarray(interactions, dtype=bool)
-    fits: dict[tuple[int, int], tuple[FloatArray, list[FloatArray], float]] = {}
-    starts = np.tile(mu0, (arms, 1))
-    per_arm = [_rows(n, r, a) for a in range(arms)]
-    designs = [design.rows(rows) for rows, _, _ in per_arm]
+    pair = np.zeros(design.dim, dtype=bool) if interactions is None else np.asarray(interactions, dtype=bool)
+    search = _ScaleSearch(design, n, r, binary=binary, grid=grid, pair=pair)
+    middle = len(grid) // 2
+    key = search.climb((middle, middle), lambda k, d: (k[0] + d, k[1] + d), 0)  # both scales together
+    if pair.any() and prior_scale is None:
+        key = search.climb(key, lambda k, d: (k[0], k[1] + d), 1)  # then the interactions' alone
+    means, hessians, total = search.fits[key]
+    covs = np.stack([_inverse(cho_factor(h, check_finite=False)) for h in hessians])
+    return Fit(means, covs, grid[key[0]], total)
 
-    def fit(key: tuple[int, int]) -> float:
-        if key not in fits:
-            prec = np.where(pair, 1.0 / (grid[key[1]] * unit) ** 2, 1.0 / (grid[key[0]] * unit) ** 2)
-            prec[0] = 1.0 / intercept_sd**2
-            prior = _Prior.diagonal(mu0, prec)
-            means = np.empty((arms, dim))
+
+_Key = tuple[int, int]  # (index of the features' scale, index of the interactions' scale) in the grid
+
+
+class _ScaleSearch:
+    """Fits of every arm under one prior scale at a time, remembered, for :func:`fit_arms`."""
+
+    def __init__(
+        self,
+        design: Design,
+        n: FloatArray,
+        r: FloatArray,
+        *,
+        binary: bool,
+        grid: tuple[float, ...],
+        pair: npt.NDArray[np.bool_],
+    ) -> None:
+        self.binary, self.grid, self.pair = binary, grid, pair
+        pooled = (float(r.sum()) + 1.0) / (float(n.sum()) + 2.0)
+        self.noise = max(pooled * (1.0 - pooled), 1e-4)
+        if binary:
+            centre, self.intercept_sd, self.unit = math.log(pooled / (1.0 - pooled)), INTERCEPT_SCALE, 1.0
+        else:
+            centre, self.intercept_sd, self.unit = pooled, 0.5, math.sqrt(self.noise)
+        self.mu0 = np.zeros(design.dim)
+        self.mu0[0] = centre
+        self.per_arm = [_rows(n, r, a) for a in range(n.shape[1])]
+        self.designs = [design.rows(rows) for rows, _, _ in self.per_arm]
+        self.starts = np.tile(self.mu0, (n.shape[1], 1))
+        self.fits: dict[_Key, tuple[FloatArray, list[FloatArray], float]] = {}
+
+    def fit(self, key: _Key) -> float:
+        """The total evidence of all arms under the scales ``key`` (fitted once)."""
+        if key not in self.fits:
+            features, pairs = self.grid[key[0]] * self.unit, self.grid[key[1]] * self.unit
+            prec = np.where(self.pair, 1.0 / pairs**2, 1.0 / features**2)
+            prec[0] = 1.0 / self.intercept_sd**2
+            prior = _Prior.diagonal(self.mu0, prec)
+            means = np.empty_like(self.starts)
             hessians = []
             total = 0.0
-            for a, (_, n_a, r_a) in enumerate(per_arm):
+            for a, (_, n_a, r_a) in enumerate(self.per_arm):
                 w, h, evidence = _fit_one(
-                    designs[a], n_a, r_a, prior, binary=binary, noise=noise, start=starts[a]
+                    self.designs[a],
+                    n_a,
+                    r_a,
+                    prior,
+                    binary=self.binary,
+                    noise=self.noise,
+                    start=self.starts[a],
                 )
                 means[a] = w
                 hessians.append(h)
                 total += evidence
-            starts[:] = means  # warm start for the next scale tried
-            fits[key] = (means, hessians, total)
-        return fits[key][2]
+            self.starts[:] = means  # warm start for the next scale tried
+            self.fits[key] = (means, hessians, total)
+        return self.fits[key][2]
 
-    def climb(
-        key: tuple[int, int], step: Callable[[tuple[int, int], int], tuple[int, int]], axis: int
-    ) -> tuple[int, int]:
+    def climb(self, key: _Key, step: Callable[[_Key, int], _Key], axis: int) -> _Key:
         # The evidence is unimodal in a scale in practice: climb from where we are rather than
         # fit every scale (3-4 fits instead of 8).
         while True:
-            here = fit(key)
-            up = fit(step(key, 1)) if key[axis] + 1 < len(grid) else -math.inf
-            down = fit(step(key, -1)) if key[axis] > 0 and up <= here else -math.inf
+            here = self.fit(key)
+            up = self.fit(step(key, 1)) if key[axis] + 1 < len(self.grid) else -math.inf
+            down = self.fit(step(key, -1)) if key[axis] > 0 and up <= here else -math.inf
             if up > here:
                 key = step(key, 1)
             elif down > here:
                 key = step(key, -1)
             else:
                 return key
-
-    middle = len(grid) // 2
-    key = climb((middle, middle), lambda k, d: (k[0] + d, k[1] + d), 0)  # both scales together
-    if pair.any() and prior_scale is None:
-        key = climb(key, lambda k, d: (k[0], k[1] + d), 1)  # then the interactions' alone
-    means, hessians, total = fits[key]
-    covs = np.stack([_inverse(cho_factor(h, check_finite=False)) for h in hessians])
-    return Fit(means, covs, grid[key[0]], total)
 
 
 def follow(
