@@ -220,6 +220,9 @@ def data_mark(conn: Connection, experiment: str) -> int:
     return max(int(newest or 0), int(folded or 0))
 
 
+_Delta = tuple[int, float, float, float, float]  # hour_ms, n, r, decayed n, decayed r
+
+
 def rollup(conn: Connection, experiment: str, half_life_s: float | None, *, upsert: Any) -> int:
     """Fold the experiment's deltas into ``stats``; how many delta rows were folded.
 
@@ -246,7 +249,7 @@ def rollup(conn: Connection, experiment: str, half_life_s: float | None, *, upse
             stat_deltas.c.decayed_reward,
         )
     ).all()
-    folded: dict[tuple[str, str], list[tuple[int, float, float, float, float]]] = defaultdict(list)
+    folded: dict[tuple[str, str], list[_Delta]] = defaultdict(list)
     for path, arm, hour, n, r, dn, dr in gone:
         folded[path, arm].append((hour, n, r, dn, dr))
     base = {
@@ -254,30 +257,15 @@ def rollup(conn: Connection, experiment: str, half_life_s: float | None, *, upse
         for row in conn.execute(select(stats).where(stats.c.experiment == experiment))
         if (row.path, row.arm) in folded
     }
-    rows = []
-    for (path, arm), items in folded.items():
-        old = base.get((path, arm))
-        ref = max([old.ref_ms if old else 0, *(hour for hour, *_ in items)])
-        n = old.exposures if old else 0.0
-        r = old.reward if old else 0.0
-        dn = decay(old.decayed_exposures, old.ref_ms, ref, half_life_s) if old else 0.0
-        dr = decay(old.decayed_reward, old.ref_ms, ref, half_life_s) if old else 0.0
-        for hour, add_n, add_r, add_dn, add_dr in items:
-            n, r = n + add_n, r + add_r
-            dn += decay(add_dn, hour, ref, half_life_s)
-            dr += decay(add_dr, hour, ref, half_life_s)
-        rows.append(
-            {
-                "experiment": experiment,
-                "path": path,
-                "arm": arm,
-                "exposures": n,
-                "reward": r,
-                "decayed_exposures": dn,
-                "decayed_reward": dr,
-                "ref_ms": ref,
-            }
-        )
+    rows = [
+        {
+            "experiment": experiment,
+            "path": path,
+            "arm": arm,
+            **_fold(base.get((path, arm)), items, half_life_s),
+        }
+        for (path, arm), items in folded.items()
+    ]
     stmt = upsert(stats)
     conn.execute(
         stmt.on_conflict_do_update(
@@ -291,6 +279,22 @@ def rollup(conn: Connection, experiment: str, half_life_s: float | None, *, upse
     )
     _record_folded(conn, experiment, int(watermark), upsert=upsert)
     return len(gone)
+
+
+def _fold(
+    old: Any, items: list[tuple[int, float, float, float, float]], half_life_s: float | None
+) -> dict[str, Any]:
+    """A cell's base row (``old``, or None) plus its deltas ``(hour, n, r, dn, dr)``, as a new base row."""
+    ref = max([old.ref_ms if old else 0, *(hour for hour, *_ in items)])
+    n = old.exposures if old else 0.0
+    r = old.reward if old else 0.0
+    dn = decay(old.decayed_exposures, old.ref_ms, ref, half_life_s) if old else 0.0
+    dr = decay(old.decayed_reward, old.ref_ms, ref, half_life_s) if old else 0.0
+    for hour, add_n, add_r, add_dn, add_dr in items:
+        n, r = n + add_n, r + add_r
+        dn += decay(add_dn, hour, ref, half_life_s)
+        dr += decay(add_dr, hour, ref, half_life_s)
+    return {"exposures": n, "reward": r, "decayed_exposures": dn, "decayed_reward": dr, "ref_ms": ref}
 
 
 def _record_folded(conn: Connection, experiment: str, watermark: int, *, upsert: Any) -> None:
