@@ -1,9 +1,8 @@
 """``perch serve``, ``perch consume``, ``perch experiments ...``, ``perch publish``, ``perch db upgrade``.
 
 ``serve`` runs the control plane and ``consume`` stores queued event batches; the others are clients
-of its HTTP API
-(``PERCH_URL``, default http://127.0.0.1:8000, with ``PERCH_ADMIN_TOKEN``), so
-an operator's laptop needs no database access.
+of its HTTP API (``PERCH_URL``, default http://127.0.0.1:8000, with ``PERCH_ADMIN_TOKEN``), so an
+operator's laptop needs no database access.
 """
 
 from __future__ import annotations
@@ -12,10 +11,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
+
+if TYPE_CHECKING:  # imported when a command runs: `perch --help` stays quick
+    from control_plane.events.queues import MessageSource
+    from control_plane.settings import Settings
 
 __all__ = ["register"]
 
@@ -109,13 +112,9 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations to PERCH_DATABASE_URL (serve does this at startup too)."""
-    from control_plane.settings import Settings, SettingsError
     from control_plane.storage.store import Store
 
-    try:
-        settings = Settings.from_env(dict(os.environ))
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     Store.from_url(settings.database_url, settings.unit_salt).migrate()
     click.echo("database is at the latest schema", file=sys.stderr)
@@ -165,25 +164,12 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     import logging
     import signal
 
-    from control_plane.events.cloudflare_queue import CloudflareQueue
     from control_plane.events.consume import Consumer
-    from control_plane.events.queues import DirectoryQueue, MessageSource, QueueError
-    from control_plane.settings import Settings, SettingsError
+    from control_plane.events.queues import QueueError
     from control_plane.storage.store import Store
 
-    if (queue_dir is None) == (cloudflare_queue is None):
-        raise click.ClickException("give exactly one of --queue-dir DIR or --cloudflare-queue QUEUE_ID")
-    try:
-        settings = Settings.from_env(dict(os.environ))
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    source: MessageSource
-    if queue_dir is not None:
-        source = DirectoryQueue(queue_dir)
-    else:
-        if not (settings.cf_account_id and settings.cf_api_token):
-            raise click.ClickException("--cloudflare-queue needs PERCH_CF_ACCOUNT_ID and PERCH_CF_API_TOKEN")
-        source = CloudflareQueue(settings.cf_account_id, cloudflare_queue or "", settings.cf_api_token)
+    settings = _settings()
+    source = _queue_source(settings, queue_dir, cloudflare_queue)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.from_url(settings.database_url, settings.unit_salt)
@@ -211,6 +197,28 @@ def consume(  # noqa: PLR0917 - one parameter per click option
         signal.signal(signal.SIGTERM, previous)
         store.engine.dispose()
     click.echo(json.dumps(result.to_dict(), sort_keys=True))
+
+
+def _settings() -> Settings:
+    from control_plane.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env(dict(os.environ))
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _queue_source(settings: Settings, queue_dir: Path | None, cloudflare_queue: str | None) -> MessageSource:
+    from control_plane.events.cloudflare_queue import CloudflareQueue
+    from control_plane.events.queues import DirectoryQueue
+
+    if (queue_dir is None) == (cloudflare_queue is None):
+        raise click.ClickException("give exactly one of --queue-dir DIR or --cloudflare-queue QUEUE_ID")
+    if queue_dir is not None:
+        return DirectoryQueue(queue_dir)
+    if not (settings.cf_account_id and settings.cf_api_token):
+        raise click.ClickException("--cloudflare-queue needs PERCH_CF_ACCOUNT_ID and PERCH_CF_API_TOKEN")
+    return CloudflareQueue(settings.cf_account_id, cloudflare_queue or "", settings.cf_api_token)
 
 
 def register(group: click.Group) -> None:
