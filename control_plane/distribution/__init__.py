@@ -1,0 +1,1 @@
+"""Ground floor, distribution: where snapshots go (Workers KV, or local files for `perch edge dev`)."""
