@@ -42,7 +42,7 @@ from control_plane.storage.schema import (
 from control_plane.storage.stats import CellStats
 from core import PerchError, Snapshot, SnapshotError, decode_snapshot
 
-__all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store"]
+__all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store", "publish_lock_key"]
 
 # An exposure may follow its outcome by a little (edges send on their own schedules).
 EXPIRY_GRACE_MS = 3_600_000
@@ -518,7 +518,7 @@ class Store:
             if self.dialect != "postgresql":
                 yield True  # SQLite is one process's database
                 return
-            lock_key = _lock_key(key)
+            lock_key = publish_lock_key(key)
             with self.engine.connect() as conn:
                 if wait:
                     conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
@@ -540,7 +540,7 @@ class Store:
 _INGEST_LOCK_KEY = int.from_bytes(hashlib.sha256(b"perch-ingest").digest()[:8], "big", signed=True)
 
 
-def _lock_key(key: str) -> int:
+def publish_lock_key(key: str) -> int:
     """``key``'s publish lock as a signed 64-bit key for pg_advisory_lock."""
     return int.from_bytes(
         hashlib.sha256(b"perch-publish\x00" + key.encode()).digest()[:8], "big", signed=True

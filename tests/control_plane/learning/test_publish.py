@@ -10,7 +10,7 @@ from control_plane.distribution.kv_publishers import LocalKVPublisher
 from control_plane.events.ingest import ingest
 from control_plane.learning.publish import publish_all, publish_experiment
 from control_plane.metrics import Metrics
-from control_plane.storage.store import Store
+from control_plane.storage.store import Store, publish_lock_key
 from core import INDEX_KEY, LocalKV, decode_snapshot, snapshot_key
 from tests.control_plane.conftest import NOW, UNIT_KEY, reset_postgres, spec
 from tests.control_plane.events.test_ingest import exposure
@@ -105,8 +105,6 @@ def test_one_failing_experiment_does_not_stop_the_cycle(setup: tuple[Store, Loca
 
 def test_each_experiment_is_published_by_the_holder_of_its_own_lock(tmp_path: Path, pg_url: str) -> None:
     # PostgreSQL only: SQLite is one process's database, with no other publishers to coordinate.
-    from control_plane.storage.store import _lock_key
-
     reset_postgres(pg_url)
     store = Store.from_url(pg_url, UNIT_KEY)
     store.migrate()
@@ -118,13 +116,13 @@ def test_each_experiment_is_published_by_the_holder_of_its_own_lock(tmp_path: Pa
     try:
         with other.connect() as conn:
             # Another publisher is busy with "hero" and with the index.
-            assert conn.execute(lock, {"k": _lock_key("hero")}).scalar()
-            assert conn.execute(lock, {"k": _lock_key("")}).scalar()
+            assert conn.execute(lock, {"k": publish_lock_key("hero")}).scalar()
+            assert conn.execute(lock, {"k": publish_lock_key("")}).scalar()
             published = publish_all(store, LocalKVPublisher(kv), Metrics(), now_ms=clock, draws=10_000)
             assert [r.experiment for r in published] == ["second"]
             assert kv.get(snapshot_key("hero")) is None and kv.get(INDEX_KEY) is None
-            conn.execute(unlock, {"k": _lock_key("hero")})
-            conn.execute(unlock, {"k": _lock_key("")})
+            conn.execute(unlock, {"k": publish_lock_key("hero")})
+            conn.execute(unlock, {"k": publish_lock_key("")})
             conn.commit()
         clock.ms += 2_000
         published = publish_all(store, LocalKVPublisher(kv), Metrics(), now_ms=clock, draws=10_000)
