@@ -186,8 +186,8 @@ def edge_dev(host: str, port: int, data_dir: Path, queue_dirs: tuple[Path, ...])
     from control_plane.events.queues import DirectoryQueue
     from core import LocalKV
     from edge.config import ConfigError, EdgeConfig
-    from edge.handler import Edge
     from edge.local import LocalPlatform, asgi_app
+    from edge.visit import Edge
 
     try:
         config = EdgeConfig.from_vars(os.environ)

@@ -22,8 +22,9 @@ import httpx
 
 from core import JSONInputError, LocalKV, parse_json
 from edge.config import EVENT_QUEUE_PREFIX
-from edge.handler import Edge, handle
 from edge.platform import EdgeRequest, OriginResponse
+from edge.routing import handle
+from edge.visit import Edge
 
 __all__ = ["LocalPlatform", "QueueProducer", "asgi_app"]
 

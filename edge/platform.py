@@ -1,12 +1,13 @@
 """What the edge handler needs from its runtime, and the values it trades.
 
-The handler (``edge.handler``) is plain async Python; everything that
+The handler (``edge.routing`` and the modules it routes to) is plain async Python; everything that
 differs between workerd, Pyodide under Node and CPython (KV, subrequests,
 ``waitUntil``, clocks, HTML rewriting, event queues) is reached through a :class:`Platform`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -67,6 +68,16 @@ class EdgeResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes | AsyncIterator[bytes] = b""
+
+    @classmethod
+    def json(cls, status: int, doc: Any, headers: list[tuple[str, str]] | None = None) -> EdgeResponse:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        return cls(status, [("content-type", "application/json"), *(headers or [])], body)
+
+    @classmethod
+    def error(cls, status: int, message: str) -> EdgeResponse:
+        """An API error: ``{"error": message}``, never cached."""
+        return cls.json(status, {"error": message}, [("cache-control", "no-store")])
 
 
 class Platform(Protocol):

@@ -1,4 +1,4 @@
-"""The Cloudflare Python Worker: ``Default.fetch`` over :mod:`edge.handler`.
+"""The Cloudflare Python Worker: ``Default.fetch`` over :mod:`edge.routing`.
 
 Only this module knows about workerd (and Pyodide's ``js``/``pyodide``
 modules): it adapts the JS Request, KV binding, Queues producer bindings,
@@ -21,8 +21,10 @@ from pyodide.ffi import create_proxy, to_js
 from workers import WorkerEntrypoint
 
 from edge.config import EVENT_QUEUE_PREFIX, EdgeConfig, event_queue_names
-from edge.handler import Edge, handle, origin_url_for
+from edge.pages import origin_url_for
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
+from edge.routing import handle
+from edge.visit import Edge
 
 __all__ = ["Default"]
 

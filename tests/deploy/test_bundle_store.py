@@ -229,11 +229,11 @@ def test_different_content_under_a_published_version_is_refused(
 def test_a_tampered_local_file_is_refused_before_any_upload(
     store: BundleStore, s3: Any, bucket: str, bundles: Path
 ) -> None:
-    (bundles / "v1" / "src/edge/handler.py").write_text("tampered = True\n")
+    (bundles / "v1" / "src/edge/routing.py").write_text("tampered = True\n")
     (bundles / "v1" / "wrangler.toml").unlink()
     with pytest.raises(BundleStoreError, match="does not match its manifest") as caught:
         store.publish(bundles / "v1")
-    assert "src/edge/handler.py: differs from the manifest" in str(caught.value)
+    assert "src/edge/routing.py: differs from the manifest" in str(caught.value)
     assert "wrangler.toml: No such file or directory" in str(caught.value)
     assert keys(s3, bucket) == set()
 
@@ -305,13 +305,13 @@ def test_rollback_refuses_a_version_with_missing_or_changed_files(
 ) -> None:
     store.publish(bundles / "v1")
     store.publish(bundles / "v2")
-    s3.delete_object(Bucket=bucket, Key=f"{PREFIX}/v1/src/edge/handler.py")
+    s3.delete_object(Bucket=bucket, Key=f"{PREFIX}/v1/src/edge/routing.py")
     s3.put_object(Bucket=bucket, Key=f"{PREFIX}/v1/wrangler.toml", Body=b"short")
 
     with pytest.raises(BundleStoreError, match=r"bundle v1 .* is damaged") as caught:
         store.rollback("v1")
     message = str(caught.value)
-    assert "src/edge/handler.py: missing" in message
+    assert "src/edge/routing.py: missing" in message
     assert (
         f"wrangler.toml: size 5, expected {manifest(bundles / 'v1')['files']['wrangler.toml']['size']}"
         in message

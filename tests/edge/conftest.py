@@ -10,8 +10,9 @@ import pytest
 
 from core import INDEX_KEY, Snapshot, encode_snapshot, snapshot_key
 from edge.config import EdgeConfig
-from edge.handler import Edge, handle
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
+from edge.routing import handle
+from edge.visit import Edge
 from tests.core.conftest import NOW_MS, build_snapshot
 
 SECRET = "edge-secret"

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import INDEX_KEY, encode_index, parse_batch
-from edge.handler import Edge, handle
 from edge.platform import EdgeRequest
+from edge.routing import handle
+from edge.visit import Edge
 from tests.core.conftest import build_snapshot
 from tests.edge.conftest import CONFIG, FakePlatform, read_body
 from tests.hostile import HOSTILE_TEXT, JSON_DOCS, SCALARS, dumps

@@ -9,8 +9,8 @@ import pytest
 
 from core import INDEX_KEY, DecisionToken, encode_index, mint_token, sign_identity, unit_tag, verify
 from edge.cache import MAX_ENTRIES, MAX_NEGATIVE
-from edge.handler import Edge
 from edge.platform import EdgeRequest
+from edge.visit import Edge
 from tests.core.conftest import NOW_MS, build_snapshot
 from tests.edge.conftest import IDENTITY_SECRET, SECRET, FakePlatform, header, read_body, request, serve
 
@@ -420,12 +420,12 @@ def test_origin_down_is_a_502_with_a_reason(edge: Edge, platform: FakePlatform) 
 def test_a_bug_in_the_handler_is_contained(
     edge: Edge, platform: FakePlatform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge import handler
+    from edge import routing
 
     def boom(*_: object) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(handler, "_health", boom)
+    monkeypatch.setattr(routing, "_health", boom)
     status, doc, _ = body_json(edge, platform, "https://s.test/v1/health")
     assert status == 500 and doc == {"error": "internal error in the Perch edge"}
 
@@ -433,13 +433,13 @@ def test_a_bug_in_the_handler_is_contained(
 def test_a_bug_on_a_page_serves_the_origin_page_unpersonalized(
     edge: Edge, platform: FakePlatform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge import handler
+    from edge import pages, routing
 
     def boom(*_: object) -> None:
         raise RuntimeError("bug in context building")
 
     _page(platform)
-    monkeypatch.setattr(handler, "build_context", boom)
+    monkeypatch.setattr(pages, "build_context", boom)
     response = serve(
         edge, platform, request("https://s.test/products/1?x=1", headers={"cookie": f"perch_uid={UID}"})
     )
@@ -450,10 +450,10 @@ def test_a_bug_on_a_page_serves_the_origin_page_unpersonalized(
 
     # A bug elsewhere on the page path: a GET is asked of the origin again, plainly; a POST never twice.
     async def fetch_then_fail(edge: Edge, platform: FakePlatform, req: EdgeRequest, rng: object) -> None:
-        await platform.fetch_origin(req, handler.origin_url_for(edge.config.origin_url or "", req.url))
+        await platform.fetch_origin(req, pages.origin_url_for(edge.config.origin_url or "", req.url))
         raise RuntimeError("bug after the origin was asked")
 
-    monkeypatch.setattr(handler, "_page_route", fetch_then_fail)
+    monkeypatch.setattr(routing, "page_route", fetch_then_fail)
     platform.origin_fetches.clear()
     assert asyncio.run(read_body(serve(edge, platform, request("https://s.test/products/1?x=1")))) == PAGE
     assert platform.origin_fetches == [("GET", "https://origin.test/products/1?x=1")] * 2

@@ -16,9 +16,9 @@ import pytest
 from core import LocalKV, parse_batch, parse_message, route, verify
 from core.queue import MAX_MESSAGE_BYTES, MAX_SEND_BATCH_BYTES, MAX_SEND_BATCH_MESSAGES
 from edge.config import QUEUE_LINGER_MS, ConfigError, EdgeConfig, event_queue_names
-from edge.handler import Edge
 from edge.local import LocalPlatform
 from edge.outbox import Outbox
+from edge.visit import Edge
 from tests.core.conftest import NOW_MS
 from tests.edge.conftest import CONFIG, SECRET, FakePlatform, read_body, request, serve
 

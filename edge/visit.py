@@ -1,0 +1,167 @@
+"""What lives as long as an isolate (:class:`Edge`) and as long as one request (:class:`Visit`).
+
+A visit is one request's visitor, its decisions and the events they produce: the decide route
+and the page route both make their decisions through one, so a page's slots and an API call
+identify, decide, mint tokens and log exposures alike.
+
+Personalization never fails a page: without a usable snapshot a decision says ``fallback`` and
+why, and the caller keeps its own default variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import (
+    Decision,
+    DecisionToken,
+    Generator,
+    decide,
+    exposure_event,
+    feature_path,
+    mint_token,
+    stitch_event,
+    unit_tag,
+)
+from edge.cache import CacheEntry, SnapshotCache
+from edge.config import EdgeConfig
+from edge.identity import Identity, identify, parse_cookies
+from edge.outbox import Outbox
+from edge.platform import EdgeRequest, Platform
+
+__all__ = ["Edge", "Visit"]
+
+
+@dataclass
+class Edge:
+    """What lives as long as the isolate: settings, the snapshot cache, the outbox."""
+
+    config: EdgeConfig
+    cache: SnapshotCache = field(init=False)
+    outbox: Outbox = field(init=False)
+    started_ms: int = 0
+    requests: int = 0
+    rejected_identities: int = 0  # user ids offered without a valid site signature: ignored
+    rejected_beacons: int = 0  # outcome items without a valid token for this visitor: not credited
+
+    def __post_init__(self) -> None:
+        self.cache = SnapshotCache(self.config)
+        self.outbox = Outbox()
+
+
+def _personalized(decision: Decision) -> str:
+    if decision.propensity is not None:
+        segment, p = decision.segment, decision.propensity
+        return f"chosen for segment {segment!r} by Thompson sampling (propensity {p:.3f})"
+    if decision.because:
+        return "shown because " + ", ".join(decision.because) + " (contextual Thompson sampling)"
+    return "chosen by contextual Thompson sampling (an exploring draw, or no feature favoured it)"
+
+
+def _why(decision: Decision, max_age_s: float) -> str:
+    return {
+        "personalized": _personalized(decision),
+        "holdout": f"in the holdout group of {decision.experiment!r}: always the default variant",
+        "consent": "no personalization without consent: the default variant",
+        "stale": f"snapshot is {decision.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): default variant",
+    }.get(decision.reason, decision.reason)
+
+
+def _fallback(experiment: str, entry: CacheEntry, rng: Generator) -> dict[str, Any]:
+    return {
+        "experiment": experiment,
+        "arm": None,
+        "payload": None,
+        "html": None,
+        "propensity": None,
+        "reason": "fallback",
+        "segment": None,
+        "snapshot_version": None,
+        "snapshot_age_s": None,
+        "decision_id": f"{rng.getrandbits(128):032x}",
+        "because": [],
+        "why": f"no snapshot available ({entry.error or 'not loaded yet'}): keep your default variant",
+        "token": None,  # nothing was decided: there is no outcome to credit
+    }
+
+
+class Visit:
+    """One request's decisions and the events they produce."""
+
+    def __init__(self, edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> None:
+        self.edge, self.platform, self.request, self.rng = edge, platform, request, rng
+        self.cookies = parse_cookies(request.header("cookie"))
+        config = edge.config
+        self.identity: Identity = identify(
+            request,
+            self.cookies,
+            config.user_header,
+            rng,
+            config.cookie_max_age_s,
+            secret=config.identity_secret,
+        )
+        if self.identity.rejected_claim:
+            edge.rejected_identities += 1
+        self.events: list[dict[str, Any]] = []
+        self.unit_tag: str | None = None
+        self.decide_s = 0.0
+        if self.identity.stitch:
+            self.events.append(stitch_event(*self.identity.stitch, platform.now_ms()))
+
+    async def decide(self, experiment: str, context: Mapping[str, str]) -> dict[str, Any]:
+        started = self.platform.perf_s()
+        try:
+            entry = await self.edge.cache.get(experiment, self.platform)
+            snap = entry.snapshot
+            if snap is None:
+                return _fallback(experiment, entry, self.rng)
+            now = self.platform.now_ms()
+            decision = decide(
+                snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=self.identity.consent
+            )
+            # What the token and the exposure report: the cell decide() used (core.features).
+            names = snap.context_features
+            reported = dict(zip(names, feature_path(names, context), strict=True))
+            self.events.append(exposure_event(decision, self.identity.unit, now, reported))
+            out = decision.to_dict()
+            out["why"] = _why(decision, snap.max_age_s)
+            out["token"] = self._token(decision, reported, now)
+            return out
+        finally:
+            self.decide_s += self.platform.perf_s() - started
+
+    def _token(self, decision: Decision, cell: dict[str, str], now: int) -> str | None:
+        """What a beacon must bring back for this decision's outcome to count."""
+        secret = self.edge.config.edge_secret
+        if not secret:
+            return None
+        if self.unit_tag is None:  # one HMAC per request, however many decisions it makes
+            self.unit_tag = unit_tag(secret, self.identity.unit)
+        return mint_token(
+            secret,
+            DecisionToken(
+                decision.decision_id,
+                decision.experiment,
+                decision.arm,
+                cell,
+                now,
+                decision.snapshot_version,
+                self.unit_tag,
+                decision.reason,  # so the control plane can credit the outcome from the token alone
+            ),
+        )
+
+    def headers(self, cache_control: str | None = "private, no-store") -> list[tuple[str, str]]:
+        out = [("set-cookie", c) for c in self.identity.set_cookies]
+        if cache_control:
+            out.append(("cache-control", cache_control))
+        out.append(("server-timing", f"perch;dur={self.decide_s * 1000:.3f}"))
+        return out
+
+    def flush(self) -> None:
+        """Send this request's events home in the background."""
+        if self.events:
+            events, self.events = self.events, []
+            self.edge.outbox.add(self.platform, self.edge.config, events)
