@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from core.codec import MAX_SNAPSHOT_BYTES, SCHEMA_VERSION, SCHEMAS, decode_snapshot, encode_snapshot
 from core.contextual import Block, ContextualModel, normal_variates
-from core.decide import REASONS, Decision, Generator, decide, draw_stream
+from core.decide import DECISION_FIELDS, REASONS, Decision, Fallback, Generator, decide, draw_stream, fallback
 from core.errors import HashingError, PerchError, SnapshotError
 from core.events import (
     EventError,
@@ -57,6 +57,7 @@ from core.tokens import DecisionToken, TokenError, mint_token, read_token, unit_
 
 __all__ = [
     "HASH_VERSION",
+    "DECISION_FIELDS",
     "INDEX_KEY",
     "KEY_RE",
     "SIGNATURE_HEADER",
@@ -73,6 +74,7 @@ __all__ = [
     "Decision",
     "DecisionToken",
     "EventError",
+    "Fallback",
     "Generator",
     "HashingError",
     "LiveIndexError",
@@ -98,6 +100,7 @@ __all__ = [
     "encode_messages",
     "encode_snapshot",
     "exposure_event",
+    "fallback",
     "feature_path",
     "fresh_timestamp",
     "gamma_variate",

@@ -14,14 +14,23 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from core.features import with_unknowns
 from core.hashing import bucket, seed64
 from core.sampling import beta_variates
 from core.snapshot import Snapshot
 
-__all__ = ["REASONS", "Decision", "Generator", "decide", "draw_stream"]
+__all__ = [
+    "DECISION_FIELDS",
+    "REASONS",
+    "Decision",
+    "Fallback",
+    "Generator",
+    "decide",
+    "draw_stream",
+    "fallback",
+]
 
 REASONS = ("personalized", "holdout", "consent", "stale", "fallback")
 
@@ -34,8 +43,36 @@ class Generator(Protocol):
     def getrandbits(self, k: int, /) -> int: ...
 
 
+# What a caller is told of a decision, in this order, whether one was made (Decision) or not (Fallback).
+DECISION_FIELDS = (
+    "experiment",
+    "arm",
+    "payload",
+    "html",
+    "propensity",
+    "reason",
+    "segment",
+    "snapshot_version",
+    "snapshot_age_s",
+    "decision_id",
+    "because",
+)
+
+
+class _Serialized:
+    """The one serializer of :class:`Decision` and :class:`Fallback`, so callers see one shape."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        # Shallow on purpose: asdict() would deep-copy every payload per request.
+        out = {name: getattr(self, name) for name in DECISION_FIELDS}
+        out["because"] = list(out["because"])
+        return out
+
+
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(_Serialized):
     """The outcome of one decision, as logged and as returned to callers."""
 
     experiment: str
@@ -53,11 +90,37 @@ class Decision:
     # Contextual decisions: the features that pushed the chosen arm up ("device=mobile").
     because: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        # Shallow on purpose: asdict() would deep-copy every payload per request.
-        out = {name: getattr(self, name) for name in self.__slots__}
-        out["because"] = list(self.because)
-        return out
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fallback(_Serialized):
+    """No decision could be made (no usable snapshot): the caller keeps its own default variant.
+
+    It names no arm, so nothing is logged and no outcome can be credited to it; what it has of
+    :data:`DECISION_FIELDS` besides its experiment and id is fixed, hence class constants.
+    """
+
+    experiment: str
+    decision_id: str
+    cause: str  # why there was nothing to decide with (the caller words it for people)
+
+    arm: ClassVar[None] = None
+    payload: ClassVar[None] = None
+    html: ClassVar[None] = None
+    propensity: ClassVar[None] = None
+    reason: ClassVar[str] = "fallback"
+    segment: ClassVar[None] = None
+    snapshot_version: ClassVar[None] = None
+    snapshot_age_s: ClassVar[None] = None
+    because: ClassVar[tuple[str, ...]] = ()
+
+
+def _decision_id(rng: Generator) -> str:
+    return f"{rng.getrandbits(128):032x}"
+
+
+def fallback(experiment: str, cause: str, rng: Generator) -> Fallback:
+    """The answer for ``experiment`` when there is nothing to decide with; ``rng`` gives its id."""
+    return Fallback(experiment=experiment, decision_id=_decision_id(rng), cause=cause)
 
 
 def draw_stream(snapshot: Snapshot, unit: str) -> _random.Random:
@@ -92,7 +155,7 @@ def decide(
     as ``unknown`` (:mod:`core.features`).  ``rng`` supplies the decision id and, for a unit
     without an id, the draws themselves.
     """
-    decision_id = f"{rng.getrandbits(128):032x}"
+    decision_id = _decision_id(rng)
     age_s = max(0.0, (now_ms - snapshot.created_at) / 1000.0)
     if not unit:
         unit = None

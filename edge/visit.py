@@ -17,15 +17,17 @@ from typing import Any
 from core import (
     Decision,
     DecisionToken,
+    Fallback,
     Generator,
     decide,
     exposure_event,
+    fallback,
     feature_path,
     mint_token,
     stitch_event,
     unit_tag,
 )
-from edge.cache import CacheEntry, SnapshotCache
+from edge.cache import SnapshotCache
 from edge.config import EdgeConfig
 from edge.identity import Identity, identify, parse_cookies
 from edge.outbox import Outbox
@@ -69,22 +71,12 @@ def _why(decision: Decision, max_age_s: float) -> str:
     }.get(decision.reason, decision.reason)
 
 
-def _fallback(experiment: str, entry: CacheEntry, rng: Generator) -> dict[str, Any]:
-    return {
-        "experiment": experiment,
-        "arm": None,
-        "payload": None,
-        "html": None,
-        "propensity": None,
-        "reason": "fallback",
-        "segment": None,
-        "snapshot_version": None,
-        "snapshot_age_s": None,
-        "decision_id": f"{rng.getrandbits(128):032x}",
-        "because": [],
-        "why": f"no snapshot available ({entry.error or 'not loaded yet'}): keep your default variant",
-        "token": None,  # nothing was decided: there is no outcome to credit
-    }
+def _answer(decision: Decision | Fallback, why: str, token: str | None) -> dict[str, Any]:
+    """A decision as callers get it: its fields, why in words, and what its beacon must bring back."""
+    out = decision.to_dict()
+    out["why"] = why
+    out["token"] = token
+    return out
 
 
 class Visit:
@@ -116,7 +108,9 @@ class Visit:
             entry = await self.edge.cache.get(experiment, self.platform)
             snap = entry.snapshot
             if snap is None:
-                return _fallback(experiment, entry, self.rng)
+                served = fallback(experiment, entry.error or "not loaded yet", self.rng)
+                why = f"no snapshot available ({served.cause}): keep your default variant"
+                return _answer(served, why, None)  # nothing was decided: no outcome to credit
             now = self.platform.now_ms()
             decision = decide(
                 snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=self.identity.consent
@@ -125,10 +119,7 @@ class Visit:
             names = snap.context_features
             reported = dict(zip(names, feature_path(names, context), strict=True))
             self.events.append(exposure_event(decision, self.identity.unit, now, reported))
-            out = decision.to_dict()
-            out["why"] = _why(decision, snap.max_age_s)
-            out["token"] = self._token(decision, reported, now)
-            return out
+            return _answer(decision, _why(decision, snap.max_age_s), self._token(decision, reported, now))
         finally:
             self.decide_s += self.platform.perf_s() - started
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from scipy import stats
 
-from core import REASONS, Decision, Snapshot, bucket, decide
+from core import DECISION_FIELDS, REASONS, Decision, Fallback, Snapshot, bucket, decide, fallback
 from tests.core.conftest import NOW_MS, build_snapshot
 
 MOBILE = {"device": "mobile"}
@@ -174,3 +174,21 @@ def test_anonymous_units_are_held_out_at_the_holdout_rate() -> None:
     rng = random.Random(8)
     held = sum(run(snap, None, rng=rng).reason == "holdout" for _ in range(5000))
     assert stats.binomtest(held, 5000, 0.2).pvalue > 1e-3
+
+
+def test_a_fallback_serializes_as_a_decision_does(snapshot: Snapshot) -> None:
+    decided = run(snapshot, "u-1", MOBILE).to_dict()
+    served = fallback("home-hero", "no snapshot in KV", random.Random(0))
+    assert isinstance(served, Fallback) and served.cause == "no snapshot in KV"
+    out = served.to_dict()
+    assert list(out) == list(decided) == list(DECISION_FIELDS)
+    # Its id is drawn as decide() draws one: the same generator state gives the same id.
+    assert out["decision_id"] == run(snapshot, "u-1", MOBILE, rng=random.Random(0)).decision_id
+    assert out == {
+        **dict.fromkeys(DECISION_FIELDS),
+        "experiment": "home-hero",
+        "reason": "fallback",
+        "decision_id": out["decision_id"],
+        "because": [],
+    }
+    assert served.reason in REASONS

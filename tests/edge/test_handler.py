@@ -73,6 +73,22 @@ def test_get_decide_contract(edge: Edge, platform: FakePlatform) -> None:
     assert exposure["decision_id"] == first["decision_id"] and exposure["arm"] == first["arm"]
 
 
+def test_a_fallback_answers_in_the_shape_of_a_decision(edge: Edge, platform: FakePlatform) -> None:
+    _, doc, _ = body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero&experiment=nope")
+    decided, fell_back = doc["decisions"]
+    assert decided["reason"] != "fallback" and fell_back["reason"] == "fallback"
+    assert list(fell_back) == list(decided)  # the same keys, in the same order
+    for key, value in fell_back.items():
+        if key in ("experiment", "reason", "decision_id", "why"):
+            assert isinstance(value, str) and isinstance(decided[key], str), key
+        elif key == "because":
+            assert value == [] and isinstance(decided[key], list)
+        else:  # nothing was decided: no arm, no snapshot, no token
+            assert value is None and (decided[key] is not None or key in ("payload", "token")), key
+    assert re.fullmatch(r"[0-9a-f]{32}", fell_back["decision_id"])
+    assert fell_back["decision_id"] != decided["decision_id"]
+
+
 def test_post_decide_with_context(edge: Edge, platform: FakePlatform) -> None:
     body = json.dumps(
         {"experiments": ["home-hero"], "context": {"device": "mobile", "source": "search"}}
