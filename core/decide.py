@@ -71,7 +71,7 @@ class _Serialized:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision(_Serialized):
     """The outcome of one decision, as logged and as returned to callers."""
 
@@ -163,16 +163,16 @@ def decide(
     def deterministic(reason: str, segment: str | None) -> Decision:
         arm = snapshot.arms[snapshot.arm_index[snapshot.default_arm]]
         return Decision(
-            snapshot.experiment,
-            arm.key,
-            arm.payload,
-            arm.html,
-            1.0,
-            reason,
-            segment,
-            snapshot.version,
-            age_s,
-            decision_id,
+            experiment=snapshot.experiment,
+            arm=arm.key,
+            payload=arm.payload,
+            html=arm.html,
+            propensity=1.0,
+            reason=reason,
+            segment=segment,
+            snapshot_version=snapshot.version,
+            snapshot_age_s=age_s,
+            decision_id=decision_id,
         )
 
     if not consent:
@@ -212,15 +212,15 @@ def decide(
             best = tied[min(int(uniform() * len(tied)), len(tied) - 1)]
     arm = snapshot.arms[best]
     return Decision(
-        snapshot.experiment,
-        arm.key,
-        arm.payload,
-        arm.html,
-        None if model is not None else float(snapshot.allocation[s * n + best]),
-        "personalized",
-        segment,
-        snapshot.version,
-        age_s,
-        decision_id,
-        because,
+        experiment=snapshot.experiment,
+        arm=arm.key,
+        payload=arm.payload,
+        html=arm.html,
+        propensity=None if model is not None else float(snapshot.allocation[s * n + best]),
+        reason="personalized",
+        segment=segment,
+        snapshot_version=snapshot.version,
+        snapshot_age_s=age_s,
+        decision_id=decision_id,
+        because=because,
     )

@@ -11,7 +11,18 @@ from core.events import validate_event
 
 
 def _decision() -> Decision:
-    return Decision("hero", "b", None, None, 0.5, "personalized", "all", 3, 1.0, "a" * 32)
+    return Decision(
+        experiment="hero",
+        arm="b",
+        payload=None,
+        html=None,
+        propensity=0.5,
+        reason="personalized",
+        segment="all",
+        snapshot_version=3,
+        snapshot_age_s=1.0,
+        decision_id="a" * 32,
+    )
 
 
 # --- hostile input (security review H1 and its low findings) --------------------------------------
