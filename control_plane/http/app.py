@@ -289,7 +289,8 @@ class Api:
             # the dashboard links here: its session will do, else the bearer token
             self.admin(request)
         record = await run_in_threadpool(self.experiment_or_404, _path_key(request))
-        return JSONResponse(await run_in_threadpool(build_report, self.store, record, self.now_ms()))
+        report = await run_in_threadpool(build_report, self.store, record, self.now_ms())
+        return JSONResponse(report.to_dict())
 
     async def user(self, request: Request) -> Response:
         """

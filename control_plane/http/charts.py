@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from control_plane.learning.report_types import AllocationPoint, ArmRow, Decomposition, Group
+
 __all__ = ["arm_color", "allocation_chart", "conversion_chart", "lift_chart", "line_chart"]
 
 WIDTH, HEIGHT = 640, 320
@@ -42,14 +44,6 @@ def arm_color(index: int) -> str:
 
 
 # --- numbers and text ------------------------------------------------------------------------
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if _finite(value) else None
 
 
 def _c(x: float) -> str:
@@ -250,48 +244,35 @@ def _legend(items: Sequence[tuple[str, str, str]], fixed: Sequence[tuple[str, st
     return out
 
 
-def _names(arms: Sequence[Any]) -> list[str]:
-    """Arm names from names or from report rows ({"arm": ...}), in order, once each."""
-    names = [str(a.get("arm")) if isinstance(a, Mapping) else str(a) for a in arms]
-    return list(dict.fromkeys(names))
-
-
 # --- charts ----------------------------------------------------------------------------------
 
 
 Snapshot = tuple[float, int, dict[str, float]]  # created_ms, version, normalised shares
 
 
-def _allocation_points(history: Sequence[Mapping[str, Any]]) -> list[Snapshot]:
+def _allocation_points(history: Sequence[AllocationPoint]) -> list[Snapshot]:
     points: list[Snapshot] = []
     for entry in history:
-        allocation, created = entry.get("allocation"), _num(entry.get("created_ms"))
-        if not isinstance(allocation, Mapping) or created is None:
-            continue
-        raw = {str(k): max(float(p), 0.0) for k, p in allocation.items() if _finite(p)}
-        total = sum(raw.values())
-        if total <= 0:
-            continue
-        version = entry.get("version")
-        normalised = {k: p / total for k, p in raw.items()}
-        points.append((created, version if isinstance(version, int) else 0, normalised))
+        total = sum(entry.allocation.values())
+        if total > 0:
+            normalised = {k: p / total for k, p in entry.allocation.items()}
+            points.append((entry.created_ms, entry.version, normalised))
     points.sort(key=lambda p: (p[0], p[1]))
     return points
 
 
-def allocation_chart(history: Sequence[Mapping[str, Any]], arms: Sequence[Any]) -> str:
+def allocation_chart(history: Sequence[AllocationPoint], arms: Sequence[str]) -> str:
     """Stacked areas: each arm's share of the global allocation, snapshot by snapshot.
 
-    ``history``: ``[{"version", "created_ms", "allocation": {arm: p}}]`` in any order;
-    ``arms`` (names, or report rows with ``arm``) fixes stacking order and colours; arms found
-    only in the history come after, sorted.  Shares are normalised per snapshot, so float32
-    rounding in a snapshot cannot overshoot 100 %.
+    ``history`` in any order; ``arms`` fixes stacking order and colours; arms found only in the
+    history come after, sorted.  Shares are normalised per snapshot, so float32 rounding in a
+    snapshot cannot overshoot 100 %.
     """
     title = "Allocation share per arm over time"
     points = _allocation_points(history)
     if not points:
         return _empty("allocation", title)
-    names = _names(arms)
+    names = list(dict.fromkeys(arms))
     names += sorted({k for _, _, shares in points for k in shares} - set(names))
     latest = points[-1]
     desc = (
@@ -364,22 +345,18 @@ def _stacked_areas(
     return parts
 
 
-def conversion_chart(arms: Sequence[Mapping[str, Any]], reward_kind: str = "binary") -> str:
+def conversion_chart(arms: Sequence[ArmRow], reward_kind: str = "binary") -> str:
     """Per arm: observed rate (bar), 95 % posterior interval (whisker) and posterior mean (dot).
 
-    ``arms``: report rows ``{"arm", "exposures", "rate", "posterior_mean", "ci_low", "ci_high"}``;
-    missing or null numbers leave that mark out rather than drawing a zero.
+    An arm without exposures has no rate, so no bar: its interval and mean are the prior's.
     """
     binary = reward_kind == "binary"
     title = "Conversion rate per arm" if binary else "Mean reward per arm"
-    rows = [a for a in arms if isinstance(a, Mapping)]
-    if not rows or not any((_num(a.get("exposures")) or 0) > 0 for a in rows):
+    rows = list(arms)
+    if not any(a.exposures > 0 for a in rows):
         return _empty("conversion", title)
-    names = _names(rows)
-    top = max(
-        [v for a in rows for k in ("rate", "ci_high", "posterior_mean") if (v := _num(a.get(k))) is not None]
-        or [0.0]
-    )
+    names = list(dict.fromkeys(a.arm for a in rows))
+    top = max(max(a.rate or 0.0, a.ci_high, a.posterior_mean) for a in rows)
     y_ticks = _nice_ticks(0.0, max(top * 1.1, 1e-3 if binary else 1e-6))
     y_fmt = _percent_format(y_ticks) if binary else _number_format(y_ticks)
     y = _scale(0.0, y_ticks[-1], BOTTOM, TOP)
@@ -388,9 +365,9 @@ def conversion_chart(arms: Sequence[Mapping[str, Any]], reward_kind: str = "bina
         return f"{v * 100:.2f}%" if binary else f"{v:.4g}"
 
     desc = "; ".join(
-        f"{a.get('arm')}: "
-        + (value(r) if (r := _num(a.get("rate"))) is not None else "no rate")
-        + f" over {_num(a.get('exposures')) or 0:g} exposures"
+        f"{a.arm}: "
+        + (value(a.rate) if a.rate is not None else "no rate")
+        + f" over {a.exposures:g} exposures"
         for a in rows
     )
     parts = _open("conversion", title, desc)
@@ -413,16 +390,12 @@ def conversion_chart(arms: Sequence[Mapping[str, Any]], reward_kind: str = "bina
     )
     parts.append('<g class="marks">')
     for i, row in enumerate(rows):
-        name = str(row.get("arm"))
+        name = row.arm
         color = arm_color(names.index(name))
         cx = LEFT + band * (i + 0.5)
-        rate, mean = _num(row.get("rate")), _num(row.get("posterior_mean"))
-        lo, hi = _num(row.get("ci_low")), _num(row.get("ci_high"))
-        exposures = _num(row.get("exposures")) or 0.0
+        rate, mean, lo, hi, exposures = row.rate, row.posterior_mean, row.ci_low, row.ci_high, row.exposures
         tip = f"{name}: " + (value(rate) if rate is not None else "no rate yet")
-        if lo is not None and hi is not None:
-            tip += f" (95% {value(lo)} to {value(hi)})"
-        tip += f", {exposures:,.0f} exposures"
+        tip += f" (95% {value(lo)} to {value(hi)}), {exposures:,.0f} exposures"
         if rate is not None:
             parts.append(
                 f'<rect class="mark bar" data-arm="{_e(name)}" data-value="{_v(rate)}" '
@@ -430,19 +403,17 @@ def conversion_chart(arms: Sequence[Mapping[str, Any]], reward_kind: str = "bina
                 f'width="{_c(width)}" height="{_c(BOTTOM - y(rate))}" fill="{color}" fill-opacity="0.8">'
                 f"<title>{_e(tip)}</title></rect>"
             )
-        if lo is not None and hi is not None:
-            cap = min(width / 3, 8.0)
-            parts.append(
-                f'<path class="mark ci" data-arm="{_e(name)}" data-low="{_v(lo)}" data-high="{_v(hi)}" '
-                f'd="M{_c(cx)},{_c(y(lo))} V{_c(y(hi))} M{_c(cx - cap)},{_c(y(lo))} H{_c(cx + cap)} '
-                f'M{_c(cx - cap)},{_c(y(hi))} H{_c(cx + cap)}" stroke="{_TEXT}" stroke-width="1.5" '
-                f'fill="none"><title>{_e(tip)}</title></path>'
-            )
-        if mean is not None:
-            parts.append(
-                f'<circle class="mark mean" data-arm="{_e(name)}" data-value="{_v(mean)}" '
-                f'cx="{_c(cx)}" cy="{_c(y(mean))}" r="3" fill="{_TEXT}"/>'
-            )
+        cap = min(width / 3, 8.0)
+        parts.append(
+            f'<path class="mark ci" data-arm="{_e(name)}" data-low="{_v(lo)}" data-high="{_v(hi)}" '
+            f'd="M{_c(cx)},{_c(y(lo))} V{_c(y(hi))} M{_c(cx - cap)},{_c(y(lo))} H{_c(cx + cap)} '
+            f'M{_c(cx - cap)},{_c(y(hi))} H{_c(cx + cap)}" stroke="{_TEXT}" stroke-width="1.5" '
+            f'fill="none"><title>{_e(tip)}</title></path>'
+        )
+        parts.append(
+            f'<circle class="mark mean" data-arm="{_e(name)}" data-value="{_v(mean)}" '
+            f'cx="{_c(cx)}" cy="{_c(y(mean))}" r="3" fill="{_TEXT}"/>'
+        )
     parts.append("</g>")
     parts += _legend(
         [(n, arm_color(i), "rect") for i, n in enumerate(names)],
@@ -452,27 +423,18 @@ def conversion_chart(arms: Sequence[Mapping[str, Any]], reward_kind: str = "bina
     return "".join(parts)
 
 
-def lift_chart(holdout: Mapping[str, Any] | None, reward_kind: str = "binary") -> str:
+def lift_chart(holdout: Decomposition, reward_kind: str = "binary") -> str:
     """Personalized versus holdout rate (bars), and the lift between them with its 95 % interval.
 
-    ``holdout``: the report's ``{"personalized": {exposures, reward, rate}, "holdout": {...},
-    "lift", "lift_ci": [lo, hi], "relative_lift"}``.  The lift panel is centred on zero so an
-    interval straddling it reads as "not shown yet".
+    The lift panel is centred on zero so an interval straddling it reads as "not shown yet".
     """
     binary = reward_kind == "binary"
     title = "Personalized versus holdout"
-    if not isinstance(holdout, Mapping):
+    groups = [("personalized", holdout.personalized, arm_color(0)), ("holdout", holdout.holdout, _HOLDOUT)]
+    if not any(g.exposures > 0 for _, g, _ in groups):
         return _empty("lift", title)
-    groups: list[tuple[str, Mapping[str, Any], str]] = []
-    for name, color in (("personalized", arm_color(0)), ("holdout", _HOLDOUT)):
-        group = holdout.get(name)
-        groups.append((name, group if isinstance(group, Mapping) else {}, color))
-    if not any((_num(g.get("exposures")) or 0) > 0 for _, g, _ in groups):
-        return _empty("lift", title)
-    lift = _num(holdout.get("lift"))
-    ci = holdout.get("lift_ci")
-    lo, hi = (_num(ci[0]), _num(ci[1])) if isinstance(ci, Sequence) and len(ci) == 2 else (None, None)
-    relative = _num(holdout.get("relative_lift"))
+    lift, relative = holdout.lift, holdout.relative_lift
+    lo, hi = holdout.lift_ci or (None, None)
 
     def value(v: float) -> str:
         return f"{v * 100:.2f}%" if binary else f"{v:.4g}"
@@ -486,9 +448,7 @@ def lift_chart(holdout: Mapping[str, Any] | None, reward_kind: str = "binary") -
     if relative is not None:
         summary += f", relative {relative * 100:+.1f}%"
     desc = "; ".join(
-        f"{n}: "
-        + (value(r) if (r := _num(g.get("rate"))) is not None else "no rate")
-        + f" over {_num(g.get('exposures')) or 0:g} exposures"
+        f"{n}: " + (value(g.rate) if g.rate is not None else "no rate") + f" over {g.exposures:g} exposures"
         for n, g, _ in groups
     )
     parts = _open("lift", title, f"{desc}; {summary}")
@@ -504,9 +464,9 @@ def lift_chart(holdout: Mapping[str, Any] | None, reward_kind: str = "binary") -
 _LABEL_X, _BAR_X = LEFT + 34, LEFT + 40  # the lift chart's row labels end at one, bars start at the other
 
 
-def _rate_panel(groups: Sequence[tuple[str, Mapping[str, Any], str]], binary: bool, value: Fmt) -> list[str]:
+def _rate_panel(groups: Sequence[tuple[str, Group, str]], binary: bool, value: Fmt) -> list[str]:
     """The top of the lift chart: both groups' rates as bars on one axis."""
-    rates = [r for _, g, _ in groups if (r := _num(g.get("rate"))) is not None]
+    rates = [g.rate for _, g, _ in groups if g.rate is not None]
     ticks = _nice_ticks(0.0, max(max(rates or [0.0]) * 1.1, 1e-3 if binary else 1e-6), 4)
     fmt = _percent_format(ticks) if binary else _number_format(ticks)
     x = _scale(0.0, ticks[-1], _BAR_X, RIGHT)
@@ -529,8 +489,7 @@ def _rate_panel(groups: Sequence[tuple[str, Mapping[str, Any], str]], binary: bo
     parts.append('<g class="marks">')
     for i, (name, group, color) in enumerate(groups):
         row_y = TOP + 10 + i * 38
-        rate = _num(group.get("rate"))
-        exposures = _num(group.get("exposures")) or 0.0
+        rate, exposures = group.rate, group.exposures
         parts.append(f'<text x="{_LABEL_X}" y="{row_y + 12}" dy="0.32em" text-anchor="end">{_e(name)}</text>')
         if rate is None:
             parts.append(
@@ -627,7 +586,7 @@ def line_chart(
     """
     cleaned: dict[str, list[tuple[float, float]]] = {}
     for name, pts in series.items():
-        ok = sorted((float(px), float(py)) for px, py in pts if _finite(px) and _finite(py))
+        ok = sorted((float(px), float(py)) for px, py in pts if math.isfinite(px) and math.isfinite(py))
         cleaned[str(name)] = ok
     if not any(cleaned.values()):
         return _empty("line", title)

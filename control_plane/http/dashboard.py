@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import time
 from base64 import b64encode
@@ -39,6 +38,7 @@ from starlette.routing import Route
 
 from control_plane.http.charts import allocation_chart, conversion_chart, lift_chart
 from control_plane.learning.report import build_report
+from control_plane.learning.report_types import Alert, ArmRow, FeatureEffect, Report
 from control_plane.settings import Settings
 from control_plane.storage.store import ExperimentRecord, Store
 from core import KEY_RE
@@ -59,7 +59,7 @@ SESSION_TTL_S = 12 * 3600
 MAX_LOGIN_BODY = 4096
 ALERTS_COUNTED = 100  # the list shows "100+" past this: counting further is not worth a query
 
-ReportFn = Callable[[Store, ExperimentRecord, int], Mapping[str, Any]]
+ReportFn = Callable[[Store, ExperimentRecord, int], Report]
 
 CSS = """
 *{box-sizing:border-box}
@@ -197,47 +197,32 @@ def _h(value: Any) -> str:
     return value if isinstance(value, Html) else escape(str(value), quote=True)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+def _count(value: float) -> str:
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
 
 
-def _count(value: Any) -> str:
-    v = _number(value)
-    if v is None:
+def _rate(value: float | None, binary: bool) -> str:
+    if value is None:
         return "—"
-    return f"{v:,.0f}" if v == int(v) else f"{v:,.1f}"
+    return f"{value * 100:.2f}%" if binary else f"{value:.4g}"
 
 
-def _rate(value: Any, binary: bool) -> str:
-    v = _number(value)
-    if v is None:
+def _diff(value: float | None, binary: bool) -> str:
+    if value is None:
         return "—"
-    return f"{v * 100:.2f}%" if binary else f"{v:.4g}"
+    return f"{value * 100:+.2f} pp" if binary else f"{value:+.4g}"
 
 
-def _diff(value: Any, binary: bool) -> str:
-    v = _number(value)
-    if v is None:
-        return "—"
-    return f"{v * 100:+.2f} pp" if binary else f"{v:+.4g}"
+def _interval(ci: tuple[float, float] | None, fmt: Callable[[float], str]) -> str:
+    return "" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
-def _interval(ci: Any, fmt: Callable[[Any], str]) -> str:
-    if not isinstance(ci, Sequence) or isinstance(ci, str) or len(ci) != 2:
-        return ""
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
 
 
-def _share(value: Any) -> str:
-    v = _number(value)
-    return "—" if v is None else f"{v * 100:.1f}%"
-
-
-def _time(ms: Any) -> str:
-    v = _number(ms)
-    return "—" if v is None else datetime.fromtimestamp(v / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _time(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _age(ms: float) -> str:
@@ -347,67 +332,48 @@ def overview_page(rows: Sequence[Mapping[str, Any]], now_ms: int) -> str:
     return _page("Experiments", body, logged_in=True)
 
 
-def _best_arm(arms: Any) -> str:
-    rows = [a for a in arms if isinstance(a, Mapping)] if isinstance(arms, Sequence) else []
-    scored = [
-        (_number(a.get("prob_best")), _number(a.get("posterior_mean")), str(a.get("arm"))) for a in rows
-    ]
-    scored = [s for s in scored if s[0] is not None]
-    if not scored:
+def _best_arm(arms: Sequence[ArmRow]) -> str:
+    if not arms:
         return "—"
-    best = max(scored, key=lambda s: (s[0] or 0.0, s[1] or 0.0))
-    return f"{best[2]} (P(best) {best[0]:.2f})"
+    best = max(arms, key=lambda a: (a.prob_best, a.posterior_mean))
+    return f"{best.arm} (P(best) {best.prob_best:.2f})"
 
 
-def _obj(value: Any) -> Mapping[str, Any]:
-    """``value`` if it is a JSON object, else an empty one: a report missing a part still renders."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def _features(value: Any) -> str:
-    if not isinstance(value, Mapping) or not value:
+def _features(value: Mapping[str, Any] | None) -> str:
+    if not value:
         return "—"
     return ", ".join(f"{k}={v}" for k, v in value.items())
 
 
-def _alerts_section(alerts: Any) -> str:
-    items = [a for a in alerts if isinstance(a, Mapping)] if isinstance(alerts, Sequence) else []
-    if not items:
+def _alerts_section(alerts: Sequence[Alert]) -> str:
+    if not alerts:
         return '<section class="no-alerts"><h2>Alerts</h2><p class="muted">No alerts.</p></section>'
     lis = []
-    for alert in items:
-        details = alert.get("details")
-        shown = json.dumps(details, sort_keys=True, default=str) if details is not None else ""
+    for alert in alerts:
+        shown = json.dumps(alert.details, sort_keys=True, default=str) if alert.details is not None else ""
         if len(shown) > 400:
             shown = shown[:399] + "…"
         lis.append(
-            f"<li><time>{_h(_time(alert.get('at_ms')))}</time> <strong>{_h(alert.get('kind', ''))}</strong>: "
-            f"{_h(alert.get('message', ''))}" + (f" <code>{_h(shown)}</code>" if shown else "") + "</li>"
+            f"<li><time>{_h(_time(alert.at_ms))}</time> <strong>{_h(alert.kind)}</strong>: "
+            f"{_h(alert.message)}" + (f" <code>{_h(shown)}</code>" if shown else "") + "</li>"
         )
-    count = f"{len(items)} alert{'s' if len(items) != 1 else ''}"
+    count = f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''}"
     return f'<section class="alerts" role="alert"><h2>{_h(count)}</h2><ul>{"".join(lis)}</ul></section>'
 
 
-def _effects_section(effects: Any) -> str:
+def _effects_section(effects: Sequence[FeatureEffect]) -> str:
     """A contextual model's weights: one row per feature column, one ``effect [95%]`` cell per arm."""
-    if not isinstance(effects, list) or not effects:
+    if not effects:
         return ""
-    arms = list(_obj(effects[0].get("arms") if isinstance(effects[0], Mapping) else None))
-    rows = []
-    for row in effects:
-        if not isinstance(row, Mapping):
-            continue
-        cells = _obj(row.get("arms"))
-        rows.append(
-            [row.get("feature")]
-            + [
-                f"{c['effect']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
-                if isinstance(c := cells.get(arm), Mapping)
-                and all(_number(c.get(k)) is not None for k in ("effect", "low", "high"))
-                else "—"
-                for arm in arms
-            ]
-        )
+    arms = list(effects[0].arms)
+    rows = [
+        [row.feature]
+        + [
+            f"{c.effect:+.2f} [{c.low:+.2f}, {c.high:+.2f}]" if (c := row.arms.get(arm)) is not None else "—"
+            for arm in arms
+        ]
+        for row in effects
+    ]
     table = _table([("feature", False), *((arm, True) for arm in arms)], rows, "effects")
     return (
         '<section id="effects"><h2>Feature effects</h2><p class="muted">Each arm\'s weight per feature '
@@ -416,49 +382,48 @@ def _effects_section(effects: Any) -> str:
     )
 
 
-def experiment_page(record: ExperimentRecord, report: Mapping[str, Any], now_ms: int) -> str:
-    """The page of one experiment from its report (see control_plane/learning/report.py for the fields)."""
+def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> str:
+    """The page of one experiment from its report (control_plane/learning/report_types.py)."""
     spec = record.spec
-    binary = report.get("reward_kind", spec.reward.kind) == "binary"
+    binary = report.binary
     key = spec.key
 
-    def rate(v: Any) -> str:
+    def rate(v: float | None) -> str:
         return _rate(v, binary)
 
-    def diff(v: Any) -> str:
+    def diff(v: float | None) -> str:
         return _diff(v, binary)
 
-    arms = [a for a in report.get("arms") or [] if isinstance(a, Mapping)]
-    arm_names = [str(a.get("arm")) for a in arms] or [a.key for a in spec.arms]
-    holdout = report.get("holdout") if isinstance(report.get("holdout"), Mapping) else None
+    arms = report.arms
+    holdout = report.holdout
     meta = (
         f"version {record.version} · {len(spec.arms)} arms (default {spec.default_arm}) · "
         f"holdout {spec.holdout * 100:g}% · floor {spec.floor * 100:g}% · "
         f"segments by {', '.join(spec.features) or 'nothing (global only)'} · reward {spec.reward.kind} · "
-        f"report at {_time(report.get('generated_ms', now_ms))}"
+        f"report at {_time(report.generated_ms)}"
     )
     report_href = f"/v1/experiments/{quote(key, safe='')}/report"
     parts = [
         f"<h1>{_h(key)}</h1>",
         f'<p class="meta">{_h(meta)} · <a href="{_h(report_href)}">JSON report</a></p>',
-        _alerts_section(report.get("alerts")),
+        _alerts_section(report.alerts),
         '<div class="grid">',
         '<section class="chart" id="allocation"><h2>Allocation over time</h2>'
-        f"{allocation_chart(report.get('allocation_history') or [], arm_names)}</section>",
+        f"{allocation_chart(report.allocation_history, [a.arm for a in arms])}</section>",
         '<section class="chart" id="conversion"><h2>Conversion per arm</h2>'
-        f"{conversion_chart(arms, 'binary' if binary else 'numeric')}</section>",
+        f"{conversion_chart(arms, report.reward_kind)}</section>",
         "</div>",
     ]
     arm_rows = [
         [
-            a.get("arm"),
-            _count(a.get("exposures")),
-            _count(a.get("conversions")),
-            rate(a.get("rate")),
-            rate(a.get("posterior_mean")),
-            _interval([a.get("ci_low"), a.get("ci_high")], rate),
-            f"{v:.3f}" if (v := _number(a.get("prob_best"))) is not None else "—",
-            _share(a.get("allocation")),
+            a.arm,
+            _count(a.exposures),
+            _count(a.conversions),
+            rate(a.rate),
+            rate(a.posterior_mean),
+            _interval((a.ci_low, a.ci_high), rate),
+            f"{a.prob_best:.3f}",
+            _share(a.allocation),
         ]
         for a in arms
     ]
@@ -480,33 +445,26 @@ def experiment_page(record: ExperimentRecord, report: Mapping[str, Any], now_ms:
         )
         + "</section>"
     )
-    lift_text = ""
-    if holdout:
-        lift_text = f"Lift {diff(holdout.get('lift'))} {_interval(holdout.get('lift_ci'), diff)}" + (
-            f", relative {v * 100:+.1f}%" if (v := _number(holdout.get("relative_lift"))) is not None else ""
-        )
+    lift_text = f"Lift {diff(holdout.lift)} {_interval(holdout.lift_ci, diff)}" + (
+        f", relative {holdout.relative_lift * 100:+.1f}%" if holdout.relative_lift is not None else ""
+    )
     parts.append(
         '<section class="chart" id="lift"><h2>Holdout lift</h2>'
-        f"{lift_chart(holdout, 'binary' if binary else 'numeric')}"
-        + (f'<p class="lift">{_h(lift_text)}</p>' if lift_text else "")
-        + "</section>"
+        f"{lift_chart(holdout, report.reward_kind)}"
+        f'<p class="lift">{_h(lift_text)}</p></section>'
     )
-    segments = [s for s in report.get("segments") or [] if isinstance(s, Mapping)]
-    segment_rows = []
-    for seg in segments:
-        pers = _obj(seg.get("personalized"))
-        hold = _obj(seg.get("holdout"))
-        segment_rows.append(
-            [
-                seg.get("segment"),
-                _features(seg.get("features")),
-                _count(seg.get("exposures")),
-                rate(pers.get("rate")),
-                rate(hold.get("rate")),
-                f"{diff(seg.get('lift'))} {_interval(seg.get('lift_ci'), diff)}".strip(),
-                _best_arm(seg.get("arms")),
-            ]
-        )
+    segment_rows = [
+        [
+            seg.segment,
+            _features(seg.features),
+            _count(seg.exposures),
+            rate(seg.decomposition.personalized.rate),
+            rate(seg.decomposition.holdout.rate),
+            f"{diff(seg.decomposition.lift)} {_interval(seg.decomposition.lift_ci, diff)}".strip(),
+            _best_arm(seg.arms),
+        ]
+        for seg in report.segments
+    ]
     segment_table = (
         _table(
             [
@@ -525,21 +483,12 @@ def experiment_page(record: ExperimentRecord, report: Mapping[str, Any], now_ms:
         else '<p class="muted">No segment has exposures yet.</p>'
     )
     parts.append(f'<section id="segments"><h2>Segments</h2>{segment_table}</section>')
-    effects = _effects_section(report.get("feature_effects"))
+    effects = _effects_section(report.feature_effects)
     if effects:
         parts.append(effects)
-    snapshots = sorted(
-        (s for s in report.get("snapshots") or [] if isinstance(s, Mapping)),
-        key=lambda s: -(_number(s.get("version")) or 0),
-    )
     snapshot_rows = [
-        [
-            s.get("version"),
-            _time(s.get("created_ms")),
-            _age(now_ms - c) if (c := _number(s.get("created_ms"))) is not None else "—",
-            _count(s.get("size")),
-        ]
-        for s in snapshots
+        [s.version, _time(s.created_ms), _age(now_ms - s.created_ms), _count(s.size)]
+        for s in report.snapshots
     ]
     snapshot_table = (
         _table(
@@ -551,20 +500,15 @@ def experiment_page(record: ExperimentRecord, report: Mapping[str, Any], now_ms:
         else '<p class="muted">Never published.</p>'
     )
     parts.append(f'<section id="snapshots"><h2>Snapshots</h2>{snapshot_table}</section>')
-    outcomes = _obj(report.get("outcomes"))
-    counters = _obj(report.get("counters"))
-    health_rows = [
-        [f"outcomes {name}", _count(outcomes.get(name, 0))] for name in ("joined", "late", "pending", "extra")
-    ]
-    health_rows += [[name, _count(value)] for name, value in sorted(counters.items())]
+    health_rows = [[f"outcomes {name}", _count(n)] for name, n in report.outcomes.to_dict().items()]
+    health_rows += [[name, _count(value)] for name, value in sorted(report.counters.items())]
     parts.append(
         '<section id="data"><h2>Data</h2>'
         + _table([("", False), ("count", True)], health_rows, "data")
         + "</section>"
     )
-    ope = report.get("ope")
-    if ope is not None:
-        shown = json.dumps(ope, indent=2, sort_keys=True, default=str)
+    if report.ope is not None:
+        shown = json.dumps(report.ope.to_dict(), indent=2, sort_keys=True, default=str)
         parts.append(f'<section id="ope"><h2>Off-policy evaluation</h2><pre>{_h(shown)}</pre></section>')
     return _page(key, "".join(parts), logged_in=True)
 

@@ -4,7 +4,8 @@ Everything comes from GROUP BY aggregates over the exposures table and from
 bounded reads of the snapshots table, so a report costs O(segments x arms +
 snapshots), never O(exposures).  Numbers are raw (not half-life decayed): the
 report says what happened; the published snapshot says what the learner
-currently believes.  See docs/report.md for every field.
+currently believes.  See docs/report.md for every field, and report_types.py for
+the records it comes in.
 """
 
 from __future__ import annotations
@@ -18,11 +19,26 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, case, func, select
 
+from control_plane.experiments import Prior
 from control_plane.learning.learner import posterior_summary, prob_best
+from control_plane.learning.report_types import (
+    OPE,
+    Alert,
+    AllocationPoint,
+    ArmRow,
+    Decomposition,
+    Effect,
+    FeatureEffect,
+    Group,
+    Outcomes,
+    Report,
+    SegmentRow,
+    SnapshotRow,
+)
 from control_plane.storage.schema import exposures, snapshots
 from control_plane.storage.store import ExperimentRecord, Store
 
-__all__ = ["MAX_HISTORY", "MAX_SEGMENTS", "MAX_SNAPSHOTS", "build_report"]
+__all__ = ["MAX_HISTORY", "MAX_SEGMENTS", "MAX_SNAPSHOTS", "Report", "build_report"]
 
 MAX_SEGMENTS = 100
 MAX_SNAPSHOTS = 50
@@ -59,8 +75,12 @@ class _Sums:
         return max(spread, 0.0) / (self.exposures - 1)
 
 
+def _fixed(value: float, digits: int = 6) -> float:
+    return round(float(value), digits)
+
+
 def _round(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(float(value), digits)
+    return None if value is None else _fixed(value, digits)
 
 
 def _aggregates(conn: Connection, key: str, by: Sequence[Any], *where: Any) -> dict[tuple[Any, ...], _Sums]:
@@ -87,11 +107,25 @@ def _aggregates(conn: Connection, key: str, by: Sequence[Any], *where: Any) -> d
     return out
 
 
-def _group(sums: _Sums) -> dict[str, Any]:
-    return {"exposures": sums.exposures, "reward": _round(sums.reward), "rate": _round(sums.rate)}
+def _busiest(conn: Connection, key: str) -> list[tuple[str, int]]:
+    """(segment, exposures of any reason) of the MAX_SEGMENTS busiest segments, ties by key."""
+    segment_col = exposures.c.segment
+    count = func.count().label("n")
+    rows = conn.execute(
+        select(segment_col, count)
+        .where(exposures.c.experiment == key, segment_col.is_not(None))
+        .group_by(segment_col)
+        .order_by(count.desc(), segment_col)
+        .limit(MAX_SEGMENTS)
+    )
+    return [(segment, int(n)) for segment, n in rows]
 
 
-def _decomposition(personalized: _Sums, holdout: _Sums) -> dict[str, Any]:
+def _group(sums: _Sums) -> Group:
+    return Group(sums.exposures, _fixed(sums.reward), _round(sums.rate))
+
+
+def _decomposition(personalized: _Sums, holdout: _Sums) -> Decomposition:
     """Personalized vs holdout, with the lift's 95% normal-approximation interval."""
     rate_p, rate_h = personalized.rate, holdout.rate
     lift = None if rate_p is None or rate_h is None else rate_p - rate_h
@@ -99,14 +133,14 @@ def _decomposition(personalized: _Sums, holdout: _Sums) -> dict[str, Any]:
     lift_ci = None
     if lift is not None and var_p is not None and var_h is not None:
         half = Z95 * math.sqrt(var_p / personalized.exposures + var_h / holdout.exposures)
-        lift_ci = [_round(lift - half), _round(lift + half)]
-    return {
-        "personalized": _group(personalized),
-        "holdout": _group(holdout),
-        "lift": _round(lift),
-        "lift_ci": lift_ci,
-        "relative_lift": _round(lift / rate_h) if lift is not None and rate_h else None,
-    }
+        lift_ci = (_fixed(lift - half), _fixed(lift + half))
+    return Decomposition(
+        personalized=_group(personalized),
+        holdout=_group(holdout),
+        lift=_round(lift),
+        lift_ci=lift_ci,
+        relative_lift=_round(lift / rate_h) if lift is not None and rate_h else None,
+    )
 
 
 def _split(sums: Mapping[tuple[Any, ...], _Sums]) -> tuple[_Sums, _Sums, dict[str, _Sums]]:
@@ -183,6 +217,31 @@ def _latest_summary(conn: Connection, key: str, version: int | None) -> dict[str
     return doc if isinstance(doc, dict) else {}
 
 
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """What a report reads from the database, in one connection."""
+
+    overall: dict[tuple[Any, ...], _Sums]  # keyed (reason, arm)
+    busiest: list[tuple[str, int]]
+    by_segment: dict[tuple[Any, ...], _Sums]  # keyed (segment, reason, arm)
+    history: list[dict[str, Any]]  # as _snapshot_rows gives them, newest first
+    latest: dict[str, Any]  # the newest snapshot's summary
+
+
+def _read(store: Store, key: str, arm_keys: Sequence[str]) -> _Reads:
+    segment_col, reason_col, arm_col = exposures.c.segment, exposures.c.reason, exposures.c.arm
+    with store.engine.connect() as conn:
+        overall = _aggregates(conn, key, [reason_col, arm_col])
+        busiest = _busiest(conn, key)
+        keys = [segment for segment, _ in busiest]
+        by_segment = (
+            _aggregates(conn, key, [segment_col, reason_col, arm_col], segment_col.in_(keys)) if keys else {}
+        )
+        history = _snapshot_rows(conn, key, arm_keys)
+        latest = _latest_summary(conn, key, history[0]["version"] if history else None)
+    return _Reads(overall, busiest, by_segment, history, latest)
+
+
 def _allocation(segment: Mapping[str, Any] | None) -> dict[str, float] | None:
     if not segment or not isinstance(segment.get("allocation"), Mapping):
         return None
@@ -190,46 +249,98 @@ def _allocation(segment: Mapping[str, Any] | None) -> dict[str, float] | None:
 
 
 def _arm_tables(
-    arm_keys: Sequence[str], rows: Sequence[Mapping[str, _Sums]], prior_alpha: float, prior_beta: float
-) -> list[list[dict[str, Any]]]:
-    """Per row of arm sums: every arm's counts, Beta posterior, interval and P(best)."""
+    arm_keys: Sequence[str],
+    rows: Sequence[Mapping[str, _Sums]],
+    allocations: Sequence[Mapping[str, float] | None],
+    prior: Prior,
+) -> list[tuple[ArmRow, ...]]:
+    """Per row of arm sums: every arm's counts, Beta posterior, interval, P(best) and allocation.
+
+    One Monte Carlo over all rows at once: the global table and every segment's."""
     n = np.array([[row.get(a, _Sums()).exposures for a in arm_keys] for row in rows], dtype=np.float64)
     r = np.array([[row.get(a, _Sums()).reward for a in arm_keys] for row in rows], dtype=np.float64)
     r = np.minimum(r, n)  # rewards are capped at one success per exposure, up to float rounding
-    alpha = prior_alpha + r
-    beta = prior_beta + (n - r)
+    alpha = prior.alpha + r
+    beta = prior.beta + (n - r)
     summary = posterior_summary(alpha, beta, draws=DRAWS)
     best = prob_best(alpha, beta, draws=DRAWS)
-    tables = []
-    for i, row in enumerate(rows):
-        table = []
-        for j, arm in enumerate(arm_keys):
-            sums = row.get(arm, _Sums())
-            table.append(
-                {
-                    "arm": arm,
-                    "exposures": sums.exposures,
-                    "conversions": sums.conversions,
-                    "reward": _round(sums.reward),
-                    "rate": _round(sums.rate),
-                    "posterior_mean": _round(summary.mean[i, j]),
-                    "ci_low": _round(summary.low[i, j], 4),
-                    "ci_high": _round(summary.high[i, j], 4),
-                    "prob_best": _round(best[i, j], 4),
-                    "allocation": None,
-                }
+    return [
+        tuple(
+            ArmRow(
+                arm=arm,
+                exposures=(sums := row.get(arm, _Sums())).exposures,
+                conversions=sums.conversions,
+                reward=_fixed(sums.reward),
+                rate=_round(sums.rate),
+                posterior_mean=_fixed(summary.mean[i, j]),
+                ci_low=_fixed(summary.low[i, j], 4),
+                ci_high=_fixed(summary.high[i, j], 4),
+                prob_best=_fixed(best[i, j], 4),
+                allocation=None if allocation is None else _round(allocation.get(arm)),
             )
-        tables.append(table)
-    return tables
+            for j, arm in enumerate(arm_keys)
+        )
+        for i, (row, allocation) in enumerate(zip(rows, allocations, strict=True))
+    ]
 
 
-def _with_allocation(
-    table: list[dict[str, Any]], allocation: Mapping[str, float] | None
-) -> list[dict[str, Any]]:
-    for row in table:
-        p = None if allocation is None else allocation.get(row["arm"])
-        row["allocation"] = _round(p)
-    return table
+def _tables(
+    reads: _Reads, arm_keys: Sequence[str], prior: Prior
+) -> tuple[Decomposition, tuple[ArmRow, ...], tuple[SegmentRow, ...]]:
+    """The global decomposition and arm table, and the segments' rows."""
+    personalized, holdout, arms = _split(reads.overall)
+    grouped: dict[str, dict[tuple[Any, ...], _Sums]] = {segment: {} for segment, _ in reads.busiest}
+    for group, sums in reads.by_segment.items():
+        grouped[group[0]][group] = sums
+    per_segment = [_split(grouped[segment]) for segment, _ in reads.busiest]
+    latest_segments = {
+        segment["key"]: segment
+        for segment in reads.latest.get("segments") or []
+        if isinstance(segment, Mapping)
+    }
+    summaries = [latest_segments.get(segment) for segment, _ in reads.busiest]
+    tables = _arm_tables(
+        arm_keys,
+        [arms, *(split[2] for split in per_segment)],
+        [_allocation(reads.history[0]["global"]) if reads.history else None, *map(_allocation, summaries)],
+        prior,
+    )
+    segments = tuple(
+        SegmentRow(
+            segment=segment,
+            features=dict(summary.get("features") or {}) if summary else None,
+            exposures=total,
+            decomposition=_decomposition(seg_p, seg_h),
+            arms=table,
+        )
+        for (segment, total), (seg_p, seg_h, _), summary, table in zip(
+            reads.busiest, per_segment, summaries, tables[1:], strict=True
+        )
+    )
+    return _decomposition(personalized, holdout), tables[0], segments
+
+
+def _allocation_history(history: Sequence[Mapping[str, Any]]) -> tuple[AllocationPoint, ...]:
+    """The global allocation of every snapshot that has one, oldest first."""
+    return tuple(
+        AllocationPoint(row["version"], row["created_ms"], {arm: _fixed(p) for arm, p in allocation.items()})
+        for row in reversed(history)
+        if (allocation := _allocation(row["global"])) is not None
+    )
+
+
+def _effects(latest: Mapping[str, Any]) -> tuple[FeatureEffect, ...]:
+    """A contextual snapshot's feature effects, as publish.feature_effects wrote them."""
+    return tuple(
+        FeatureEffect(
+            str(row["feature"]),
+            {
+                arm: Effect(float(c["effect"]), float(c["low"]), float(c["high"]))
+                for arm, c in row["arms"].items()
+            },
+        )
+        for row in latest.get("effects") or []
+    )
 
 
 def _is_evaluation(details: Any) -> bool:
@@ -238,121 +349,55 @@ def _is_evaluation(details: Any) -> bool:
     )
 
 
-def _ope(
-    alerts: Iterable[Mapping[str, Any]], latest: Mapping[str, Any], snapshot: Mapping[str, Any] | None
-) -> dict[str, Any] | None:
+def _ope(alerts: Iterable[Alert], latest: Mapping[str, Any], snapshot: SnapshotRow | None) -> OPE | None:
     """The newest promotion-gate evaluation: of a held-back snapshot (an alert whose details
     hold one) or of the published one (its summary's ``gate``), whichever came later."""
-    found = None
-    for alert in alerts:  # newest first
-        if _is_evaluation(alert.get("details")):
-            details = dict(alert["details"])
-            found = {
-                "at_ms": alert["at_ms"],
-                "source": "alert",
-                "kind": alert["kind"],
-                "message": alert["message"],
-                "snapshot_version": None,
-                "passed": details.get("passed"),
-                "evaluation": details,
-            }
-            break
-    gate = latest.get("gate")
+    found = next(
+        (
+            OPE(a.at_ms, "alert", a.kind, a.message, None, a.details.get("passed"), dict(a.details))
+            for a in alerts  # newest first
+            if _is_evaluation(a.details)
+        ),
+        None,
+    )
+    gate: Any = latest.get("gate")
     if (
-        snapshot is not None
-        and isinstance(gate, Mapping)
-        and _is_evaluation(gate)
-        and (found is None or snapshot["created_ms"] > found["at_ms"])
+        snapshot is None
+        or not _is_evaluation(gate)
+        or (found is not None and snapshot.created_ms <= found.at_ms)
     ):
-        found = {
-            "at_ms": snapshot["created_ms"],
-            "source": "snapshot",
-            "kind": "published",
-            "message": None,
-            "snapshot_version": snapshot["version"],
-            "passed": gate.get("passed"),
-            "evaluation": dict(gate),
-        }
-    return found
+        return found
+    return OPE(
+        snapshot.created_ms, "snapshot", "published", None, snapshot.version, gate.get("passed"), dict(gate)
+    )
 
 
-def build_report(store: Store, record: ExperimentRecord, now_ms: int) -> dict[str, Any]:
-    """The report of one experiment as JSON-ready data (see docs/report.md)."""
+def build_report(store: Store, record: ExperimentRecord, now_ms: int) -> Report:
+    """The report of one experiment (see docs/report.md; ``to_dict()`` for its JSON)."""
     spec = record.spec
     key = spec.key
-    arm_keys = [arm.key for arm in spec.arms]
-    segment_col, reason_col, arm_col = exposures.c.segment, exposures.c.reason, exposures.c.arm
-    with store.engine.connect() as conn:
-        overall = _aggregates(conn, key, [reason_col, arm_col])
-        count = func.count().label("n")
-        busiest = conn.execute(
-            select(segment_col, count)
-            .where(exposures.c.experiment == key, segment_col.is_not(None))
-            .group_by(segment_col)
-            .order_by(count.desc(), segment_col)
-            .limit(MAX_SEGMENTS)
-        ).all()
-        keys = [segment for segment, _ in busiest]
-        by_segment = (
-            _aggregates(conn, key, [segment_col, reason_col, arm_col], segment_col.in_(keys)) if keys else {}
-        )
-        history = _snapshot_rows(conn, key, arm_keys)
-        latest = _latest_summary(conn, key, history[0]["version"] if history else None)
-
-    personalized, holdout, arms = _split(overall)
-    grouped: dict[str, dict[tuple[Any, ...], _Sums]] = {segment: {} for segment in keys}
-    for group, sums in by_segment.items():
-        grouped[group[0]][group] = sums
-    per_segment = [_split(grouped[segment]) for segment in keys]
-    tables = _arm_tables(
-        arm_keys, [arms, *(split[2] for split in per_segment)], spec.prior.alpha, spec.prior.beta
+    reads = _read(store, key, [arm.key for arm in spec.arms])
+    holdout, arms, segments = _tables(reads, [arm.key for arm in spec.arms], spec.prior)
+    snapshots = tuple(
+        SnapshotRow(int(r["version"]), int(r["created_ms"]), int(r["size"])) for r in reads.history
     )
-    global_allocation = _allocation(history[0]["global"]) if history else None
-    latest_segments = {
-        segment["key"]: segment for segment in latest.get("segments") or [] if isinstance(segment, Mapping)
-    }
-    segments = []
-    for (segment, total), (seg_p, seg_h, _), table in zip(busiest, per_segment, tables[1:], strict=True):
-        summary = latest_segments.get(segment)
-        segments.append(
-            {
-                "segment": segment,
-                "features": dict(summary.get("features") or {}) if summary else None,
-                "exposures": int(total),
-                **_decomposition(seg_p, seg_h),
-                "arms": _with_allocation(table, _allocation(summary)),
-            }
-        )
     statuses = store.outcome_statuses(key)
-    alerts = store.alerts(key)
-    return {
-        "experiment": key,
-        "version": record.version,
-        "generated_ms": now_ms,
-        "reward_kind": spec.reward.kind,
-        "model": spec.model,
+    alerts = tuple(Alert(**alert) for alert in store.alerts(key))
+    return Report(
+        experiment=key,
+        version=record.version,
+        generated_ms=now_ms,
+        reward_kind=spec.reward.kind,
+        model=spec.model,
         # Contextual experiments: each arm's weight per feature column, with 95% intervals.
-        "feature_effects": latest.get("effects") or [],
-        "arms": _with_allocation(tables[0], global_allocation),
-        "holdout": _decomposition(personalized, holdout),
-        "segments": segments,
-        "snapshots": [
-            {"version": row["version"], "created_ms": row["created_ms"], "size": row["size"]}
-            for row in history[:MAX_SNAPSHOTS]
-        ],
-        "allocation_history": [
-            {
-                "version": row["version"],
-                "created_ms": row["created_ms"],
-                "allocation": {arm: _round(p) for arm, p in allocation.items()},
-            }
-            for row in reversed(history)
-            if (allocation := _allocation(row["global"])) is not None
-        ],
-        "outcomes": {
-            status: int(statuses.get(status, 0)) for status in ("joined", "late", "pending", "extra")
-        },
-        "counters": store.counters(key),
-        "alerts": alerts,
-        "ope": _ope(alerts, latest, history[0] if history else None),
-    }
+        feature_effects=_effects(reads.latest),
+        arms=arms,
+        holdout=holdout,
+        segments=segments,
+        snapshots=snapshots[:MAX_SNAPSHOTS],
+        allocation_history=_allocation_history(reads.history),
+        outcomes=Outcomes(*(int(statuses.get(s, 0)) for s in ("joined", "late", "pending", "extra"))),
+        counters=store.counters(key),
+        alerts=alerts,
+        ope=_ope(alerts, reads.latest, snapshots[0] if snapshots else None),
+    )

@@ -6,6 +6,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -21,6 +22,7 @@ from control_plane.http.charts import (
     lift_chart,
     line_chart,
 )
+from control_plane.learning.report_types import AllocationPoint, ArmRow, Decomposition, Group
 from tests.control_plane.conftest import NOW
 
 NS = "{http://www.w3.org/2000/svg}"
@@ -57,35 +59,17 @@ def tick_labels(root: ET.Element, axis: str) -> list[str]:
     return [t.findtext(f"{NS}text") or "" for t in group.iter(f"{NS}g") if t.get("class") == "tick"]
 
 
+def arm(name: str, exposures: int, rate: float | None, mean: float, low: float, high: float) -> ArmRow:
+    reward = (rate or 0.0) * exposures
+    return ArmRow(name, exposures, round(reward), reward, rate, mean, low, high, 0.5, None)
+
+
 HISTORY = [
-    {"version": v, "created_ms": NOW + v * MINUTE, "allocation": {"a": 0.6 - 0.1 * v, "b": 0.4 + 0.1 * v}}
-    for v in range(1, 5)
+    AllocationPoint(v, NOW + v * MINUTE, {"a": 0.6 - 0.1 * v, "b": 0.4 + 0.1 * v}) for v in range(1, 5)
 ]
-ARMS = [
-    {
-        "arm": "a",
-        "exposures": 400,
-        "rate": 0.05,
-        "posterior_mean": 0.0525,
-        "ci_low": 0.033,
-        "ci_high": 0.075,
-    },
-    {
-        "arm": "b",
-        "exposures": 500,
-        "rate": 0.1,
-        "posterior_mean": 0.1,
-        "ci_low": 0.076,
-        "ci_high": 0.12,
-    },
-]
-HOLDOUT = {
-    "personalized": {"exposures": 900, "reward": 70.0, "rate": 0.08},
-    "holdout": {"exposures": 100, "reward": 5.0, "rate": 0.05},
-    "lift": 0.03,
-    "lift_ci": [-0.01, 0.07],
-    "relative_lift": 0.6,
-}
+ARMS = [arm("a", 400, 0.05, 0.0525, 0.033, 0.075), arm("b", 500, 0.1, 0.1, 0.076, 0.12)]
+HOLDOUT = Decomposition(Group(900, 70.0, 0.08), Group(100, 5.0, 0.05), 0.03, (-0.01, 0.07), 0.6)
+NO_EXPOSURES = Group(0, 0.0, None)
 SERIES = {
     "Perch": [(i, 2 * math.log1p(i)) for i in range(0, 101, 10)],
     "uniform": [(i, 0.2 * i) for i in range(101)],
@@ -122,18 +106,10 @@ def test_every_chart_has_a_viewbox_title_axes_legend_and_marks(kind: str) -> Non
     ("kind", "svg"),
     [
         ("allocation", lambda: allocation_chart([], ["a", "b"])),
-        (
-            "allocation",
-            lambda: allocation_chart([{"version": 1, "created_ms": NOW, "allocation": {"a": 0}}], []),
-        ),
-        (
-            "allocation",
-            lambda: allocation_chart([{"version": 1, "created_ms": None, "allocation": {"a": 1}}], []),
-        ),
+        ("allocation", lambda: allocation_chart([AllocationPoint(1, NOW, {"a": 0.0})], [])),
         ("conversion", lambda: conversion_chart([])),
-        ("conversion", lambda: conversion_chart([{**ARMS[0], "exposures": 0}])),
-        ("lift", lambda: lift_chart(None)),
-        ("lift", lambda: lift_chart({"personalized": {"exposures": 0}, "holdout": {"exposures": 0}})),
+        ("conversion", lambda: conversion_chart([replace(ARMS[0], exposures=0)])),
+        ("lift", lambda: lift_chart(Decomposition(NO_EXPOSURES, NO_EXPOSURES, None, None, None))),
         ("line", lambda: line_chart({}, "t", "y")),
         ("line", lambda: line_chart({"a": [], "b": [(math.nan, 1.0), (1.0, math.inf)]}, "t", "y")),
     ],
@@ -175,8 +151,8 @@ def test_allocation_stacks_each_arms_share_in_time_order() -> None:
 
 def test_allocation_normalises_and_keeps_arms_missing_from_the_list() -> None:
     history = [
-        {"version": 1, "created_ms": NOW, "allocation": {"a": 0.2, "b": 0.2}},
-        {"version": 2, "created_ms": NOW + MINUTE, "allocation": {"a": 0.25, "b": 0.25, "new": 0.5}},
+        AllocationPoint(1, NOW, {"a": 0.2, "b": 0.2}),
+        AllocationPoint(2, NOW + MINUTE, {"a": 0.25, "b": 0.25, "new": 0.5}),
     ]
     root = parse(allocation_chart(history, ["b", "a"]))
     order = [m.get("data-arm") for m in marks(root)]
@@ -226,7 +202,7 @@ def test_conversion_bars_are_rates_with_interval_whiskers() -> None:
 
 
 def test_conversion_leaves_out_what_it_does_not_know() -> None:
-    rows = [ARMS[0], {"arm": "b", "exposures": 0, "rate": None, "ci_low": 0.01, "ci_high": 0.6}]
+    rows = [ARMS[0], arm("b", 0, None, 0.3, 0.01, 0.6)]
     root = parse(conversion_chart(rows))
     assert [m.get("data-arm") for m in marks(root) if m.get("class") == "mark bar"] == ["a"]
     assert [m.get("data-arm") for m in marks(root) if m.get("class") == "mark ci"] == ["a", "b"]
@@ -257,17 +233,7 @@ def test_lift_shows_both_rates_and_the_lift_interval_around_zero() -> None:
 
 
 def test_lift_without_holdout_exposures_shows_rates_but_no_lift() -> None:
-    root = parse(
-        lift_chart(
-            {
-                "personalized": {"exposures": 10, "reward": 1.0, "rate": 0.1},
-                "holdout": {"exposures": 0, "reward": 0.0, "rate": None},
-                "lift": None,
-                "lift_ci": None,
-                "relative_lift": None,
-            }
-        )
-    )
+    root = parse(lift_chart(Decomposition(Group(10, 1.0, 0.1), NO_EXPOSURES, None, None, None)))
     assert [m.get("data-group") for m in marks(root)] == ["personalized"]
     assert any("not measurable yet" in (t.text or "") for t in root.iter(f"{NS}text"))
     assert any(t.text == "no exposures yet" for t in root.iter(f"{NS}text"))
@@ -315,8 +281,8 @@ def test_single_points_and_constant_series_still_draw() -> None:
 def test_text_is_escaped_everywhere() -> None:
     svgs = [
         line_chart({EVIL: [(0, 1.0), (1, 2.0)]}, EVIL, EVIL, x_label=EVIL),
-        allocation_chart([{"version": 1, "created_ms": NOW, "allocation": {EVIL: 1.0}}], [EVIL]),
-        conversion_chart([{**ARMS[0], "arm": EVIL}]),
+        allocation_chart([AllocationPoint(1, NOW, {EVIL: 1.0})], [EVIL]),
+        conversion_chart([replace(ARMS[0], arm=EVIL)]),
     ]
     for svg in svgs:
         assert "<script" not in svg
@@ -329,7 +295,7 @@ def test_text_is_escaped_everywhere() -> None:
 
 def test_many_arms_get_distinct_colours_and_a_legend_that_fits() -> None:
     names = [f"arm-{i}" for i in range(30)]
-    history = [{"version": 1, "created_ms": NOW, "allocation": dict.fromkeys(names, 1 / 30)}]
+    history = [AllocationPoint(1, NOW, dict.fromkeys(names, 1 / 30))]
     root = parse(allocation_chart(history, names))
     assert len({m.get("fill") for m in marks(root)}) == 30
     legend = [g for g in root.iter(f"{NS}g") if g.get("class") == "legend-item"]

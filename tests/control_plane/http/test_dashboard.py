@@ -23,6 +23,19 @@ from starlette.applications import Starlette
 from control_plane.distribution.kv_publishers import LocalKVPublisher
 from control_plane.http.app import create_app
 from control_plane.http.dashboard import SESSION_COOKIE, SESSION_TTL_S, dashboard_routes
+from control_plane.learning.report_types import (
+    Alert,
+    AllocationPoint,
+    ArmRow,
+    Decomposition,
+    Effect,
+    FeatureEffect,
+    Group,
+    Outcomes,
+    Report,
+    SegmentRow,
+    SnapshotRow,
+)
 from control_plane.settings import Settings
 from control_plane.storage.store import ExperimentRecord, Store
 from core import LocalKV, encode_batch, sign
@@ -35,82 +48,50 @@ EVIL = '<img src=x onerror="alert(1)">&'
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def report_for(record: ExperimentRecord, now_ms: int) -> dict[str, Any]:
-    """A hand-written report in build_report's shape, with visitor-controlled text to escape."""
+def report_for(record: ExperimentRecord, now_ms: int) -> Report:
+    """A hand-written report, with visitor-controlled text to escape."""
 
-    def arm(name: str, n: int, conversions: int, low: float, high: float, p_best: float) -> dict[str, Any]:
+    def arm(name: str, n: int, conversions: int, low: float, high: float, p_best: float) -> ArmRow:
         rate = conversions / n
-        return {
-            "arm": name,
-            "exposures": n,
-            "conversions": conversions,
-            "reward": float(conversions),
-            "rate": rate,
-            "posterior_mean": rate,
-            "ci_low": low,
-            "ci_high": high,
-            "prob_best": p_best,
-            "allocation": 0.5,
-        }
+        return ArmRow(name, n, conversions, float(conversions), rate, rate, low, high, p_best, 0.5)
 
-    arms = [arm("a", 400, 20, 0.031, 0.074, 0.08), arm("b", 500, 45, 0.066, 0.117, 0.92)]
-    return {
-        "experiment": record.spec.key,
-        "version": record.version,
-        "generated_ms": now_ms,
-        "reward_kind": "binary",
-        "arms": arms,
-        "holdout": {
-            "personalized": {"exposures": 900, "reward": 65.0, "rate": 65 / 900},
-            "holdout": {"exposures": 100, "reward": 5.0, "rate": 0.05},
-            "lift": 65 / 900 - 0.05,
-            "lift_ci": [-0.02, 0.064],
-            "relative_lift": (65 / 900 - 0.05) / 0.05,
-        },
-        "segments": [
-            {
-                "segment": "device:mobile",
-                "features": {"device": "mobile"},
-                "exposures": 600,
-                "personalized": {"exposures": 540, "reward": 45.0, "rate": 45 / 540},
-                "holdout": {"exposures": 60, "reward": 3.0, "rate": 0.05},
-                "lift": 45 / 540 - 0.05,
-                "lift_ci": [-0.03, 0.09],
-                "arms": arms,
-            },
-            {
-                "segment": "seg-0123456789abcdef",
-                "features": {"device": EVIL},
-                "exposures": 400,
-                "personalized": {"exposures": 360, "reward": 20.0, "rate": 20 / 360},
-                "holdout": {"exposures": 40, "reward": 0.0, "rate": 0.0},
-                "lift": None,
-                "lift_ci": None,
-                "arms": [],
-            },
-        ],
-        "snapshots": [
-            {"version": 2, "created_ms": now_ms - 60_000, "size": 812},
-            {"version": 1, "created_ms": now_ms - 120_000, "size": 790},
-        ],
-        "allocation_history": [
-            {"version": 1, "created_ms": now_ms - 120_000, "allocation": {"a": 0.5, "b": 0.5}},
-            {"version": 2, "created_ms": now_ms - 60_000, "allocation": {"a": 0.3, "b": 0.7}},
-        ],
-        "outcomes": {"joined": 65, "late": 2, "pending": 1, "extra": 0},
-        "counters": {"updates": 7},
-        "alerts": [
-            {"at_ms": now_ms - 5000, "kind": "guardrail", "message": f"arm b {EVIL}", "details": None}
-        ],
-        "ope": None,
-        "feature_effects": [
-            {
-                "feature": "device=mobile",
-                "arms": {"a": {"effect": -0.2, "low": -0.5, "high": 0.1}, "b": None},
-            },
-            {"feature": f"device={EVIL}", "arms": {"a": {"effect": 0.31, "low": 0.0, "high": 0.62}}},
-        ],
-    }
+    arms = (arm("a", 400, 20, 0.031, 0.074, 0.08), arm("b", 500, 45, 0.066, 0.117, 0.92))
+    mobile = Decomposition(
+        Group(540, 45.0, 45 / 540), Group(60, 3.0, 0.05), 45 / 540 - 0.05, (-0.03, 0.09), None
+    )
+    other = Decomposition(Group(360, 20.0, 20 / 360), Group(40, 0.0, 0.0), None, None, None)
+    return Report(
+        experiment=record.spec.key,
+        version=record.version,
+        generated_ms=now_ms,
+        reward_kind="binary",
+        model="segments",
+        feature_effects=(
+            FeatureEffect("device=mobile", {"a": Effect(-0.2, -0.5, 0.1), "b": Effect(0.05, -0.1, 0.2)}),
+            FeatureEffect(f"device={EVIL}", {"a": Effect(0.31, 0.0, 0.62)}),
+        ),
+        arms=arms,
+        holdout=Decomposition(
+            Group(900, 65.0, 65 / 900),
+            Group(100, 5.0, 0.05),
+            65 / 900 - 0.05,
+            (-0.02, 0.064),
+            (65 / 900 - 0.05) / 0.05,
+        ),
+        segments=(
+            SegmentRow("device:mobile", {"device": "mobile"}, 600, mobile, arms),
+            SegmentRow("seg-0123456789abcdef", {"device": EVIL}, 400, other, ()),
+        ),
+        snapshots=(SnapshotRow(2, now_ms - 60_000, 812), SnapshotRow(1, now_ms - 120_000, 790)),
+        allocation_history=(
+            AllocationPoint(1, now_ms - 120_000, {"a": 0.5, "b": 0.5}),
+            AllocationPoint(2, now_ms - 60_000, {"a": 0.3, "b": 0.7}),
+        ),
+        outcomes=Outcomes(joined=65, late=2, pending=1, extra=0),
+        counters={"updates": 7},
+        alerts=(Alert(now_ms - 5000, "guardrail", f"arm b {EVIL}", None),),
+        ope=None,
+    )
 
 
 class Browserish:
@@ -352,8 +333,8 @@ def test_the_experiment_page_shows_the_report(browser: Browserish, sqlite_store:
     effects = re.search(r'<table class="effects">.*?</table>', page, flags=re.S)
     assert effects is not None
     cells = re.findall(r"<td(?: class=num)?>(.*?)</td>", effects.group(0))
-    assert cells[:3] == ["device=mobile", "-0.20 [-0.50, +0.10]", "—"]
-    assert cells[4] == "+0.31 [+0.00, +0.62]"
+    assert cells[:3] == ["device=mobile", "-0.20 [-0.50, +0.10]", "+0.05 [-0.10, +0.20]"]
+    assert cells[4:] == ["+0.31 [+0.00, +0.62]", "—"]  # an arm a row does not have
 
 
 def test_the_real_report_renders_too(sqlite_store: Store, tmp_path: Path, clock: Clock) -> None:

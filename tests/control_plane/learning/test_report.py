@@ -93,7 +93,7 @@ def check_arms(rows: list[dict[str, Any]], expected: dict[str, tuple[int, int]])
 
 
 def test_global_arms_and_holdout(store: Store, hero: ExperimentRecord) -> None:
-    report = build_report(store, hero, NOW + 5)
+    report = build_report(store, hero, NOW + 5).to_dict()
     assert (report["experiment"], report["version"], report["generated_ms"]) == ("hero", 1, NOW + 5)
     assert report["reward_kind"] == "binary"
     # Personalized only: a 2 [1], b 4 + 2 [3], c 2 [0].  No snapshot yet, so no allocation.
@@ -123,7 +123,7 @@ def test_global_arms_and_holdout(store: Store, hero: ExperimentRecord) -> None:
 
 
 def test_segments_decompose_a_win_and_a_loss(store: Store, hero: ExperimentRecord) -> None:
-    report = build_report(store, hero, NOW)
+    report = build_report(store, hero, NOW).to_dict()
     mobile, desktop = report["segments"]  # the consent exposure has no segment
     # Busiest first: mobile has 10 exposures; desktop 7, counting its stale one.
     assert (mobile["segment"], mobile["exposures"]) == ("device:mobile", 10)
@@ -166,7 +166,7 @@ def test_allocation_history_and_segment_features_come_from_published_snapshots(
             store, kv, hero, Metrics(), now_ms=lambda: clock[0], force=True, draws=10_000
         )
         assert result.published
-    report = build_report(store, hero, clock[0])
+    report = build_report(store, hero, clock[0]).to_dict()
     history = store.snapshot_history("hero")
     assert [s["version"] for s in history] == [2, 1]
 
@@ -216,7 +216,7 @@ def test_fractional_rewards_use_their_own_variance(store: Store) -> None:
         None,
         NOW,
     )
-    report = build_report(store, record, NOW)
+    report = build_report(store, record, NOW).to_dict()
     assert report["reward_kind"] == "numeric"
     holdout = report["holdout"]
     assert holdout["personalized"] == {"exposures": 3, "reward": 1.05, "rate": 0.35}
@@ -233,7 +233,7 @@ def test_fractional_rewards_use_their_own_variance(store: Store) -> None:
 
 def test_an_experiment_without_data(store: Store) -> None:
     record = store.create_experiment(spec(), NOW)
-    report = build_report(store, record, NOW)
+    report = build_report(store, record, NOW).to_dict()
     assert report["holdout"] == {
         "personalized": {"exposures": 0, "reward": 0.0, "rate": None},
         "holdout": {"exposures": 0, "reward": 0.0, "rate": None},
@@ -262,7 +262,7 @@ def test_no_lift_interval_from_a_single_holdout_exposure(store: Store) -> None:
         None,
         NOW,
     )
-    holdout = build_report(store, record, NOW)["holdout"]
+    holdout = build_report(store, record, NOW).to_dict()["holdout"]
     # 0.5 - 0: a lift, but one holdout exposure has no variance estimate, and rate_h = 0 no ratio.
     assert (holdout["lift"], holdout["lift_ci"], holdout["relative_lift"]) == (0.5, None, None)
 
@@ -272,7 +272,7 @@ def test_at_most_100_segments_busiest_first(store: Store) -> None:
     events = [exp(i, "b", "personalized", f"s-{i:03d}", MOBILE) for i in range(105)]
     events.append(exp(500, "b", "holdout", "s-104", MOBILE))
     ingest(store, events, None, NOW)
-    segments = build_report(store, record, NOW)["segments"]
+    segments = build_report(store, record, NOW).to_dict()["segments"]
     assert len(segments) == 100
     assert segments[0]["segment"] == "s-104" and segments[0]["exposures"] == 2
     # Ties in exposures go by key.
@@ -297,7 +297,7 @@ def test_ope_is_the_newest_gate_evaluation_among_alerts(store: Store, hero: Expe
     store.add_alert("hero", NOW + 1, "promotion_blocked", "snapshot 2 held back", old)
     store.add_alert("hero", NOW + 2, "promotion_blocked", "snapshot 3 held back", new)
     store.add_alert("hero", NOW + 3, "other", "something else", {"note": "no evaluation"})
-    report = build_report(store, hero, NOW + 4)
+    report = build_report(store, hero, NOW + 4).to_dict()
     assert report["alerts"] == store.alerts("hero")
     assert report["ope"] == {
         "at_ms": NOW + 2,
@@ -332,7 +332,7 @@ def test_ope_of_a_published_snapshot_until_a_later_one_is_held_back(
         assert result.published
     summary = store.snapshot_history("hero")[0]["summary"]
     assert summary["gate"]["exposures"] == 10 and summary["gate"]["passed"] is True
-    report = build_report(store, hero, NOW + 180_000)
+    report = build_report(store, hero, NOW + 180_000).to_dict()
     assert report["ope"] == {
         "at_ms": NOW + 120_000,
         "source": "snapshot",
@@ -344,9 +344,9 @@ def test_ope_of_a_published_snapshot_until_a_later_one_is_held_back(
     }
     # An older held-back evaluation does not hide the published one; a newer one does.
     store.add_alert("hero", NOW + 90_000, "promotion_blocked", "older", gate_details(0.1, False))
-    assert build_report(store, hero, NOW + 180_000)["ope"]["source"] == "snapshot"
+    assert build_report(store, hero, NOW + 180_000).to_dict()["ope"]["source"] == "snapshot"
     store.add_alert("hero", NOW + 150_000, "promotion_blocked", "newer", gate_details(0.1, False))
-    assert build_report(store, hero, NOW + 180_000)["ope"]["message"] == "newer"
+    assert build_report(store, hero, NOW + 180_000).to_dict()["ope"]["message"] == "newer"
 
 
 def test_report_reads_exposures_only_through_aggregates(store: Store, hero: ExperimentRecord) -> None:
@@ -400,7 +400,7 @@ def test_snapshot_lists_are_bounded_and_skip_rows_without_a_summary(
     store.record_snapshot(snapshot_row(5, None))
     monkeypatch.setattr(module, "MAX_SNAPSHOTS", 2)
     monkeypatch.setattr(module, "MAX_HISTORY", 4)
-    report = build_report(store, record, NOW)
+    report = build_report(store, record, NOW).to_dict()
     assert report["snapshots"] == [
         {"version": 5, "created_ms": NOW + 5, "size": 105},
         {"version": 4, "created_ms": NOW + 4, "size": 104},
@@ -411,3 +411,59 @@ def test_snapshot_lists_are_bounded_and_skip_rows_without_a_summary(
     ]
     # The newest snapshot has no summary: no allocation to show.
     assert [row["allocation"] for row in report["arms"]] == [None, None, None]
+
+
+# --- the JSON contract -------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).with_name("report_golden.json")
+
+
+def populated(store: Store, tmp_path: Path) -> dict[str, Any]:
+    """Reports over a store with everything a report shows: segments with features, two published
+    snapshots (the second let through by the promotion gate), a held-back evaluation and plain
+    alerts; one segments model and one contextual (feature effects)."""
+    kv = LocalKVPublisher(LocalKV(tmp_path))
+    gate = Gate(min_exposures=1, tolerance=1.0)
+    reports = {}
+    for key, model in (("hero", "segments"), ("ctx", "contextual")):
+        record = store.create_experiment(spec(key=key, model=model, min_segment_units=1), NOW)
+        ingest(store, [{**e, "experiment": key} for e in EVENTS], None, NOW)
+        for minutes in (1, 2):
+            at = NOW + minutes * 60_000
+            publish_experiment(
+                store, kv, record, Metrics(), now_ms=lambda at=at: at, force=True, draws=10_000, gate=gate
+            )
+        store.add_alert(key, NOW + 90_000, "promotion_blocked", "older", gate_details(0.1, False))
+        store.add_alert(key, NOW + 100_000, "guardrail", f"{key}: no details")
+        reports[key] = build_report(store, record, NOW + 180_000).to_dict()
+    return reports
+
+
+def same_json(got: Any, want: Any, where: str = "$") -> None:
+    """Equal as JSON, keys in the same order; floats to 1e-9 (the gate's are not rounded, and a
+    machine's SIMD sums may differ in the last bits)."""
+    assert type(got) is type(want) or {type(got), type(want)} <= {int, float}, where
+    if isinstance(want, dict):
+        assert list(got) == list(want), where
+        for name in want:
+            same_json(got[name], want[name], f"{where}.{name}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            same_json(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), where
+    else:
+        assert got == want, where
+
+
+def as_served(report: Any) -> Any:
+    """The report as GET /v1/experiments/{key}/report sends it."""
+    return json.loads(json.dumps(report, ensure_ascii=True, allow_nan=False, separators=(",", ":")))
+
+
+def test_the_json_of_a_populated_report_is_what_it_was(store: Store, tmp_path: Path) -> None:
+    # The golden file is the report before it was typed: the contract of docs/report.md.
+    reports = {key: as_served(report) for key, report in populated(store, tmp_path).items()}
+    assert reports["ctx"]["feature_effects"] and reports["hero"]["ope"]["source"] == "snapshot"
+    same_json(reports, json.loads(GOLDEN.read_text()))
