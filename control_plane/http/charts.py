@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from control_plane.http import _format as fmt
+from control_plane.http._format import Fmt
 from control_plane.learning.report_types import AllocationPoint, ArmRow, Decomposition, Group
 
 __all__ = ["arm_color", "allocation_chart", "conversion_chart", "lift_chart", "line_chart"]
@@ -32,8 +34,6 @@ _PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#
 _AXIS, _GRID, _MUTED, _TEXT = "#6b7280", "#e5e7eb", "#9ca3af", "#1f2937"
 _HOLDOUT = "#9ca3af"
 _FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif"
-
-Fmt = Callable[[float], str]
 
 
 def arm_color(index: int) -> str:
@@ -65,15 +65,6 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(limit - 1, 1)] + "…"
 
 
-def _decimals(step: float) -> int:
-    """How many decimals show every multiple of ``step`` exactly."""
-    for d in range(10):
-        scaled = abs(step) * 10**d
-        if abs(scaled - round(scaled)) < 1e-6 * max(scaled, 1.0):
-            return d
-    return 10
-
-
 def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     """Ticks at 1, 2, 2.5 or 5 x 10^k spanning [lo, hi]; the first and last bound the axis."""
     if not hi > lo:
@@ -84,27 +75,8 @@ def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     step = next(m * magnitude for m in (1.0, 2.0, 2.5, 5.0, 10.0) if raw <= m * magnitude * (1 + 1e-9))
     start = math.floor(lo / step + 1e-9) * step
     count = math.ceil(hi / step - 1e-9) - math.floor(lo / step + 1e-9)
-    digits = _decimals(step) + 1
+    digits = fmt.decimals(step) + 1
     return [round(start + i * step, digits) + 0.0 for i in range(count + 1)]
-
-
-def _number_format(ticks: Sequence[float]) -> Fmt:
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
-    d = _decimals(step)
-    return lambda v: f"{v:,.{d}f}"
-
-
-def _percent_format(ticks: Sequence[float]) -> Fmt:
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 0.01
-    d = _decimals(step * 100)
-    return lambda v: f"{v * 100:.{d}f}%"
-
-
-def _points_format(ticks: Sequence[float]) -> Fmt:
-    """Differences of rates, in percentage points."""
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 0.01
-    d = _decimals(step * 100)
-    return lambda v: f"{v * 100:+.{d}f}" if v else "0"
 
 
 _TIME_STEPS_S = (
@@ -121,10 +93,6 @@ def _time_ticks(lo_ms: float, hi_ms: float) -> tuple[list[float], Fmt]:
     ticks = [float(t * 1000) for t in range(int(first), int(hi_ms / 1000) + 1, step)]
     pattern = "%H:%M:%S" if step < 60 else "%H:%M" if step < 86400 else "%m-%d"
     return ticks, lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime(pattern)
-
-
-def _utc(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _scale(d0: float, d1: float, r0: float, r1: float) -> Callable[[float], float]:
@@ -282,7 +250,7 @@ def allocation_chart(history: Sequence[AllocationPoint], arms: Sequence[str]) ->
     parts = _open("allocation", title, desc)
     y = _scale(0.0, 1.0, BOTTOM, TOP)
     y_ticks = [0.0, 0.25, 0.5, 0.75, 1.0]
-    parts += _y_axis(y_ticks, y, _percent_format(y_ticks), "share of decisions")
+    parts += _y_axis(y_ticks, y, fmt.percent_ticks(y_ticks), "share of decisions")
 
     t0, t1 = points[0][0], points[-1][0]
     single = t1 == t0
@@ -294,7 +262,7 @@ def allocation_chart(history: Sequence[AllocationPoint], arms: Sequence[str]) ->
     else:
         x = _scale(t0, t1, LEFT, RIGHT)
         x_ticks, x_fmt = _time_ticks(t0, t1)
-    parts += _x_axis(x_ticks, x, x_fmt, f"snapshot time (UTC, from {_utc(t0)[:10]})")
+    parts += _x_axis(x_ticks, x, x_fmt, f"snapshot time (UTC, from {fmt.utc(t0)[:10]})")
     parts += _stacked_areas(points, names, x, y, single=single)
     if not single and len(points) <= 100:
         # Where each snapshot took over: faint rules, so uneven publishing shows.
@@ -358,11 +326,11 @@ def conversion_chart(arms: Sequence[ArmRow], reward_kind: str = "binary") -> str
     names = list(dict.fromkeys(a.arm for a in rows))
     top = max(max(a.rate or 0.0, a.ci_high, a.posterior_mean) for a in rows)
     y_ticks = _nice_ticks(0.0, max(top * 1.1, 1e-3 if binary else 1e-6))
-    y_fmt = _percent_format(y_ticks) if binary else _number_format(y_ticks)
+    y_fmt = fmt.percent_ticks(y_ticks) if binary else fmt.number_ticks(y_ticks)
     y = _scale(0.0, y_ticks[-1], BOTTOM, TOP)
 
     def value(v: float) -> str:
-        return f"{v * 100:.2f}%" if binary else f"{v:.4g}"
+        return fmt.rate(v, binary)
 
     desc = "; ".join(
         f"{a.arm}: "
@@ -437,10 +405,10 @@ def lift_chart(holdout: Decomposition, reward_kind: str = "binary") -> str:
     lo, hi = holdout.lift_ci or (None, None)
 
     def value(v: float) -> str:
-        return f"{v * 100:.2f}%" if binary else f"{v:.4g}"
+        return fmt.rate(v, binary)
 
     def diff(v: float) -> str:
-        return f"{v * 100:+.2f} pp" if binary else f"{v:+.4g}"
+        return fmt.diff(v, binary)
 
     summary = "lift " + (diff(lift) if lift is not None else "not measurable yet")
     if lift is not None and lo is not None and hi is not None:
@@ -468,7 +436,7 @@ def _rate_panel(groups: Sequence[tuple[str, Group, str]], binary: bool, value: F
     """The top of the lift chart: both groups' rates as bars on one axis."""
     rates = [g.rate for _, g, _ in groups if g.rate is not None]
     ticks = _nice_ticks(0.0, max(max(rates or [0.0]) * 1.1, 1e-3 if binary else 1e-6), 4)
-    fmt = _percent_format(ticks) if binary else _number_format(ticks)
+    tick_fmt = fmt.percent_ticks(ticks) if binary else fmt.number_ticks(ticks)
     x = _scale(0.0, ticks[-1], _BAR_X, RIGHT)
     axis_y = 124
     parts = [
@@ -480,7 +448,7 @@ def _rate_panel(groups: Sequence[tuple[str, Group, str]], binary: bool, value: F
         parts.append(
             f'<g class="tick" data-value="{_v(t)}">'
             f'<line class="grid" x1="{tx}" y1="{TOP + 4}" x2="{tx}" y2="{axis_y}" stroke="{_GRID}"/>'
-            f'<text x="{tx}" y="{axis_y + 15}" text-anchor="middle">{_e(fmt(t))}</text></g>'
+            f'<text x="{tx}" y="{axis_y + 15}" text-anchor="middle">{_e(tick_fmt(t))}</text></g>'
         )
     parts.append(
         f'<text class="axis-label" x="{RIGHT}" y="{axis_y + 29}" text-anchor="end">'
@@ -521,7 +489,7 @@ def _lift_panel(
         ]
     bound = max(abs(v) for v in (lift, lo, hi) if v is not None) * 1.15 or (0.01 if binary else 0.1)
     ticks = _nice_ticks(-bound, bound, 6)
-    fmt = _points_format(ticks) if binary else _number_format(ticks)
+    tick_fmt = fmt.points_ticks(ticks) if binary else fmt.number_ticks(ticks)
     x = _scale(ticks[0], ticks[-1], _BAR_X, RIGHT)
     row_y = axis_y - 36
     parts = [
@@ -533,7 +501,7 @@ def _lift_panel(
         parts.append(
             f'<g class="tick" data-value="{_v(t)}">'
             f'<line x1="{tx}" y1="{axis_y}" x2="{tx}" y2="{axis_y + 4}" stroke="{_AXIS}"/>'
-            f'<text x="{tx}" y="{axis_y + 15}" text-anchor="middle">{_e(fmt(t))}</text></g>'
+            f'<text x="{tx}" y="{axis_y + 15}" text-anchor="middle">{_e(tick_fmt(t))}</text></g>'
         )
     parts += [
         f'<text class="axis-label" x="{RIGHT}" y="{axis_y + 29}" text-anchor="end">'
@@ -601,8 +569,8 @@ def line_chart(
         for name, pts in cleaned.items()
     )
     parts = _open("line", title, desc)
-    parts += _y_axis(y_ticks, y, _number_format(y_ticks), y_label)
-    parts += _x_axis(x_ticks, x, _number_format(x_ticks), x_label)
+    parts += _y_axis(y_ticks, y, fmt.number_ticks(y_ticks), y_label)
+    parts += _x_axis(x_ticks, x, fmt.number_ticks(x_ticks), x_label)
     parts.append('<g class="marks">')
     for i, (name, pts) in enumerate(cleaned.items()):
         if not pts:

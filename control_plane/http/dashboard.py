@@ -26,7 +26,6 @@ import secrets
 import time
 from base64 import b64encode
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -36,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from control_plane.http import _format as fmt
 from control_plane.http.charts import allocation_chart, conversion_chart, lift_chart
 from control_plane.learning.report import build_report
 from control_plane.learning.report_types import Alert, ArmRow, FeatureEffect, Report
@@ -197,45 +197,6 @@ def _h(value: Any) -> str:
     return value if isinstance(value, Html) else escape(str(value), quote=True)
 
 
-def _count(value: float) -> str:
-    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
-
-
-def _rate(value: float | None, binary: bool) -> str:
-    if value is None:
-        return "—"
-    return f"{value * 100:.2f}%" if binary else f"{value:.4g}"
-
-
-def _diff(value: float | None, binary: bool) -> str:
-    if value is None:
-        return "—"
-    return f"{value * 100:+.2f} pp" if binary else f"{value:+.4g}"
-
-
-def _interval(ci: tuple[float, float] | None, fmt: Callable[[float], str]) -> str:
-    return "" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-
-
-def _share(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
-
-
-def _time(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _age(ms: float) -> str:
-    s = max(ms, 0) / 1000
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
-
-
 def _table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[Any]], css: str = "") -> Html:
     """``head``: (title, numeric?) per column; cells are escaped unless they are :class:`Html`."""
     numeric = [n for _, n in head]
@@ -305,7 +266,7 @@ def overview_page(rows: Sequence[Mapping[str, Any]], now_ms: int) -> str:
                 age_ms = now_ms - last["created_ms"]
                 stale = age_ms > row["max_age_s"] * 1000
                 age = Html(
-                    _h(_age(age_ms))
+                    _h(fmt.age(age_ms))
                     + (' <span class="badge bad">stale: edge serves default</span>' if stale else "")
                 )
                 version: Any = last["version"]
@@ -334,14 +295,14 @@ def overview_page(rows: Sequence[Mapping[str, Any]], now_ms: int) -> str:
 
 def _best_arm(arms: Sequence[ArmRow]) -> str:
     if not arms:
-        return "—"
+        return fmt.DASH
     best = max(arms, key=lambda a: (a.prob_best, a.posterior_mean))
     return f"{best.arm} (P(best) {best.prob_best:.2f})"
 
 
 def _features(value: Mapping[str, Any] | None) -> str:
     if not value:
-        return "—"
+        return fmt.DASH
     return ", ".join(f"{k}={v}" for k, v in value.items())
 
 
@@ -354,7 +315,7 @@ def _alerts_section(alerts: Sequence[Alert]) -> str:
         if len(shown) > 400:
             shown = shown[:399] + "…"
         lis.append(
-            f"<li><time>{_h(_time(alert.at_ms))}</time> <strong>{_h(alert.kind)}</strong>: "
+            f"<li><time>{_h(fmt.utc(alert.at_ms))}</time> <strong>{_h(alert.kind)}</strong>: "
             f"{_h(alert.message)}" + (f" <code>{_h(shown)}</code>" if shown else "") + "</li>"
         )
     count = f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''}"
@@ -369,7 +330,9 @@ def _effects_section(effects: Sequence[FeatureEffect]) -> str:
     rows = [
         [row.feature]
         + [
-            f"{c.effect:+.2f} [{c.low:+.2f}, {c.high:+.2f}]" if (c := row.arms.get(arm)) is not None else "—"
+            f"{c.effect:+.2f} [{c.low:+.2f}, {c.high:+.2f}]"
+            if (c := row.arms.get(arm)) is not None
+            else fmt.DASH
             for arm in arms
         ]
         for row in effects
@@ -389,10 +352,10 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
     key = spec.key
 
     def rate(v: float | None) -> str:
-        return _rate(v, binary)
+        return fmt.rate(v, binary)
 
     def diff(v: float | None) -> str:
-        return _diff(v, binary)
+        return fmt.diff(v, binary)
 
     arms = report.arms
     holdout = report.holdout
@@ -400,7 +363,7 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
         f"version {record.version} · {len(spec.arms)} arms (default {spec.default_arm}) · "
         f"holdout {spec.holdout * 100:g}% · floor {spec.floor * 100:g}% · "
         f"segments by {', '.join(spec.features) or 'nothing (global only)'} · reward {spec.reward.kind} · "
-        f"report at {_time(report.generated_ms)}"
+        f"report at {fmt.utc(report.generated_ms)}"
     )
     report_href = f"/v1/experiments/{quote(key, safe='')}/report"
     parts = [
@@ -417,13 +380,13 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
     arm_rows = [
         [
             a.arm,
-            _count(a.exposures),
-            _count(a.conversions),
+            fmt.count(a.exposures),
+            fmt.count(a.conversions),
             rate(a.rate),
             rate(a.posterior_mean),
-            _interval((a.ci_low, a.ci_high), rate),
+            fmt.interval((a.ci_low, a.ci_high), rate),
             f"{a.prob_best:.3f}",
-            _share(a.allocation),
+            fmt.share(a.allocation),
         ]
         for a in arms
     ]
@@ -445,7 +408,7 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
         )
         + "</section>"
     )
-    lift_text = f"Lift {diff(holdout.lift)} {_interval(holdout.lift_ci, diff)}" + (
+    lift_text = f"Lift {diff(holdout.lift)} {fmt.interval(holdout.lift_ci, diff)}" + (
         f", relative {holdout.relative_lift * 100:+.1f}%" if holdout.relative_lift is not None else ""
     )
     parts.append(
@@ -457,10 +420,10 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
         [
             seg.segment,
             _features(seg.features),
-            _count(seg.exposures),
+            fmt.count(seg.exposures),
             rate(seg.decomposition.personalized.rate),
             rate(seg.decomposition.holdout.rate),
-            f"{diff(seg.decomposition.lift)} {_interval(seg.decomposition.lift_ci, diff)}".strip(),
+            f"{diff(seg.decomposition.lift)} {fmt.interval(seg.decomposition.lift_ci, diff)}".strip(),
             _best_arm(seg.arms),
         ]
         for seg in report.segments
@@ -487,7 +450,7 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
     if effects:
         parts.append(effects)
     snapshot_rows = [
-        [s.version, _time(s.created_ms), _age(now_ms - s.created_ms), _count(s.size)]
+        [s.version, fmt.utc(s.created_ms), fmt.age(now_ms - s.created_ms), fmt.count(s.size)]
         for s in report.snapshots
     ]
     snapshot_table = (
@@ -500,8 +463,8 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
         else '<p class="muted">Never published.</p>'
     )
     parts.append(f'<section id="snapshots"><h2>Snapshots</h2>{snapshot_table}</section>')
-    health_rows = [[f"outcomes {name}", _count(n)] for name, n in report.outcomes.to_dict().items()]
-    health_rows += [[name, _count(value)] for name, value in sorted(report.counters.items())]
+    health_rows = [[f"outcomes {name}", fmt.count(n)] for name, n in report.outcomes.to_dict().items()]
+    health_rows += [[name, fmt.count(value)] for name, value in sorted(report.counters.items())]
     parts.append(
         '<section id="data"><h2>Data</h2>'
         + _table([("", False), ("count", True)], health_rows, "data")
