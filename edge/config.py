@@ -1,4 +1,9 @@
-"""The edge's settings, read from the Worker's vars (or the environment).
+"""The edge's settings, read from the Worker's vars (or the environment), and their names.
+
+:class:`Var` is the one list of the variables :meth:`EdgeConfig.from_vars` reads; with
+:data:`KV_BINDING` and :data:`EVENT_QUEUE_PREFIX` it names everything the Worker expects of its
+environment, so the Worker, the local runner, the tests and wrangler.toml (held to it by a test)
+refer to these instead of spelling names of their own.
 
 Event queues are not a setting: they are the runtime's ``PERCH_EVENTS_*`` Queues producer
 bindings (:func:`event_queue_names` states the rule), found by the platform. What the settings
@@ -10,13 +15,44 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import PerchError
 
-__all__ = ["EVENT_QUEUE_PREFIX", "QUEUE_LINGER_MS", "ConfigError", "EdgeConfig", "event_queue_names"]
+__all__ = [
+    "EVENT_QUEUE_PREFIX",
+    "KV_BINDING",
+    "QUEUE_LINGER_MS",
+    "SECRETS",
+    "ConfigError",
+    "EdgeConfig",
+    "Var",
+    "event_queue_names",
+]
 
+
+class Var(StrEnum):
+    """The Worker's variables (wrangler.toml's ``[vars]``, or secrets), each feeding one setting."""
+
+    ORIGIN_URL = "ORIGIN_URL"
+    CONTROL_PLANE_URL = "CONTROL_PLANE_URL"
+    EDGE_SECRET = "PERCH_EDGE_SECRET"
+    IDENTITY_SECRET = "PERCH_IDENTITY_SECRET"
+    USER_HEADER = "PERCH_USER_HEADER"
+    CACHE_TTL_S = "PERCH_CACHE_TTL_S"
+    RETRY_AFTER_S = "PERCH_RETRY_AFTER_S"
+    KV_TIMEOUT_S = "PERCH_KV_TIMEOUT_S"
+    EVENT_LINGER_MS = "PERCH_EVENT_LINGER_MS"
+    TOKEN_MAX_AGE_S = "PERCH_TOKEN_MAX_AGE_S"
+    SERVER_FEATURES = "PERCH_SERVER_FEATURES"
+
+
+# Set with `wrangler secret put`, never in wrangler.toml, which is committed.
+SECRETS = frozenset({Var.EDGE_SECRET, Var.IDENTITY_SECRET})
+# The KV namespace binding the control plane publishes snapshots to.
+KV_BINDING = "PERCH_KV"
 # Queues producer bindings named PERCH_EVENTS_<suffix> carry the edge's events.
 EVENT_QUEUE_PREFIX = "PERCH_EVENTS_"
 # With queues, a drain is one sendBatch per queue whatever it holds: gathering 200 ms of an
@@ -76,9 +112,9 @@ class EdgeConfig:
     server_features: frozenset[str] = frozenset({"country", "colo", "timezone"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "origin_url", _url("ORIGIN_URL", self.origin_url, False))
+        object.__setattr__(self, "origin_url", _url(Var.ORIGIN_URL, self.origin_url, False))
         object.__setattr__(
-            self, "control_plane_url", _url("CONTROL_PLANE_URL", self.control_plane_url, False)
+            self, "control_plane_url", _url(Var.CONTROL_PLANE_URL, self.control_plane_url, False)
         )
         object.__setattr__(self, "user_header", self.user_header.lower())
         for name in ("cache_ttl_s", "retry_after_s", "kv_timeout_s"):
@@ -106,20 +142,20 @@ class EdgeConfig:
 
     @classmethod
     def from_vars(cls, env: Mapping[str, Any]) -> EdgeConfig:
-        """From Worker vars / environment variables (missing ones keep defaults)."""
+        """From Worker vars / environment variables, by :class:`Var` (missing ones keep defaults)."""
 
-        def get(name: str) -> str | None:
+        def get(name: Var) -> str | None:
             value = env.get(name)
             return None if value is None else str(value)
 
-        def number(name: str, default: float) -> float:
+        def number(name: Var, default: float) -> float:
             raw = get(name)
             try:
                 return float(raw) if raw else default
             except ValueError:
                 raise ConfigError(f"{name}={raw!r}, must be a number") from None
 
-        def milliseconds(name: str) -> int | None:
+        def milliseconds(name: Var) -> int | None:
             raw = get(name)
             if not raw:
                 return None  # unset: the default follows the event path
@@ -129,15 +165,15 @@ class EdgeConfig:
                 raise ConfigError(f"{name}={raw!r}, must be a whole number of ms") from None
 
         return cls(
-            origin_url=get("ORIGIN_URL"),
-            control_plane_url=get("CONTROL_PLANE_URL"),
-            edge_secret=get("PERCH_EDGE_SECRET"),
-            identity_secret=get("PERCH_IDENTITY_SECRET") or None,
-            user_header=get("PERCH_USER_HEADER") or "x-perch-user",
-            cache_ttl_s=number("PERCH_CACHE_TTL_S", 30.0),
-            retry_after_s=number("PERCH_RETRY_AFTER_S", 5.0),
-            kv_timeout_s=number("PERCH_KV_TIMEOUT_S", 0.25),
-            event_linger_ms=milliseconds("PERCH_EVENT_LINGER_MS"),
-            token_max_age_s=int(number("PERCH_TOKEN_MAX_AGE_S", 7 * 24 * 3600)),
-            server_features=_names(get("PERCH_SERVER_FEATURES"), "country,colo,timezone"),
+            origin_url=get(Var.ORIGIN_URL),
+            control_plane_url=get(Var.CONTROL_PLANE_URL),
+            edge_secret=get(Var.EDGE_SECRET),
+            identity_secret=get(Var.IDENTITY_SECRET) or None,
+            user_header=get(Var.USER_HEADER) or "x-perch-user",
+            cache_ttl_s=number(Var.CACHE_TTL_S, 30.0),
+            retry_after_s=number(Var.RETRY_AFTER_S, 5.0),
+            kv_timeout_s=number(Var.KV_TIMEOUT_S, 0.25),
+            event_linger_ms=milliseconds(Var.EVENT_LINGER_MS),
+            token_max_age_s=int(number(Var.TOKEN_MAX_AGE_S, 7 * 24 * 3600)),
+            server_features=_names(get(Var.SERVER_FEATURES), "country,colo,timezone"),
         )

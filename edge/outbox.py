@@ -30,7 +30,7 @@ from core import (
     send_batches,
     sign,
 )
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, Var
 from edge.platform import Platform
 
 __all__ = ["MAX_EVENTS_PER_BATCH", "SEND_ATTEMPTS", "Outbox", "send_events"]
@@ -169,7 +169,9 @@ async def send_events(platform: Platform, config: EdgeConfig, events: list[dict[
     The number of events the control plane refused one by one, or None if the batch was lost.
     """
     if not config.control_plane_url or not config.edge_secret:
-        log.warning("dropping %d events: CONTROL_PLANE_URL or PERCH_EDGE_SECRET not set", len(events))
+        log.warning(
+            "dropping %d events: %s or %s not set", len(events), Var.CONTROL_PLANE_URL, Var.EDGE_SECRET
+        )
         return None
     body = encode_batch(events)
     url = f"{config.control_plane_url}/v1/events"

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from core import Generator
+from edge.config import Var
 from edge.context import build_context
 from edge.platform import EdgeRequest, EdgeResponse, Platform, SlotContent
 from edge.rewrite import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE, rewrite_slots
@@ -34,7 +35,7 @@ def origin_url_for(origin: str, url: str) -> str:
 async def passthrough(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
     """The origin's response as it came, or a 502 saying why there is none."""
     if not edge.config.origin_url:
-        return EdgeResponse.error(502, "ORIGIN_URL is not configured")
+        return EdgeResponse.error(502, f"{Var.ORIGIN_URL} is not configured")
     try:
         origin = await platform.fetch_origin(request, origin_url_for(edge.config.origin_url, request.url))
     except Exception as exc:  # the origin, not personalization, failed

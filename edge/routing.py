@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from core import KEY_RE, EventError, Generator, JSONInputError, parse_beacon, parse_json
+from edge.config import Var
 from edge.context import ContextError, build_context
 from edge.identity import known_units, parse_cookies
 from edge.pages import page_route, passthrough
@@ -84,7 +85,7 @@ async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) ->
     config = edge.config
     if not config.edge_secret:
         return EdgeResponse.error(
-            503, "outcome beacons need PERCH_EDGE_SECRET (it signs and checks decision tokens)"
+            503, f"outcome beacons need {Var.EDGE_SECRET} (it signs and checks decision tokens)"
         )
     cookies = parse_cookies(request.header("cookie"))
     # A beacon never mints a visitor id; its decision tokens must have been minted for this one.

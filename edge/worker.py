@@ -20,7 +20,7 @@ import js
 from pyodide.ffi import create_proxy, to_js
 from workers import WorkerEntrypoint
 
-from edge.config import EVENT_QUEUE_PREFIX, EdgeConfig, event_queue_names
+from edge.config import EVENT_QUEUE_PREFIX, KV_BINDING, EdgeConfig, Var, event_queue_names
 from edge.pages import origin_url_for
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
 from edge.routing import handle
@@ -33,19 +33,6 @@ log = logging.getLogger("perch.edge")
 # Per isolate: built on the first request (vars only arrive with a request),
 # then shared by every request this isolate serves. No randomness here.
 _ISOLATE: dict[str, Edge] = {}
-_VARS = (
-    "ORIGIN_URL",
-    "CONTROL_PLANE_URL",
-    "PERCH_EDGE_SECRET",
-    "PERCH_USER_HEADER",
-    "PERCH_IDENTITY_SECRET",
-    "PERCH_CACHE_TTL_S",
-    "PERCH_RETRY_AFTER_S",
-    "PERCH_KV_TIMEOUT_S",
-    "PERCH_EVENT_LINGER_MS",
-    "PERCH_TOKEN_MAX_AGE_S",
-    "PERCH_SERVER_FEATURES",
-)
 _NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
 # KV's own edge cache: the minimum Cloudflare allows; our isolate cache sits on top.
 KV_CACHE_TTL_S = 30
@@ -107,7 +94,7 @@ class WorkersPlatform:
         await binding.sendBatch(to_js(batch, dict_converter=js.Object.fromEntries))
 
     async def kv_get(self, key: str) -> bytes | None:
-        value = await self.env.PERCH_KV.get(key, type="arrayBuffer", cacheTtl=KV_CACHE_TTL_S)
+        value = await getattr(self.env, KV_BINDING).get(key, type="arrayBuffer", cacheTtl=KV_CACHE_TTL_S)
         return None if value is None else bytes(value)
 
     async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
@@ -202,7 +189,7 @@ async def _last_resort(env: Any, request: Any) -> Any:
     """The adapter itself failed (a bad var, a runtime surprise): pages go out as the origin made them."""
     native = getattr(request, "js_object", request)
     method = str(native.method).upper()
-    origin = _env_var(env, "ORIGIN_URL")
+    origin = _env_var(env, Var.ORIGIN_URL)
     url = str(native.url)
     if origin and method in ("GET", "HEAD") and not urlsplit(url).path.startswith("/v1/"):
         url = origin_url_for(str(origin), url)
@@ -219,7 +206,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # the SDK ships no types
         try:
             edge = _ISOLATE.get("edge")
             if edge is None:
-                config = EdgeConfig.from_vars({n: _env_var(self.env, n) for n in _VARS})
+                config = EdgeConfig.from_vars({name: _env_var(self.env, name) for name in Var})
                 edge = _ISOLATE["edge"] = Edge(config)
             platform = WorkersPlatform(self.env, self.ctx)
             # Fresh OS entropy per request: ids and anonymous draws differ across isolates.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core import INDEX_KEY, Snapshot, encode_snapshot, snapshot_key
-from edge.config import EdgeConfig
+from edge.config import EVENT_QUEUE_PREFIX, EdgeConfig
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
 from edge.routing import handle
 from edge.visit import Edge
@@ -80,7 +80,7 @@ class FakePlatform:
         return status, self.post_answer
 
     def queue_names(self) -> tuple[str, ...]:
-        return tuple(f"PERCH_EVENTS_{i}" for i in range(self.queue_count))
+        return tuple(f"{EVENT_QUEUE_PREFIX}{i}" for i in range(self.queue_count))
 
     async def queue_send(self, index: int, messages: list[str]) -> None:
         self.queue_calls.append((index, list(messages)))

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from core import LocalKV, encode_snapshot, snapshot_key, verify
+from edge.config import Var
 from tests.core.conftest import build_snapshot
 
 pytestmark = pytest.mark.process
@@ -84,9 +85,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, _Up
     env = {
         **os.environ,
         "PERCH_DATA_DIR": str(data),
-        "ORIGIN_URL": upstream.url,
-        "CONTROL_PLANE_URL": upstream.url,
-        "PERCH_EDGE_SECRET": SECRET,
+        Var.ORIGIN_URL: upstream.url,
+        Var.CONTROL_PLANE_URL: upstream.url,
+        Var.EDGE_SECRET: SECRET,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "edge", "dev", "--port", str(port)],

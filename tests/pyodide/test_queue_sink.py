@@ -11,13 +11,14 @@ import pytest
 
 from core import parse_batch, parse_message, route
 from deploy.bundle import Bundle
+from edge.config import EVENT_QUEUE_PREFIX, Var
 from tests.core.conftest import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
 from tests.pyodide.test_worker import SECRET, UID, _kv, _Servers
 
 pytestmark = pytest.mark.pyodide
 
-QUEUES = ("PERCH_EVENTS_0", "PERCH_EVENTS_1")
+QUEUES = (f"{EVENT_QUEUE_PREFIX}0", f"{EVENT_QUEUE_PREFIX}1")
 COOKIE = ["cookie", f"perch_uid={UID}"]
 
 
@@ -50,10 +51,10 @@ def _fetch(h: Harness, servers: _Servers, url: str, queues: dict[str, str], **re
         queues=queues,
         # A var that merely looks like a queue is not one: the Worker logs it and carries on.
         vars={
-            "ORIGIN_URL": servers.url,
-            "CONTROL_PLANE_URL": servers.url,
-            "PERCH_EDGE_SECRET": SECRET,
-            "PERCH_EVENTS_NOTE": "not a binding",
+            Var.ORIGIN_URL: servers.url,
+            Var.CONTROL_PLANE_URL: servers.url,
+            Var.EDGE_SECRET: SECRET,
+            f"{EVENT_QUEUE_PREFIX}NOTE": "not a binding",
         },
     )
     assert result["ok"], result

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from core import DecisionToken, decide, encode_snapshot, mint_token, snapshot_key, unit_tag, verify
+from edge.config import KV_BINDING, Var
 from tests.core.conftest import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
 from tests.vectors import runner
@@ -90,7 +91,7 @@ def _kv(*snapshots: Any, raw: dict[str, bytes] | None = None) -> dict[str, Any]:
     }
     for key, value in (raw or {}).items():
         store[key] = {"b64": base64.b64encode(value).decode()}
-    return {"PERCH_KV": store}
+    return {KV_BINDING: store}
 
 
 def _fetch(
@@ -112,14 +113,14 @@ def _fetch(
         "module": "entry",
         "class": "Default",
         "request": {"url": url, "method": method, "headers": headers or [], "cf": cf or {"country": "FR"}},
-        "kv": kv or {"PERCH_KV": {}},
+        "kv": kv or {KV_BINDING: {}},
         "kv_mode": kv_mode or {},
         "vars": {
-            "ORIGIN_URL": servers.url,
-            "CONTROL_PLANE_URL": servers.url,
-            "PERCH_EDGE_SECRET": SECRET,
-            "PERCH_CACHE_TTL_S": "0.001",
-            "PERCH_RETRY_AFTER_S": "0.001",
+            Var.ORIGIN_URL: servers.url,
+            Var.CONTROL_PLANE_URL: servers.url,
+            Var.EDGE_SECRET: SECRET,
+            Var.CACHE_TTL_S: "0.001",
+            Var.RETRY_AFTER_S: "0.001",
             **(extra_vars or {}),
         },
     }
@@ -193,7 +194,7 @@ def test_a_misconfigured_worker_still_serves_pages(servers: _Servers, bundle: An
     assert node is not None
     fresh = Harness(node, bundle.path / "src", bundle.path / "python_modules", vectors_dir)  # a new isolate
     try:
-        bad = {"PERCH_CACHE_TTL_S": "soon"}  # an operator's typo: the Worker cannot build its config
+        bad = {Var.CACHE_TTL_S: "soon"}  # an operator's typo: the Worker cannot build its config
         page = _fetch(fresh, servers, "https://shop.test/page?x=1", extra_vars=bad)
         assert (page["status"], page["body_text"]) == (200, PAGE.decode())  # as the origin made it
         api = _fetch(fresh, servers, "https://shop.test/v1/decide?experiment=pyo-hero", extra_vars=bad)
@@ -220,7 +221,7 @@ def test_consent_withheld_in_pyodide(pyodide: Harness, servers: _Servers) -> Non
 
 def test_kv_failure_serves_the_default_with_a_reason(pyodide: Harness, servers: _Servers) -> None:
     r = _fetch(
-        pyodide, servers, "https://shop.test/v1/decide?experiment=pyo-kv-down", kv_mode={"PERCH_KV": "error"}
+        pyodide, servers, "https://shop.test/v1/decide?experiment=pyo-kv-down", kv_mode={KV_BINDING: "error"}
     )
     assert r["status"] == 200
     (decision,) = json.loads(r["body_text"])["decisions"]
