@@ -60,7 +60,6 @@ class OriginResponse:
     status: int
     headers: list[tuple[str, str]]
     body: AsyncIterator[bytes]
-    native: Any = None  # the runtime's own response object, for HTMLRewriter
 
 
 @dataclass(slots=True)

@@ -108,7 +108,7 @@ class WorkersPlatform:
             init["body"] = to_js(request.body)
         response = await js.fetch(url, _js_options(init))
         out_headers = [(str(k), str(v)) for k, v in response.headers.entries()]
-        return OriginResponse(int(response.status), out_headers, _chunks(response), native=response)
+        return OriginResponse(int(response.status), out_headers, _chunks(response))
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         init = {
