@@ -104,7 +104,6 @@ def snapshot_summary(snapshot: Snapshot) -> dict[str, Any]:
             }
             for s, seg in enumerate(snapshot.segments)
         ],
-        # After the segments: report.py reads segment 0 from the start of this JSON.
         "effects": feature_effects(snapshot),
     }
 

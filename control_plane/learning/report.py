@@ -156,54 +156,28 @@ def _split(sums: Mapping[tuple[Any, ...], _Sums]) -> tuple[_Sums, _Sums, dict[st
     return personalized, holdout, arms
 
 
-def _global_segment(prefix: str) -> dict[str, Any] | None:
-    """Segment 0 of a snapshot summary from the start of its JSON; None if the prefix cut it short."""
-    start = prefix.find("[", prefix.find('"segments"'))
-    if start < 0:
-        return None
-    index = start + 1
-    while index < len(prefix) and prefix[index] in " \t\r\n":
-        index += 1
-    try:
-        segment, _ = json.JSONDecoder().raw_decode(prefix, index)
-    except ValueError:
-        return None
-    return segment if isinstance(segment, dict) else None
-
-
 def _snapshot_rows(conn: Connection, key: str, arms: Iterable[str]) -> list[dict[str, Any]]:
-    """The newest MAX_HISTORY snapshots with their global segment, newest first.
+    """The newest MAX_HISTORY snapshots with their global allocation, newest first.
 
-    Only the start of each summary is read: segment 0 comes first, and the
-    whole summary grows with segments x arms (megabytes for big experiments).
-    Arms are never removed from a spec, so the current arms bound its length.
+    The allocation has a column of its own: the summary it comes from grows with segments x arms
+    (megabytes for big experiments). ``arms`` is unused since it has.
     """
-    prefix = 1024 + sum(3 * (len(json.dumps(arm)) + 32) for arm in arms)
     query = (
-        select(
-            snapshots.c.version,
-            snapshots.c.created_ms,
-            snapshots.c.size,
-            func.substr(snapshots.c.summary, 1, prefix).label("head"),
-        )
+        select(snapshots.c.version, snapshots.c.created_ms, snapshots.c.size, snapshots.c.global_allocation)
         .where(snapshots.c.experiment == key)
         .order_by(snapshots.c.version.desc())
         .limit(MAX_HISTORY)
     )
-    rows = []
-    for version, created_ms, size, head in conn.execute(query):
-        segment = _global_segment(head) if head else None
-        if head and segment is None:  # a summary this bound did not foresee: read all of it
-            full = conn.execute(
-                select(snapshots.c.summary).where(
-                    snapshots.c.experiment == key, snapshots.c.version == version
-                )
-            ).scalar_one()
-            segment = (json.loads(full).get("segments") or [None])[0]
-        rows.append(
-            {"version": int(version), "created_ms": int(created_ms), "size": int(size), "global": segment}
-        )
-    return rows
+    return [
+        {
+            "version": int(version),
+            "created_ms": int(created_ms),
+            "size": int(size),
+            # All of the global segment that reports read (see _allocation).
+            "global": {"allocation": json.loads(allocation)} if allocation else None,
+        }
+        for version, created_ms, size, allocation in conn.execute(query)
+    ]
 
 
 def _latest_summary(conn: Connection, key: str, version: int | None) -> dict[str, Any]:

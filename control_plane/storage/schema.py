@@ -175,6 +175,10 @@ snapshots = Table(
     # summary per segment {key, features, allocation, alpha, beta} for reports.
     Column("data", LargeBinary, nullable=True),
     Column("summary", Text, nullable=True),
+    # Added in 0006: the summary's global segment allocation (JSON {arm: share}), so the report's
+    # allocation history reads a few bytes per snapshot instead of a summary that grows with
+    # segments x arms.
+    Column("global_allocation", Text, nullable=True),
 )
 
 # Added in 0002: what operators must look at (e.g. a learnt snapshot the promotion gate held back).

@@ -496,8 +496,10 @@ class Store:
         return int(current or 0) + 1
 
     def record_snapshot(self, row: Mapping[str, Any]) -> None:
+        """Store a published snapshot's row; its ``global_allocation`` comes from its ``summary``."""
+        values = {**row, "global_allocation": global_allocation(row.get("summary"))}
         with self.write() as conn:
-            conn.execute(snapshots.insert().values(**row))
+            conn.execute(snapshots.insert().values(**values))
 
     @contextmanager
     def publish_lock(self, key: str = "", wait: bool = False) -> Iterator[bool]:
@@ -538,6 +540,15 @@ class Store:
 
 
 _INGEST_LOCK_KEY = int.from_bytes(hashlib.sha256(b"perch-ingest").digest()[:8], "big", signed=True)
+
+
+def global_allocation(summary: str | None) -> str | None:
+    """A summary's global segment (segment 0) allocation as JSON; None if it has none."""
+    doc: Any = json.loads(summary) if summary else None
+    segments = doc.get("segments") if isinstance(doc, dict) else None
+    first = segments[0] if isinstance(segments, list) and segments else None
+    allocation = first.get("allocation") if isinstance(first, dict) else None
+    return json.dumps(allocation) if isinstance(allocation, dict) else None
 
 
 def publish_lock_key(key: str) -> int:
