@@ -10,18 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from control_plane.http.charts import (
-    BOTTOM,
-    EMPTY,
-    LEFT,
-    RIGHT,
-    TOP,
-    allocation_chart,
-    arm_color,
-    conversion_chart,
-    lift_chart,
-    line_chart,
-)
+from control_plane.http._svg import BOTTOM, EMPTY, LEFT, RIGHT, TOP
+from control_plane.http.charts import allocation_chart, arm_color, conversion_chart, lift_chart, line_chart
 from control_plane.learning.report_types import AllocationPoint, ArmRow, Decomposition, Group
 from tests.control_plane.conftest import NOW
 
