@@ -12,7 +12,7 @@ from control_plane.learning.publish import publish_all, publish_experiment
 from control_plane.metrics import Metrics
 from control_plane.storage.store import Store, publish_lock_key
 from core import INDEX_KEY, LocalKV, decode_snapshot, snapshot_key
-from tests.control_plane.conftest import NOW, UNIT_KEY, reset_postgres, spec
+from tests.control_plane.conftest import NOW, UNIT_KEY, empty_postgres, spec
 from tests.control_plane.events.test_ingest import exposure
 
 
@@ -105,9 +105,8 @@ def test_one_failing_experiment_does_not_stop_the_cycle(setup: tuple[Store, Loca
 
 def test_each_experiment_is_published_by_the_holder_of_its_own_lock(tmp_path: Path, pg_url: str) -> None:
     # PostgreSQL only: SQLite is one process's database, with no other publishers to coordinate.
-    reset_postgres(pg_url)
+    empty_postgres(pg_url)
     store = Store.from_url(pg_url, UNIT_KEY)
-    store.migrate()
     store.create_experiment(spec(), NOW)
     store.create_experiment(spec(key="second"), NOW)
     kv, clock = LocalKV(tmp_path), Clock()

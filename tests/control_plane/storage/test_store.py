@@ -101,7 +101,7 @@ def test_decay_halves_per_half_life() -> None:
     assert decay(8.0, 10, 5, 3600) == 8.0
 
 
-def test_data_written_before_a_migration_survives_it(db_url: str) -> None:
+def test_data_written_before_a_migration_survives_it(blank_db_url: str) -> None:
     # Build the database as release 0004 left it, with data written the way it wrote it (statistics
     # updated in place in ``stats``), then upgrade to head: the base keeps it, reads see it.
     from sqlalchemy import select as sql_select
@@ -111,7 +111,7 @@ def test_data_written_before_a_migration_survives_it(db_url: str) -> None:
     from control_plane.storage.schema import snapshots
     from tests.control_plane.conftest import UNIT_KEY
 
-    old = Store.from_url(db_url, UNIT_KEY)
+    old = Store.from_url(blank_db_url, UNIT_KEY)
     migrate(old.engine, "0004")
     old.create_experiment(spec(), NOW)
     with old.engine.begin() as conn:
