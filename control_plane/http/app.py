@@ -164,10 +164,10 @@ class Api:
     def _refresh_snapshot_ages(self) -> None:
         now = self.now_ms()
         for record in self.store.list_experiments():
-            last = self.store.last_snapshot(record.spec.key)
+            last = self.store.latest_snapshot(record.spec.key)
             if last is not None:
-                self.metrics.snapshot_version.labels(record.spec.key).set(last["version"])
-                self.metrics.snapshot_age.labels(record.spec.key).set((now - last["created_ms"]) / 1000)
+                self.metrics.snapshot_version.labels(record.spec.key).set(last.version)
+                self.metrics.snapshot_age.labels(record.spec.key).set((now - last.created_ms) / 1000)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(OPENAPI)

@@ -200,13 +200,13 @@ def publish_experiment(
     spec = record.spec
     key = snapshot_key(spec.key)
     digest = f"{record.version}:{store.data_mark(spec.key)}"
-    last = store.last_snapshot(spec.key)
+    last = store.latest_snapshot(spec.key)
     now = now_ms()
-    fresh = last is not None and now - last["created_ms"] < spec.max_age_s * 500
-    if not force and last is not None and last["digest"] == digest and fresh:
-        return PublishResult(spec.key, False, last["version"], key, last["size"], "unchanged")
-    if last is not None and now - last["created_ms"] < KV_MIN_INTERVAL_MS:
-        sleep((KV_MIN_INTERVAL_MS - (now - last["created_ms"])) / 1000)
+    fresh = last is not None and now - last.created_ms < spec.max_age_s * 500
+    if not force and last is not None and last.digest == digest and fresh:
+        return PublishResult(spec.key, False, last.version, key, last.size, "unchanged")
+    if last is not None and now - last.created_ms < KV_MIN_INTERVAL_MS:
+        sleep((KV_MIN_INTERVAL_MS - (now - last.created_ms)) / 1000)
         now = now_ms()
     started = time.perf_counter()
     version = store.next_snapshot_version(spec.key)
@@ -220,8 +220,10 @@ def publish_experiment(
     cells, recent, matured = maturity(store, spec, cells, now, follow)
     units = store.units_per_path(spec.key)
     snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
-    # The snapshot in force, decoded once for both checks against it.
-    current = decode_snapshot(last["data"]) if last is not None and last.get("data") is not None else None
+    # The snapshot in force, read and decoded once for both checks against it (only now: most
+    # cycles end above, unchanged, and its bytes can be megabytes).
+    current_data = store.snapshot_data(spec.key, last.version) if last is not None else None
+    current = decode_snapshot(current_data) if current_data is not None else None
     drifted = _check_calibration(store, spec, current, recent, now)
     evaluation = _gate(store, spec, snapshot, current, gate=gate, now=now, horizon_ms=matured.horizon_ms)
     if evaluation is not None and not evaluation["passed"] and drifted:
@@ -235,7 +237,7 @@ def publish_experiment(
         difference, se = evaluation["difference"], evaluation["difference_se"]
         message = (
             f"learnt snapshot {version} held back: SNIPS {evaluation['candidate']['snips']:.4f} vs "
-            f"{evaluation['current']['snips']:.4f} for the current snapshot {last['version'] if last else ''}"
+            f"{evaluation['current']['snips']:.4f} for the current snapshot {last.version if last else ''}"
             + (f", difference {difference:+.4f} ± {se or 0.0:.4f}" if difference is not None else "")
             + f" (tolerance {gate.tolerance})"
         )
@@ -245,9 +247,9 @@ def publish_experiment(
         return PublishResult(
             spec.key,
             False,
-            last["version"] if last else None,
+            last.version if last else None,
             key,
-            last["size"] if last else 0,
+            last.size if last else 0,
             "held back by the promotion gate",
         )
     data = encode_snapshot(snapshot)

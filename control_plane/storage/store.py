@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 try:  # POSIX; elsewhere SQLite's own busy handler serialises writers
@@ -42,7 +42,7 @@ from control_plane.storage.schema import (
 from control_plane.storage.stats import CellStats
 from core import PerchError, Snapshot, SnapshotError, decode_snapshot
 
-__all__ = ["Conflict", "ExperimentRecord", "NotFound", "Store", "publish_lock_key"]
+__all__ = ["Conflict", "ExperimentRecord", "NotFound", "SnapshotMeta", "Store", "publish_lock_key"]
 
 # An exposure may follow its outcome by a little (edges send on their own schedules).
 EXPIRY_GRACE_MS = 3_600_000
@@ -73,6 +73,23 @@ class ExperimentRecord:
             "created_ms": self.created_ms,
             "updated_ms": self.updated_ms,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """A published snapshot's row without its bytes and summary (each can be megabytes)."""
+
+    experiment: str
+    version: int
+    created_ms: int
+    kv_key: str
+    size: int
+    sha256: str
+    digest: str
+    spec_version: int
+
+
+_META_COLUMNS = [snapshots.c[field.name] for field in fields(SnapshotMeta)]
 
 
 class Store:
@@ -428,16 +445,26 @@ class Store:
                 self._decoded.popitem(last=False)
         return found
 
-    def last_snapshot(self, experiment: str) -> dict[str, Any] | None:
-        """The latest published snapshot's row, including its bytes (``data``) and ``summary``."""
+    def latest_snapshot(self, experiment: str) -> SnapshotMeta | None:
+        """The latest published snapshot's metadata: neither its bytes nor its summary are read."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(snapshots)
+                select(*_META_COLUMNS)
                 .where(snapshots.c.experiment == experiment)
                 .order_by(snapshots.c.version.desc())
                 .limit(1)
             ).first()
-        return dict(row._mapping) if row else None
+        return SnapshotMeta(**row._mapping) if row else None
+
+    def snapshot_data(self, experiment: str, version: int) -> bytes | None:
+        """Snapshot ``version``'s encoded bytes (None if unknown, or written before 0002 kept them)."""
+        with self.engine.connect() as conn:
+            data: bytes | None = conn.execute(
+                select(snapshots.c.data).where(
+                    snapshots.c.experiment == experiment, snapshots.c.version == version
+                )
+            ).scalar()
+        return data
 
     def snapshot_history(self, experiment: str, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first, without the bytes; ``summary`` is parsed JSON (or None for old rows)."""

@@ -67,6 +67,25 @@ def test_publishes_only_when_something_changed(setup: tuple[Store, LocalKV, Cloc
     )
 
 
+def test_only_a_publish_that_learns_reads_the_bytes_of_the_snapshot_in_force(
+    setup: tuple[Store, LocalKV, Clock],
+) -> None:
+    # Most scheduled cycles find nothing changed: they must not load megabytes to learn that.
+    from tests.control_plane.storage.test_snapshots import bulky_columns_read, statements
+
+    store, kv, clock = setup
+    _publish(store, kv, clock)
+    clock.ms += 10_000
+    with statements(store.engine) as seen:
+        assert _publish(store, kv, clock).reason == "unchanged"
+    assert bulky_columns_read(seen) == []
+    ingest(store, [exposure(1)], None, clock.ms)
+    with statements(store.engine) as seen:
+        assert _publish(store, kv, clock).published
+    (read,) = bulky_columns_read([s for s in seen if s.lstrip().startswith("SELECT")])
+    assert "snapshots.data" in read and "snapshots.summary" not in read
+
+
 def test_republishes_before_the_edge_would_call_it_stale(setup: tuple[Store, LocalKV, Clock]) -> None:
     store, kv, clock = setup
     _publish(store, kv, clock)

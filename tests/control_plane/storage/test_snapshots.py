@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from alembic import command
-from sqlalchemy import inspect, select
+from sqlalchemy import Engine, event, inspect, select
 
 from control_plane.storage.migrate import alembic_config, migrate
 from control_plane.storage.schema import snapshots
-from control_plane.storage.store import Store
+from control_plane.storage.store import SnapshotMeta, Store
 from tests.control_plane.conftest import NOW, UNIT_KEY, spec
 
 
@@ -41,6 +44,43 @@ def global_allocations(store: Store, experiment: str = "hero") -> dict[int, Any]
             )
         )
         return {int(v): json.loads(a) if a is not None else None for v, a in rows}
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """Every SQL statement ``engine`` runs inside the block."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def bulky_columns_read(seen: list[str]) -> list[str]:
+    """Statements that read a snapshot's bytes or summary; fails if none read snapshots at all (so a
+    test of what is not read cannot pass by reading nothing)."""
+    reads = [s for s in seen if "FROM snapshots" in s]
+    assert reads, seen
+    return [s for s in reads if "snapshots.data" in s or "snapshots.summary" in s]
+
+
+def test_the_latest_snapshot_is_its_metadata_without_bytes_or_summary(store: Store) -> None:
+    store.create_experiment(spec(), NOW)
+    assert store.latest_snapshot("hero") is None
+    store.record_snapshot(snapshot_row(1, summary_of({"a": 0.5, "b": 0.5})))
+    store.record_snapshot(snapshot_row(2, summary_of({"a": 0.4, "b": 0.6})))
+    with statements(store.engine) as seen:
+        latest = store.latest_snapshot("hero")
+    assert bulky_columns_read(seen) == []
+    assert latest == SnapshotMeta("hero", 2, NOW + 2, "perch:snap:hero", 3, "0" * 64, "1:2", 1)
+    assert {f.name for f in dataclasses.fields(SnapshotMeta)}.isdisjoint({"data", "summary"})
+    assert store.snapshot_data("hero", 1) == b"\x01\x02\x03"
+    assert store.snapshot_data("hero", 3) is None
 
 
 def test_recording_a_snapshot_stores_its_global_allocation(store: Store) -> None:
