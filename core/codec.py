@@ -220,8 +220,8 @@ def _segment(item: object, i: int) -> Segment:
     return Segment(item["key"], features, item.get("parent"))
 
 
-def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
-    """Parse and validate schema 1 or 2 snapshot bytes; raise only :class:`SnapshotError`."""
+def _payload(data: bytes | bytearray | memoryview) -> tuple[int, dict[str, Any]]:
+    """The schema and the checksummed payload map of snapshot bytes."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SnapshotError(f"snapshot must be bytes, got {type(data).__name__}")
     try:
@@ -249,10 +249,13 @@ def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
     body = _unpack(payload, "payload")
     if not isinstance(body, dict):
         raise SnapshotError(f"payload: expected a msgpack map, got {type(body).__name__}")
+    return schema, body
 
+
+def _shape(body: Mapping[str, Any]) -> tuple[list[Any], list[Any], int]:
+    """The raw arms and segments of a payload, and their cell count, each within its limit."""
     raw_arms = _field(body, "arms", list)
     raw_segments = _field(body, "segments", list)
-    # Sizes first: the tables are only read once their lengths are known good.
     if not 1 <= len(raw_arms) <= MAX_ARMS:
         raise SnapshotError(f"{len(raw_arms)} arms, must be between 1 and {MAX_ARMS}")
     if not 1 <= len(raw_segments) <= MAX_SEGMENTS:
@@ -260,6 +263,14 @@ def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
     cells = len(raw_arms) * len(raw_segments)
     if cells > MAX_CELLS:
         raise SnapshotError(f"{len(raw_arms)} arms x {len(raw_segments)} segments exceeds {MAX_CELLS} cells")
+    return raw_arms, raw_segments, cells
+
+
+def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
+    """Parse and validate schema 1 or 2 snapshot bytes; raise only :class:`SnapshotError`."""
+    schema, body = _payload(data)
+    # Sizes first: the tables are only read once their lengths are known good.
+    raw_arms, raw_segments, cells = _shape(body)
     number = (int, float)
     model = None
     if schema == 2:

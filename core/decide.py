@@ -12,10 +12,11 @@ arm for off-policy evaluation.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from core.contextual import ContextualModel
 from core.features import with_unknowns
 from core.hashing import bucket, seed64
 from core.sampling import beta_variates
@@ -135,6 +136,62 @@ def draw_stream(snapshot: Snapshot, unit: str) -> _random.Random:
     return _random.Random(seed64(unit, salt, snapshot.hash_version))
 
 
+def _default_arm(
+    snapshot: Snapshot, reason: str, segment: str | None, age_s: float, decision_id: str
+) -> Decision:
+    """The snapshot's default arm, served for ``reason`` instead of a draw (propensity 1)."""
+    arm = snapshot.arms[snapshot.arm_index[snapshot.default_arm]]
+    return Decision(
+        experiment=snapshot.experiment,
+        arm=arm.key,
+        payload=arm.payload,
+        html=arm.html,
+        propensity=1.0,
+        reason=reason,
+        segment=segment,
+        snapshot_version=snapshot.version,
+        snapshot_age_s=age_s,
+        decision_id=decision_id,
+    )
+
+
+def _held_back(snapshot: Snapshot, unit: str | None, rng: Generator, now_ms: int, age_s: float) -> str | None:
+    """Why the default arm is served instead of a draw (``holdout``, ``stale``), or None."""
+    if snapshot.holdout > 0.0:
+        salt = snapshot.salt + ":holdout"
+        draw = rng.random() if unit is None else bucket(unit, salt, snapshot.hash_version)
+        if draw < snapshot.holdout:
+            return "holdout"
+    # A snapshot from further in the future than it may age is no more
+    # trustworthy than a stale one: some clock is badly wrong.
+    if age_s > snapshot.max_age_s or snapshot.created_at - now_ms > snapshot.max_age_s * 1000:
+        return "stale"
+    return None
+
+
+def _segment_draw(snapshot: Snapshot, s: int, n: int, uniform: Callable[[], float]) -> int:
+    """The arm a Thompson draw from segment ``s``'s Beta posteriors picks."""
+    lo = s * n
+    draws = beta_variates(uniform, snapshot.alpha[lo : lo + n], snapshot.beta[lo : lo + n])
+    best = max(range(n), key=draws.__getitem__)
+    if draws.count(draws[best]) > 1:
+        # Exact ties happen when tiny shapes round draws to 0.0 or 1.0;
+        # a uniform pick among them keeps low arm indices from winning.
+        tied = [i for i, d in enumerate(draws) if d == draws[best]]
+        best = tied[min(int(uniform() * len(tied)), len(tied) - 1)]
+    return best
+
+
+def _contextual_draw(
+    model: ContextualModel, context: Mapping[str, str], n: int, uniform: Callable[[], float]
+) -> tuple[int, tuple[str, ...]]:
+    """The arm a Thompson draw from the contextual model picks, and the features that favoured it."""
+    cols, vals = model.encode(context)
+    scores = model.draw(cols, vals, uniform)
+    best = max(range(n), key=scores.__getitem__)
+    return best, tuple(model.reasons(best, cols, vals))
+
+
 def decide(
     snapshot: Snapshot,
     unit: str | None,
@@ -159,36 +216,14 @@ def decide(
     age_s = max(0.0, (now_ms - snapshot.created_at) / 1000.0)
     if not unit:
         unit = None
-
-    def deterministic(reason: str, segment: str | None) -> Decision:
-        arm = snapshot.arms[snapshot.arm_index[snapshot.default_arm]]
-        return Decision(
-            experiment=snapshot.experiment,
-            arm=arm.key,
-            payload=arm.payload,
-            html=arm.html,
-            propensity=1.0,
-            reason=reason,
-            segment=segment,
-            snapshot_version=snapshot.version,
-            snapshot_age_s=age_s,
-            decision_id=decision_id,
-        )
-
     if not consent:
-        return deterministic("consent", None)
+        return _default_arm(snapshot, "consent", None, age_s, decision_id)
     context = with_unknowns(snapshot.context_features, context)
     s = snapshot.segment_for(context)
     segment = snapshot.segments[s].key
-    if snapshot.holdout > 0.0:
-        salt = snapshot.salt + ":holdout"
-        draw = rng.random() if unit is None else bucket(unit, salt, snapshot.hash_version)
-        if draw < snapshot.holdout:
-            return deterministic("holdout", segment)
-    # A snapshot from further in the future than it may age is no more
-    # trustworthy than a stale one: some clock is badly wrong.
-    if age_s > snapshot.max_age_s or snapshot.created_at - now_ms > snapshot.max_age_s * 1000:
-        return deterministic("stale", segment)
+    held = _held_back(snapshot, unit, rng, now_ms, age_s)
+    if held is not None:
+        return _default_arm(snapshot, held, segment, age_s, decision_id)
 
     uniform = (rng if unit is None else draw_stream(snapshot, unit)).random
     n = len(snapshot.arms)
@@ -197,19 +232,9 @@ def decide(
     if snapshot.floor > 0.0 and uniform() < snapshot.floor:
         best = min(int(uniform() * n), n - 1)
     elif model is not None:
-        cols, vals = model.encode(context)
-        scores = model.draw(cols, vals, uniform)
-        best = max(range(n), key=scores.__getitem__)
-        because = tuple(model.reasons(best, cols, vals))
+        best, because = _contextual_draw(model, context, n, uniform)
     else:
-        lo = s * n
-        draws = beta_variates(uniform, snapshot.alpha[lo : lo + n], snapshot.beta[lo : lo + n])
-        best = max(range(n), key=draws.__getitem__)
-        if draws.count(draws[best]) > 1:
-            # Exact ties happen when tiny shapes round draws to 0.0 or 1.0;
-            # a uniform pick among them keeps low arm indices from winning.
-            tied = [i for i, d in enumerate(draws) if d == draws[best]]
-            best = tied[min(int(uniform() * len(tied)), len(tied) - 1)]
+        best = _segment_draw(snapshot, s, n, uniform)
     arm = snapshot.arms[best]
     return Decision(
         experiment=snapshot.experiment,

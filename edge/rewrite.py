@@ -123,6 +123,28 @@ def _slot_of(attributes: str) -> str | None:
     return None
 
 
+def _markup_end(buf: str, i: int) -> int | None:
+    """Where the comment, doctype or processing instruction at ``i`` ends; None if not in ``buf``."""
+    if buf.startswith("<!--", i):
+        if buf.startswith("<!-->", i):  # an empty comment, complete as it is
+            return i + 5
+        if buf.startswith("<!--->", i):
+            return i + 6
+        end = buf.find("-->", i + 4)
+        return None if end < 0 else end + 3
+    end = buf.find(">", i)
+    return None if end < 0 else end + 1
+
+
+def _literal_lt(buf: str, i: int, final: bool) -> bool:
+    """Whether the '<' at ``i``, which starts no complete tag, is text (else a tag yet to arrive)."""
+    head = buf[i + 1 : i + 3]
+    starts_tag = bool(head) and (
+        head[0].isalpha() or (head[0] == "/" and (len(head) < 2 or head[1].isalpha()))
+    )
+    return not starts_tag and (bool(head) or final)
+
+
 class _Slot:
     """An open slot: its start tag, experiment, the elements open inside it, and its held-back content."""
 
@@ -151,7 +173,7 @@ class _Scanner:
         self.slot: _Slot | None = None
         self.passthrough = False
 
-    async def feed(self, text: str, final: bool) -> str:  # noqa: PLR0915 - one tokenizer loop reads best
+    async def feed(self, text: str, final: bool) -> str:
         if self.passthrough:
             return text
         buf = self.pending + text
@@ -161,16 +183,9 @@ class _Scanner:
         n = len(buf)
         while i < n:
             if self.raw_end is not None:
-                end = buf.lower().find(self.raw_end, i)
-                if end < 0:
-                    keep = 0 if final else len(self.raw_end)  # the end tag may straddle chunks
-                    stop = max(i, n - keep)
-                    self._emit(out, buf[i:stop])
-                    i = stop
-                    break
-                self._emit(out, buf[i:end])
-                self.raw_end = None
-                i = end
+                i = self._raw_text(out, buf, i, self.raw_end, final)
+                if self.raw_end is not None:
+                    break  # its end tag is not in this chunk (yet)
                 continue
             lt = buf.find("<", i)
             if lt < 0:
@@ -179,40 +194,40 @@ class _Scanner:
                 break
             self._emit(out, buf[i:lt])
             i = lt
-            if buf.startswith("<!--", i):
-                if buf.startswith("<!-->", i):  # an empty comment, complete as it is
-                    after = i + 5
-                elif buf.startswith("<!--->", i):
-                    after = i + 6
-                else:
-                    end = buf.find("-->", i + 4)
-                    if end < 0:
-                        break
-                    after = end + 3
-                self._emit(out, buf[i:after])
-                i = after
-                continue
             if buf.startswith(("<!", "<?"), i):
-                end = buf.find(">", i)
-                if end < 0:
+                end = _markup_end(buf, i)
+                if end is None:
                     break
-                self._emit(out, buf[i : end + 1])
-                i = end + 1
+                self._emit(out, buf[i:end])
+                i = end
                 continue
             match = _TAG.match(buf, i)
             if match is None:
-                head = buf[i + 1 : i + 3]
-                starts_tag = bool(head) and (
-                    head[0].isalpha() or (head[0] == "/" and (len(head) < 2 or head[1].isalpha()))
-                )
-                if not starts_tag and (head or final):
-                    self._emit(out, "<")  # a literal '<' in text
-                    i += 1
-                    continue
-                break  # an unfinished tag: wait for the next chunk (or flush at the end)
+                if not _literal_lt(buf, i, final):
+                    break  # an unfinished tag: wait for the next chunk (or flush at the end)
+                self._emit(out, "<")
+                i += 1
+                continue
             i = match.end()
             await self._tag(out, match)
-        rest = buf[i:]
+        self._rest(out, buf[i:], final)
+        return "".join(out)
+
+    def _raw_text(self, out: list[str], buf: str, i: int, raw_end: str, final: bool) -> int:
+        """Pass on script/style/... text from ``i`` up to its end tag; returns where scanning resumes.
+
+        ``raw_end`` stays set while the end tag has not been seen: it may straddle chunks.
+        """
+        end = buf.lower().find(raw_end, i)
+        if end < 0:
+            end = max(i, len(buf) - (0 if final else len(raw_end)))
+        else:
+            self.raw_end = None
+        self._emit(out, buf[i:end])
+        return end
+
+    def _rest(self, out: list[str], rest: str, final: bool) -> None:
+        """What the scan left of a chunk: flushed at the end, given up on past MAX_PENDING, else kept."""
         if final:
             self._emit(out, rest)
             self._abandon(out)
@@ -222,7 +237,6 @@ class _Scanner:
             self.passthrough = True
         else:
             self.pending = rest
-        return "".join(out)
 
     def _emit(self, out: list[str], text: str) -> None:
         slot = self.slot
