@@ -1,4 +1,4 @@
 """The Cloudflare Python Worker: identify, decide with ``core``, render, log.
 
-Imports ``core`` only; built out by the edge issue.
+Of this repository's packages it imports ``core`` only, so a bundle carries nothing else.
 """

@@ -2,7 +2,8 @@
 
 The handler (``edge.routing`` and the modules it routes to) is plain async Python; everything that
 differs between workerd, Pyodide under Node and CPython (KV, subrequests,
-``waitUntil``, clocks, HTML rewriting, event queues) is reached through a :class:`Platform`.
+``waitUntil``, clocks, event queues) is reached through a :class:`Platform`.  Slots are filled by
+``edge.rewrite`` on every runtime alike.
 """
 
 from __future__ import annotations
