@@ -38,7 +38,15 @@ from starlette.routing import Route
 from control_plane.http import _format as fmt
 from control_plane.http.charts import allocation_chart, conversion_chart, lift_chart
 from control_plane.learning.report import build_report
-from control_plane.learning.report_types import Alert, ArmRow, FeatureEffect, Report
+from control_plane.learning.report_types import (
+    OPE,
+    Alert,
+    ArmRow,
+    Estimates,
+    Evaluation,
+    FeatureEffect,
+    Report,
+)
 from control_plane.settings import Settings
 from control_plane.storage.store import ExperimentRecord, Store
 from core import KEY_RE
@@ -345,6 +353,73 @@ def _effects_section(effects: Sequence[FeatureEffect]) -> str:
     )
 
 
+Read = Callable[[Estimates], float | None]
+# (row, estimate, its standard error): SNIPS has none of its own; the gate uses the paired error
+# of the difference, which its row shows.
+_ESTIMATORS: tuple[tuple[str, Read, Read | None], ...] = (
+    ("IPS", lambda e: e.ips, lambda e: e.ips_se),
+    ("SNIPS", lambda e: e.snips, None),
+    ("DR", lambda e: e.dr, lambda e: e.dr_se),
+)
+
+
+def _estimate(value: float | None) -> str:
+    return fmt.DASH if value is None else f"{value:.4f}"
+
+
+def _verdict(evaluation: Evaluation) -> str:
+    if evaluation.passed is None:
+        return fmt.DASH
+    verdict = "passed" if evaluation.passed else "held back"
+    if evaluation.difference is not None:
+        verdict += f": difference {evaluation.difference:+.4f}"
+        verdict += f" ± {evaluation.difference_se:.4f}" if evaluation.difference_se is not None else ""
+    if evaluation.tolerance is not None:
+        verdict += f", tolerance {evaluation.tolerance:g}"
+    return verdict + (f" (overridden: {evaluation.overridden})" if evaluation.overridden else "")
+
+
+def _ope_rows(evaluation: Evaluation) -> list[list[str]]:
+    candidate, current = evaluation.candidate, evaluation.current
+    ess = fmt.DASH
+    if candidate is not None and candidate.ess is not None:
+        ess = f"{candidate.ess:.1f}" + (f" of {candidate.n}" if candidate.n is not None else "")
+    rows = []
+    for name, estimate, error in _ESTIMATORS:
+        value, baseline = (None if e is None else estimate(e) for e in (candidate, current))
+        se = evaluation.difference_se
+        if error is not None:
+            se = None if candidate is None else error(candidate)
+        verdict = _verdict(evaluation) if name == "SNIPS" else fmt.DASH
+        rows.append([name, _estimate(value), _estimate(baseline), _estimate(se), ess, verdict])
+    return rows
+
+
+def _ope_section(ope: OPE | None) -> str:
+    """The newest promotion-gate evaluation as a table: per estimator the candidate's and the
+    current snapshot's reward per decision; the gate compares SNIPS, so its row has the verdict."""
+    if ope is None:
+        return ""
+    evaluation = ope.read()
+    what = (
+        f"Published snapshot {ope.snapshot_version}"
+        if ope.source == "snapshot"
+        else f"A held-back snapshot ({ope.kind})"
+    )
+    caption = f"{what}, evaluated at {fmt.utc(ope.at_ms)}" + (
+        f" on {evaluation.exposures:,} logged exposures" if evaluation.exposures is not None else ""
+    )
+    head = [("estimator", False), ("candidate", True), ("current", True), ("SE", True), ("ESS", True)]
+    table = _table([*head, ("verdict", False)], _ope_rows(evaluation), "ope")
+    return (
+        f'<section id="ope"><h2>Off-policy evaluation</h2><p class="meta">{_h(caption)}</p>'
+        + (f"<p>{_h(ope.message)}</p>" if ope.message else "")
+        + f'{table}<p class="muted">SE: the candidate\'s standard error; on the SNIPS row, the paired '
+        "error of the difference the gate weighs. ESS: the logged exposures the candidate's estimate "
+        "is worth.</p></section>"
+    )
+
+
 def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> str:
     """The page of one experiment from its report (control_plane/learning/report_types.py)."""
     spec = record.spec
@@ -470,9 +545,7 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
         + _table([("", False), ("count", True)], health_rows, "data")
         + "</section>"
     )
-    if report.ope is not None:
-        shown = json.dumps(report.ope.to_dict(), indent=2, sort_keys=True, default=str)
-        parts.append(f'<section id="ope"><h2>Off-policy evaluation</h2><pre>{_h(shown)}</pre></section>')
+    parts.append(_ope_section(report.ope))
     return _page(key, "".join(parts), logged_in=True)
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from starlette.applications import Starlette
 
 from control_plane.distribution.kv_publishers import LocalKVPublisher
 from control_plane.http.app import create_app
-from control_plane.http.dashboard import SESSION_COOKIE, SESSION_TTL_S, dashboard_routes
+from control_plane.http.dashboard import SESSION_COOKIE, SESSION_TTL_S, dashboard_routes, experiment_page
 from control_plane.learning.report_types import (
+    OPE,
     Alert,
     AllocationPoint,
     ArmRow,
@@ -39,9 +41,9 @@ from control_plane.learning.report_types import (
 from control_plane.settings import Settings
 from control_plane.storage.store import ExperimentRecord, Store
 from core import LocalKV, encode_batch, sign
-from tests.control_plane.conftest import UNIT_KEY
-from tests.control_plane.events.test_ingest import exposure, outcome
 from tests.control_plane.http.test_app import HERO, SECRET, TOKEN, Clock
+from tests.control_plane.learning.test_report import populated
+from tests.factories import UNIT_KEY, exposure, outcome
 
 SVG = "{http://www.w3.org/2000/svg}"
 EVIL = '<img src=x onerror="alert(1)">&'
@@ -335,6 +337,83 @@ def test_the_experiment_page_shows_the_report(browser: Browserish, sqlite_store:
     cells = re.findall(r"<td(?: class=num)?>(.*?)</td>", effects.group(0))
     assert cells[:3] == ["device=mobile", "-0.20 [-0.50, +0.10]", "+0.05 [-0.10, +0.20]"]
     assert cells[4:] == ["+0.31 [+0.00, +0.62]", "—"]  # an arm a row does not have
+
+
+def held_back(now_ms: int) -> OPE:
+    """A promotion-gate evaluation as publish records a held-back snapshot."""
+    result = {"ips": 0.1, "snips": 0.12, "dr": 0.11, "ess": 50.0, "n": 100, "ips_se": 0.01, "dr_se": 0.009}
+    evaluation = {
+        "candidate": result,
+        "current": {**result, "ips": 0.14, "snips": 0.15, "dr": None},
+        "difference": -0.03,
+        "difference_se": 0.004,
+        "current_version": 1,
+        "tolerance": 0.005,
+        "exposures": 100,
+        "passed": False,
+    }
+    return OPE(now_ms - 1000, "alert", "promotion_blocked", f"held back {EVIL}", None, False, evaluation)
+
+
+def ope_cells(page: str) -> list[list[str]]:
+    section = re.search(r'<section id="ope">.*?</section>', page, flags=re.S)
+    assert section is not None and "<pre>" not in section.group(0)
+    table = re.search(r'<table class="ope">.*?</table>', section.group(0), flags=re.S)
+    assert table is not None
+    head = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table.group(0))
+    assert head == ["estimator", "candidate", "current", "SE", "ESS", "verdict"]
+    body = re.findall(r"<tr>(<td.*?)</tr>", table.group(0))
+    return [re.findall(r"<td(?: class=num)?>(.*?)</td>", row) for row in body]
+
+
+def test_the_off_policy_panel_is_a_table(sqlite_store: Store, tmp_path: Path, clock: Clock) -> None:
+    settings = Settings(admin_token=TOKEN, edge_secret=SECRET, data_dir=tmp_path)
+    report = lambda _, record, now: replace(report_for(record, now), ope=held_back(now))  # noqa: E731
+    client = Browserish(compose(sqlite_store, settings, clock, report=report))
+    client.post("/v1/experiments", json=HERO, headers=AUTH)
+    client.login()
+    page = client.get("/experiments/hero").text
+    verdict = "held back: difference -0.0300 ± 0.0040, tolerance 0.005"
+    assert ope_cells(page) == [
+        ["IPS", "0.1000", "0.1400", "0.0100", "50.0 of 100", "—"],
+        ["SNIPS", "0.1200", "0.1500", "0.0040", "50.0 of 100", verdict],
+        ["DR", "0.1100", "—", "0.0090", "50.0 of 100", "—"],  # the current snapshot had no model
+    ]
+    assert (
+        "A held-back snapshot (promotion_blocked), evaluated at" in page and "on 100 logged exposures" in page
+    )
+    assert EVIL not in page and "held back &lt;img" in page
+
+    # An evaluation recorded without the paired difference (as publish once stored them).
+    ope = held_back(clock.ms)
+    older = {k: v for k, v in ope.evaluation.items() if k not in ("difference", "difference_se")}
+    record = sqlite_store.get_experiment("hero")
+    assert record is not None
+    report = replace(report_for(record, clock.ms), ope=replace(ope, evaluation=older))
+    assert ope_cells(experiment_page(record, report, 0))[1][3:] == [
+        "—",
+        "50.0 of 100",
+        "held back, tolerance 0.005",
+    ]
+
+
+def test_the_page_of_a_real_populated_report(store: Store, tmp_path: Path) -> None:
+    # build_report's records as they come, gate evaluation and feature effects included.
+    for key, report in populated(store, tmp_path, typed=True).items():
+        record = store.get_experiment(key)
+        assert record is not None and report.ope is not None
+        page = experiment_page(record, report, report.generated_ms)
+        (ips, snips, dr) = ope_cells(page)
+        gate = report.ope.evaluation
+        assert snips[:3] == ["SNIPS", f"{gate['candidate']['snips']:.4f}", f"{gate['current']['snips']:.4f}"]
+        assert ips[4] == snips[4] == dr[4] == f"{gate['candidate']['ess']:.1f} of {gate['candidate']['n']}"
+        difference, se = gate["difference"], gate["difference_se"]
+        assert snips[3] == f"{se:.4f}" and ips[3] == f"{gate['candidate']['ips_se']:.4f}"
+        assert snips[5] == f"passed: difference {difference:+.4f} ± {se:.4f}, tolerance 1"
+        assert "Published snapshot 2, evaluated at" in page
+        effects = re.search(r'<table class="effects">.*?</table>', page, flags=re.S)
+        assert (effects is not None) == (key == "ctx")
+        assert svgs(page)["conversion"].get("data-empty") == "false"
 
 
 def test_the_real_report_renders_too(sqlite_store: Store, tmp_path: Path, clock: Clock) -> None:

@@ -16,8 +16,7 @@ from control_plane.learning.report import build_report
 from control_plane.metrics import Metrics
 from control_plane.storage.store import ExperimentRecord, Store
 from core import LocalKV
-from tests.control_plane.conftest import NOW, spec
-from tests.control_plane.events.test_ingest import HOUR, exposure, outcome
+from tests.factories import HOUR, NOW, exposure, outcome, spec
 
 Z = 1.959963984540054
 MOBILE = {"device": "mobile", "source": "search"}
@@ -418,7 +417,19 @@ def test_snapshot_lists_are_bounded_and_skip_rows_without_a_summary(
 GOLDEN = Path(__file__).with_name("report_golden.json")
 
 
-def populated(store: Store, tmp_path: Path) -> dict[str, Any]:
+def renamed(event: dict[str, Any], key: str) -> dict[str, Any]:
+    """``event`` of experiment ``key``, with ids of its own (the same ids would be duplicates)."""
+    if key == "hero":
+        return event
+    return {
+        **event,
+        "experiment": key,
+        "id": f"{key}-{event['id']}",
+        "decision_id": "f" + event["decision_id"][1:],
+    }
+
+
+def populated(store: Store, tmp_path: Path, *, typed: bool = False) -> dict[str, Any]:
     """Reports over a store with everything a report shows: segments with features, two published
     snapshots (the second let through by the promotion gate), a held-back evaluation and plain
     alerts; one segments model and one contextual (feature effects)."""
@@ -427,7 +438,7 @@ def populated(store: Store, tmp_path: Path) -> dict[str, Any]:
     reports = {}
     for key, model in (("hero", "segments"), ("ctx", "contextual")):
         record = store.create_experiment(spec(key=key, model=model, min_segment_units=1), NOW)
-        ingest(store, [{**e, "experiment": key} for e in EVENTS], None, NOW)
+        ingest(store, [renamed(event, key) for event in EVENTS], None, NOW)
         for minutes in (1, 2):
             at = NOW + minutes * 60_000
             publish_experiment(
@@ -435,7 +446,8 @@ def populated(store: Store, tmp_path: Path) -> dict[str, Any]:
             )
         store.add_alert(key, NOW + 90_000, "promotion_blocked", "older", gate_details(0.1, False))
         store.add_alert(key, NOW + 100_000, "guardrail", f"{key}: no details")
-        reports[key] = build_report(store, record, NOW + 180_000).to_dict()
+        report = build_report(store, record, NOW + 180_000)
+        reports[key] = report if typed else report.to_dict()
     return reports
 
 
