@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from cli.main import main
 from core import bucket, decode_snapshot, encode_snapshot
-from tests.core.conftest import build_snapshot
+from tests.factories import build_snapshot
 
 SPEC = {
     "experiment": "cta",

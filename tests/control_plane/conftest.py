@@ -25,13 +25,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, MetaData, create_engine, make_url, text
 
-from control_plane.experiments import ExperimentSpec
 from control_plane.storage.migrate import migrate
 from control_plane.storage.store import Store
+from tests.factories import UNIT_KEY
 
 PG_SERVER_URL = os.environ.get("PERCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-NOW = 1_780_000_000_000
-UNIT_KEY = "test-unit-key"
 # A test that leaves a transaction open would otherwise hang the next one's clean-up.
 _LOCK_TIMEOUT = "10s"
 
@@ -181,16 +179,3 @@ def store(db_url: str) -> Iterator[Store]:
     s = Store.from_url(db_url, UNIT_KEY)
     yield s
     s.engine.dispose()
-
-
-def spec(**overrides: object) -> ExperimentSpec:
-    doc: dict[str, object] = {
-        "key": "hero",
-        "arms": [{"key": "a", "html": "<b>A</b>"}, {"key": "b", "payload": {"x": 1}}, {"key": "c"}],
-        "default_arm": "a",
-        "features": ["device", "source"],
-        "holdout": 0.1,
-        "floor": 0.05,
-    }
-    doc.update(overrides)
-    return ExperimentSpec.from_dict(doc)

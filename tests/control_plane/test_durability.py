@@ -18,8 +18,7 @@ from sqlalchemy import select
 from control_plane.storage.schema import exposures
 from control_plane.storage.store import Store
 from core import encode_batch, sign
-from tests.control_plane.conftest import UNIT_KEY
-from tests.control_plane.events.test_ingest import exposure
+from tests.factories import UNIT_KEY, exposure
 
 pytestmark = pytest.mark.process
 

@@ -21,8 +21,8 @@ from control_plane.http.app import create_app
 from control_plane.settings import Settings
 from control_plane.storage.store import Store
 from core import LocalKV, decode_snapshot, encode_batch, sign, snapshot_key
-from tests.control_plane.events.test_ingest import exposure, outcome
 from tests.control_plane.http.test_app import AUTH, HERO, SECRET, TOKEN, ApiClient, Clock
+from tests.factories import exposure, outcome
 from tests.hostile import HOSTILE_TEXT, JSON_DOCS, dumps
 
 SPEC_FIELDS = [*HERO, "holdout", "reward", "prior", "half_life_s", "max_age_s", "max_segments", "salt"]

@@ -24,7 +24,7 @@ from control_plane.learning.publish import publish_all
 from control_plane.metrics import Metrics
 from control_plane.storage.store import Store
 from core import INDEX_KEY, LocalKV, decode_index, decode_snapshot, encode_batch, parse_batch, snapshot_key
-from tests.control_plane.conftest import NOW, UNIT_KEY
+from tests.factories import NOW, UNIT_KEY
 
 VALUES = st.sampled_from(
     ["mobile", "desktop", "search", "DE", "unknown", "\ud800", "a\x00", "é", "x" * 128, ""]

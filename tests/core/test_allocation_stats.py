@@ -15,7 +15,7 @@ from scipy import stats
 
 from core import Arm, Segment, Snapshot, decide
 from tests.allocation import monte_carlo_allocation
-from tests.core.conftest import NOW_MS
+from tests.factories import NOW
 
 ARMS = 4
 UNITS = 200_000
@@ -30,7 +30,7 @@ def _snapshot(allocation: list[float], floor: float) -> Snapshot:
     return Snapshot(
         experiment="stats",
         version=3,
-        created_at=NOW_MS,
+        created_at=NOW,
         max_age_s=3600.0,
         salt="stats",
         default_arm="a0",
@@ -55,7 +55,7 @@ def observed() -> tuple[Snapshot, list[list[int]]]:
     rng = random.Random(7)
     for i in range(UNITS):
         s = i % len(CONTEXTS)
-        d = decide(snap, f"unit-{i}", CONTEXTS[s], now_ms=NOW_MS, rng=rng)
+        d = decide(snap, f"unit-{i}", CONTEXTS[s], now_ms=NOW, rng=rng)
         counts[s][snap.arm_index[d.arm]] += 1
     return snap, counts
 

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from core import MAX_SNAPSHOT_BYTES, SnapshotError, decode_snapshot, encode_snapshot
-from tests.core.conftest import build_snapshot
+from tests.factories import build_snapshot
 
 
 def _parts(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:

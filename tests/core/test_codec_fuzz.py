@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import Snapshot, SnapshotError, decode_snapshot, encode_snapshot
-from tests.core.conftest import build_snapshot
+from tests.factories import build_snapshot
 
 VALID = encode_snapshot(build_snapshot())
 ENVELOPE = msgpack.unpackb(VALID)

@@ -7,13 +7,13 @@ import pytest
 from scipy import stats
 
 from core import DECISION_FIELDS, REASONS, Decision, Fallback, Snapshot, bucket, decide, fallback
-from tests.core.conftest import NOW_MS, build_snapshot
+from tests.factories import NOW, build_snapshot
 
 MOBILE = {"device": "mobile"}
 
 
 def run(snap: Snapshot, unit: str | None, context: dict[str, str] | None = None, **kw: object) -> Decision:
-    kw.setdefault("now_ms", NOW_MS)
+    kw.setdefault("now_ms", NOW)
     kw.setdefault("rng", random.Random(0))
     return decide(snap, unit, context, **kw)  # type: ignore[arg-type]
 
@@ -67,7 +67,7 @@ def test_holdout_membership_never_depends_on_the_snapshot_version() -> None:
 
 
 def test_stale_snapshot_serves_default_but_holdout_comes_first() -> None:
-    snap = build_snapshot(max_age_s=30.0)  # created 60 s before NOW_MS
+    snap = build_snapshot(max_age_s=30.0)  # created 60 s before NOW
     reasons = Counter(run(snap, f"u{i}").reason for i in range(1000))
     assert set(reasons) == {"stale", "holdout"}
     d = next(run(snap, f"u{i}") for i in range(1000) if run(snap, f"u{i}").reason == "stale")

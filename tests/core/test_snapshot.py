@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from core import Arm, Segment, SnapshotError
-from tests.core.conftest import build_snapshot
+from tests.factories import build_snapshot
 
 SEGMENTS = [
     Segment("all"),

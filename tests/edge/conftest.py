@@ -13,7 +13,7 @@ from edge.config import EVENT_QUEUE_PREFIX, EdgeConfig
 from edge.platform import EdgeRequest, EdgeResponse, OriginResponse
 from edge.routing import handle
 from edge.visit import Edge
-from tests.core.conftest import NOW_MS, build_snapshot
+from tests.factories import NOW, build_snapshot
 
 SECRET = "edge-secret"
 IDENTITY_SECRET = "site-identity-secret-0123"
@@ -45,7 +45,7 @@ class FakePlatform:
         self.queue_count = 0
         self.queue_calls: list[tuple[int, list[str]]] = []
         self.queue_error: dict[int, Exception] = {}  # queue index -> what its sendBatch raises
-        self.clock_ms = NOW_MS
+        self.clock_ms = NOW
         self.perf = 0.0
 
     def put(self, snapshot: Snapshot) -> None:

@@ -7,8 +7,8 @@ import pytest
 from core import encode_snapshot, snapshot_key
 from edge.cache import SnapshotCache
 from edge.config import EdgeConfig
-from tests.core.conftest import NOW_MS, build_snapshot
 from tests.edge.conftest import FakePlatform
+from tests.factories import NOW, build_snapshot
 
 CONFIG = EdgeConfig(cache_ttl_s=30, retry_after_s=5, kv_timeout_s=0.05)
 KEY = snapshot_key("home-hero")
@@ -112,8 +112,8 @@ def test_health_reports_versions_ages_and_errors(cache: SnapshotCache, platform:
 @pytest.mark.parametrize(
     ("cached", "published"),
     [
-        ({"version": 10**15}, {"version": 3, "created_at": NOW_MS}),  # a restore numbers versions anew
-        ({"version": 9, "created_at": NOW_MS + 10 * 3_600_000}, {"version": 10, "created_at": NOW_MS}),
+        ({"version": 10**15}, {"version": 3, "created_at": NOW}),  # a restore numbers versions anew
+        ({"version": 9, "created_at": NOW + 10 * 3_600_000}, {"version": 10, "created_at": NOW}),
     ],
     ids=["huge-version", "from-the-future"],
 )

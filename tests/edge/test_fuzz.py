@@ -21,8 +21,8 @@ from core import INDEX_KEY, encode_index, parse_batch
 from edge.platform import EdgeRequest
 from edge.routing import handle
 from edge.visit import Edge
-from tests.core.conftest import build_snapshot
 from tests.edge.conftest import CONFIG, FakePlatform, read_body
+from tests.factories import build_snapshot
 from tests.hostile import HOSTILE_TEXT, JSON_DOCS, SCALARS, dumps
 
 PAGE_TAIL = b"<footer>the end of the page</footer></body></html>"

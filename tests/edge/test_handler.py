@@ -11,8 +11,8 @@ from core import INDEX_KEY, DecisionToken, encode_index, mint_token, sign_identi
 from edge.cache import MAX_ENTRIES, MAX_NEGATIVE
 from edge.platform import EdgeRequest
 from edge.visit import Edge
-from tests.core.conftest import NOW_MS, build_snapshot
 from tests.edge.conftest import IDENTITY_SECRET, SECRET, FakePlatform, header, read_body, request, serve
+from tests.factories import NOW, build_snapshot
 
 UID = "0123456789abcdef0123456789abcdef"
 DECIDE_FIELDS = {
@@ -46,7 +46,7 @@ def events(platform: FakePlatform) -> list[dict]:  # type: ignore[type-arg]
     out = []
     for url, body, headers in platform.posts:
         assert url == "https://cp.test/v1/events"
-        verify(SECRET, headers["X-Perch-Signature"], body, now=NOW_MS // 1000)
+        verify(SECRET, headers["X-Perch-Signature"], body, now=NOW // 1000)
         out += json.loads(body)["events"]
     return out
 
@@ -218,7 +218,7 @@ def test_bad_input_gets_a_4xx_that_says_what_was_expected(
     assert "server-timing" in dict(headers)
 
 
-def _token(unit: str | None = UID, decision_id: str = "a" * 32, ts_ms: int = NOW_MS) -> str:
+def _token(unit: str | None = UID, decision_id: str = "a" * 32, ts_ms: int = NOW) -> str:
     """A token as the edge mints it (for beacons from a visitor with ``unit``)."""
     return mint_token(
         SECRET, DecisionToken(decision_id, "home-hero", "bold", {}, ts_ms, 7, unit_tag(SECRET, unit))
@@ -263,13 +263,13 @@ def test_beacons_are_validated_and_forwarded_signed(edge: Edge, platform: FakePl
         (
             {
                 "token": mint_token(
-                    "another-deployment", DecisionToken("a" * 32, "home-hero", "b", {}, NOW_MS, 7, "")
+                    "another-deployment", DecisionToken("a" * 32, "home-hero", "b", {}, NOW, 7, "")
                 )
             },
             {},
             "signature does not match",
         ),
-        ({"token": _token(ts_ms=NOW_MS - 8 * 86400_000)}, {"cookie": f"perch_uid={UID}"}, "outside the"),
+        ({"token": _token(ts_ms=NOW - 8 * 86400_000)}, {"cookie": f"perch_uid={UID}"}, "outside the"),
         ({"token": "t1.x.y"}, {}, "not a Perch decision token"),
         ({"token": ["t1"]}, {}, "must be the decision's token"),
     ],
@@ -580,7 +580,7 @@ def test_unusable_cookie_and_cf_values_are_dropped_not_stored(edge: Edge, platfo
 def test_made_up_experiment_keys_cost_no_kv_read_once_an_index_is_published(
     edge: Edge, platform: FakePlatform
 ) -> None:
-    platform.kv[INDEX_KEY] = encode_index(["home-hero"], NOW_MS)
+    platform.kv[INDEX_KEY] = encode_index(["home-hero"], NOW)
     body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
     asyncio.run(platform.drain())  # the index arrives in the background
     reads = platform.kv_reads
@@ -596,10 +596,10 @@ def test_made_up_experiment_keys_cost_no_kv_read_once_an_index_is_published(
 
 
 def test_an_archived_experiment_stops_being_personalized(edge: Edge, platform: FakePlatform) -> None:
-    platform.kv[INDEX_KEY] = encode_index(["home-hero"], NOW_MS)
+    platform.kv[INDEX_KEY] = encode_index(["home-hero"], NOW)
     body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
     asyncio.run(platform.drain())
-    platform.kv[INDEX_KEY] = encode_index([], NOW_MS + 1)  # archived: the control plane drops it
+    platform.kv[INDEX_KEY] = encode_index([], NOW + 1)  # archived: the control plane drops it
     platform.clock_ms += 31_000  # past the cache TTL: the index is refreshed in the background
     body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
     asyncio.run(platform.drain())
@@ -663,10 +663,10 @@ def test_non_ascii_identity_claims_are_ignored_not_a_500(
 def test_an_older_index_surfacing_from_kv_does_not_replace_a_newer_one(
     edge: Edge, platform: FakePlatform
 ) -> None:
-    platform.kv[INDEX_KEY] = encode_index([], NOW_MS + 5)  # home-hero archived
+    platform.kv[INDEX_KEY] = encode_index([], NOW + 5)  # home-hero archived
     body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
     asyncio.run(platform.drain())
-    platform.kv[INDEX_KEY] = encode_index(["home-hero"], NOW_MS)  # an older copy, from before
+    platform.kv[INDEX_KEY] = encode_index(["home-hero"], NOW)  # an older copy, from before
     platform.clock_ms += 31_000
     body_json(edge, platform, "https://s.test/v1/decide?experiment=home-hero")
     asyncio.run(platform.drain())

@@ -19,7 +19,7 @@ import pytest
 
 from core import LocalKV, encode_snapshot, snapshot_key, verify
 from edge.config import Var
-from tests.core.conftest import build_snapshot
+from tests.factories import build_snapshot
 
 pytestmark = pytest.mark.process
 

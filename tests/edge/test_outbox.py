@@ -19,8 +19,8 @@ from edge.config import QUEUE_LINGER_MS, ConfigError, EdgeConfig, event_queue_na
 from edge.local import LocalPlatform
 from edge.outbox import Outbox
 from edge.visit import Edge
-from tests.core.conftest import NOW_MS
 from tests.edge.conftest import CONFIG, SECRET, FakePlatform, read_body, request, serve
+from tests.factories import NOW
 
 UID = "0123456789abcdef0123456789abcdef"
 NOW_CONFIG = replace(CONFIG, event_linger_ms=0)  # the tests that do not look at lingering
@@ -32,7 +32,7 @@ def _exposure(i: int, wide: bool = False) -> dict[str, Any]:
     return {
         "type": "exposure",
         "id": f"x-{i:032x}",
-        "ts": NOW_MS,
+        "ts": NOW,
         "decision_id": f"{i:032x}",
         "experiment": "home-hero",
         "arm": "bold",
@@ -49,7 +49,7 @@ def _outcome(i: int) -> dict[str, Any]:
     return {
         "type": "outcome",
         "id": f"o-{i:024x}",
-        "ts": NOW_MS + 1,
+        "ts": NOW + 1,
         "decision_id": f"{i:032x}",
         "experiment": "home-hero",
         "value": 1.0,
@@ -58,7 +58,7 @@ def _outcome(i: int) -> dict[str, Any]:
 
 
 def _stitch(i: int) -> dict[str, Any]:
-    return {"type": "stitch", "id": f"s-{i:024x}", "ts": NOW_MS, "anonymous_id": UID, "user_id": f"u{i}"}
+    return {"type": "stitch", "id": f"s-{i:024x}", "ts": NOW, "anonymous_id": UID, "user_id": f"u{i}"}
 
 
 def _send(platform: FakePlatform, events: list[dict[str, Any]], config: EdgeConfig = NOW_CONFIG) -> Outbox:
@@ -84,7 +84,7 @@ def _posted(platform: FakePlatform) -> list[dict[str, Any]]:
     out = []
     for url, body, headers in platform.posts:
         assert url == "https://cp.test/v1/events"
-        verify(SECRET, headers["X-Perch-Signature"], body, now=NOW_MS // 1000)
+        verify(SECRET, headers["X-Perch-Signature"], body, now=NOW // 1000)
         out += json.loads(body)["events"]
     return out
 

@@ -12,7 +12,7 @@ import pytest
 from core import parse_batch, parse_message, route
 from deploy.bundle import Bundle
 from edge.config import EVENT_QUEUE_PREFIX, Var
-from tests.core.conftest import build_snapshot
+from tests.factories import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
 from tests.pyodide.test_worker import SECRET, UID, _kv, _Servers
 

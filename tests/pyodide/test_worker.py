@@ -16,7 +16,7 @@ import pytest
 
 from core import DecisionToken, decide, encode_snapshot, mint_token, snapshot_key, unit_tag, verify
 from edge.config import KV_BINDING, Var
-from tests.core.conftest import build_snapshot
+from tests.factories import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
 from tests.vectors import runner
 

@@ -21,7 +21,7 @@ from control_plane.storage import stats
 from control_plane.storage.schema import exposures, outcomes
 from control_plane.storage.store import Store
 from core import DecisionToken, encode_messages, mint_token
-from tests.control_plane.conftest import NOW, UNIT_KEY, spec
+from tests.factories import NOW, UNIT_KEY, spec
 
 SECRET = "edge-secret-0123456789"
 CONTEXTS = [{"device": d, "source": s} for d in ("mobile", "desktop") for s in ("ad", "search")]

@@ -13,8 +13,7 @@ from control_plane.events.group_commit import Batch, IngestWriter, ReplayedBatch
 from control_plane.events.ingest import IngestResult, ingest
 from control_plane.storage.schema import exposures, seen_batches, stat_deltas, stats
 from control_plane.storage.store import Store
-from tests.control_plane.conftest import NOW, spec
-from tests.control_plane.events.test_ingest import exposure, outcome
+from tests.factories import NOW, exposure, outcome, spec
 
 
 @pytest.fixture

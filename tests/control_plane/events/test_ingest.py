@@ -10,50 +10,7 @@ from control_plane.events.ingest import ingest
 from control_plane.storage import stats
 from control_plane.storage.schema import exposures, outcomes
 from control_plane.storage.store import Store
-from tests.control_plane.conftest import NOW, spec
-
-HOUR = 3_600_000
-
-
-def exposure(
-    i: int,
-    *,
-    arm: str = "b",
-    reason: str = "personalized",
-    ts: int = NOW,
-    unit: str | None = "auto",
-    context: dict[str, str] | None = None,
-    experiment: str = "hero",
-) -> dict[str, Any]:
-    """An exposure event; by default each decision is a visitor of its own (segments need several)."""
-    if unit == "auto":
-        unit = f"u-{i}"
-    return {
-        "type": "exposure",
-        "id": f"x-{i:032x}",
-        "ts": ts,
-        "decision_id": f"{i:032x}",
-        "experiment": experiment,
-        "arm": arm,
-        "unit": unit,
-        "propensity": 0.5,
-        "reason": reason,
-        "segment": "all",
-        "snapshot_version": 1,
-        "context": {"device": "mobile", "source": "search"} if context is None else context,
-    }
-
-
-def outcome(i: int, *, value: float = 1.0, ts: int = NOW + 1000, event: str | None = None) -> dict[str, Any]:
-    return {
-        "type": "outcome",
-        "id": event or f"o-{i}",
-        "ts": ts,
-        "decision_id": f"{i:032x}",
-        "experiment": "hero",
-        "value": value,
-        "unit": "u-1",
-    }
+from tests.factories import HOUR, NOW, exposure, outcome, spec
 
 
 def cells(

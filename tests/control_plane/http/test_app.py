@@ -15,8 +15,7 @@ from control_plane.http.app import create_app
 from control_plane.settings import Settings
 from control_plane.storage.store import Store
 from core import LocalKV, decode_snapshot, encode_batch, sign, snapshot_key
-from tests.control_plane.conftest import NOW
-from tests.control_plane.events.test_ingest import exposure, outcome
+from tests.factories import NOW, exposure, outcome
 
 TOKEN = "admin-token-0123456789"
 SECRET = "edge-secret-0123456789"

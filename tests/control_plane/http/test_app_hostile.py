@@ -14,9 +14,8 @@ from sqlalchemy import insert
 from control_plane.storage.schema import stats
 from control_plane.storage.store import Store
 from core import INDEX_KEY, LocalKV, decode_index, decode_snapshot, sign, snapshot_key
-from tests.control_plane.conftest import NOW
-from tests.control_plane.events.test_ingest import exposure, outcome
 from tests.control_plane.http.test_app import AUTH, HERO, SECRET, ApiClient, client, clock, kv, signed
+from tests.factories import NOW, exposure, outcome
 
 __all__ = ["client", "clock", "kv"]  # fixtures, shared with test_app
 

@@ -13,7 +13,7 @@ import pytest
 from control_plane.http._svg import BOTTOM, EMPTY, LEFT, RIGHT, TOP
 from control_plane.http.charts import allocation_chart, arm_color, conversion_chart, lift_chart, line_chart
 from control_plane.learning.report_types import AllocationPoint, ArmRow, Decomposition, Group
-from tests.control_plane.conftest import NOW
+from tests.factories import NOW
 
 NS = "{http://www.w3.org/2000/svg}"
 MINUTE = 60_000

@@ -16,9 +16,8 @@ from control_plane.propensity import context_probabilities
 from control_plane.storage.schema import exposures
 from control_plane.storage.store import Store
 from core import LocalKV, decide, decode_snapshot, snapshot_key
-from tests.control_plane.conftest import NOW
-from tests.control_plane.events.test_ingest import exposure, outcome
 from tests.control_plane.http.test_app import AUTH, ApiClient, Clock, client, clock, kv, signed
+from tests.factories import NOW, exposure, outcome
 
 __all__ = ["client", "clock", "kv"]
 

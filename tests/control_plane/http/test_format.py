@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from control_plane.http import _format as fmt
-from tests.control_plane.conftest import NOW
+from tests.factories import NOW
 
 
 def test_rates_and_differences_by_reward_kind() -> None:

@@ -22,8 +22,8 @@ from control_plane.http.openapi import openapi_document
 from control_plane.settings import Settings
 from control_plane.storage.store import Store
 from core import LocalKV
-from tests.control_plane.conftest import UNIT_KEY
 from tests.control_plane.http.test_app import AUTH, HERO, SECRET, TOKEN, ApiClient
+from tests.factories import UNIT_KEY
 
 EXAMPLES = max(5, int(os.environ.get("PERCH_FUZZ_EXAMPLES", "100")) // 4)
 

@@ -8,11 +8,8 @@ from control_plane.events.ingest import ingest
 from control_plane.learning.delays import MIN_DELAYS, delay_cdf, mature_cells, maturity, young_exposures
 from control_plane.storage.stats import CellStats
 from control_plane.storage.store import Store
-from tests.control_plane.conftest import NOW
-from tests.control_plane.conftest import spec as make_spec
-from tests.control_plane.events.test_ingest import exposure, outcome
-
-HOUR = 3_600_000
+from tests.factories import HOUR, NOW, exposure, outcome
+from tests.factories import spec as make_spec
 
 
 def test_a_young_exposure_counts_as_the_share_of_outcomes_already_due() -> None:

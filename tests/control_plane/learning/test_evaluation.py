@@ -20,8 +20,7 @@ from control_plane.learning.evaluation import (
 )
 from control_plane.storage.store import Store
 from core import Arm, Segment, Snapshot
-from tests.control_plane.conftest import NOW, spec
-from tests.control_plane.events.test_ingest import exposure, outcome
+from tests.factories import NOW, exposure, outcome, spec
 
 # Five logged decisions, written out so every estimate can be checked by hand.
 R = [1.0, 0.0, 1.0, 0.0, 1.0]

@@ -20,8 +20,8 @@ from control_plane.learning.beta import allocation
 from control_plane.learning.learner import learn, posteriors, segment_key, split_cells
 from control_plane.storage.stats import CellStats
 from core import KEY_RE, Arm, Segment, Snapshot, decide, decode_snapshot, encode_snapshot
+from tests.factories import NOW
 
-NOW_MS = 1_780_000_000_000
 Cells = dict[tuple[str, ...], dict[str, CellStats]]
 
 
@@ -44,7 +44,7 @@ def _cells(rows: Mapping[tuple[str, ...], Mapping[str, tuple[float, float]]]) ->
 
 def _learn(spec: ExperimentSpec, cells: Cells, **kw: Any) -> Snapshot:
     kw.setdefault("version", 1)
-    kw.setdefault("now_ms", NOW_MS)
+    kw.setdefault("now_ms", NOW)
     return learn(spec, cells, **kw)
 
 
@@ -322,13 +322,13 @@ UNITS = 60_000
 
 @pytest.fixture(scope="module")
 def edge_counts() -> tuple[Snapshot, list[list[int]]]:
-    snap = learn(_spec(), EDGE_CELLS, version=4, now_ms=NOW_MS, draws=500_000)
+    snap = learn(_spec(), EDGE_CELLS, version=4, now_ms=NOW, draws=500_000)
     counts = [[0] * len(snap.arms) for _ in CONTEXTS]
     rng = random.Random(17)
     for i in range(UNITS):
         s = i % len(CONTEXTS)
         context, segment = CONTEXTS[s]
-        d = decide(snap, f"visitor-{i}", context, now_ms=NOW_MS + 1000, rng=rng)
+        d = decide(snap, f"visitor-{i}", context, now_ms=NOW + 1000, rng=rng)
         assert (d.reason, d.segment) == ("personalized", segment)
         assert d.propensity == _cell(snap, "allocation", segment, d.arm)
         counts[s][snap.arm_index[d.arm]] += 1
@@ -358,7 +358,7 @@ def test_the_edge_check_rejects_a_table_learnt_with_another_floor(
     edge_counts: tuple[Snapshot, list[list[int]]],
 ) -> None:
     snap, counts = edge_counts
-    other = learn(_spec(floor=0.3), EDGE_CELLS, version=4, now_ms=NOW_MS, draws=100_000)
+    other = learn(_spec(floor=0.3), EDGE_CELLS, version=4, now_ms=NOW, draws=100_000)
     assert _pvalue(counts, snap, other) < 1e-9
 
 
@@ -382,7 +382,7 @@ def test_edge_follows_the_table_for_tiny_shapes_too(alpha: list[float], beta: li
     snap = Snapshot(
         experiment="tiny",
         version=1,
-        created_at=NOW_MS,
+        created_at=NOW,
         max_age_s=60.0,
         salt="tiny",
         default_arm="a0",
@@ -398,7 +398,7 @@ def test_edge_follows_the_table_for_tiny_shapes_too(alpha: list[float], beta: li
     counts = [0] * arms
     rng = random.Random(3)
     for i in range(units):
-        counts[snap.arm_index[decide(snap, f"u{i}", {}, now_ms=NOW_MS, rng=rng).arm]] += 1
+        counts[snap.arm_index[decide(snap, f"u{i}", {}, now_ms=NOW, rng=rng).arm]] += 1
     assert stats.chisquare(counts, [units * float(x) for x in table.ravel()]).pvalue > 1e-3
     if arms == 2:
         # numpy's Beta sampler resolves those ties by the exact law (arm 0 wins

@@ -12,8 +12,8 @@ from control_plane.learning.publish import publish_all, publish_experiment
 from control_plane.metrics import Metrics
 from control_plane.storage.store import Store, publish_lock_key
 from core import INDEX_KEY, LocalKV, decode_snapshot, snapshot_key
-from tests.control_plane.conftest import NOW, UNIT_KEY, empty_postgres, spec
-from tests.control_plane.events.test_ingest import exposure
+from tests.control_plane.conftest import empty_postgres
+from tests.factories import NOW, UNIT_KEY, exposure, spec
 
 
 class Clock:

@@ -9,10 +9,7 @@ from control_plane.events.ingest import ingest
 from control_plane.learning.learner import learn
 from control_plane.storage.privacy import erase, export
 from control_plane.storage.store import Store
-from tests.control_plane.conftest import NOW, UNIT_KEY, spec
-from tests.control_plane.events.test_ingest import exposure, outcome
-
-HOUR = 3_600_000
+from tests.factories import HOUR, NOW, UNIT_KEY, exposure, outcome, spec
 
 
 def events() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, event, inspect, select
 from control_plane.storage.migrate import alembic_config, migrate
 from control_plane.storage.schema import snapshots
 from control_plane.storage.store import SnapshotMeta, Store
-from tests.control_plane.conftest import NOW, UNIT_KEY, spec
+from tests.factories import NOW, UNIT_KEY, spec
 
 
 def snapshot_row(version: int, summary: Any, experiment: str = "hero") -> dict[str, Any]:

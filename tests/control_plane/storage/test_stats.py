@@ -13,8 +13,7 @@ from control_plane.events.ingest import ingest
 from control_plane.storage import privacy, stats
 from control_plane.storage.schema import stat_deltas
 from control_plane.storage.store import Store
-from tests.control_plane.conftest import NOW, spec
-from tests.control_plane.events.test_ingest import HOUR, exposure, outcome
+from tests.factories import HOUR, NOW, exposure, outcome, spec
 
 HALF_LIFE = 3 * 3600.0
 

@@ -11,7 +11,7 @@ from control_plane.experiments import ExperimentError
 from control_plane.storage.schema import experiments, metadata
 from control_plane.storage.stats import decay
 from control_plane.storage.store import Conflict, NotFound, Store
-from tests.control_plane.conftest import NOW, spec
+from tests.factories import NOW, spec
 
 
 def test_migrations_create_exactly_the_declared_schema(store: Store) -> None:
@@ -109,7 +109,7 @@ def test_data_written_before_a_migration_survives_it(blank_db_url: str) -> None:
 
     from control_plane.storage.migrate import migrate
     from control_plane.storage.schema import snapshots
-    from tests.control_plane.conftest import UNIT_KEY
+    from tests.factories import UNIT_KEY
 
     old = Store.from_url(blank_db_url, UNIT_KEY)
     migrate(old.engine, "0004")
@@ -156,7 +156,7 @@ def test_data_written_before_a_migration_survives_it(blank_db_url: str) -> None:
 
 def test_m8_pending_outcomes_expire_after_the_reward_window(store: Store) -> None:
     from control_plane.events.ingest import ingest
-    from tests.control_plane.events.test_ingest import outcome
+    from tests.factories import outcome
 
     store.create_experiment(spec(reward={"kind": "binary", "window_s": 3600}), NOW)
     orphans = [outcome(i, ts=NOW) for i in range(50)]
