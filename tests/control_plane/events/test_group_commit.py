@@ -3,10 +3,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from control_plane.events import group_commit
 from control_plane.events.group_commit import Batch, IngestWriter, ReplayedBatch, ingest_group
@@ -81,35 +83,52 @@ def test_a_failing_batch_does_not_take_the_group_down(hero: Store, monkeypatch: 
     assert ingest(hero, [exposure(2)], f"{2:064x}", NOW).accepted["exposure"] == 1
 
 
+class HeldCommit:
+    """Holds the store's first ingest transaction until released: what a slow fsync does, so the
+    batches submitted meanwhile queue for the next group."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        real = store.ingest_write
+
+        @contextmanager
+        def held() -> Iterator[Connection]:
+            if not self.started.is_set():
+                self.started.set()
+                self.release.wait(10)
+            with real() as conn:
+                yield conn
+
+        monkeypatch.setattr(store, "ingest_write", held)
+
+    async def submit_during_it(
+        self,
+        writer: IngestWriter,
+        first: list[dict[str, Any]],
+        *batches: tuple[list[dict[str, Any]], str | None],
+    ) -> list[Any]:
+        """Submits ``first``, then ``batches`` while its commit is held; every outcome, in order."""
+        started = asyncio.create_task(writer.submit(first, None, NOW))
+        while not self.started.is_set():
+            await asyncio.sleep(0.005)
+        rest = [asyncio.create_task(writer.submit(events, signature, NOW)) for events, signature in batches]
+        await asyncio.sleep(
+            0
+        )  # one turn of the loop: each submit has queued its batch behind the held commit
+        self.release.set()
+        return await asyncio.gather(started, *rest, return_exceptions=True)
+
+
 def test_batches_that_arrive_during_a_commit_share_the_next_one(
     hero: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first_started, release = threading.Event(), threading.Event()
-    real = group_commit.ingest_group
+    held = HeldCommit(hero, monkeypatch)
     groups: list[int] = []
-
-    def slow_first(store: Store, batches: list[Batch]) -> list[Any]:
-        if not groups:
-            first_started.set()
-            release.wait(10)
-        groups.append(len(batches))
-        return real(store, batches)
-
-    monkeypatch.setattr(group_commit, "ingest_group", slow_first)
-    writer = IngestWriter(hero)
-
-    async def scenario() -> list[Any]:
-        first = asyncio.create_task(writer.submit([exposure(1)], "1" * 64, NOW))
-        while not first_started.is_set():
-            await asyncio.sleep(0.005)
-        rest = [asyncio.create_task(writer.submit([exposure(i)], f"{i:064x}", NOW)) for i in range(2, 12)]
-        rest.append(asyncio.create_task(writer.submit([exposure(5)], f"{5:064x}", NOW)))  # a replay
-        await asyncio.sleep(0.05)
-        release.set()
-        return await asyncio.gather(first, *rest, return_exceptions=True)
-
+    writer = IngestWriter(hero, on_commit=lambda batches, events: groups.append(batches))
+    batches = [([exposure(i)], f"{i:064x}") for i in range(2, 12)]
+    batches.append(([exposure(5)], f"{5:064x}"))  # a replay
     started = time.monotonic()
-    results = asyncio.run(scenario())
+    results = asyncio.run(held.submit_during_it(writer, [exposure(1)], *batches))
     assert time.monotonic() - started < 10
     assert groups == [1, 11]  # everything that queued during the first commit went in one
     assert all(isinstance(r, IngestResult) for r in results[:-1])
@@ -117,21 +136,29 @@ def test_batches_that_arrive_during_a_commit_share_the_next_one(
     assert _stored(hero) == 11
 
 
-def test_groups_are_bounded_in_events(hero: Store) -> None:
-    writer = IngestWriter(hero, max_events=3)
-    for i in range(1, 6):
-        writer._queue.append((Batch([exposure(i), exposure(100 + i)], None, NOW), None))  # type: ignore[arg-type]
-    sizes = []
-    while writer._queue:
-        sizes.append(sum(len(b.events) for b, _ in writer._take()))
-    assert sizes == [2, 2, 2, 2, 2]  # two batches would be 4 > 3; a lone big batch still goes
-    writer.max_events = 4
-    for i in range(1, 6):
-        writer._queue.append((Batch([exposure(i), exposure(100 + i)], None, NOW), None))  # type: ignore[arg-type]
-    sizes = []
-    while writer._queue:
-        sizes.append(sum(len(b.events) for b, _ in writer._take()))
-    assert sizes == [4, 4, 2]
+@pytest.mark.parametrize(
+    ("max_events", "sizes", "groups"),
+    [
+        (3, [2, 2, 2, 2, 2], [2, 2, 2, 2, 2]),  # two batches would be 4 > 3
+        (4, [2, 2, 2, 2, 2], [4, 4, 2]),
+        (3, [1, 5, 1], [1, 5, 1]),  # a lone batch over the bound still goes
+    ],
+)
+def test_groups_are_bounded_in_events(
+    hero: Store, monkeypatch: pytest.MonkeyPatch, max_events: int, sizes: list[int], groups: list[int]
+) -> None:
+    held = HeldCommit(hero, monkeypatch)
+    committed: list[int] = []
+    writer = IngestWriter(
+        hero, max_events=max_events, on_commit=lambda batches, events: committed.append(events)
+    )
+    ids = iter(range(1, 1 + sum(sizes) + 1))
+    first = [exposure(next(ids))]
+    batches = [([exposure(next(ids)) for _ in range(size)], None) for size in sizes]
+    results = asyncio.run(asyncio.wait_for(held.submit_during_it(writer, first, *batches), 30))
+    assert committed == [1, *groups]
+    assert [r.accepted["exposure"] for r in results if isinstance(r, IngestResult)] == [1, *sizes]
+    assert _stored(hero) == 1 + sum(sizes)
 
 
 def test_a_group_writes_each_cell_once(hero: Store) -> None:
