@@ -1,35 +1,26 @@
-"""The control plane's database: experiments, snapshots, statistics, locks.
+"""The control plane's database: experiments, their statistics, dashboard sessions.
 
-SQLAlchemy Core over SQLite (embedded default) or PostgreSQL (production);
-the schema is created and changed only by Alembic migrations.  Event
+``Store`` is the one object callers hold. Its parts live beside it: snapshots, alerts and the
+publish lock in :mod:`control_plane.storage.snapshots` (``SnapshotStore``, which it extends);
+the engine, write transactions and migrations in :mod:`control_plane.storage.database`. Event
 ingestion lives in :mod:`control_plane.events.ingest`, on top of this store.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-try:  # POSIX; elsewhere SQLite's own busy handler serialises writers
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.experiments import ExperimentError, ExperimentSpec
 from control_plane.propensity import PropensityCache
 from control_plane.storage import stats
-from control_plane.storage.migrate import migrate
+from control_plane.storage.database import engine_for
 from control_plane.storage.schema import (
     audit,
     counters,
@@ -37,10 +28,10 @@ from control_plane.storage.schema import (
     exposures,
     outcomes,
     revoked_sessions,
-    snapshots,
 )
+from control_plane.storage.snapshots import SnapshotMeta, SnapshotStore, publish_lock_key
 from control_plane.storage.stats import CellStats
-from core import PerchError, Snapshot, SnapshotError, decode_snapshot
+from core import PerchError
 
 __all__ = ["Conflict", "ExperimentRecord", "NotFound", "SnapshotMeta", "Store", "publish_lock_key"]
 
@@ -75,32 +66,13 @@ class ExperimentRecord:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotMeta:
-    """A published snapshot's row without its bytes and summary (each can be megabytes)."""
+class Store(SnapshotStore):
+    """Experiments, their statistics and sessions here; snapshots in SnapshotStore; the engine and
+    its write transactions in Database."""
 
-    experiment: str
-    version: int
-    created_ms: int
-    kv_key: str
-    size: int
-    sha256: str
-    digest: str
-    spec_version: int
-
-
-_META_COLUMNS = [snapshots.c[field.name] for field in fields(SnapshotMeta)]
-
-
-class Store:
     def __init__(self, engine: Engine, unit_key: str) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.unit_key = unit_key.encode()
-        self.dialect = engine.dialect.name
-        # SQLite allows one writer; serialising writers here avoids "database is locked".
-        self.write_lock = threading.RLock()
-        self._publish_mutexes: dict[str, threading.Lock] = {}
-        self._mutexes_guard = threading.Lock()
         # Ingestion's per-batch shortcuts: specs parsed once per (key, version), and
         # expired replay signatures purged once a minute rather than on every batch.
         self.parsed_specs: dict[str, tuple[int, ExperimentSpec]] = {}
@@ -108,76 +80,12 @@ class Store:
         # The live experiment keys this process last wrote to KV's index (publish.publish_index).
         self.published_live: frozenset[str] | None = None
         # Contextual exposures arrive without a propensity: ingestion computes it from the
-        # snapshot that decided (decoded once per version) and caches it per context.
+        # snapshot that decided (SnapshotStore.snapshot_at) and caches it per context.
         self.propensities = PropensityCache(size=32_768)
-        self._decoded: OrderedDict[tuple[str, int], Snapshot | None] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, unit_key: str) -> Store:
-        if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_connection: Any, _: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                # WAL keeps readers off the writer's back; FULL syncs each commit so an
-                # acknowledged batch survives a crash (kill -9 or power).
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=FULL")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                # Decision ids are random, so every ingested group touches pages all over the id
-                # indexes: 64 MiB of page cache (the default is 2 MiB) keeps them in memory.
-                cursor.execute("PRAGMA cache_size=-65536")
-                cursor.close()
-        else:
-            engine = create_engine(
-                url.replace("postgresql://", "postgresql+psycopg://", 1),
-                pool_pre_ping=True,
-            )
-        return cls(engine, unit_key)
-
-    def migrate(self) -> None:
-        migrate(self.engine)
-
-    def insert(self, table: Any) -> Any:
-        """A dialect insert that knows ON CONFLICT."""
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.write_lock, self._writer_across_processes(), self.engine.begin() as conn:
-            yield conn
-
-    @contextmanager
-    def ingest_write(self) -> Iterator[Connection]:
-        """A write transaction that stores events: one at a time across every process.
-
-        An exposure and an outcome of one decision stored by two concurrent transactions would each
-        miss the other (neither is committed when the other looks), leaving the exposure without
-        its reward, or the outcome pending forever. SQLite has one writer anyway; on PostgreSQL
-        a transaction-level advisory lock does the same. Consumers still parse and verify in
-        parallel; measured (benchmarks/RESULTS.md) the lock costs less than the race would.
-        """
-        with self.write() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INGEST_LOCK_KEY})
-            yield conn
-
-    @contextmanager
-    def _writer_across_processes(self) -> Iterator[None]:
-        """On SQLite, writers of several processes (``perch serve`` beside ``perch consume``s) take
-        turns on an advisory file lock: the waiter wakes the moment it is free, where SQLite's own
-        busy handler would sleep in steps of up to 100 ms. PostgreSQL needs none."""
-        path = self.engine.url.database if self.dialect == "sqlite" else None
-        if not path or path == ":memory:" or fcntl is None:
-            yield
-            return
-        with open(f"{path}.writer", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return cls(engine_for(url), unit_key)
 
     def hash_unit(self, unit: str | None) -> str | None:
         """Units are stored keyed, never raw (a salted HMAC, 128 bits)."""
@@ -421,165 +329,3 @@ class Store:
         with self.engine.connect() as conn:
             found = conn.execute(select(revoked_sessions.c.nonce).where(revoked_sessions.c.nonce == nonce))
             return found.first() is not None
-
-    # --- snapshots ---------------------------------------------------------------------------
-
-    def snapshot_at(self, conn: Connection, experiment: str, version: int) -> Snapshot | None:
-        """The published snapshot ``version`` of ``experiment``, decoded (None if unknown or unreadable)."""
-        key = (experiment, version)
-        if key in self._decoded:
-            self._decoded.move_to_end(key)
-            return self._decoded[key]
-        data = conn.execute(
-            select(snapshots.c.data).where(
-                snapshots.c.experiment == experiment, snapshots.c.version == version
-            )
-        ).scalar()
-        try:
-            found = decode_snapshot(data) if data is not None else None
-        except SnapshotError:
-            found = None
-        if found is not None:  # an unknown version may still be published: ask again next time
-            self._decoded[key] = found
-            if len(self._decoded) > 16:
-                self._decoded.popitem(last=False)
-        return found
-
-    def latest_snapshot(self, experiment: str) -> SnapshotMeta | None:
-        """The latest published snapshot's metadata: neither its bytes nor its summary are read."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(*_META_COLUMNS)
-                .where(snapshots.c.experiment == experiment)
-                .order_by(snapshots.c.version.desc())
-                .limit(1)
-            ).first()
-        return SnapshotMeta(**row._mapping) if row else None
-
-    def snapshot_data(self, experiment: str, version: int) -> bytes | None:
-        """Snapshot ``version``'s encoded bytes (None if unknown, or written before 0002 kept them)."""
-        with self.engine.connect() as conn:
-            data: bytes | None = conn.execute(
-                select(snapshots.c.data).where(
-                    snapshots.c.experiment == experiment, snapshots.c.version == version
-                )
-            ).scalar()
-        return data
-
-    def snapshot_history(self, experiment: str, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first, without the bytes; ``summary`` is parsed JSON (or None for old rows)."""
-        columns = [c for c in snapshots.c if c.name != "data"]
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(*columns)
-                .where(snapshots.c.experiment == experiment)
-                .order_by(snapshots.c.version.desc())
-                .limit(limit)
-            )
-            out = [dict(r._mapping) for r in rows]
-        for row in out:
-            row["summary"] = json.loads(row["summary"]) if row["summary"] else None
-        return out
-
-    def add_alert(self, experiment: str, at_ms: int, kind: str, message: str, details: Any = None) -> None:
-        from control_plane.storage.schema import alerts
-
-        with self.write() as conn:
-            conn.execute(
-                alerts.insert().values(
-                    experiment=experiment,
-                    at_ms=at_ms,
-                    kind=kind,
-                    message=message,
-                    details=json.dumps(details) if details is not None else None,
-                )
-            )
-
-    def alerts(self, experiment: str, limit: int = 50) -> list[dict[str, Any]]:
-        from control_plane.storage.schema import alerts
-
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(alerts)
-                .where(alerts.c.experiment == experiment)
-                .order_by(alerts.c.id.desc())
-                .limit(limit)
-            )
-            return [
-                {
-                    "at_ms": r.at_ms,
-                    "kind": r.kind,
-                    "message": r.message,
-                    "details": json.loads(r.details) if r.details else None,
-                }
-                for r in rows
-            ]
-
-    def next_snapshot_version(self, experiment: str) -> int:
-        with self.engine.connect() as conn:
-            current = conn.execute(
-                select(func.max(snapshots.c.version)).where(snapshots.c.experiment == experiment)
-            ).scalar()
-        return int(current or 0) + 1
-
-    def record_snapshot(self, row: Mapping[str, Any]) -> None:
-        """Store a published snapshot's row; its ``global_allocation`` comes from its ``summary``."""
-        values = {**row, "global_allocation": global_allocation(row.get("summary"))}
-        with self.write() as conn:
-            conn.execute(snapshots.insert().values(**values))
-
-    @contextmanager
-    def publish_lock(self, key: str = "", wait: bool = False) -> Iterator[bool]:
-        """True for the one publisher of ``key`` (an experiment; "" for the live index) allowed now:
-        in this process (the schedule and on-demand publishes share a mutex per key) and across
-        processes (a PostgreSQL advisory lock per key), so several publishers share many
-        experiments, each published by one at a time.
-
-        ``wait=False`` (the schedule) gives up at once when another holds it; ``wait=True``
-        (an operator's publish) queues behind it.
-        """
-        with self._mutexes_guard:
-            mutex = self._publish_mutexes.setdefault(key, threading.Lock())
-        if not mutex.acquire(blocking=wait):
-            yield False
-            return
-        try:
-            if self.dialect != "postgresql":
-                yield True  # SQLite is one process's database
-                return
-            lock_key = publish_lock_key(key)
-            with self.engine.connect() as conn:
-                if wait:
-                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
-                    got = True
-                else:
-                    got = bool(
-                        conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key}).scalar()
-                    )
-                try:
-                    yield got
-                finally:
-                    if got:
-                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key})
-                    conn.commit()
-        finally:
-            mutex.release()
-
-
-_INGEST_LOCK_KEY = int.from_bytes(hashlib.sha256(b"perch-ingest").digest()[:8], "big", signed=True)
-
-
-def global_allocation(summary: str | None) -> str | None:
-    """A summary's global segment (segment 0) allocation as JSON; None if it has none."""
-    doc: Any = json.loads(summary) if summary else None
-    segments = doc.get("segments") if isinstance(doc, dict) else None
-    first = segments[0] if isinstance(segments, list) and segments else None
-    allocation = first.get("allocation") if isinstance(first, dict) else None
-    return json.dumps(allocation) if isinstance(allocation, dict) else None
-
-
-def publish_lock_key(key: str) -> int:
-    """``key``'s publish lock as a signed 64-bit key for pg_advisory_lock."""
-    return int.from_bytes(
-        hashlib.sha256(b"perch-publish\x00" + key.encode()).digest()[:8], "big", signed=True
-    )
