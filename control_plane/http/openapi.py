@@ -2,13 +2,14 @@
 
 Written out rather than generated from docstrings: one handler serves GET, PATCH and DELETE of
 an experiment, and tools (schemathesis in ``make test``, client generators) need each operation's
-parameters, bodies and security declared exactly. ``tests/control_plane/test_openapi.py`` checks
+parameters, bodies and security declared exactly. ``tests/control_plane/http/test_openapi.py`` checks
 the document against the OpenAPI 3.1 schema, checks that it names every route the app serves,
 and throws generated requests at every operation.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 __all__ = ["openapi_document"]
@@ -98,207 +99,197 @@ _BATCH = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    experiment = {"$ref": "#/components/schemas/Experiment"}
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Perch control plane",
-            "version": "1",
-            "description": "Experiments, event ingestion, reports, privacy. README: Security model.",
-        },
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "PERCH_ADMIN_TOKEN"},
-                "edgeSignature": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "X-Perch-Signature",
-                    "description": "t=<unix>,v1=<hex HMAC-SHA256(PERCH_EDGE_SECRET, t + '.' + body)>",
-                },
-            },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-                "ExperimentSpec": _SPEC,
-                "Experiment": {
-                    "type": "object",
-                    "required": ["spec", "version", "archived"],
-                    "properties": {
-                        "spec": {"$ref": "#/components/schemas/ExperimentSpec"},
-                        "version": {"type": "integer"},
-                        "archived": {"type": "boolean"},
-                    },
-                },
-                "EventBatch": _BATCH,
-            },
-        },
-        "paths": {
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness: the service and its database answer.",
-                    "responses": {"200": _json(_OBJECT, "ok")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics.",
-                    "security": _ADMIN,
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        **_errors(401),
-                    },
-                }
-            },
-            "/v1/experiments": {
-                "post": {
-                    "summary": "Create an experiment.",
-                    "security": _ADMIN,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ExperimentSpec"}}
-                        },
-                    },
-                    "responses": {
-                        "201": _json(
-                            experiment,
-                            "Created (version 1), or an archived key brought back as its next version.",
-                        ),
-                        **_errors(400, 401, 409, 413, 422),
-                    },
-                },
-                "get": {
-                    "summary": "List experiments.",
-                    "security": _ADMIN,
-                    "parameters": [
-                        {
-                            "name": "archived",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"enum": ["true", "false"]},
-                        }
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {"experiments": {"type": "array", "items": experiment}},
-                            },
-                            "The experiments.",
-                        ),
-                        **_errors(401),
-                    },
-                },
-            },
-            "/v1/experiments/{key}": {
-                "parameters": _EXPERIMENT_PATH,
-                "get": {
-                    "summary": "An experiment with its snapshots, counters, outcomes and history.",
-                    "security": _ADMIN,
-                    "responses": {"200": _json(experiment, "The experiment."), **_errors(401, 404)},
-                },
-                "patch": {
-                    "summary": "Change an experiment (not key, salt or features; arms stay).",
-                    "security": _ADMIN,
-                    "parameters": [
-                        {
-                            "name": "If-Match",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "pattern": '^"?[0-9]{1,18}"?$'},
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    "responses": {
-                        "200": _json(experiment, "Changed, version + 1."),
-                        **_errors(400, 401, 404, 409, 413, 422),
-                    },
-                },
-                "delete": {
-                    "summary": "Archive: the data is kept; the edge stops personalizing it.",
-                    "security": _ADMIN,
-                    "responses": {"200": _json(experiment, "Archived."), **_errors(401, 404)},
-                },
-            },
-            "/v1/experiments/{key}/publish": {
-                "parameters": _EXPERIMENT_PATH,
-                "post": {
-                    "summary": "Learn and publish now.",
-                    "security": _ADMIN,
-                    "responses": {
-                        "200": _json(_OBJECT, "{snapshot_version, kv_key, bytes, ...}"),
-                        **_errors(401, 404),
-                    },
-                },
-            },
-            "/v1/experiments/{key}/report": {
-                "parameters": _EXPERIMENT_PATH,
-                "get": {
-                    "summary": "Arms, segments, holdout lift, history, OPE (docs/report.md).",
-                    "security": _ADMIN,
-                    "responses": {"200": _json(_OBJECT, "The report."), **_errors(401, 404)},
-                },
-            },
-            "/v1/events": {
-                "post": {
-                    "summary": "The edge's signed batches of exposures, outcomes and stitches.",
-                    "security": [{"edgeSignature": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/EventBatch"}}
-                        },
-                    },
-                    "responses": {
-                        "200": _json(
-                            _OBJECT, "Stored: accepted, duplicates, joined, late, pending, rejected."
-                        ),
-                        **_errors(400, 401, 409, 413),
-                    },
-                },
-            },
-            "/v1/users/{unit}/export": {
-                "parameters": [
-                    {
-                        "name": "unit",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-                    }
-                ],
-                "get": {
-                    "summary": "Everything held about a visitor (a user id covers its anonymous ids).",
-                    "security": _ADMIN,
-                    "responses": {"200": _json(_OBJECT, "The export."), **_errors(400, 401)},
-                },
-            },
-            "/v1/users/{unit}": {
-                "parameters": [
-                    {
-                        "name": "unit",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-                    }
-                ],
-                "delete": {
-                    "summary": "Erase a visitor and take them out of the statistics.",
-                    "security": _ADMIN,
-                    "responses": {
-                        "200": _json(_OBJECT, "{deleted: {exposures, outcomes, stitches}}"),
-                        **_errors(400, 401),
-                    },
-                },
-            },
-        },
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    errors: tuple[int, ...] = (),
+    *,
+    security: list[dict[str, list[str]]] | None = _ADMIN,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One operation: its success responses (``ok``), then the documented errors."""
+    op: dict[str, Any] = {"summary": summary}
+    if security is not None:
+        op["security"] = security
+    if parameters is not None:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    op["responses"] = {**ok, **_errors(*errors)}
+    return op
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_EXPERIMENT = _ref("Experiment")
+_UNIT_PATH = [
+    {
+        "name": "unit",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
     }
+]
+
+_COMPONENTS = {
+    "securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "PERCH_ADMIN_TOKEN"},
+        "edgeSignature": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Perch-Signature",
+            "description": "t=<unix>,v1=<hex HMAC-SHA256(PERCH_EDGE_SECRET, t + '.' + body)>",
+        },
+    },
+    "schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "ExperimentSpec": _SPEC,
+        "Experiment": {
+            "type": "object",
+            "required": ["spec", "version", "archived"],
+            "properties": {
+                "spec": _ref("ExperimentSpec"),
+                "version": {"type": "integer"},
+                "archived": {"type": "boolean"},
+            },
+        },
+        "EventBatch": _BATCH,
+    },
+}
+
+# Every route the app serves, one entry per path and method: a table rather than code, so adding
+# a route is adding a row, and test_openapi checks the rows against the app's routes.
+_PATHS: dict[str, dict[str, Any]] = {
+    "/healthz": {
+        "get": _op(
+            "Liveness: the service and its database answer.", {"200": _json(_OBJECT, "ok")}, security=None
+        )
+    },
+    "/metrics": {
+        "get": _op(
+            "Prometheus metrics.",
+            {
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+            (401,),
+        )
+    },
+    "/v1/experiments": {
+        "post": _op(
+            "Create an experiment.",
+            {
+                "201": _json(
+                    _EXPERIMENT, "Created (version 1), or an archived key brought back as its next version."
+                )
+            },
+            (400, 401, 409, 413, 422),
+            body=_ref("ExperimentSpec"),
+        ),
+        "get": _op(
+            "List experiments.",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {"experiments": {"type": "array", "items": _EXPERIMENT}},
+                    },
+                    "The experiments.",
+                )
+            },
+            (401,),
+            parameters=[
+                {"name": "archived", "in": "query", "required": False, "schema": {"enum": ["true", "false"]}}
+            ],
+        ),
+    },
+    "/v1/experiments/{key}": {
+        "parameters": _EXPERIMENT_PATH,
+        "get": _op(
+            "An experiment with its snapshots, counters, outcomes and history.",
+            {"200": _json(_EXPERIMENT, "The experiment.")},
+            (401, 404),
+        ),
+        "patch": _op(
+            "Change an experiment (not key, salt or features; arms stay).",
+            {"200": _json(_EXPERIMENT, "Changed, version + 1.")},
+            (400, 401, 404, 409, 413, 422),
+            parameters=[
+                {
+                    "name": "If-Match",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": '^"?[0-9]{1,18}"?$'},
+                }
+            ],
+            body={"type": "object"},
+        ),
+        "delete": _op(
+            "Archive: the data is kept; the edge stops personalizing it.",
+            {"200": _json(_EXPERIMENT, "Archived.")},
+            (401, 404),
+        ),
+    },
+    "/v1/experiments/{key}/publish": {
+        "parameters": _EXPERIMENT_PATH,
+        "post": _op(
+            "Learn and publish now.",
+            {"200": _json(_OBJECT, "{snapshot_version, kv_key, bytes, ...}")},
+            (401, 404),
+        ),
+    },
+    "/v1/experiments/{key}/report": {
+        "parameters": _EXPERIMENT_PATH,
+        "get": _op(
+            "Arms, segments, holdout lift, history, OPE (docs/report.md).",
+            {"200": _json(_OBJECT, "The report.")},
+            (401, 404),
+        ),
+    },
+    "/v1/events": {
+        "post": _op(
+            "The edge's signed batches of exposures, outcomes and stitches.",
+            {"200": _json(_OBJECT, "Stored: accepted, duplicates, joined, late, pending, rejected.")},
+            (400, 401, 409, 413),
+            security=[{"edgeSignature": []}],
+            body=_ref("EventBatch"),
+        ),
+    },
+    "/v1/users/{unit}/export": {
+        "parameters": _UNIT_PATH,
+        "get": _op(
+            "Everything held about a visitor (a user id covers its anonymous ids).",
+            {"200": _json(_OBJECT, "The export.")},
+            (400, 401),
+        ),
+    },
+    "/v1/users/{unit}": {
+        "parameters": _UNIT_PATH,
+        "delete": _op(
+            "Erase a visitor and take them out of the statistics.",
+            {"200": _json(_OBJECT, "{deleted: {exposures, outcomes, stitches}}")},
+            (400, 401),
+        ),
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy each time: callers may change theirs."""
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "Perch control plane",
+                "version": "1",
+                "description": "Experiments, event ingestion, reports, privacy. README: Security model.",
+            },
+            "components": _COMPONENTS,
+            "paths": _PATHS,
+        }
+    )
