@@ -16,17 +16,19 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from control_plane.distribution.kv_publishers import KVPublisher
+from control_plane.experiments import ExperimentSpec
 from control_plane.learning.calibration import Miscalibration, calibration
-from control_plane.learning.delays import maturity
+from control_plane.learning.delays import Cells, Maturity, maturity
 from control_plane.learning.evaluation import compare, logged_exposures
 from control_plane.learning.learner import learn, split_cells
 from control_plane.metrics import Metrics
-from control_plane.storage.store import ExperimentRecord, Store
+from control_plane.storage.store import ExperimentRecord, SnapshotMeta, Store
 from core import (
     INDEX_KEY,
     Snapshot,
@@ -130,7 +132,7 @@ class Gate:
 
 def _gate(
     store: Store,
-    spec: Any,
+    spec: ExperimentSpec,
     candidate: Snapshot,
     current: Snapshot | None,
     *,
@@ -165,14 +167,14 @@ def _gate(
 
 
 def _check_calibration(
-    store: Store, spec: Any, current: Snapshot | None, recent: Any, now: int
+    store: Store, spec: ExperimentSpec, current: Snapshot | None, recent: Cells, now: int
 ) -> list[Miscalibration]:
     """The snapshot in force against the newest exposures; one alert when some cells drifted."""
     if spec.model != "contextual" or spec.reward.kind != "binary" or not recent:
         return []
     if current is None or current.model is None:
         return []
-    drifted = calibration(current, spec.features, recent)
+    drifted = calibration(current, tuple(spec.features), recent)
     if drifted:
         worst = ", ".join(
             f"{m.arm}{' ' + m.feature if m.feature else ''}: {m.observed:.1f} vs {m.expected:.1f} expected"
@@ -182,6 +184,121 @@ def _check_calibration(
         log.warning("%s: %s", spec.key, message)
         store.add_alert(spec.key, now, "calibration", message, [m.to_dict() for m in drifted[:10]])
     return drifted
+
+
+@dataclass(frozen=True, slots=True)
+class _Learnt:
+    """One learner run: the candidate snapshot, and what went into it (for its summary)."""
+
+    snapshot: Snapshot
+    skipped: Counter[str]  # unusable (path, arm) cells left out, by reason
+    recent: Cells  # the newest exposures' share of the cells (contextual calibration)
+    matured: Maturity
+
+
+def _learn(
+    store: Store, spec: ExperimentSpec, metrics: Metrics, *, version: int, now: int, draws: int
+) -> _Learnt:
+    store.rollup(spec)  # the caller holds this experiment's publish lock
+    cells, skipped = split_cells(spec, store.cells(spec, now))
+    for reason in ("bad_path", "unknown_arm"):
+        metrics.learner_skipped_cells.labels(spec.key, reason).set(skipped[reason])
+    if skipped:
+        log.warning("%s: learning without %s unusable cells", spec.key, dict(skipped))
+    follow = spec.contextual.recent_exposures if spec.model == "contextual" else 0
+    cells, recent, matured = maturity(store, spec, cells, now, follow)
+    units = store.units_per_path(spec.key)
+    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
+    return _Learnt(snapshot, skipped, recent, matured)
+
+
+def _snapshot_in_force(store: Store, last: SnapshotMeta | None) -> Snapshot | None:
+    """The published snapshot, decoded. Read only once a publish learns: most cycles end
+    unchanged, and its bytes can be megabytes."""
+    data = store.snapshot_data(last.experiment, last.version) if last is not None else None
+    return decode_snapshot(data) if data is not None else None
+
+
+def _held_back(
+    store: Store,
+    metrics: Metrics,
+    evaluation: dict[str, Any] | None,
+    drifted: list[Miscalibration],
+    *,
+    version: int,
+    last: SnapshotMeta | None,
+    gate: Gate,
+    now: int,
+) -> bool:
+    """True if the promotion gate holds candidate ``version`` back (alerted and counted)."""
+    if last is None or evaluation is None or evaluation["passed"]:
+        return False
+    experiment = last.experiment
+    if drifted:
+        # The snapshot in force no longer predicts the newest exposures, so the world changed; the
+        # gate judges on exposures older than the delay horizon, from before the change, where a
+        # candidate that followed it looks worse (measured: held back for 12 publishes in a row,
+        # benchmarks/bench_learning.py, switching world). The calibration alert says why.
+        evaluation["overridden"] = "calibration"
+        log.warning("%s: promotion gate overridden: the snapshot in force is miscalibrated", experiment)
+        return False
+    difference, se = evaluation["difference"], evaluation["difference_se"]
+    message = (
+        f"learnt snapshot {version} held back: SNIPS {evaluation['candidate']['snips']:.4f} vs "
+        f"{evaluation['current']['snips']:.4f} for the current snapshot {last.version}"
+        + (f", difference {difference:+.4f} ± {se or 0.0:.4f}" if difference is not None else "")
+        + f" (tolerance {gate.tolerance})"
+    )
+    log.warning("%s: %s", experiment, message)
+    store.add_alert(experiment, now, "promotion_blocked", message, evaluation)
+    metrics.promotion_blocked.labels(experiment).inc()
+    return True
+
+
+def _summary(learnt: _Learnt, evaluation: dict[str, Any] | None, drifted: list[Miscalibration]) -> str:
+    """The published snapshot's summary JSON: what reports show of it and of its publish."""
+    matured = learnt.matured
+    return json.dumps(
+        {
+            **snapshot_summary(learnt.snapshot),
+            "gate": evaluation,
+            "skipped_cells": dict(learnt.skipped),
+            "calibration": [m.to_dict() for m in drifted[:10]],
+            "maturity": {"delays": matured.delays, "source": matured.source, "pending": matured.discounted},
+        }
+    )
+
+
+def _put(
+    store: Store,
+    kv: KVPublisher,
+    record: ExperimentRecord,
+    snapshot: Snapshot,
+    *,
+    key: str,
+    version: int,
+    now: int,
+    digest: str,
+    summary: str,
+) -> bytes:
+    """Publish ``snapshot`` to KV under ``key``, then record it as ``version``; its encoded bytes."""
+    data = encode_snapshot(snapshot)
+    kv.put_many({key: data})
+    store.record_snapshot(
+        {
+            "experiment": record.spec.key,
+            "version": version,
+            "created_ms": now,
+            "kv_key": key,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "digest": digest,
+            "spec_version": record.version,
+            "data": data,
+            "summary": summary,
+        }
+    )
+    return data
 
 
 def publish_experiment(
@@ -210,75 +327,18 @@ def publish_experiment(
         now = now_ms()
     started = time.perf_counter()
     version = store.next_snapshot_version(spec.key)
-    store.rollup(spec)  # the caller holds this experiment's publish lock
-    cells, skipped = split_cells(spec, store.cells(spec, now))
-    for reason in ("bad_path", "unknown_arm"):
-        metrics.learner_skipped_cells.labels(spec.key, reason).set(skipped[reason])
-    if skipped:
-        log.warning("%s: learning without %s unusable cells", spec.key, dict(skipped))
-    follow = spec.contextual.recent_exposures if spec.model == "contextual" else 0
-    cells, recent, matured = maturity(store, spec, cells, now, follow)
-    units = store.units_per_path(spec.key)
-    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
-    # The snapshot in force, read and decoded once for both checks against it (only now: most
-    # cycles end above, unchanged, and its bytes can be megabytes).
-    current_data = store.snapshot_data(spec.key, last.version) if last is not None else None
-    current = decode_snapshot(current_data) if current_data is not None else None
-    drifted = _check_calibration(store, spec, current, recent, now)
-    evaluation = _gate(store, spec, snapshot, current, gate=gate, now=now, horizon_ms=matured.horizon_ms)
-    if evaluation is not None and not evaluation["passed"] and drifted:
-        # The snapshot in force no longer predicts the newest exposures, so the world changed; the
-        # gate judges on exposures older than the delay horizon, from before the change, where a
-        # candidate that followed it looks worse (measured: held back for 12 publishes in a row,
-        # benchmarks/bench_learning.py, switching world). The calibration alert says why.
-        evaluation["overridden"] = "calibration"
-        log.warning("%s: promotion gate overridden: the snapshot in force is miscalibrated", spec.key)
-    elif evaluation is not None and not evaluation["passed"]:
-        difference, se = evaluation["difference"], evaluation["difference_se"]
-        message = (
-            f"learnt snapshot {version} held back: SNIPS {evaluation['candidate']['snips']:.4f} vs "
-            f"{evaluation['current']['snips']:.4f} for the current snapshot {last.version if last else ''}"
-            + (f", difference {difference:+.4f} ± {se or 0.0:.4f}" if difference is not None else "")
-            + f" (tolerance {gate.tolerance})"
-        )
-        log.warning("%s: %s", spec.key, message)
-        store.add_alert(spec.key, now, "promotion_blocked", message, evaluation)
-        metrics.promotion_blocked.labels(spec.key).inc()
-        return PublishResult(
-            spec.key,
-            False,
-            last.version if last else None,
-            key,
-            last.size if last else 0,
-            "held back by the promotion gate",
-        )
-    data = encode_snapshot(snapshot)
-    kv.put_many({key: data})
-    store.record_snapshot(
-        {
-            "experiment": spec.key,
-            "version": version,
-            "created_ms": now,
-            "kv_key": key,
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "digest": digest,
-            "spec_version": record.version,
-            "data": data,
-            "summary": json.dumps(
-                {
-                    **snapshot_summary(snapshot),
-                    "gate": evaluation,
-                    "skipped_cells": dict(skipped),
-                    "calibration": [m.to_dict() for m in drifted[:10]],
-                    "maturity": {
-                        "delays": matured.delays,
-                        "source": matured.source,
-                        "pending": matured.discounted,
-                    },
-                }
-            ),
-        }
+    learnt = _learn(store, spec, metrics, version=version, now=now, draws=draws)
+    current = _snapshot_in_force(store, last)  # decoded once for both checks against it
+    drifted = _check_calibration(store, spec, current, learnt.recent, now)
+    evaluation = _gate(
+        store, spec, learnt.snapshot, current, gate=gate, now=now, horizon_ms=learnt.matured.horizon_ms
+    )
+    if _held_back(store, metrics, evaluation, drifted, version=version, last=last, gate=gate, now=now):
+        in_force, size = (last.version, last.size) if last else (None, 0)
+        return PublishResult(spec.key, False, in_force, key, size, "held back by the promotion gate")
+    summary = _summary(learnt, evaluation, drifted)
+    data = _put(
+        store, kv, record, learnt.snapshot, key=key, version=version, now=now, digest=digest, summary=summary
     )
     metrics.publish_seconds.observe(time.perf_counter() - started)
     metrics.snapshot_version.labels(spec.key).set(version)
