@@ -17,7 +17,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from benchmarks.bench_ingest import PG_BENCH_URL, prepare_postgres
-from benchmarks.common import ROOT, load_average
+from benchmarks.common import ROOT, load_average, start_perch
 from benchmarks.shapes import SEED, leaf_features
 from control_plane.events.queues import DirectoryQueue
 from control_plane.experiments import ExperimentSpec
@@ -115,23 +114,14 @@ def _consumer(
     root: Path, url: str, queue: DirectoryQueue, k: int, max_events: int
 ) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "PERCH_DATABASE_URL": url,
         "PERCH_DATA_DIR": str(root / f"c{k}"),
         "PERCH_ADMIN_TOKEN": TOKEN,
         "PERCH_EDGE_SECRET": SECRET,
         "PERCH_UNIT_SALT": UNIT_SALT,
     }
-    (root / f"c{k}").mkdir(parents=True, exist_ok=True)
-    with (root / f"c{k}" / "consume.log").open("wb") as log:
-        command = [sys.executable, "-m", "cli.main", "consume", "--queue-dir", str(queue.path)]
-        return subprocess.Popen(
-            [*command, "--max-events", str(max_events)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    args = ["consume", "--queue-dir", str(queue.path), "--max-events", str(max_events)]
+    return start_perch(args, env, root / f"c{k}" / "consume.log", cwd=ROOT)
 
 
 def _stored(store: Store) -> int:

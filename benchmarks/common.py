@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks.pyodide_edge import summarize
+from cli.procs import free_port, perch_process, start_perch, wait_http
 
 __all__ = [
     "ROOT",
@@ -25,17 +20,12 @@ __all__ = [
     "load_average",
     "machine",
     "perch_process",
+    "start_perch",
     "summarize",
     "wait_http",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_average() -> str:
@@ -44,44 +34,6 @@ def load_average() -> str:
         return f"{os.getloadavg()[0]:.2f}"
     except OSError:
         return "?"
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before answering {url}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing answered {url} within {timeout_s}s")
-
-
-@contextmanager
-def perch_process(
-    args: list[str], env: Mapping[str, str], ready_url: str, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m cli.main ARGS`` (the ``perch`` command), stopped when the block ends."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args],
-            env={**os.environ, **env},
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_http(ready_url, proc)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -17,10 +17,7 @@ import os
 import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,8 @@ from typing import Any
 
 import click
 import httpx
+
+from cli.procs import NotUp, free_port, start_perch, stop, wait_http
 
 EXPERIMENT = "home-hero"
 ARMS = ["classic", "bold", "social-proof", "discount"]
@@ -108,39 +107,11 @@ def population(count: int, seed: int) -> list[Visit]:
     return visits
 
 
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise RuntimeError("no free port")
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException(f"a server exited; see {log}:\n{log.read_text()[-2000:]}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise click.ClickException(f"{url} did not come up; see {log}")
+    try:
+        wait_http(url, proc, timeout_s=60, log=log)
+    except NotUp as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def experiment_spec() -> dict[str, Any]:
@@ -320,12 +291,14 @@ def _launch(
         data_dir / "edge.log",
         data_dir / "consume.log",
     )
-    procs.append(_start(["serve", "--port", str(cp_port)], {**env, "PERCH_PUBLISH_INTERVAL_S": "2"}, cp_log))
+    serve = ["serve", "--port", str(cp_port)]
+    procs.append(start_perch(serve, {**env, "PERCH_PUBLISH_INTERVAL_S": "2"}, cp_log, own_session=True))
     _wait_up(f"{cp_url}/healthz", procs[0], cp_log)
     # The production event path: the edge's outbox sends its events to a queue (here a local
     # directory queue, on Workers a Cloudflare queue) and `perch consume` stores them.
     queue = str(data_dir / "queue")
-    procs.append(_start(["consume", "--queue-dir", queue, "--idle-max", "0.2"], env, consume_log))
+    consume = ["consume", "--queue-dir", queue, "--idle-max", "0.2"]
+    procs.append(start_perch(consume, env, consume_log, own_session=True))
     deadline = time.monotonic() + 60
     while "perch consume:" not in consume_log.read_text():
         if procs[-1].poll() is not None or time.monotonic() > deadline:
@@ -340,7 +313,8 @@ def _launch(
         "PERCH_CACHE_TTL_S": "1",
         "PERCH_EVENT_LINGER_MS": "250",
     }
-    procs.append(_start(["edge", "dev", "--port", str(edge_port), "--queue-dir", queue], edge_env, edge_log))
+    edge = ["edge", "dev", "--port", str(edge_port), "--queue-dir", queue]
+    procs.append(start_perch(edge, edge_env, edge_log, own_session=True))
     _wait_up(f"{edge_url}/v1/health", procs[-1], edge_log)
 
 
@@ -448,7 +422,7 @@ def demo(
     started = time.monotonic()
     _fresh(data_dir)
     token, secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    cp_port, edge_port = _free_port(8000), _free_port(8787)
+    cp_port, edge_port = free_port(8000), free_port(8787)
     cp_url, edge_url = f"http://127.0.0.1:{cp_port}", f"http://127.0.0.1:{edge_port}"
     env = {
         **os.environ,
@@ -458,16 +432,6 @@ def demo(
         "PERCH_DATABASE_URL": "",
     }
     procs: list[subprocess.Popen[bytes]] = []
-
-    def stop() -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
     try:
         click.echo(f"control plane {cp_url}, edge {edge_url}, data in {data_dir}")
@@ -506,4 +470,4 @@ def demo(
     except KeyboardInterrupt:
         click.echo("\nstopping")
     finally:
-        stop()
+        stop(*procs, timeout_s=10)

@@ -6,11 +6,6 @@ control plane -> local KV -> edge -> signed events -> control plane -> learner -
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +17,7 @@ from click.testing import CliRunner
 from cli.main import main
 from control_plane.propensity import context_probabilities
 from core import LocalKV, decode_snapshot, snapshot_key
+from tests.procs import free_port, start_perch, stop, until, wait_http
 
 pytestmark = pytest.mark.process
 
@@ -29,64 +25,30 @@ TOKEN = "e2e-admin-token-0000"
 SECRET = "e2e-edge-secret-0000"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}") from None
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def _until(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data = tmp_path_factory.mktemp("e2e")
-    cp_port, edge_port = _port(), _port()
+    cp_port, edge_port = free_port(), free_port()
     base_env = {
-        **os.environ,
         "PERCH_DATA_DIR": str(data),
         "PERCH_ADMIN_TOKEN": TOKEN,
         "PERCH_EDGE_SECRET": SECRET,
     }
-    cp = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(cp_port)],
-        env={**base_env, "PERCH_PUBLISH_INTERVAL_S": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    edge = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "edge", "dev", "--port", str(edge_port)],
-        env={
+    cp_log, edge_log = data / "control-plane.log", data / "edge.log"
+    cp = start_perch(["serve", "--port", str(cp_port)], {**base_env, "PERCH_PUBLISH_INTERVAL_S": "1"}, cp_log)
+    edge = start_perch(
+        ["edge", "dev", "--port", str(edge_port)],
+        {
             **base_env,
             "CONTROL_PLANE_URL": f"http://127.0.0.1:{cp_port}",
             "ORIGIN_URL": "http://127.0.0.1:9",
             "PERCH_CACHE_TTL_S": "0.2",
         },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        edge_log,
     )
     try:
-        _wait(f"http://127.0.0.1:{cp_port}/healthz", cp)
-        _wait(f"http://127.0.0.1:{edge_port}/v1/health", edge)
+        wait_http(f"http://127.0.0.1:{cp_port}/healthz", cp, log=cp_log)
+        wait_http(f"http://127.0.0.1:{edge_port}/v1/health", edge, log=edge_log)
         yield {
             "data": data,
             "cp": f"http://127.0.0.1:{cp_port}",
@@ -94,9 +56,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "env": {"PERCH_URL": f"http://127.0.0.1:{cp_port}", "PERCH_ADMIN_TOKEN": TOKEN},
         }
     finally:
-        for proc in (edge, cp):
-            proc.terminate()
-            proc.wait(timeout=10)
+        stop(edge, cp)
 
 
 def test_cli_manages_experiments_through_the_api(loop: dict[str, Any], tmp_path: Path) -> None:
@@ -135,7 +95,7 @@ def test_cli_manages_experiments_through_the_api(loop: dict[str, Any], tmp_path:
 
 def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -> None:
     kv = LocalKV(loop["data"])
-    first = _until(lambda: kv.get(snapshot_key("e2e-hero")))
+    first = until(lambda: kv.get(snapshot_key("e2e-hero")))
     first_version = decode_snapshot(first).version
     with httpx.Client(base_url=loop["edge"]) as client:
         decisions = []
@@ -161,9 +121,9 @@ def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -
         return doc if doc["outcomes"].get("joined", 0) == conversions else None
 
     # The edge sent its events in the background; the control plane joined every conversion...
-    _until(joined)
+    until(joined)
     # ... and its schedule has been publishing what arrived, without being asked.
-    _until(
+    until(
         lambda: (
             httpx.get(f"{loop['cp']}/v1/experiments/e2e-hero", headers=headers).json()["snapshots"][0][
                 "version"
@@ -187,7 +147,7 @@ def test_edge_decisions_flow_back_into_the_next_snapshot(loop: dict[str, Any]) -
         doc: dict[str, Any] = httpx.get(f"{loop['edge']}/v1/health").json()
         return doc if doc["snapshots"]["e2e-hero"]["version"] >= snap.version else None
 
-    health = _until(edge_caught_up)
+    health = until(edge_caught_up)
     assert health["snapshots"]["e2e-hero"]["error"] is None
     metrics = httpx.get(f"{loop['cp']}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert 'perch_events_accepted_total{type="exposure"}' in metrics

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from control_plane.storage.schema import exposures
 from control_plane.storage.store import Store
 from core import encode_batch, sign
 from tests.factories import UNIT_KEY, exposure
+from tests.procs import NotUp, free_port, start_perch, stop, wait_http
 
 pytestmark = pytest.mark.process
 
@@ -26,15 +25,8 @@ TOKEN = "admin-token-0123456789"
 SECRET = "edge-secret-0123456789"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(db_url: str, data: Path, port: int) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "PERCH_DATABASE_URL": db_url,
         "PERCH_DATA_DIR": str(data),
         "PERCH_ADMIN_TOKEN": TOKEN,
@@ -42,35 +34,29 @@ def _start(db_url: str, data: Path, port: int) -> subprocess.Popen[bytes]:
         "PERCH_UNIT_SALT": UNIT_KEY,
         "PERCH_PUBLISH_INTERVAL_S": "3600",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("perch serve did not start")
+    log = data / "serve.log"
+    proc = start_perch(["serve", "--port", str(port)], env, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, status=200, log=log)
+    except NotUp:
+        stop(proc)
+        raise
+    return proc
 
 
 def test_acknowledged_events_survive_kill_9(db_url: str, tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(db_url, tmp_path, port)
     acked: set[str] = set()
     sent: list[list[str]] = []
     lock = threading.Lock()
-    stop = threading.Event()
+    halt = threading.Event()
 
     def sender(worker: int) -> None:
         batch_no = 0
         with httpx.Client(timeout=5) as client:
-            while not stop.is_set():
+            while not halt.is_set():
                 ids = [worker * 10**9 + batch_no * 100 + i for i in range(50)]
                 batch_no += 1
                 body = encode_batch([exposure(i) for i in ids])
@@ -96,7 +82,7 @@ def test_acknowledged_events_survive_kill_9(db_url: str, tmp_path: Path) -> None
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)  # mid-ingest: the senders are still going
     proc.wait()
-    stop.set()
+    halt.set()
     for t in threads:
         t.join()
     assert len(acked) >= 2000, "the server acknowledged too little before the kill to prove anything"
@@ -122,8 +108,7 @@ def test_acknowledged_events_survive_kill_9(db_url: str, tmp_path: Path) -> None
                 )
                 assert r.status_code == 200, r.text
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
     store = Store.from_url(db_url, UNIT_KEY)
     with store.engine.connect() as conn:
         count = len(conn.execute(select(exposures.c.decision_id)).all())

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,17 +17,12 @@ import pytest
 from core import LocalKV, encode_snapshot, snapshot_key, verify
 from edge.config import Var
 from tests.factories import build_snapshot
+from tests.procs import free_port, perch_process
 
 pytestmark = pytest.mark.process
 
 SECRET = "local-secret"
 PAGE = b'<html><body><div data-perch-slot="local-hero">default</div></body></html>'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Upstream:
@@ -81,37 +73,18 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, _Up
     )
     LocalKV(data).put(snapshot_key("local-hero"), encode_snapshot(snap))
     upstream = _Upstream()
-    port = _free_port()
+    port = free_port()
     env = {
-        **os.environ,
         "PERCH_DATA_DIR": str(data),
         Var.ORIGIN_URL: upstream.url,
         Var.CONTROL_PLANE_URL: upstream.url,
         Var.EDGE_SECRET: SECRET,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "edge", "dev", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{base}/v1/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            proc.kill()
-            raise RuntimeError(f"perch edge dev did not start: {proc.communicate()[0]!r}")
-        yield base, upstream
+        with perch_process(["edge", "dev", "--port", str(port)], env, f"{base}/v1/health", data / "edge.log"):
+            yield base, upstream
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
         upstream.http.shutdown()
         upstream.http.server_close()
 

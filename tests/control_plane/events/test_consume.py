@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from control_plane.storage.schema import exposures, outcomes
 from control_plane.storage.store import Store
 from core import DecisionToken, encode_messages, mint_token
 from tests.factories import NOW, UNIT_KEY, spec
+from tests.procs import start_perch
 
 SECRET = "edge-secret-0123456789"
 CONTEXTS = [{"device": d, "source": s} for d in ("mobile", "desktop") for s in ("ad", "search")]
@@ -227,17 +227,13 @@ def test_a_retriable_queue_error_backs_off_and_goes_on(hero: Store, tmp_path: Pa
 
 def _consume_process(db_url: str, queue_dir: Path, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "PERCH_DATABASE_URL": db_url,
         "PERCH_EDGE_SECRET": SECRET,
         "PERCH_ADMIN_TOKEN": "admin-token-0123456789",
         "PERCH_UNIT_SALT": UNIT_KEY,
         "PERCH_DATA_DIR": str(data_dir),
     }
-    command = [sys.executable, "-m", "cli.main", "consume", "--queue-dir", str(queue_dir), *extra]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / "consume.log").open("wb") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return start_perch(["consume", "--queue-dir", str(queue_dir), *extra], env, data_dir / "consume.log")
 
 
 @pytest.mark.process
