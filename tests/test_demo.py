@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo import ARMS, oracle_arm, population, summarize, true_rate
+from cli.demo_report import summarize
+from cli.demo_visitors import ARMS, Outcome, oracle_arm, population, true_rate
 
 pytestmark = pytest.mark.process
 
@@ -26,8 +27,6 @@ def test_population_is_reproducible_and_mixed() -> None:
 
 
 def test_summary_compares_against_uniform_and_oracle() -> None:
-    from cli.demo import Outcome
-
     visits = population(2000, seed=2)
     oracle = [
         Outcome(

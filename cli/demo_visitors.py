@@ -1,0 +1,204 @@
+"""The demo's simulated visitors: who they are, what truly converts them, and how they browse.
+
+Each visitor has a device and a traffic source, and returning visitors keep their cookie; the
+hidden conversion rates make the best variant differ by segment. The simulator sends them
+through the edge over HTTP as browsers would, at a steady rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ARMS",
+    "EXPERIMENT",
+    "Outcome",
+    "Visit",
+    "experiment_spec",
+    "oracle_arm",
+    "population",
+    "simulate",
+    "true_rate",
+]
+
+EXPERIMENT = "home-hero"
+ARMS = ["classic", "bold", "social-proof", "discount"]
+DEVICES = {"desktop": 0.45, "mobile": 0.45, "tablet": 0.10}
+SOURCES = {"search": 0.40, "social": 0.30, "direct": 0.30}
+USER_AGENTS = {
+    "desktop": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/124 Safari/537.36",
+    "mobile": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+    "tablet": "Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) AppleWebKit/605.1.15",
+}
+REFERERS = {"search": "https://www.google.com/search?q=shoes", "social": "https://t.co/x1y2", "direct": None}
+# Hidden truth: conversion rate by device and arm, scaled by traffic source. The best
+# arm differs by segment, so no single variant is right for everyone.
+BASE = {
+    "desktop": {"classic": 0.040, "bold": 0.062, "social-proof": 0.045, "discount": 0.048},
+    "mobile": {"classic": 0.030, "bold": 0.034, "social-proof": 0.041, "discount": 0.058},
+    "tablet": {"classic": 0.050, "bold": 0.038, "social-proof": 0.061, "discount": 0.044},
+}
+SOURCE_LIFT = {
+    "search": {"classic": 1.15, "bold": 1.0, "social-proof": 0.9, "discount": 1.0},
+    "social": {"classic": 0.85, "bold": 1.0, "social-proof": 1.35, "discount": 1.0},
+    "direct": {"classic": 1.0, "bold": 1.0, "social-proof": 1.0, "discount": 1.0},
+}
+CONSENT_WITHHELD = 0.08
+RETURNING = 0.20
+
+
+def true_rate(device: str, source: str, arm: str) -> float:
+    return BASE[device][arm] * SOURCE_LIFT[source][arm]
+
+
+def oracle_arm(device: str, source: str) -> str:
+    return max(ARMS, key=lambda a: true_rate(device, source, a))
+
+
+@dataclass
+class Visit:
+    index: int
+    visitor: int
+    device: str
+    source: str
+    consent: bool
+    u: float  # the visit's conversion draw, shared by Perch, uniform and oracle
+    uniform_arm: str
+
+
+@dataclass
+class Outcome:
+    arm: str | None = None
+    reason: str = ""
+    converted: bool = False
+    expected: float = 0.0  # the true rate of what was shown
+    decide_ms: float | None = None
+    wall_ms: float = 0.0
+    error: str | None = None
+
+
+def population(count: int, seed: int) -> list[Visit]:
+    rng = random.Random(seed)
+    visits: list[Visit] = []
+    visitors: list[tuple[str, str, bool]] = []
+    for i in range(count):
+        if visitors and rng.random() < RETURNING:
+            visitor = rng.randrange(len(visitors))
+        else:
+            device = rng.choices(list(DEVICES), list(DEVICES.values()))[0]
+            source = rng.choices(list(SOURCES), list(SOURCES.values()))[0]
+            visitors.append((device, source, rng.random() >= CONSENT_WITHHELD))
+            visitor = len(visitors) - 1
+        device, source, consent = visitors[visitor]
+        visits.append(Visit(i, visitor, device, source, consent, rng.random(), rng.choice(ARMS)))
+    return visits
+
+
+class Simulator:
+    """Visitors as browsers would be: their own cookie, consent, referer and device."""
+
+    def __init__(self, edge_url: str, visits: list[Visit], rate: float) -> None:
+        self.edge_url = edge_url
+        self.rate = rate
+        self.started = time.monotonic()
+        self.outcomes = [Outcome() for _ in visits]
+        self.cookies: dict[int, str] = {}
+        self.queue: asyncio.Queue[Visit] = asyncio.Queue()
+        for visit in visits:
+            self.queue.put_nowait(visit)
+
+    def headers(self, visit: Visit) -> dict[str, str]:
+        headers = {"user-agent": USER_AGENTS[visit.device]}
+        referer = REFERERS[visit.source]
+        if referer:
+            headers["referer"] = referer
+        if not visit.consent:
+            headers["sec-gpc"] = "1"
+        elif visit.visitor in self.cookies:
+            headers["cookie"] = f"perch_uid={self.cookies[visit.visitor]}"
+        return headers
+
+    async def visit(self, session: Any, visit: Visit) -> None:
+        out = self.outcomes[visit.index]
+        headers = self.headers(visit)
+        started = time.perf_counter()
+        url = f"{self.edge_url}/v1/decide"
+        async with session.get(url, params={"experiment": EXPERIMENT}, headers=headers) as r:
+            body = await r.json()
+            out.wall_ms = (time.perf_counter() - started) * 1000
+            if r.status != 200:
+                out.error = f"decide: HTTP {r.status}"
+                return
+            timing = r.headers.get("server-timing", "")
+            if "perch_uid" in r.cookies:
+                self.cookies[visit.visitor] = r.cookies["perch_uid"].value
+        if timing.startswith("perch;dur="):
+            out.decide_ms = float(timing.split("=", 1)[1])
+        decision = body["decisions"][0]
+        out.arm, out.reason = decision["arm"] or "classic", decision["reason"]  # fallback: the page's own
+        out.expected = true_rate(visit.device, visit.source, out.arm)
+        out.converted = visit.u < out.expected
+        if out.converted:
+            beacon = {"token": decision["token"], "value": 1}  # the decision's signed token
+            async with session.post(
+                f"{self.edge_url}/v1/events", headers=self.headers(visit), json=beacon
+            ) as b:
+                await b.read()
+                if b.status != 202:
+                    out.error = f"beacon: HTTP {b.status}"
+
+    async def worker(self, session: Any, progress: Any) -> None:
+        import aiohttp
+
+        while not self.queue.empty():
+            visit = self.queue.get_nowait()
+            # Visitors arrive at ``rate`` a second, not as fast as two cores can send them.
+            wait = self.started + visit.index / self.rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                await self.visit(session, visit)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.outcomes[visit.index].error = f"{type(exc).__name__}: {exc}"
+            progress.update(1)
+
+
+async def simulate(
+    edge_url: str, visits: list[Visit], concurrency: int, rate: float, progress: Any
+) -> list[Outcome]:
+    # aiohttp rather than httpx here: at thousands of requests a second on two shared
+    # cores the client's own overhead decides how fast the demo runs.
+    import aiohttp
+
+    simulator = Simulator(edge_url, visits, rate)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    # Cookies are kept per simulated visitor, not in one shared jar.
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        await asyncio.gather(*(simulator.worker(session, progress) for _ in range(concurrency)))
+    return simulator.outcomes
+
+
+def experiment_spec() -> dict[str, Any]:
+    return {
+        "key": EXPERIMENT,
+        "default_arm": "classic",
+        "features": ["device", "source"],
+        "holdout": 0.1,
+        "floor": 0.05,
+        "prior": {"alpha": 1, "beta": 20, "shrinkage": 30},
+        "max_age_s": 3600,
+        "arms": [
+            {
+                "key": arm,
+                "html": f"<section class='hero hero-{arm}'>{arm}</section>",
+                "payload": {"variant": arm},
+            }
+            for arm in ARMS
+        ],
+    }
