@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from benchmarks.bench_ingest import PG_BENCH_URL, prepare_postgres
 from benchmarks.common import ROOT, load_average, start_perch
 from benchmarks.shapes import SEED, leaf_features
+from benchmarks.targets import TARGETS
 from control_plane.events.queues import DirectoryQueue
 from control_plane.experiments import ExperimentSpec
 from control_plane.storage import stats
@@ -221,7 +222,7 @@ def run(
         shutil.rmtree(root, ignore_errors=True)
 
 
-TARGET_EVENTS_PER_S = 25_000
+TARGET = TARGETS["consume.events_per_s"]
 
 
 def verdicts(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
@@ -234,7 +235,7 @@ def verdicts(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 (
                     f"`perch consume` into {backend}",
                     "not measured",
-                    f"≥ {TARGET_EVENTS_PER_S:,} events/s",
+                    TARGET.text,
                     False,
                 )
             )
@@ -248,8 +249,8 @@ def verdicts(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             (
                 f"`perch consume` into {backend}, local queue",
                 value,
-                f"≥ {TARGET_EVENTS_PER_S:,} events/s, exact",
-                exact and best["events_per_s"] >= TARGET_EVENTS_PER_S,
+                f"{TARGET.text}, exact",
+                exact and TARGET.met(best["events_per_s"]),
             )
         )
     return out
