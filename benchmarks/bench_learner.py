@@ -323,6 +323,61 @@ def _with_bench(root: Path, name: str, spec: ExperimentSpec, fill: Callable[[_Be
         bench.close()
 
 
+def _synthetic(population: _Population, size: int, repeats: int, budget_s: float) -> Callable[[_Bench], Any]:
+    """Statistics for ``size`` exposures written as ingestion leaves them, then the timed cycles."""
+
+    def fill(bench: _Bench) -> Any:
+        bench.write_cells(population, *population.counts(size))
+        return _repeat(bench, repeats, budget_s)
+
+    return fill
+
+
+def _ingested(population: _Population, size: int, repeats: int, budget_s: float) -> Callable[[_Bench], Any]:
+    """``size`` exposures and their outcomes through real ingestion, then the timed cycles."""
+
+    def fill(bench: _Bench) -> Any:
+        events = population.events(size)
+        seconds = bench.ingest_events(events)
+        result = _repeat(bench, repeats, budget_s)
+        result["ingest_s"] = seconds
+        result["events_ingested"] = len(events)
+        return result
+
+    return fill
+
+
+def _grid(
+    root: Path, grid: tuple[tuple[int, int], ...], grid_events: int, repeats: int, budget_s: float
+) -> dict[str, Any]:
+    out = {}
+    for arms, segments in grid:
+        population = _Population(arms, segments)
+        fill = _synthetic(population, grid_events, repeats, budget_s)
+        out[f"{arms}x{segments}"] = _with_bench(root, f"grid-{arms}x{segments}", _spec(arms, segments), fill)
+    return out
+
+
+def _contextual(
+    root: Path, contextual: tuple[int, int, int, int], grid_events: int, repeats: int, budget_s: float
+) -> dict[str, Any]:
+    population = _ContextualPopulation(*contextual)
+
+    def fill(bench: _Bench) -> Any:
+        bench.write_cells(population, *population.counts(grid_events))
+        return _repeat(bench, repeats, budget_s)
+
+    arms, features, values, _ = contextual
+    result = _with_bench(root, "contextual", _contextual_spec(arms, features, values), fill)
+    return {
+        "arms": arms,
+        "features": features,
+        "values": values,
+        "columns": 1 + features * (values + 2),
+        **result,
+    }
+
+
 def run(
     *,
     event_sizes: tuple[int, ...] = (10**4, 10**5, 10**6, 10**7),
@@ -339,58 +394,21 @@ def run(
     try:
         population = _Population(*shape)
         spec = _spec(*shape)
-
-        def synthetic(size: int) -> Callable[[_Bench], Any]:
-            def fill(bench: _Bench) -> Any:
-                bench.write_cells(population, *population.counts(size))
-                return _repeat(bench, repeats, budget_s)
-
-            return fill
-
-        def ingested(size: int) -> Callable[[_Bench], Any]:
-            def fill(bench: _Bench) -> Any:
-                events = population.events(size)
-                seconds = bench.ingest_events(events)
-                result = _repeat(bench, repeats, budget_s)
-                result["ingest_s"] = seconds
-                result["events_ingested"] = len(events)
-                return result
-
-            return fill
-
         out["events"] = {
-            str(size): _with_bench(root, f"events-{size}", spec, synthetic(size)) for size in event_sizes
+            str(size): _with_bench(
+                root, f"events-{size}", spec, _synthetic(population, size, repeats, budget_s)
+            )
+            for size in event_sizes
         }
         out["ingested"] = {
-            str(size): _with_bench(root, f"ingested-{size}", spec, ingested(size)) for size in verify_sizes
+            str(size): _with_bench(
+                root, f"ingested-{size}", spec, _ingested(population, size, repeats, budget_s)
+            )
+            for size in verify_sizes
         }
         out["grid_events"] = grid_events
-        grid_out = {}
-        for arms, segments in grid:
-            pop = _Population(arms, segments)
-            grid_spec = _spec(arms, segments)
-
-            def fill(bench: _Bench, pop: _Population = pop) -> Any:
-                bench.write_cells(pop, *pop.counts(grid_events))
-                return _repeat(bench, repeats, budget_s)
-
-            grid_out[f"{arms}x{segments}"] = _with_bench(root, f"grid-{arms}x{segments}", grid_spec, fill)
-        out["grid"] = grid_out
-        ctx_pop = _ContextualPopulation(*contextual)
-
-        def fill_contextual(bench: _Bench) -> Any:
-            bench.write_cells(ctx_pop, *ctx_pop.counts(grid_events))
-            return _repeat(bench, repeats, budget_s)
-
-        arms, features, values, _ = contextual
-        result = _with_bench(root, "contextual", _contextual_spec(arms, features, values), fill_contextual)
-        out["contextual"] = {
-            "arms": arms,
-            "features": features,
-            "values": values,
-            "columns": 1 + features * (values + 2),
-            **result,
-        }
+        out["grid"] = _grid(root, grid, grid_events, repeats, budget_s)
+        out["contextual"] = _contextual(root, contextual, grid_events, repeats, budget_s)
         out["load_after"] = load_average()
         return out
     finally:

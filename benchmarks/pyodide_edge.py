@@ -204,7 +204,51 @@ def _server_timing_ns(value: str | None) -> int:
     return round(float(value.partition("dur=")[2].split(";")[0]) * 1e6)
 
 
-async def fetch_latency(  # noqa: PLR0915 - one measured loop, kept in one place
+class _FetchSamples:
+    """What the measured requests of :func:`fetch_latency` took, answered and did in the background."""
+
+    def __init__(self) -> None:
+        self.wall: list[int] = []
+        self.server: list[int] = []
+        self.background: list[int] = []
+        self.statuses: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+
+    async def add(self, response: Any, sent: int, answered: int, settled: int) -> None:
+        self.wall.append(answered - sent)
+        self.background.append(settled - answered)
+        self.server.append(_server_timing_ns(response.headers.get("server-timing")))
+        status = str(response.status)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if len(self.wall) % 100 == 1:  # check what was answered, off the clock
+            body = (await response.json()).to_py()
+            for decision in body["decisions"]:
+                self.reasons[decision["reason"]] = self.reasons.get(decision["reason"], 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fetch": summarize(self.wall),
+            "server_timing": summarize(self.server),
+            "wait_until": summarize(self.background),
+            "statuses": self.statuses,
+            "reasons_checked": self.reasons,
+        }
+
+
+def _worker_env(helpers: Any, snapshot_b64: str, experiment: str) -> tuple[Any, Any]:
+    """A KV stand-in holding the snapshot, and the Worker's env around it."""
+    import js
+    from pyodide.ffi import to_js
+
+    from core import snapshot_key
+
+    kv = helpers.KvNamespace.new()
+    kv.put(snapshot_key(experiment), to_js(base64.b64decode(snapshot_b64)))
+    variables = {"CONTROL_PLANE_URL": STUB_CONTROL_PLANE, "PERCH_EDGE_SECRET": SECRET}
+    return kv, helpers.env(kv, to_js(variables, dict_converter=js.Object.fromEntries))
+
+
+async def fetch_latency(
     snapshot_b64: str,
     experiment: str,
     context: dict[str, str],
@@ -225,29 +269,19 @@ async def fetch_latency(  # noqa: PLR0915 - one measured loop, kept in one place
     from urllib.parse import urlencode
 
     import _harness_rt as rt  # the harness's copy of workerd's entrypoint wrapper
-    import js
     from entry import Default
     from pyodide.code import run_js
-    from pyodide.ffi import to_js
 
     import edge.worker
-    from core import snapshot_key
 
     helpers = run_js(_JS)
-    kv = helpers.KvNamespace.new()
-    kv.put(snapshot_key(experiment), to_js(base64.b64decode(snapshot_b64)))
-    variables = {"CONTROL_PLANE_URL": STUB_CONTROL_PLANE, "PERCH_EDGE_SECRET": SECRET}
-    env = helpers.env(kv, to_js(variables, dict_converter=js.Object.fromEntries))
+    kv, env = _worker_env(helpers, snapshot_b64, experiment)
     query = urlencode([("experiment", experiment)] + [(f"ctx.{k}", v) for k, v in sorted(context.items())])
     url = f"https://shop.example/v1/decide?{query}"
     units = _units(n + warmup)
     clock = time.perf_counter_ns
     deadline = None if budget_s is None else clock() + int(budget_s * 1e9)
-    wall: list[int] = []
-    server: list[int] = []
-    background: list[int] = []
-    statuses: dict[str, int] = {}
-    reasons: dict[str, int] = {}
+    samples = _FetchSamples()
     edge.worker._ISOLATE.clear()
     helpers.stub(STUB_CONTROL_PLANE)
     try:
@@ -263,27 +297,11 @@ async def fetch_latency(  # noqa: PLR0915 - one measured loop, kept in one place
             t2 = clock()
             if i < warmup:
                 continue
-            wall.append(t1 - t0)
-            background.append(t2 - t1)
-            server.append(_server_timing_ns(response.headers.get("server-timing")))
-            status = str(response.status)
-            statuses[status] = statuses.get(status, 0) + 1
-            if len(wall) % 100 == 1:  # check what was answered, off the clock
-                body = (await response.json()).to_py()
-                for decision in body["decisions"]:
-                    reasons[decision["reason"]] = reasons.get(decision["reason"], 0) + 1
-            if deadline is not None and t2 > deadline and len(wall) >= min(n, 1_000):
+            await samples.add(response, t0, t1, t2)
+            if deadline is not None and t2 > deadline and len(samples.wall) >= min(n, 1_000):
                 break
         posts = int(helpers.posts())
     finally:
         helpers.restore()
         edge.worker._ISOLATE.clear()
-    return {
-        "fetch": summarize(wall),
-        "server_timing": summarize(server),
-        "wait_until": summarize(background),
-        "statuses": statuses,
-        "reasons_checked": reasons,
-        "kv_reads": int(kv.reads),
-        "control_plane_posts": posts,
-    }
+    return {**samples.summary(), "kv_reads": int(kv.reads), "control_plane_posts": posts}
