@@ -20,12 +20,14 @@ from pathlib import Path
 
 import httpx
 
+from core import PerchError
+
 __all__ = ["NotUp", "free_port", "perch_process", "start_perch", "stop", "wait_http"]
 
 _LOG_TAIL = 2_000  # characters of a dead server's log worth showing
 
 
-class NotUp(RuntimeError):
+class NotUp(PerchError, RuntimeError):
     """A server exited, or did not answer in time."""
 
 
