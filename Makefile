@@ -54,8 +54,13 @@ chromium:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Two workers (the machines this runs on have two cores). --dist loadfile keeps each file on one
+# worker: its module-scoped servers (the Pyodide harness, the end-to-end loop) start once, and
+# test_end_to_end's checks build on each other. Each worker has its own PostgreSQL database.
+WORKERS ?= 2
+
 unit: install node chromium
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile
 	# Benchmarks run once each as plain tests so they cannot rot between `make bench` runs.
 	$(BIN)/pytest benchmarks --benchmark-disable -q
 
@@ -64,7 +69,7 @@ test: lint typecheck unit
 # The inner loop: unit tests that need no Node, PostgreSQL, browser or child process, on 2 workers.
 FAST := not (slow or postgres or pyodide or node or browser or process)
 test-fast: install
-	$(BIN)/pytest -q -n 2 -m "$(FAST)"
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile -m "$(FAST)"
 
 # The Worker in real Pyodide under Node, and wrangler's check of its config.
 test-pyodide: install node
