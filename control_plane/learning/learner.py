@@ -30,24 +30,16 @@ from control_plane.experiments import ExperimentSpec, Prior
 from control_plane.learning.beta import (
     MIN_DRAWS,
     FloatArray,
-    PosteriorSummary,
     allocation,
-    posterior_summary,
-    prob_best,
 )
 from control_plane.storage.stats import Cells, CellStats
 from core import KEY_RE, Segment, Snapshot, is_text
 
 __all__ = [
     "GLOBAL_KEY",
-    "MIN_DRAWS",
-    "PosteriorSummary",
-    "allocation",
     "default_seed",
     "learn",
-    "posterior_summary",
     "posteriors",
-    "prob_best",
     "segment_key",
     "spec_snapshot",
     "split_cells",

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, case, func, select
 
 from control_plane.experiments import Prior
-from control_plane.learning.learner import posterior_summary, prob_best
+from control_plane.learning.beta import posterior_summary, prob_best
 from control_plane.learning.report_types import (
     OPE,
     Alert,
@@ -156,11 +156,11 @@ def _split(sums: Mapping[tuple[Any, ...], _Sums]) -> tuple[_Sums, _Sums, dict[st
     return personalized, holdout, arms
 
 
-def _snapshot_rows(conn: Connection, key: str, arms: Iterable[str]) -> list[dict[str, Any]]:
+def _snapshot_rows(conn: Connection, key: str) -> list[dict[str, Any]]:
     """The newest MAX_HISTORY snapshots with their global allocation, newest first.
 
     The allocation has a column of its own: the summary it comes from grows with segments x arms
-    (megabytes for big experiments). ``arms`` is unused since it has.
+    (megabytes for big experiments).
     """
     query = (
         select(snapshots.c.version, snapshots.c.created_ms, snapshots.c.size, snapshots.c.global_allocation)
@@ -202,7 +202,7 @@ class _Reads:
     latest: dict[str, Any]  # the newest snapshot's summary
 
 
-def _read(store: Store, key: str, arm_keys: Sequence[str]) -> _Reads:
+def _read(store: Store, key: str) -> _Reads:
     segment_col, reason_col, arm_col = exposures.c.segment, exposures.c.reason, exposures.c.arm
     with store.engine.connect() as conn:
         overall = _aggregates(conn, key, [reason_col, arm_col])
@@ -211,7 +211,7 @@ def _read(store: Store, key: str, arm_keys: Sequence[str]) -> _Reads:
         by_segment = (
             _aggregates(conn, key, [segment_col, reason_col, arm_col], segment_col.in_(keys)) if keys else {}
         )
-        history = _snapshot_rows(conn, key, arm_keys)
+        history = _snapshot_rows(conn, key)
         latest = _latest_summary(conn, key, history[0]["version"] if history else None)
     return _Reads(overall, busiest, by_segment, history, latest)
 
@@ -350,7 +350,7 @@ def build_report(store: Store, record: ExperimentRecord, now_ms: int) -> Report:
     """The report of one experiment (see docs/report.md; ``to_dict()`` for its JSON)."""
     spec = record.spec
     key = spec.key
-    reads = _read(store, key, [arm.key for arm in spec.arms])
+    reads = _read(store, key)
     holdout, arms, segments = _tables(reads, [arm.key for arm in spec.arms], spec.prior)
     snapshots = tuple(
         SnapshotRow(int(r["version"]), int(r["created_ms"]), int(r["size"])) for r in reads.history

@@ -1,1 +1,1 @@
-"""Floor 2, storage: the store, its schema and migrations, the statistics, bulk statements, privacy."""
+"""Floor 2, storage: database, snapshots and store, schema and migrations, statistics, privacy."""
