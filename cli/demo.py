@@ -25,7 +25,7 @@ import httpx
 
 from cli.demo_report import print_report, summarize, write_files
 from cli.demo_visitors import EXPERIMENT, Outcome, Visit, experiment_spec, population, simulate
-from cli.procs import NotUp, free_port, start_perch, stop, wait_http
+from cli.procs import NotUp, free_port, start_perch, stop, terminate_as_interrupt, wait_http
 
 
 def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -126,27 +126,29 @@ def demo(
         "PERCH_DATABASE_URL": "",
     }
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        click.echo(f"control plane {cp_url}, edge {edge_url}, data in {data_dir}")
-        _launch(procs, data_dir, env, cp_port, edge_port)
-        admin = httpx.Client(base_url=cp_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        visits = population(visitors, seed)
-        outcomes, report = _run_experiment(
-            admin, edge_url, data_dir, visits, concurrency=concurrency, rate=rate
-        )
-        summary = summarize(visits, outcomes)
-        files = write_files(data_dir, visits, outcomes, summary)
-        print_report(summary, report, files, time.monotonic() - started)
-        click.echo("")
-        click.secho(f"Dashboard: {cp_url}/  (log in with the admin token {token})", bold=True)
-        if summary["errors"] > 0 or report is None:
-            raise click.ClickException("the demo saw failures (see above)")
-        if not exit_after:
-            _keep_serving(procs, data_dir)
-    except KeyboardInterrupt:
-        click.echo("\nstopping")
-    finally:
-        stop(*procs, timeout_s=10)
+    # SIGTERM (a service manager, `timeout`) stops the servers too, as Ctrl-C does.
+    with terminate_as_interrupt():
+        try:
+            click.echo(f"control plane {cp_url}, edge {edge_url}, data in {data_dir}")
+            _launch(procs, data_dir, env, cp_port, edge_port)
+            admin = httpx.Client(base_url=cp_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            visits = population(visitors, seed)
+            outcomes, report = _run_experiment(
+                admin, edge_url, data_dir, visits, concurrency=concurrency, rate=rate
+            )
+            summary = summarize(visits, outcomes)
+            files = write_files(data_dir, visits, outcomes, summary)
+            print_report(summary, report, files, time.monotonic() - started)
+            click.echo("")
+            click.secho(f"Dashboard: {cp_url}/  (log in with the admin token {token})", bold=True)
+            if summary["errors"] > 0 or report is None:
+                raise click.ClickException("the demo saw failures (see above)")
+            if not exit_after:
+                _keep_serving(procs, data_dir)
+        except KeyboardInterrupt:
+            click.echo("\nstopping")
+        finally:
+            stop(*procs, timeout_s=10)
 
 
 def _run_experiment(

@@ -22,7 +22,15 @@ import httpx
 
 from core import PerchError
 
-__all__ = ["NotUp", "free_port", "perch_process", "start_perch", "stop", "wait_http"]
+__all__ = [
+    "NotUp",
+    "free_port",
+    "perch_process",
+    "start_perch",
+    "stop",
+    "terminate_as_interrupt",
+    "wait_http",
+]
 
 _LOG_TAIL = 2_000  # characters of a dead server's log worth showing
 
@@ -140,3 +148,21 @@ def perch_process(
         yield proc
     finally:
         stop(proc)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt, so ``finally`` blocks stop the children.
+
+    Python's default SIGTERM ends the process at once: a parent stopped by a service manager or
+    ``timeout`` would leave its servers (each in a session of its own) running, holding the ports.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
