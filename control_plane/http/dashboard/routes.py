@@ -68,16 +68,16 @@ class Dashboard:
         rows = []
         for record in self.store.list_experiments():
             key = record.spec.key
-            last = self.store.snapshot_history(key, 1)
+            # Metadata only: the newest summary can be megabytes, and the overview shows two numbers.
+            last = self.store.latest_snapshot(key)
+            newest = {"version": last.version, "created_ms": last.created_ms} if last else None
             rows.append(
                 {
                     "key": key,
                     "version": record.version,
                     "arms": [a.key for a in record.spec.arms],
                     "max_age_s": record.spec.max_age_s,
-                    "last_snapshot": (
-                        {"version": last[0]["version"], "created_ms": last[0]["created_ms"]} if last else None
-                    ),
+                    "last_snapshot": newest,
                     "alerts": len(self.store.alerts(key, ALERTS_COUNTED)),
                 }
             )

@@ -43,6 +43,7 @@ from control_plane.storage.store import ExperimentRecord, Store
 from core import LocalKV, encode_batch, sign
 from tests.control_plane.http.test_app import HERO, SECRET, TOKEN, Clock
 from tests.control_plane.learning.test_report import populated
+from tests.control_plane.storage.test_snapshots import bulky_columns_read, statements
 from tests.factories import UNIT_KEY, exposure, outcome
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -452,6 +453,17 @@ def test_the_list_shows_snapshots_and_alerts(browser: Browserish, sqlite_store: 
     assert '<span class="badge bad">1</span>' in row.group(0)
     clock.ms += 7 * 3600 * 1000  # beyond max_age_s: the edge is serving the default arm
     assert "stale" in browser.get("/").text
+
+
+def test_the_list_reads_no_snapshot_bytes_or_summary(
+    browser: Browserish, sqlite_store: Store, clock: Clock
+) -> None:
+    # A summary grows with segments x arms (megabytes); the list shows a version and an age.
+    assert browser.post("/v1/experiments/hero/publish", headers=AUTH).status_code == 200
+    browser.login()
+    with statements(sqlite_store.engine) as seen:
+        assert '<a href="/experiments/hero">hero</a>' in browser.get("/").text
+    assert bulky_columns_read(seen) == []
 
 
 def test_logout_drops_the_session(browser: Browserish) -> None:
