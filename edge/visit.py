@@ -63,12 +63,17 @@ def _personalized(decision: Decision) -> str:
 
 
 def _why(decision: Decision, max_age_s: float) -> str:
-    return {
-        "personalized": _personalized(decision),
-        "holdout": f"in the holdout group of {decision.experiment!r}: always the default variant",
-        "consent": "no personalization without consent: the default variant",
-        "stale": f"snapshot is {decision.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): default variant",
-    }.get(decision.reason, decision.reason)
+    # Only the chosen reason's words are formatted: this runs for every decision.
+    reason = decision.reason
+    if reason == "personalized":
+        return _personalized(decision)
+    if reason == "holdout":
+        return f"in the holdout group of {decision.experiment!r}: always the default variant"
+    if reason == "consent":
+        return "no personalization without consent: the default variant"
+    if reason == "stale":
+        return f"snapshot is {decision.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): default variant"
+    return reason
 
 
 def _answer(decision: Decision | Fallback, why: str, token: str | None) -> dict[str, Any]:
