@@ -12,7 +12,6 @@ folds the experiment's appended statistics (control_plane.storage.stats) before 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -255,18 +254,18 @@ def _held_back(
     return True
 
 
-def _summary(learnt: _Learnt, evaluation: dict[str, Any] | None, drifted: list[Miscalibration]) -> str:
-    """The published snapshot's summary JSON: what reports show of it and of its publish."""
+def _summary(
+    learnt: _Learnt, evaluation: dict[str, Any] | None, drifted: list[Miscalibration]
+) -> dict[str, Any]:
+    """The published snapshot's summary: what reports show of it and of its publish."""
     matured = learnt.matured
-    return json.dumps(
-        {
-            **snapshot_summary(learnt.snapshot),
-            "gate": evaluation,
-            "skipped_cells": dict(learnt.skipped),
-            "calibration": [m.to_dict() for m in drifted[:10]],
-            "maturity": {"delays": matured.delays, "source": matured.source, "pending": matured.discounted},
-        }
-    )
+    return {
+        **snapshot_summary(learnt.snapshot),
+        "gate": evaluation,
+        "skipped_cells": dict(learnt.skipped),
+        "calibration": [m.to_dict() for m in drifted[:10]],
+        "maturity": {"delays": matured.delays, "source": matured.source, "pending": matured.discounted},
+    }
 
 
 def _put(
@@ -279,7 +278,7 @@ def _put(
     version: int,
     now: int,
     digest: str,
-    summary: str,
+    summary: dict[str, Any],
 ) -> bytes:
     """Publish ``snapshot`` to KV under ``key``, then record it as ``version``; its encoded bytes."""
     data = encode_snapshot(snapshot)

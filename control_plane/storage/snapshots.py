@@ -148,8 +148,14 @@ class SnapshotStore(Database):
         return int(current or 0) + 1
 
     def record_snapshot(self, row: Mapping[str, Any]) -> None:
-        """Store a published snapshot's row; its ``global_allocation`` comes from its ``summary``."""
-        values = {**row, "global_allocation": global_allocation(row.get("summary"))}
+        """Store a published snapshot's row; ``summary`` (a dict, or None) is stored as JSON and its
+        global allocation in a column of its own, taken from the dict rather than re-parsed."""
+        summary = row.get("summary")
+        values = {
+            **row,
+            "summary": json.dumps(summary) if summary is not None else None,
+            "global_allocation": global_allocation(summary),
+        }
         with self.write() as conn:
             conn.execute(snapshots.insert().values(**values))
 
@@ -191,10 +197,9 @@ class SnapshotStore(Database):
             mutex.release()
 
 
-def global_allocation(summary: str | None) -> str | None:
+def global_allocation(summary: Mapping[str, Any] | None) -> str | None:
     """A summary's global segment (segment 0) allocation as JSON; None if it has none."""
-    doc: Any = json.loads(summary) if summary else None
-    segments = doc.get("segments") if isinstance(doc, dict) else None
+    segments = summary.get("segments") if summary is not None else None
     first = segments[0] if isinstance(segments, list) and segments else None
     allocation = first.get("allocation") if isinstance(first, dict) else None
     return json.dumps(allocation) if isinstance(allocation, dict) else None

@@ -375,7 +375,7 @@ def snapshot_row(version: int, summary: dict[str, Any] | None) -> dict[str, Any]
         "digest": f"d{version}",
         "spec_version": 1,
         "data": None,
-        "summary": None if summary is None else json.dumps(summary),
+        "summary": summary,
     }
 
 
