@@ -1,0 +1,367 @@
+"""Events and the learner's cells in ClickHouse: appended per consumer group, exact under retries.
+
+ClickHouse has no transactions and no unique keys, so exactness comes from three rules:
+
+* **cells are a function of the raw rows**: the materialized views of
+  control_plane.storage.clickhouse_schema turn every inserted block of exposures and of credited
+  outcomes into cell deltas within the same INSERT, so nothing else writes statistics;
+* **rows already stored are skipped**, by id, before inserting: exposures by decision id, outcomes
+  by event id (a redelivered message, a consumer killed after one insert and before the next or
+  before acknowledging, an event the edge sent twice); and a binary reward is credited once per
+  decision, counting what earlier outcomes credited;
+* **every insert carries a deduplication token** (a digest of its rows' ids), with a window on
+  every table, views' target included: an insert retried as it was is dropped by ClickHouse.
+
+The skip relies on one writer at a time per decision's events, which routing by decision id gives
+(core.queue.route routes outcomes; with one consumer per queue that consumer credits them in
+order). Outcomes are inserted before exposures, so a consumer killed between the two leaves
+nothing a retry would count twice. A kill inside one INSERT, between the table's part and its
+view's part, is not covered: :meth:`EventLog.recompute` finds it (ClickHouse gives no atomicity
+across a table and its views).
+
+Reads group the ``SummingMergeTree`` deltas by cell and hour (parts not yet merged still hold
+several rows per key) and decay them as control_plane.storage.stats does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from control_plane.storage.clickhouse import Executor
+from control_plane.storage.clickhouse_schema import Layout, statements
+from control_plane.storage.stats import CellStats, Totals
+
+__all__ = ["EventLog", "Exposure", "Outcome", "Stored"]
+
+_EXPOSURE_COLUMNS = (
+    "experiment",
+    "decision_id",
+    "arm",
+    "unit_hash",
+    "path",
+    "segment",
+    "reason",
+    "propensity",
+    "snapshot_version",
+    "ts_ms",
+    "half_life_s",
+    "keep_until",
+)
+_OUTCOME_COLUMNS = (
+    "experiment",
+    "decision_id",
+    "event_id",
+    "value",
+    "unit_hash",
+    "ts_ms",
+    "status",
+    "credited",
+    "path",
+    "arm",
+    "decision_ts_ms",
+    "counted",
+    "half_life_s",
+    "keep_until",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    experiment: str
+    decision_id: str  # 32 hex characters
+    arm: str
+    unit_hash: str | None
+    path: str  # JSON list of the experiment's feature values
+    segment: str | None
+    reason: str
+    propensity: float | None
+    snapshot_version: int | None
+    ts_ms: int
+    keep_s: int  # kept this long after ts_ms: reward window plus evaluation horizon
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    experiment: str
+    decision_id: str
+    event_id: str
+    value: float  # the reward, already clipped and scaled by the experiment's reward rule
+    unit_hash: str | None
+    ts_ms: int
+    keep_s: int
+    window_ms: int  # an outcome later than this after its decision is late (counted, not learnt)
+    binary: bool  # a binary reward counts once per decision
+    cell: tuple[str, str, int] | None = None  # (path, arm, decision ms), from a verified token
+
+
+@dataclass
+class Stored:
+    """What one message added: new rows, and duplicates skipped."""
+
+    exposures: int = 0
+    outcomes: int = 0
+    duplicates: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)  # outcomes by status
+
+
+class EventLog:
+    """Exposures, outcomes and cell deltas in ClickHouse (chDB or a server), through an :class:`Executor`."""
+
+    def __init__(self, ch: Executor, layout: Layout | None = None) -> None:
+        self.ch = ch
+        self.layout = layout or Layout(database=ch.database)
+
+    def migrate(self) -> None:
+        for sql in statements(self.layout):
+            self.ch.command(sql)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def store(
+        self,
+        exposures: Sequence[Exposure],
+        outcomes: Sequence[Outcome],
+        half_lives: Mapping[str, float | None],
+    ) -> Stored:
+        """Store one group of events (see the module's rules); safe to call again with any of them."""
+        out = Stored()
+        known = self._stored_decisions({(e.experiment, e.decision_id) for e in exposures})
+        fresh: dict[tuple[str, str], Exposure] = {}
+        for e in exposures:
+            key = (e.experiment, e.decision_id)
+            if key in known or key in fresh:
+                out.duplicates += 1
+            else:
+                fresh[key] = e
+        outcome_rows = self._outcomes(outcomes, fresh, half_lives, out)
+        self.ch.insert(
+            "outcomes", _OUTCOME_COLUMNS, outcome_rows, token=_token("o", (str(r[2]) for r in outcome_rows))
+        )
+        self.ch.insert(
+            "exposures",
+            _EXPOSURE_COLUMNS,
+            [
+                (
+                    e.experiment,
+                    e.decision_id,
+                    e.arm,
+                    e.unit_hash or "",
+                    e.path,
+                    e.segment or "",
+                    e.reason,
+                    e.propensity,
+                    e.snapshot_version or 0,
+                    e.ts_ms,
+                    half_lives.get(e.experiment) or 0.0,
+                    (e.ts_ms // 1000) + e.keep_s,
+                )
+                for e in fresh.values()
+            ],
+            token=_token("x", (e.decision_id for e in fresh.values())),
+        )
+        out.exposures = len(fresh)
+        return out
+
+    def _outcomes(
+        self,
+        outcomes: Sequence[Outcome],
+        fresh: Mapping[tuple[str, str], Exposure],
+        half_lives: Mapping[str, float | None],
+        out: Stored,
+    ) -> list[tuple[object, ...]]:
+        if not outcomes:
+            return []
+        known_events = self._stored_outcomes({(o.experiment, o.event_id) for o in outcomes})
+        decisions = {(o.experiment, o.decision_id) for o in outcomes}
+        cells = self._cells_of(decisions - set(fresh))
+        cells.update({k: (e.path, e.arm, e.ts_ms, e.reason) for k, e in fresh.items() if k in decisions})
+        credited = self._credited(decisions)
+        rows: list[tuple[object, ...]] = []
+        seen: set[tuple[str, str]] = set()
+        for o in sorted(outcomes, key=lambda o: (o.ts_ms, o.event_id)):
+            key = (o.experiment, o.event_id)
+            if key in known_events or key in seen:
+                out.duplicates += 1
+                continue
+            seen.add(key)
+            decision = (o.experiment, o.decision_id)
+            found = cells.get(decision)
+            cell = o.cell or (found[:3] if found else None)
+            status, gain = "pending", 0.0
+            if cell is not None:
+                if o.ts_ms - cell[2] > o.window_ms:
+                    status = "late"
+                else:
+                    before = credited.get(decision, 0.0)
+                    gain = max(0.0, o.value - before) if o.binary else o.value
+                    status = "joined" if gain > 0.0 or not o.binary else "extra"
+                    credited[decision] = max(before, o.value) if o.binary else before + o.value
+            out.statuses[status] = out.statuses.get(status, 0) + 1
+            out.outcomes += 1
+            rows.append(
+                (
+                    o.experiment,
+                    o.decision_id,
+                    o.event_id,
+                    o.value,
+                    o.unit_hash or "",
+                    o.ts_ms,
+                    status,
+                    gain,
+                    cell[0] if cell else "",
+                    cell[1] if cell else "",
+                    cell[2] if cell else 0,
+                    # A holdout or no-consent decision's reward is stored, not learnt (as its exposure).
+                    1 if found is None or found[3] == "personalized" else 0,
+                    half_lives.get(o.experiment) or 0.0,
+                    (o.ts_ms // 1000) + o.keep_s,
+                )
+            )
+        return rows
+
+    # --- lookups (by the sort key: a few granules each) ----------------------------------------
+
+    def _by_experiment(self, keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {}
+        for experiment, ident in keys:
+            grouped.setdefault(experiment, []).append(ident)
+        return grouped
+
+    def _stored_decisions(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for experiment, ids in self._by_experiment(keys).items():
+            rows = self.ch.rows(
+                f"SELECT DISTINCT decision_id FROM {self.layout.table('exposures')} "
+                "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)}",
+                {"e": experiment, "ids": ids},
+            )
+            out.update((experiment, _hex(r[0])) for r in rows)
+        return out
+
+    def _stored_outcomes(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for experiment, ids in self._by_experiment(keys).items():
+            rows = self.ch.rows(
+                f"SELECT DISTINCT event_id FROM {self.layout.table('outcomes')} "
+                "WHERE experiment = {e:String} AND event_id IN {ids:Array(String)}",
+                {"e": experiment, "ids": ids},
+            )
+            out.update((experiment, r[0]) for r in rows)
+        return out
+
+    def _cells_of(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str, int, str]]:
+        out: dict[tuple[str, str], tuple[str, str, int, str]] = {}
+        for experiment, ids in self._by_experiment(keys).items():
+            rows = self.ch.rows(
+                f"SELECT decision_id, any(path), any(arm), any(ts_ms), any(reason) "
+                f"FROM {self.layout.table('exposures')} "
+                "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)} GROUP BY decision_id",
+                {"e": experiment, "ids": ids},
+            )
+            out.update({(experiment, _hex(d)): (p, a, int(t), r) for d, p, a, t, r in rows})
+        return out
+
+    def _credited(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for experiment, ids in self._by_experiment(keys).items():
+            rows = self.ch.rows(
+                # One row per outcome event even before parts merge (ReplacingMergeTree).
+                "SELECT decision_id, sum(credited) FROM ("
+                "SELECT decision_id, event_id, any(credited) AS credited "
+                f"FROM {self.layout.table('outcomes')} "
+                "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)} "
+                "GROUP BY decision_id, event_id) GROUP BY decision_id",
+                {"e": experiment, "ids": ids},
+            )
+            out.update({(experiment, _hex(d)): float(c) for d, c in rows})
+        return out
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def cells(
+        self, experiment: str, half_life_s: float | None, now_ms: int
+    ) -> dict[tuple[str, ...], dict[str, CellStats]]:
+        """The learner's input, as control_plane.storage.stats.cells gives it from SQL."""
+        half_life_ms = half_life_s * 1000.0 if half_life_s else 0.0
+        rows = self.ch.rows(
+            "SELECT path, arm, hour_ms, sum(decayed_exposures), sum(decayed_reward) "
+            f"FROM {self.layout.table('stat_deltas')} WHERE experiment = {{e:String}} "
+            "GROUP BY path, arm, hour_ms",
+            {"e": experiment},
+        )
+        sums: dict[tuple[str, str], list[float]] = {}
+        for path, arm, hour, mass_n, mass_r in rows:
+            factor = 2.0 ** ((hour - now_ms) / half_life_ms) if half_life_ms and now_ms > hour else 1.0
+            cell = sums.setdefault((path, arm), [0.0, 0.0])
+            cell[0] += mass_n * factor
+            cell[1] += mass_r * factor
+        out: dict[tuple[str, ...], dict[str, CellStats]] = {}
+        for (path, arm), (n, r) in sums.items():
+            kept = n if n > 0.0 else 0.0
+            out.setdefault(tuple(json.loads(path)), {})[arm] = CellStats(kept, min(max(r, 0.0), kept))
+        return out
+
+    def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
+        """Raw sums per (path, arm) from the deltas."""
+        rows = self.ch.rows(
+            f"SELECT path, arm, sum(exposures), sum(reward) FROM {self.layout.table('stat_deltas')} "
+            "WHERE experiment = {e:String} GROUP BY path, arm",
+            {"e": experiment},
+        )
+        return {(p, a): Totals(float(n), float(r)) for p, a, n, r in rows}
+
+    def recompute(self, experiment: str) -> dict[tuple[str, str], Totals]:
+        """The same sums from the raw rows, each stored once (FINAL), for checking :meth:`totals`."""
+        n = self.ch.rows(
+            f"SELECT path, arm, count() FROM {self.layout.table('exposures')} FINAL "
+            "WHERE experiment = {e:String} AND reason = 'personalized' GROUP BY path, arm",
+            {"e": experiment},
+        )
+        r = self.ch.rows(
+            f"SELECT path, arm, sum(credited) FROM {self.layout.table('outcomes')} FINAL "
+            "WHERE experiment = {e:String} AND credited > 0 AND counted = 1 GROUP BY path, arm",
+            {"e": experiment},
+        )
+        out = {(p, a): Totals(float(c), 0.0) for p, a, c in n}
+        for p, a, s in r:
+            before = out.get((p, a), Totals(0.0, 0.0))
+            out[p, a] = Totals(before.exposures, before.reward + float(s))
+        return out
+
+    def counts(self, experiment: str) -> dict[str, int]:
+        """Rows stored once each (FINAL): exposures, and outcomes by status."""
+        x = self.ch.rows(
+            f"SELECT count() FROM {self.layout.table('exposures')} FINAL WHERE experiment = {{e:String}}",
+            {"e": experiment},
+        )
+        o = self.ch.rows(
+            f"SELECT status, count() FROM {self.layout.table('outcomes')} FINAL "
+            "WHERE experiment = {e:String} GROUP BY status",
+            {"e": experiment},
+        )
+        return {"exposures": int(x[0][0]), **{f"outcomes_{s}": int(c) for s, c in o}}
+
+    def bytes_per_exposure(self) -> float:
+        """Compressed bytes on disk per stored exposure (active parts)."""
+        (row,) = self.ch.rows(
+            "SELECT sum(bytes_on_disk), sum(rows) FROM system.parts "
+            "WHERE database = {d:String} AND table = 'exposures' AND active",
+            {"d": self.layout.database},
+        )
+        return float(row[0]) / float(row[1]) if row[1] else math.nan
+
+
+def _token(kind: str, ids: Iterable[str]) -> str:
+    """The same rows, the same token: an insert retried as it was is dropped by ClickHouse."""
+    digest = hashlib.sha256()
+    for ident in sorted(ids):
+        digest.update(ident.encode() + b"\0")
+    return f"perch:{kind}:{digest.hexdigest()}"
+
+
+def _hex(value: object) -> str:
+    return value.hex if hasattr(value, "hex") and not isinstance(value, (str, bytes)) else str(value).lower()
