@@ -35,7 +35,7 @@ from control_plane.storage.clickhouse import Executor
 from control_plane.storage.clickhouse_schema import Layout, statements
 from control_plane.storage.stats import CellStats, Totals
 
-__all__ = ["EventLog", "Exposure", "Outcome", "Stored"]
+__all__ = ["EventLog", "Exposure", "Outcome", "Rule", "Stored"]
 
 _EXPOSURE_COLUMNS = (
     "experiment",
@@ -66,7 +66,18 @@ _OUTCOME_COLUMNS = (
     "counted",
     "half_life_s",
     "keep_until",
+    "version",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What an experiment's spec says about storing its events."""
+
+    half_life_s: float | None = None  # decay of the learner's cells
+    window_ms: int = 86_400_000  # an outcome later than this after its decision is late (kept, not learnt)
+    binary: bool = True  # a second conversion of a binary decision is "extra"
+    keep_s: int = 90 * 86_400  # rows are dropped this long after their time (reward window + evaluation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +92,6 @@ class Exposure:
     propensity: float | None
     snapshot_version: int | None
     ts_ms: int
-    keep_s: int  # kept this long after ts_ms: reward window plus evaluation horizon
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,23 +99,24 @@ class Outcome:
     experiment: str
     decision_id: str
     event_id: str
-    value: float  # the reward, already clipped and scaled by the experiment's reward rule
+    value: float  # the reward in [0, 1]: 1 for a binary conversion, else scaled by the reward rule
     unit_hash: str | None
     ts_ms: int
-    keep_s: int
-    window_ms: int  # an outcome later than this after its decision is late (counted, not learnt)
-    binary: bool  # a binary reward counts once per decision
-    cell: tuple[str, str, int] | None = None  # (path, arm, decision ms), from a verified token
+    cell: tuple[str, str, int, str] | None = None  # (path, arm, decision ms, reason), from a verified token
+
+
+_DEFAULT = Rule()
+_Cell = tuple[str, str, int, str]  # (path, arm, decision ms, reason)
 
 
 @dataclass
 class Stored:
-    """What one message added: new rows, and duplicates skipped."""
+    """What one group added: new rows, duplicates skipped, and outcomes by status."""
 
     exposures: int = 0
     outcomes: int = 0
     duplicates: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)  # outcomes by status
+    statuses: dict[str, int] = field(default_factory=dict)
 
 
 class EventLog:
@@ -122,10 +133,7 @@ class EventLog:
     # --- writing ------------------------------------------------------------------------------
 
     def store(
-        self,
-        exposures: Sequence[Exposure],
-        outcomes: Sequence[Outcome],
-        half_lives: Mapping[str, float | None],
+        self, exposures: Sequence[Exposure], outcomes: Sequence[Outcome], rules: Mapping[str, Rule]
     ) -> Stored:
         """Store one group of events (see the module's rules); safe to call again with any of them."""
         out = Stored()
@@ -137,9 +145,21 @@ class EventLog:
                 out.duplicates += 1
             else:
                 fresh[key] = e
-        outcome_rows = self._outcomes(outcomes, fresh, half_lives, out)
+        known_events = self._stored_outcomes({(o.experiment, o.event_id) for o in outcomes})
+        new: dict[tuple[str, str], Outcome] = {}
+        for o in outcomes:
+            key = (o.experiment, o.event_id)
+            if key in known_events or key in new:
+                out.duplicates += 1
+            else:
+                new[key] = o
+        # Outcomes stored earlier and still waiting for one of these exposures are credited now,
+        # as a newer version of their row (ReplacingMergeTree keeps the newest).
+        waiting = self._pending_for(set(fresh))
+        rows = self._credit([*waiting, *new.values()], fresh, rules, out)
+        out.outcomes = len(new)
         self.ch.insert(
-            "outcomes", _OUTCOME_COLUMNS, outcome_rows, token=_token("o", (str(r[2]) for r in outcome_rows))
+            "outcomes", _OUTCOME_COLUMNS, rows, token=_token("o", (f"{r[2]}:{r[-1]}" for r in rows))
         )
         self.ch.insert(
             "exposures",
@@ -156,8 +176,8 @@ class EventLog:
                     e.propensity,
                     e.snapshot_version or 0,
                     e.ts_ms,
-                    half_lives.get(e.experiment) or 0.0,
-                    (e.ts_ms // 1000) + e.keep_s,
+                    rules.get(e.experiment, _DEFAULT).half_life_s or 0.0,
+                    (e.ts_ms // 1000) + rules.get(e.experiment, _DEFAULT).keep_s,
                 )
                 for e in fresh.values()
             ],
@@ -166,42 +186,36 @@ class EventLog:
         out.exposures = len(fresh)
         return out
 
-    def _outcomes(
+    def _credit(
         self,
         outcomes: Sequence[Outcome],
         fresh: Mapping[tuple[str, str], Exposure],
-        half_lives: Mapping[str, float | None],
+        rules: Mapping[str, Rule],
         out: Stored,
     ) -> list[tuple[object, ...]]:
+        """Each outcome's row: its status and what it credited, in time order per decision."""
         if not outcomes:
             return []
-        known_events = self._stored_outcomes({(o.experiment, o.event_id) for o in outcomes})
         decisions = {(o.experiment, o.decision_id) for o in outcomes}
-        cells = self._cells_of(decisions - set(fresh))
+        cells: dict[tuple[str, str], _Cell] = self._cells_of(decisions - set(fresh))
         cells.update({k: (e.path, e.arm, e.ts_ms, e.reason) for k, e in fresh.items() if k in decisions})
         credited = self._credited(decisions)
         rows: list[tuple[object, ...]] = []
-        seen: set[tuple[str, str]] = set()
         for o in sorted(outcomes, key=lambda o: (o.ts_ms, o.event_id)):
-            key = (o.experiment, o.event_id)
-            if key in known_events or key in seen:
-                out.duplicates += 1
-                continue
-            seen.add(key)
+            rule = rules.get(o.experiment, _DEFAULT)
             decision = (o.experiment, o.decision_id)
-            found = cells.get(decision)
-            cell = o.cell or (found[:3] if found else None)
+            found = o.cell or cells.get(decision)
             status, gain = "pending", 0.0
-            if cell is not None:
-                if o.ts_ms - cell[2] > o.window_ms:
+            if found is not None:
+                if o.ts_ms - found[2] > rule.window_ms:
                     status = "late"
                 else:
+                    # A decision's rewards add up to at most one success: a binary one counts once.
                     before = credited.get(decision, 0.0)
-                    gain = max(0.0, o.value - before) if o.binary else o.value
-                    status = "joined" if gain > 0.0 or not o.binary else "extra"
-                    credited[decision] = max(before, o.value) if o.binary else before + o.value
+                    gain = max(0.0, min(o.value, 1.0 - before))
+                    status = "extra" if gain <= 0.0 and rule.binary else "joined"
+                    credited[decision] = before + gain
             out.statuses[status] = out.statuses.get(status, 0) + 1
-            out.outcomes += 1
             rows.append(
                 (
                     o.experiment,
@@ -212,16 +226,29 @@ class EventLog:
                     o.ts_ms,
                     status,
                     gain,
-                    cell[0] if cell else "",
-                    cell[1] if cell else "",
-                    cell[2] if cell else 0,
+                    found[0] if found else "",
+                    found[1] if found else "",
+                    found[2] if found else 0,
                     # A holdout or no-consent decision's reward is stored, not learnt (as its exposure).
-                    1 if found is None or found[3] == "personalized" else 0,
-                    half_lives.get(o.experiment) or 0.0,
-                    (o.ts_ms // 1000) + o.keep_s,
+                    1 if found is not None and found[3] == "personalized" else 0,
+                    rule.half_life_s or 0.0,
+                    (o.ts_ms // 1000) + rule.keep_s,
+                    0 if status == "pending" else 1,  # the row's version: a credit replaces "pending"
                 )
             )
         return rows
+
+    def _pending_for(self, keys: set[tuple[str, str]]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for experiment, ids in self._by_experiment(keys).items():
+            rows = self.ch.rows(
+                "SELECT decision_id, event_id, value, unit_hash, ts_ms "
+                f"FROM {self.layout.table('outcomes')} FINAL "
+                "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)} AND status = 'pending'",
+                {"e": experiment, "ids": ids},
+            )
+            out.extend(Outcome(experiment, _hex(d), i, float(v), u or None, int(t)) for d, i, v, u, t in rows)
+        return out
 
     # --- lookups (by the sort key: a few granules each) ----------------------------------------
 
@@ -271,7 +298,7 @@ class EventLog:
             rows = self.ch.rows(
                 # One row per outcome event even before parts merge (ReplacingMergeTree).
                 "SELECT decision_id, sum(credited) FROM ("
-                "SELECT decision_id, event_id, any(credited) AS credited "
+                "SELECT decision_id, event_id, argMax(credited, version) AS credited "
                 f"FROM {self.layout.table('outcomes')} "
                 "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)} "
                 "GROUP BY decision_id, event_id) GROUP BY decision_id",

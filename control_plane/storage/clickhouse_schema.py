@@ -74,7 +74,8 @@ _COLUMNS = {
         decision_ts_ms Int64 CODEC(Delta, ZSTD(1)),
         counted UInt8,
         half_life_s Float32 CODEC(ZSTD(1)),
-        keep_until DateTime CODEC(Delta, ZSTD(1))""",
+        keep_until DateTime CODEC(Delta, ZSTD(1)),
+        version UInt8""",
     "stat_deltas": """
         experiment LowCardinality(String),
         path String,
@@ -87,6 +88,7 @@ _COLUMNS = {
 }
 _ENGINES = {
     "exposures": ("ReplacingMergeTree", "(experiment, decision_id)", True),
+    # version: a pending outcome credited later is stored again, and the newer row is the one kept.
     "outcomes": ("ReplacingMergeTree", "(experiment, decision_id, event_id)", True),
     "stat_deltas": ("SummingMergeTree", "(experiment, path, arm, hour_ms)", False),
 }
@@ -138,12 +140,13 @@ def statements(layout: Layout) -> list[str]:
     out = [f"CREATE DATABASE IF NOT EXISTS `{db}`{on}"]
     for name in TABLES:
         engine, order, ttl = _ENGINES[name]
+        version = ", version" if name == "outcomes" else ""
         if cluster:
             path = f"'/clickhouse/tables/{{shard}}/{db}/{name}', '{{replica}}'"
-            engine_sql = f"Replicated{engine}({path})"
+            engine_sql = f"Replicated{engine}({path}{version})"
             window = f"replicated_deduplication_window = {DEDUP_WINDOW}"
         else:
-            engine_sql = engine
+            engine_sql = f"{engine}({version.lstrip(', ')})" if version else engine
             window = f"non_replicated_deduplication_window = {DEDUP_WINDOW}"
         out.append(
             f"CREATE TABLE IF NOT EXISTS `{db}`.`{name}`{on} ({_COLUMNS[name]}\n) "

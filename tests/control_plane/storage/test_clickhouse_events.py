@@ -8,11 +8,11 @@ from collections import defaultdict
 import pytest
 
 from control_plane.storage.clickhouse import Chdb, ClickHouseError
-from control_plane.storage.clickhouse_events import EventLog, Exposure, Outcome
+from control_plane.storage.clickhouse_events import EventLog, Exposure, Outcome, Rule
 from control_plane.storage.stats import Totals
 
 WINDOW_MS = 3_600_000
-KEEP_S = 86_400
+RULES = {"exp": Rule(window_ms=WINDOW_MS)}
 
 
 @pytest.fixture
@@ -38,19 +38,15 @@ def _world(seed: int, decisions: int) -> tuple[list[Exposure], list[Outcome], di
         path, arm = json.dumps([rng.choice("abc")]), rng.choice(["x", "y"])
         ts = now - rng.randrange(WINDOW_MS)
         reason = "holdout" if rng.random() < 0.1 else "personalized"
-        exposures.append(Exposure("exp", decision, arm, f"u{i}", path, "all", reason, 0.5, 1, ts, KEEP_S))
+        exposures.append(Exposure("exp", decision, arm, f"u{i}", path, "all", reason, 0.5, 1, ts))
         if reason == "personalized":
             expected[path, arm][0] += 1
         if rng.random() < 1 / 3:
             late = rng.random() < 0.05
-            cell = (path, arm, ts) if rng.random() < 0.5 else None
+            cell = (path, arm, ts, reason) if rng.random() < 0.5 else None
             for k in range(2 if rng.random() < 0.2 else 1):
                 at = ts + (WINDOW_MS + 1 if late else 1_000 + k)
-                outcomes.append(
-                    Outcome(
-                        "exp", decision, f"o{k}-{decision}", 1.0, f"u{i}", at, KEEP_S, WINDOW_MS, True, cell
-                    )
-                )
+                outcomes.append(Outcome("exp", decision, f"o{k}-{decision}", 1.0, f"u{i}", at, cell))
             if not late and reason == "personalized":
                 expected[path, arm][1] += 1
     return exposures, outcomes, {k: Totals(n, r) for k, (n, r) in expected.items()}
@@ -58,7 +54,7 @@ def _world(seed: int, decisions: int) -> tuple[list[Exposure], list[Outcome], di
 
 def test_store_counts_each_decision_once_and_reads_the_cells(log: EventLog) -> None:
     exposures, outcomes, expected = _world(1, 600)
-    stored = log.store(exposures, outcomes, {"exp": None})
+    stored = log.store(exposures, outcomes, RULES)
     assert stored.exposures == 600 and stored.duplicates == 0
     assert stored.statuses["extra"] > 0 and stored.statuses["late"] > 0  # the world has both
     assert log.totals("exp") == expected
@@ -75,13 +71,17 @@ def test_store_counts_each_decision_once_and_reads_the_cells(log: EventLog) -> N
 def test_an_outcome_before_its_exposure_waits_and_a_later_one_is_joined(log: EventLog) -> None:
     now = int(time.time() * 1000)
     decision = "ab" * 16
-    first = Outcome("exp", decision, "o1", 1.0, "u", now, KEEP_S, WINDOW_MS, True)
-    assert log.store([], [first], {}).statuses == {"pending": 1}
-    exposure = Exposure(
-        "exp", decision, "x", "u", '["a"]', "all", "personalized", 0.5, 1, now - 5_000, KEEP_S
-    )
-    second = Outcome("exp", decision, "o2", 1.0, "u", now + 1, KEEP_S, WINDOW_MS, True)
-    assert log.store([exposure], [second], {}).statuses == {"joined": 1}
+    first = Outcome("exp", decision, "o1", 1.0, "u", now)
+    assert log.store([], [first], RULES).statuses == {"pending": 1}
+    exposure = Exposure("exp", decision, "x", "u", '["a"]', "all", "personalized", 0.5, 1, now - 5_000)
+    second = Outcome("exp", decision, "o2", 1.0, "u", now + 1)
+    # The waiting outcome is credited (the decision's one success); the second is an extra.
+    assert log.store([exposure], [second], RULES).statuses == {"joined": 1, "extra": 1}
+    assert log.totals("exp") == {('["a"]', "x"): Totals(1.0, 1.0)}
+    assert log.recompute("exp") == log.totals("exp")
+    assert log.counts("exp") == {"exposures": 1, "outcomes_joined": 1, "outcomes_extra": 1}
+    # Stored again (a redelivery), nothing changes.
+    assert log.store([exposure], [first, second], RULES).duplicates == 3
     assert log.totals("exp") == {('["a"]', "x"): Totals(1.0, 1.0)}
 
 
@@ -120,13 +120,13 @@ def test_redelivery_and_a_consumer_killed_mid_group_count_every_event_once(
 
             monkeypatch.setattr(log.ch, "insert", dies_after_first)
             with pytest.raises(ClickHouseError):
-                log.store(xs, os_, {"exp": None})
+                log.store(xs, os_, RULES)
             monkeypatch.setattr(log.ch, "insert", real_insert)
             killed += 1
             deliveries.extend(group)  # not acknowledged: the messages come back
             rng.shuffle(deliveries)
             continue
-        log.store(xs, os_, {"exp": None})
+        log.store(xs, os_, RULES)
     assert killed > 0
     assert log.counts("exp")["exposures"] == len(exposures)
     assert log.totals("exp") == expected
@@ -137,11 +137,11 @@ def test_decayed_cells_match_the_half_life(log: EventLog) -> None:
     now = int(time.time() * 1000)
     ages_ms = [0, 600_000, 3_600_000, 5_400_000]
     exposures = [
-        Exposure("exp", f"{i:032x}", "x", None, '["a"]', "all", "personalized", None, None, now - age, KEEP_S)
+        Exposure("exp", f"{i:032x}", "x", None, '["a"]', "all", "personalized", None, None, now - age)
         for i, age in enumerate(ages_ms)
     ]
-    outcomes = [Outcome("exp", exposures[1].decision_id, "o", 1.0, None, now, KEEP_S, WINDOW_MS, True)]
-    log.store(exposures, outcomes, {"exp": 1800.0})
+    outcomes = [Outcome("exp", exposures[1].decision_id, "o", 1.0, None, now)]
+    log.store(exposures, outcomes, {"exp": Rule(half_life_s=1800.0, window_ms=WINDOW_MS)})
     ((_arm, cell),) = log.cells("exp", 1800.0, now)[("a",)].items()
     assert cell.exposures == pytest.approx(sum(2.0 ** (-age / 1_800_000) for age in ages_ms), rel=1e-9)
     assert cell.reward == pytest.approx(2.0 ** (-600_000 / 1_800_000), rel=1e-9)
@@ -149,10 +149,8 @@ def test_decayed_cells_match_the_half_life(log: EventLog) -> None:
 
 def test_rows_past_their_time_are_dropped_and_the_statistics_stay(log: EventLog) -> None:
     now = int(time.time() * 1000)
-    old = Exposure(
-        "exp", "cd" * 16, "x", None, '["a"]', "all", "personalized", None, None, now - 10_000_000, 60
-    )
-    log.store([old], [], {})
+    old = Exposure("exp", "cd" * 16, "x", None, '["a"]', "all", "personalized", None, None, now - 10_000_000)
+    log.store([old], [], {"exp": Rule(keep_s=60)})
     log.ch.command(f"OPTIMIZE TABLE `{log.ch.database}`.exposures FINAL")
     assert log.counts("exp")["exposures"] == 0
     assert log.totals("exp") == {('["a"]', "x"): Totals(1.0, 0.0)}
@@ -160,6 +158,6 @@ def test_rows_past_their_time_are_dropped_and_the_statistics_stay(log: EventLog)
 
 def test_a_stored_exposure_takes_less_than_60_bytes(log: EventLog) -> None:
     exposures, _, _ = _world(4, 20_000)
-    log.store(exposures, [], {"exp": None})
+    log.store(exposures, [], RULES)
     log.ch.command(f"OPTIMIZE TABLE `{log.ch.database}`.exposures FINAL")
     assert log.bytes_per_exposure() < 60

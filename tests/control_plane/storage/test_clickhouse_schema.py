@@ -13,7 +13,7 @@ from control_plane.storage.clickhouse_schema import DEDUP_WINDOW, TABLES, VIEWS,
 def _exposures(n: int) -> list[Exposure]:
     now = int(time.time() * 1000)
     return [
-        Exposure("exp", f"{i:032x}", "a", f"u{i}", '["m"]', "all", "personalized", 0.5, 1, now - i, 86_400)
+        Exposure("exp", f"{i:032x}", "a", f"u{i}", '["m"]', "all", "personalized", 0.5, 1, now - i)
         for i in range(n)
     ]
 
@@ -35,7 +35,7 @@ def test_every_table_has_a_deduplication_window(chdb: Chdb) -> None:
 def test_migrate_is_idempotent(chdb: Chdb) -> None:
     log = EventLog(chdb)
     log.migrate()
-    log.store(_exposures(3), [], {"exp": None})
+    log.store(_exposures(3), [], {})
     log.migrate()
     assert log.counts("exp")["exposures"] == 3
 
