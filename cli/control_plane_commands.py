@@ -174,6 +174,18 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.from_url(settings.database_url, settings.unit_salt)
     store.migrate()
+    sink, into = None, store.engine.url.render_as_string()
+    if settings.events_url:
+        from control_plane.events.clickhouse_sink import ClickHouseSink
+        from control_plane.storage.clickhouse import ClickHouseError, executor_for
+        from control_plane.storage.clickhouse_events import EventLog
+
+        try:
+            events = EventLog(executor_for(settings.events_url))
+            events.migrate()
+        except ClickHouseError as exc:
+            raise click.ClickException(str(exc)) from None
+        sink, into = ClickHouseSink(store, events), settings.events_url.split("@")[-1]
     consumer = Consumer(
         store,
         source,
@@ -182,11 +194,12 @@ def consume(  # noqa: PLR0917 - one parameter per click option
         visibility_timeout_s=visibility_timeout,
         idle_min_s=min(0.05, idle_max),
         idle_max_s=idle_max,
+        sink=sink,
     )
     stopping: list[int] = []
     # SIGTERM ends the current group properly (commit, then ack) instead of abandoning it mid-way.
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
-    click.echo(f"perch consume: {source!r} into {store.engine.url.render_as_string()}", err=True)
+    click.echo(f"perch consume: {source!r} into {into}", err=True)
     try:
         result = consumer.run(until_empty=until_empty, stop=lambda: bool(stopping))
     except QueueError as exc:

@@ -23,12 +23,18 @@ REPLAY_MEMORY_S = 900
 MAX_SIGNATURE_TOLERANCE_S = (REPLAY_MEMORY_S - 60) // 2
 
 
+_CLICKHOUSE_SCHEMES = ("chdb", "clickhouse", "clickhouses")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     admin_token: str
     edge_secret: str
     data_dir: Path = Path(".perch")
     database_url: str = ""  # default: SQLite under data_dir
+    # Where `perch consume` stores events instead (chdb:///path or clickhouse://host:8123/db); the
+    # experiments, snapshots and sessions stay in database_url, which transactions and locks need.
+    events_url: str = ""
     kv: str = "local"  # local | cloudflare
     cf_account_id: str = ""
     cf_namespace_id: str = ""
@@ -69,6 +75,16 @@ class Settings:
                 f"signature_tolerance_s={self.signature_tolerance_s}, must be in "
                 f"[1, {MAX_SIGNATURE_TOLERANCE_S}] (replays are recognised for {REPLAY_MEMORY_S} s)"
             )
+        if self.database_url.split(":", 1)[0] in _CLICKHOUSE_SCHEMES:
+            raise SettingsError(
+                f"PERCH_DATABASE_URL={self.database_url!r}: ClickHouse holds events only; set "
+                "PERCH_EVENTS_URL to it and keep PERCH_DATABASE_URL for the experiments "
+                "(SQLite or PostgreSQL)"
+            )
+        if self.events_url and self.events_url.split(":", 1)[0] not in _CLICKHOUSE_SCHEMES:
+            raise SettingsError(
+                f"PERCH_EVENTS_URL={self.events_url!r}, must be chdb:///path or clickhouse://user:pass@host:8123/db"
+            )
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'perch.db').resolve()}")
         if not self.unit_salt:
@@ -89,6 +105,7 @@ class Settings:
             edge_secret=env.get("PERCH_EDGE_SECRET", ""),
             data_dir=Path(env.get("PERCH_DATA_DIR") or ".perch"),
             database_url=env.get("PERCH_DATABASE_URL", ""),
+            events_url=env.get("PERCH_EVENTS_URL", ""),
             kv=env.get("PERCH_KV") or "local",
             cf_account_id=env.get("PERCH_CF_ACCOUNT_ID", ""),
             cf_namespace_id=env.get("PERCH_CF_KV_NAMESPACE_ID", ""),

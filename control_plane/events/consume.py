@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.events.group_commit import Batch, ReplayedBatch, ingest_group, ingest_merged
-from control_plane.events.ingest import verified_tokens
+from control_plane.events.ingest import IngestResult, verified_tokens
 from control_plane.events.queues import Message, MessageSource, QueueError
 from control_plane.storage.store import Store
 from core import EventError, MessageError, parse_batch, parse_message
@@ -83,6 +83,9 @@ class Consumer:
     report_every_s: float = 60.0
     # Learnt from the messages pulled; an edge message holds a few hundred events when busy.
     events_per_message: float = 100.0
+    # Where a group goes instead of the store's own tables (control_plane.events.clickhouse_sink);
+    # None: the store's database, one transaction per group.
+    sink: Callable[[list[Batch]], tuple[IngestResult, list[Batch]] | None] | None = None
 
     def _gather(self) -> tuple[list[Message], list[Batch], list[str]]:
         """Pull until the group holds ``max_events`` events or the queue has no more right now."""
@@ -131,15 +134,17 @@ class Consumer:
         done = list(useless)
         if batches:
             self.stats.groups += 1
-            merged = ingest_merged(self.store, batches)
+            merged = ingest_merged(self.store, batches) if self.sink is None else self.sink(batches)
             if merged is not None:
                 result, replayed = merged
                 self.stats.events.update(result.accepted)
                 self.stats.duplicates += result.duplicates
                 self.stats.replayed_messages += len(replayed)
                 done.extend(b.lease for b in batches if b.lease is not None)
-            else:
+            elif self.sink is None:
                 done.extend(self._one_by_one(batches))
+            else:
+                self.stats.failed_groups += 1  # not acknowledged: the messages come back after the lease
         if done:
             self.source.ack(done)
         return len(messages)

@@ -116,6 +116,7 @@ class Stored:
     exposures: int = 0
     outcomes: int = 0
     duplicates: int = 0
+    expired: int = 0  # older than their experiment's retention: skipped
     statuses: dict[str, int] = field(default_factory=dict)
 
 
@@ -133,10 +134,28 @@ class EventLog:
     # --- writing ------------------------------------------------------------------------------
 
     def store(
-        self, exposures: Sequence[Exposure], outcomes: Sequence[Outcome], rules: Mapping[str, Rule]
+        self,
+        exposures: Sequence[Exposure],
+        outcomes: Sequence[Outcome],
+        rules: Mapping[str, Rule],
+        now_ms: int,
     ) -> Stored:
-        """Store one group of events (see the module's rules); safe to call again with any of them."""
+        """Store one group of events (see the module's rules); safe to call again with any of them.
+
+        Events older than their experiment's retention (``Rule.keep_s``) are skipped and counted:
+        the TTL would drop their rows at once, and a redelivery could then not be recognised.
+        """
         out = Stored()
+        now_s = now_ms // 1000
+
+        def kept(e: Exposure | Outcome) -> bool:
+            if e.ts_ms // 1000 + rules.get(e.experiment, _DEFAULT).keep_s > now_s:
+                return True
+            out.expired += 1
+            return False
+
+        exposures = [e for e in exposures if kept(e)]
+        outcomes = [o for o in outcomes if kept(o)]
         known = self._stored_decisions({(e.experiment, e.decision_id) for e in exposures})
         fresh: dict[tuple[str, str], Exposure] = {}
         for e in exposures:

@@ -18,6 +18,7 @@ import functools
 import os
 import secrets
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, MetaData, create_engine, make_url, text
 
+from control_plane.storage.clickhouse import Chdb
 from control_plane.storage.migrate import migrate
 from control_plane.storage.store import Store
 from tests.factories import UNIT_KEY
@@ -179,3 +181,16 @@ def store(db_url: str) -> Iterator[Store]:
     s = Store.from_url(db_url, UNIT_KEY)
     yield s
     s.engine.dispose()
+
+
+# chDB for the ClickHouse tests: one data path per test process (chDB serves one), one database per test.
+_PATH: list[Path] = []
+
+
+@pytest.fixture
+def chdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chdb]:
+    if not _PATH:
+        _PATH.append(tmp_path_factory.mktemp("chdb"))
+    ch = Chdb(str(_PATH[0]), database=f"t_{uuid.uuid4().hex}")
+    yield ch
+    ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")

@@ -17,6 +17,8 @@ def test_environment_is_read_with_embedded_defaults(tmp_path: Path) -> None:
     assert settings.database_url == f"sqlite:///{(tmp_path / 'perch.db').resolve()}"
     assert (settings.kv, settings.publish_interval_s) == ("local", 5.0)
     assert settings.unit_salt and settings.unit_salt != SECRET  # derived, never the secret itself
+    assert settings.events_url == ""  # events in the database unless ClickHouse is named
+    assert Settings.from_env({**ENV, "PERCH_EVENTS_URL": "chdb:///x"}).events_url == "chdb:///x"
 
 
 @pytest.mark.parametrize(
@@ -30,6 +32,14 @@ def test_environment_is_read_with_embedded_defaults(tmp_path: Path) -> None:
             "PERCH_PUBLISH_INTERVAL_S=0.5, must be >= 1 (KV: 1 write/s/key)",
         ),
         ({**ENV, "PERCH_PUBLISH_INTERVAL_S": "soon"}, "PERCH_PUBLISH_INTERVAL_S='soon', must be a number"),
+        (
+            {**ENV, "PERCH_DATABASE_URL": "chdb:///var/perch"},
+            "PERCH_DATABASE_URL='chdb:///var/perch': ClickHouse holds events only; set PERCH_EVENTS_URL",
+        ),
+        (
+            {**ENV, "PERCH_EVENTS_URL": "postgresql://h/db"},
+            "PERCH_EVENTS_URL='postgresql://h/db', must be chdb:///path or clickhouse://",
+        ),
     ],
 )
 def test_bad_settings_say_what_is_expected(env: dict[str, str], message: str) -> None:

@@ -27,14 +27,14 @@ SECRET = "edge-secret-0123456789"
 CONTEXTS = [{"device": d, "source": s} for d in ("mobile", "desktop") for s in ("ad", "search")]
 
 
-def traffic(n: int, seed: int, first: int = 1) -> list[dict[str, Any]]:
+def traffic(n: int, seed: int, first: int = 1, now: int = NOW) -> list[dict[str, Any]]:
     """Exposures as the edge logs them; a third convert, half of those by a tokened beacon."""
     rng = random.Random(seed)
     events: list[dict[str, Any]] = []
     for i in range(first, first + n):
         decision_id, arm, ctx = f"{i:032x}", rng.choice("abc"), rng.choice(CONTEXTS)
         reason = "holdout" if rng.random() < 0.1 else "personalized"
-        ts = NOW - rng.randrange(0, 3_600_000)
+        ts = now - rng.randrange(0, 3_600_000)
         events.append(
             {
                 "type": "exposure",

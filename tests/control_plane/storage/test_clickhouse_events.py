@@ -54,7 +54,7 @@ def _world(seed: int, decisions: int) -> tuple[list[Exposure], list[Outcome], di
 
 def test_store_counts_each_decision_once_and_reads_the_cells(log: EventLog) -> None:
     exposures, outcomes, expected = _world(1, 600)
-    stored = log.store(exposures, outcomes, RULES)
+    stored = log.store(exposures, outcomes, RULES, int(time.time() * 1000))
     assert stored.exposures == 600 and stored.duplicates == 0
     assert stored.statuses["extra"] > 0 and stored.statuses["late"] > 0  # the world has both
     assert log.totals("exp") == expected
@@ -72,16 +72,19 @@ def test_an_outcome_before_its_exposure_waits_and_a_later_one_is_joined(log: Eve
     now = int(time.time() * 1000)
     decision = "ab" * 16
     first = Outcome("exp", decision, "o1", 1.0, "u", now)
-    assert log.store([], [first], RULES).statuses == {"pending": 1}
+    assert log.store([], [first], RULES, int(time.time() * 1000)).statuses == {"pending": 1}
     exposure = Exposure("exp", decision, "x", "u", '["a"]', "all", "personalized", 0.5, 1, now - 5_000)
     second = Outcome("exp", decision, "o2", 1.0, "u", now + 1)
     # The waiting outcome is credited (the decision's one success); the second is an extra.
-    assert log.store([exposure], [second], RULES).statuses == {"joined": 1, "extra": 1}
+    assert log.store([exposure], [second], RULES, int(time.time() * 1000)).statuses == {
+        "joined": 1,
+        "extra": 1,
+    }
     assert log.totals("exp") == {('["a"]', "x"): Totals(1.0, 1.0)}
     assert log.recompute("exp") == log.totals("exp")
     assert log.counts("exp") == {"exposures": 1, "outcomes_joined": 1, "outcomes_extra": 1}
     # Stored again (a redelivery), nothing changes.
-    assert log.store([exposure], [first, second], RULES).duplicates == 3
+    assert log.store([exposure], [first, second], RULES, int(time.time() * 1000)).duplicates == 3
     assert log.totals("exp") == {('["a"]', "x"): Totals(1.0, 1.0)}
 
 
@@ -120,13 +123,13 @@ def test_redelivery_and_a_consumer_killed_mid_group_count_every_event_once(
 
             monkeypatch.setattr(log.ch, "insert", dies_after_first)
             with pytest.raises(ClickHouseError):
-                log.store(xs, os_, RULES)
+                log.store(xs, os_, RULES, int(time.time() * 1000))
             monkeypatch.setattr(log.ch, "insert", real_insert)
             killed += 1
             deliveries.extend(group)  # not acknowledged: the messages come back
             rng.shuffle(deliveries)
             continue
-        log.store(xs, os_, RULES)
+        log.store(xs, os_, RULES, int(time.time() * 1000))
     assert killed > 0
     assert log.counts("exp")["exposures"] == len(exposures)
     assert log.totals("exp") == expected
@@ -141,7 +144,9 @@ def test_decayed_cells_match_the_half_life(log: EventLog) -> None:
         for i, age in enumerate(ages_ms)
     ]
     outcomes = [Outcome("exp", exposures[1].decision_id, "o", 1.0, None, now)]
-    log.store(exposures, outcomes, {"exp": Rule(half_life_s=1800.0, window_ms=WINDOW_MS)})
+    log.store(
+        exposures, outcomes, {"exp": Rule(half_life_s=1800.0, window_ms=WINDOW_MS)}, int(time.time() * 1000)
+    )
     ((_arm, cell),) = log.cells("exp", 1800.0, now)[("a",)].items()
     assert cell.exposures == pytest.approx(sum(2.0 ** (-age / 1_800_000) for age in ages_ms), rel=1e-9)
     assert cell.reward == pytest.approx(2.0 ** (-600_000 / 1_800_000), rel=1e-9)
@@ -150,7 +155,8 @@ def test_decayed_cells_match_the_half_life(log: EventLog) -> None:
 def test_rows_past_their_time_are_dropped_and_the_statistics_stay(log: EventLog) -> None:
     now = int(time.time() * 1000)
     old = Exposure("exp", "cd" * 16, "x", None, '["a"]', "all", "personalized", None, None, now - 10_000_000)
-    log.store([old], [], {"exp": Rule(keep_s=60)})
+    # Stored when it was young enough (an hour ago, by the store's clock); ClickHouse's TTL runs on its own.
+    assert log.store([old], [], {"exp": Rule(keep_s=7_000)}, now - 3_600_000).exposures == 1
     log.ch.command(f"OPTIMIZE TABLE `{log.ch.database}`.exposures FINAL")
     assert log.counts("exp")["exposures"] == 0
     assert log.totals("exp") == {('["a"]', "x"): Totals(1.0, 0.0)}
@@ -158,6 +164,15 @@ def test_rows_past_their_time_are_dropped_and_the_statistics_stay(log: EventLog)
 
 def test_a_stored_exposure_takes_less_than_60_bytes(log: EventLog) -> None:
     exposures, _, _ = _world(4, 20_000)
-    log.store(exposures, [], RULES)
+    log.store(exposures, [], RULES, int(time.time() * 1000))
     log.ch.command(f"OPTIMIZE TABLE `{log.ch.database}`.exposures FINAL")
     assert log.bytes_per_exposure() < 60
+
+
+def test_events_older_than_their_retention_are_skipped_and_counted(log: EventLog) -> None:
+    now = int(time.time() * 1000)
+    old = Exposure("exp", "ef" * 16, "x", None, '["a"]', "all", "personalized", None, None, now - 120_000)
+    late = Outcome("exp", "ef" * 16, "o", 1.0, None, now - 61_000)
+    stored = log.store([old], [late], {"exp": Rule(keep_s=60)}, now)
+    assert (stored.exposures, stored.outcomes, stored.expired) == (0, 0, 2)
+    assert log.totals("exp") == {}

@@ -35,7 +35,7 @@ def test_every_table_has_a_deduplication_window(chdb: Chdb) -> None:
 def test_migrate_is_idempotent(chdb: Chdb) -> None:
     log = EventLog(chdb)
     log.migrate()
-    log.store(_exposures(3), [], {})
+    log.store(_exposures(3), [], {}, int(time.time() * 1000))
     log.migrate()
     assert log.counts("exp")["exposures"] == 3
 

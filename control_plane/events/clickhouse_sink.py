@@ -1,0 +1,140 @@
+"""``perch consume --events-url chdb:///path``: a consumer group's events into ClickHouse.
+
+The experiments (their features, reward rules and half-lives) stay in the control plane's
+database; the events go to :class:`~control_plane.storage.clickhouse_events.EventLog`, which makes
+them exact under redelivery without a transaction. What this module adds is the translation the
+SQL path does in control_plane.events.ingest: an exposure's cell from its context, an outcome's
+reward from the experiment's rule, a verified token's cell.
+
+Not stored on ClickHouse: identity stitches (skipped and counted; erasure across stitched ids
+needs the SQL store), and propensities the edge left null (contextual decisions; the SQL path
+computes them, control_plane.propensity).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.events.group_commit import Batch
+from control_plane.events.tally import IngestResult, Paths, path_of
+from control_plane.experiments import ExperimentSpec
+from control_plane.storage.clickhouse_events import EventLog, Exposure, Outcome, Rule
+from control_plane.storage.store import Store
+from core import DecisionToken
+
+__all__ = ["ClickHouseSink"]
+
+log = logging.getLogger("perch.consume")
+
+# Rows are kept this long after the reward window, for evaluation and the report (then the TTL drops them).
+EVALUATION_HORIZON_S = 90 * 86_400
+
+
+@dataclass
+class ClickHouseSink:
+    """Stores a group of batches; returns what :func:`~control_plane.events.group_commit.ingest_merged` does
+    (None: nothing acknowledged, the group comes back)."""
+
+    store: Store
+    events: EventLog
+    horizon_s: int = EVALUATION_HORIZON_S
+    skipped_stitches: int = 0
+    expired: int = 0
+
+    def __call__(self, batches: list[Batch]) -> tuple[IngestResult, list[Batch]] | None:
+        try:
+            return self._store(batches), []
+        except Exception:
+            # Nothing acknowledged: the messages come back after their lease, and every row already
+            # stored is skipped then (control_plane.storage.clickhouse_events).
+            log.warning("a group could not be stored in ClickHouse; left for redelivery", exc_info=True)
+            return None
+
+    def _store(self, batches: list[Batch]) -> IngestResult:
+        events = [e for b in batches for e in b.events]
+        tokens: dict[str, DecisionToken] = {i: t for b in batches for i, t in (b.tokens or {}).items()}
+        now = max((b.now_ms for b in batches), default=0)
+        specs = self._specs_of({e["experiment"] for e in events if "experiment" in e})
+        paths = Paths(specs)
+        exposures, outcomes = [], []
+        for e in events:
+            kind = e["type"]
+            if kind == "exposure":
+                exposures.append(_exposure(e, self.store, paths, now))
+            elif kind == "outcome":
+                outcomes.append(_outcome(e, self.store, specs, tokens.get(e["id"]), now))
+            else:
+                self.skipped_stitches += 1
+        rules = {key: _rule(spec, self.horizon_s) for key, spec in specs.items()}
+        stored = self.events.store(exposures, outcomes, rules, now)
+        self.expired += stored.expired
+        result = IngestResult(duplicates=stored.duplicates)
+        result.accepted["exposure"], result.accepted["outcome"] = stored.exposures, stored.outcomes
+        result.joined = stored.statuses.get("joined", 0) + stored.statuses.get("extra", 0)
+        result.late, result.pending = stored.statuses.get("late", 0), stored.statuses.get("pending", 0)
+        return result
+
+    def _specs_of(self, keys: set[str]) -> dict[str, ExperimentSpec]:
+        out = {}
+        for key in keys:
+            record = self.store.get_experiment(key)
+            if record is not None:
+                out[key] = record.spec
+        return out
+
+
+def _rule(spec: ExperimentSpec, horizon_s: int) -> Rule:
+    return Rule(
+        half_life_s=spec.half_life_s,
+        window_ms=spec.reward.window_s * 1000,
+        binary=spec.reward.kind == "binary",
+        keep_s=spec.reward.window_s + horizon_s,
+    )
+
+
+def _exposure(e: dict[str, Any], store: Store, paths: Paths, now_ms: int) -> Exposure:
+    return Exposure(
+        experiment=e["experiment"],
+        decision_id=e["decision_id"],
+        arm=e["arm"],
+        unit_hash=store.hash_unit(e.get("unit")),
+        path=paths.of(e["experiment"], e.get("context", {})),
+        segment=e.get("segment"),
+        reason=e["reason"],
+        propensity=None if e.get("propensity") is None else float(e["propensity"]),
+        snapshot_version=e.get("snapshot_version"),
+        # As received, at the latest (as the SQL path: a skewed clock must not weigh more).
+        ts_ms=min(e["ts"], now_ms),
+    )
+
+
+def _outcome(
+    e: dict[str, Any],
+    store: Store,
+    specs: Mapping[str, ExperimentSpec],
+    token: DecisionToken | None,
+    now_ms: int,
+) -> Outcome:
+    spec = specs.get(e["experiment"])
+    value = float(e["value"])
+    if spec is None or spec.reward.kind == "binary":
+        reward = 1.0 if value > 0 else 0.0
+    else:
+        reward = min(max(value / spec.reward.max_value, 0.0), 1.0)
+    cell = None
+    if token is not None and spec is not None and token.decision_id == e["decision_id"]:
+        path = json.dumps(path_of(spec, token.cell))
+        cell = (path, token.arm, min(token.ts_ms, now_ms), token.reason)
+    return Outcome(
+        experiment=e["experiment"],
+        decision_id=e["decision_id"],
+        event_id=e["id"],
+        value=reward,
+        unit_hash=store.hash_unit(e.get("unit")),
+        ts_ms=e["ts"],
+        cell=cell,
+    )

@@ -1,0 +1,146 @@
+"""`perch consume` into ClickHouse (chDB): exactly once whatever the queue and the consumer do."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from control_plane.events.clickhouse_sink import ClickHouseSink
+from control_plane.events.consume import Consumer
+from control_plane.events.queues import DirectoryQueue
+from control_plane.storage.clickhouse import Chdb
+from control_plane.storage.clickhouse_events import EventLog
+from control_plane.storage.store import Store
+from tests.control_plane.events.test_consume import SECRET, enqueue, expected_cells, traffic
+from tests.factories import NOW, UNIT_KEY, spec
+from tests.procs import start_perch
+
+
+@pytest.fixture
+def hero(store: Store) -> Store:
+    store.create_experiment(spec(), NOW)
+    return store
+
+
+def _now() -> int:
+    # ClickHouse's TTL runs on the real clock, not the tests' fixed one: events of today.
+    return int(time.time() * 1000)
+
+
+def _sums(log: EventLog) -> dict[tuple[str, str], tuple[float, float]]:
+    return {key: (t.exposures, t.reward) for key, t in log.totals("hero").items()}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_queue_with_redeliveries_is_stored_once_in_clickhouse(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    log = EventLog(chdb)
+    log.migrate()
+    queue = DirectoryQueue(tmp_path / "q")
+    events = traffic(1500, seed=3, now=_now())
+    sent = enqueue(queue, events, per_message=25)
+    rng = random.Random(4)
+    queue.send_batch([m for m in sent if rng.random() < 0.1])  # 10 % redelivered
+    sink = ClickHouseSink(hero, log)
+    stats = Consumer(
+        hero, queue, SECRET, now_ms=lambda: _now() + 60_000, sleep=lambda s: None, sink=sink, max_events=300
+    ).run(until_empty=True)
+    assert queue.depth().total == 0
+    assert stats.duplicates > 0 and stats.failed_groups == 0
+    assert log.counts("hero") == {
+        "exposures": sum(e["type"] == "exposure" for e in events),
+        "outcomes_joined": sum(e["type"] == "outcome" for e in events),
+    }
+    assert _sums(log) == expected_cells(events)
+    assert log.recompute("hero") == log.totals("hero")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_group_clickhouse_refuses_is_left_for_redelivery(
+    hero: Store, chdb: Chdb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = EventLog(chdb)
+    log.migrate()
+    queue = DirectoryQueue(tmp_path / "q")
+    sent = enqueue(queue, traffic(50, seed=5, now=_now()), per_message=25)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("ClickHouse is down")
+
+    monkeypatch.setattr(log.ch, "insert", down)
+    stats = Consumer(hero, queue, SECRET, sleep=lambda s: None, sink=ClickHouseSink(hero, log)).run(
+        until_empty=True
+    )
+    assert stats.failed_groups == 1 and stats.accepted == 0
+    assert queue.depth().leased == len(sent)  # unacknowledged: back after the lease
+    assert log.counts("hero") == {"exposures": 0}
+
+
+_READ = """
+import json, sys
+from control_plane.storage.clickhouse import executor_for
+from control_plane.storage.clickhouse_events import EventLog
+log = EventLog(executor_for(sys.argv[1]))
+def rows(sums):
+    return sorted([*k, t.exposures, t.reward] for k, t in sums.items())
+print(json.dumps({"counts": log.counts("hero"), "totals": rows(log.totals("hero")),
+                  "recompute": rows(log.recompute("hero"))}))
+"""
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_consumer_killed_mid_group_then_drained_counts_every_event_once(
+    hero: Store, db_url: str, tmp_path: Path
+) -> None:
+    """kill -9 while groups are being stored (10 % of messages delivered twice); a second consumer
+    drains the rest. chDB serves one process per data path, so the consumers take turns."""
+    queue = DirectoryQueue(tmp_path / "q")
+    events = traffic(6000, seed=7, now=_now())
+    sent = enqueue(queue, events, per_message=20)
+    rng = random.Random(8)
+    queue.send_batch([m for m in sent if rng.random() < 0.1])
+    total = queue.depth().total
+    events_url = f"chdb://{tmp_path / 'ch'}"
+    env = {
+        "PERCH_DATABASE_URL": db_url,
+        "PERCH_EVENTS_URL": events_url,
+        "PERCH_EDGE_SECRET": SECRET,
+        "PERCH_ADMIN_TOKEN": "admin-token-0123456789",
+        "PERCH_UNIT_SALT": UNIT_KEY,
+        "PERCH_DATA_DIR": str(tmp_path / "data"),
+    }
+    args = ["consume", "--queue-dir", str(queue.path), "--max-events", "400", "--visibility-timeout", "2"]
+    victim = start_perch(args, env, tmp_path / "a.log")
+    deadline = time.monotonic() + 120
+    while queue.depth().total > total * 0.7:  # some groups stored and acknowledged
+        assert victim.poll() is None, (tmp_path / "a.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert queue.depth().total > 0, "the victim should die with work left"
+    time.sleep(2.1)  # its leases expire
+    last = start_perch([*args, "--until-empty"], env, tmp_path / "b.log")
+    assert last.wait(timeout=180) == 0, (tmp_path / "b.log").read_text()
+    assert queue.depth().total == 0
+    read = subprocess.run(
+        [sys.executable, "-c", _READ, events_url], capture_output=True, text=True, check=True, timeout=120
+    )
+    got = json.loads(read.stdout)
+    assert got["counts"] == {
+        "exposures": sum(e["type"] == "exposure" for e in events),
+        "outcomes_joined": sum(e["type"] == "outcome" for e in events),
+    }
+    expected = sorted([*k, n, r] for k, (n, r) in expected_cells(events).items())
+    assert got["totals"] == expected
+    assert got["recompute"] == expected
