@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import bench_consume
+from benchmarks import bench_clickhouse, bench_consume
 from benchmarks.report_core import core_section
 from benchmarks.report_format import HEAD, HEAD_LABEL, core_index, median_us, ms, num, p, ratio, table
 from benchmarks.report_learning import learner_section, learning_section, learning_verdicts
@@ -26,6 +26,7 @@ _RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "learning": learning_section,
     "ingest": ingest_section,
     "consume": bench_consume.section,
+    "clickhouse": bench_clickhouse.section,
     "http": http_section,
 }
 
@@ -154,6 +155,13 @@ def _consume_rows(consume: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _clickhouse_rows(data: dict[str, Any]) -> list[Row]:
+    return [
+        (figure, value, target, "met" if met else "**missed**")
+        for figure, value, target, met in bench_clickhouse.verdicts(data)
+    ]
+
+
 def _http_rows(http: dict[str, Any]) -> list[Row]:
     return [
         (
@@ -175,6 +183,7 @@ _HEADLINE_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "learning": learning_verdicts,
     "ingest": _ingest_rows,
     "consume": _consume_rows,
+    "clickhouse": _clickhouse_rows,
     "http": _http_rows,
 }
 

@@ -33,7 +33,7 @@ from benchmarks import report
 from benchmarks.common import ROOT, Stopwatch, load_average, machine
 from benchmarks.shapes import SEED
 
-SECTIONS = ("core", "pyodide", "learner", "learning", "ingest", "consume", "http")
+SECTIONS = ("core", "pyodide", "learner", "learning", "ingest", "consume", "clickhouse", "http")
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
 
 
@@ -48,6 +48,7 @@ class Plan:
     learning: dict[str, Any] = field(default_factory=dict)
     ingest: dict[str, Any] = field(default_factory=dict)
     consume: dict[str, Any] = field(default_factory=dict)
+    clickhouse: dict[str, Any] = field(default_factory=dict)
     http: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +68,7 @@ QUICK = Plan(
     learning={"visitors": 4_000, "seeds": (1,)},
     ingest={"duration_s": 0.5, "loads": ((1, 2), (1, 8), (50, 2))},
     consume={"events": 5_000, "consumers": (1, 2)},
+    clickhouse={"exposures": 10**5, "repeats": 3},
     http={"concurrency": (1, 4), "requests": 100, "seconds": 3.0, "warmup": 20},
 )
 # What `pytest benchmarks --benchmark-disable` (make test) runs, so no section can rot unnoticed.
@@ -91,7 +93,8 @@ SMOKE = Plan(
         "processes": 1,
     },
     ingest={"duration_s": 0.3, "loads": ((1, 2), (1, 8), (50, 2)), "backends": ("sqlite",)},
-    consume={"events": 2_000, "consumers": (1,), "backends": ("sqlite",)},
+    consume={"events": 2_000, "consumers": (1,), "backends": ("sqlite", "chdb")},
+    clickhouse={"exposures": 10**4, "repeats": 1},
     http={"concurrency": (2,), "requests": 40, "seconds": 3.0, "warmup": 10},
 )
 
@@ -138,6 +141,7 @@ def run_core(plan: Plan) -> dict[str, Any]:
 
 def _sections(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
     from benchmarks import (
+        bench_clickhouse,
         bench_consume,
         bench_http,
         bench_ingest,
@@ -153,6 +157,7 @@ def _sections(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
         "learning": lambda: bench_learning.run(**plan.learning),
         "ingest": lambda: bench_ingest.run(**plan.ingest),
         "consume": lambda: bench_consume.run(**plan.consume),
+        "clickhouse": lambda: bench_clickhouse.run(**plan.clickhouse),
         "http": lambda: bench_http.run(**plan.http),
     }
 

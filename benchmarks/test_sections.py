@@ -84,3 +84,15 @@ def test_consume_section_drains_a_queue_exactly_and_renders() -> None:
     text = report.render(results)
     assert "## 5b. Ingestion through `perch consume`" in text
     assert "`perch consume` into sqlite, local queue" in text
+
+
+def test_clickhouse_sections_store_exactly_and_render() -> None:
+    results = _execute("consume", "clickhouse")
+    (drain,) = results["sections"]["consume"]["backends"]["chdb"]
+    assert drain["exact"] and drain["stored"] == drain["events"] >= 2_000
+    store = results["sections"]["clickhouse"]
+    assert store["cells"] == 500 and 0 < store["bytes_per_exposure"] < 1_000
+    text = report.render(results)
+    assert "`perch consume` into chdb, local queue" in text
+    assert "## 5c. ClickHouse event store (chDB)" in text
+    assert "learner's cell read over 10,000 exposures" in text
