@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,33 @@ def db_upgrade() -> None:
     click.echo("database is at the latest schema", file=sys.stderr)
 
 
+def _publisher(settings: Any, store: Any) -> Callable[[bool], None]:
+    """Every publish interval, and when the consumer stops (--until-empty), one publish cycle."""
+    import time
+
+    from control_plane.learning.publish import Gate, publish_all
+    from control_plane.main import kv_publisher
+    from control_plane.metrics import Metrics
+
+    kv, metrics = kv_publisher(settings), Metrics()
+    last = [time.monotonic()]
+
+    def cycle(final: bool) -> None:
+        if time.monotonic() - last[0] < settings.publish_interval_s and not final:
+            return
+        last[0] = time.monotonic()
+        publish_all(
+            store,
+            kv,
+            metrics,
+            now_ms=lambda: int(time.time() * 1000),
+            draws=settings.learner_draws,
+            gate=Gate(tolerance=settings.promotion_tolerance),
+        )
+
+    return cycle
+
+
 @click.command("consume")
 @click.option(
     "--queue-dir",
@@ -147,6 +175,12 @@ def db_upgrade() -> None:
     help="Longest pause between polls of an empty queue (the pause doubles from 50 ms up to it).",
 )
 @click.option("--until-empty", is_flag=True, help="Stop once the queue is empty (backfills, tests).")
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Also learn and publish every PERCH_PUBLISH_INTERVAL_S from this process (and once on exit with "
+    "--until-empty): what chDB needs, which serves one process per data path.",
+)
 def consume(  # noqa: PLR0917 - one parameter per click option
     queue_dir: Path | None,
     cloudflare_queue: str | None,
@@ -154,6 +188,7 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     visibility_timeout: float,
     idle_max: float,
     until_empty: bool,
+    publish: bool,
 ) -> None:
     """Store the edge's event batches from a queue (settings from PERCH_* variables).
 
@@ -186,6 +221,7 @@ def consume(  # noqa: PLR0917 - one parameter per click option
         except ClickHouseError as exc:
             raise click.ClickException(str(exc)) from None
         sink, into = ClickHouseSink(store, events), settings.events_url.split("@")[-1]
+        store.events = events
     consumer = Consumer(
         store,
         source,
@@ -195,6 +231,7 @@ def consume(  # noqa: PLR0917 - one parameter per click option
         idle_min_s=min(0.05, idle_max),
         idle_max_s=idle_max,
         sink=sink,
+        between=_publisher(settings, store) if publish else None,
     )
     stopping: list[int] = []
     # SIGTERM ends the current group properly (commit, then ack) instead of abandoning it mid-way.

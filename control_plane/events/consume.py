@@ -86,6 +86,9 @@ class Consumer:
     # Where a group goes instead of the store's own tables (control_plane.events.clickhouse_sink);
     # None: the store's database, one transaction per group.
     sink: Callable[[list[Batch]], tuple[IngestResult, list[Batch]] | None] | None = None
+    # Called between groups (``perch consume --publish``: learn and publish from this process, which
+    # chDB needs, since it serves one process per data path).
+    between: Callable[[bool], None] | None = None  # its argument: the consumer is about to stop
 
     def _gather(self) -> tuple[list[Message], list[Batch], list[str]]:
         """Pull until the group holds ``max_events`` events or the queue has no more right now."""
@@ -173,6 +176,8 @@ class Consumer:
         idle = self.idle_min_s
         reported = time.monotonic()
         while not stop():
+            if self.between is not None:
+                self.between(False)
             if time.monotonic() - reported >= self.report_every_s:
                 # A long-running consumer's progress, for its log (the final counts go to stdout).
                 log.info("consumed so far: %s", self.stats.to_dict())
@@ -188,6 +193,8 @@ class Consumer:
                 idle = self.idle_min_s
                 continue
             if until_empty:
+                if self.between is not None:
+                    self.between(True)
                 break
             self.sleep(idle)
             idle = min(idle * 2, self.idle_max_s)

@@ -351,6 +351,27 @@ class EventLog:
             out.setdefault(tuple(json.loads(path)), {})[arm] = CellStats(kept, min(max(r, 0.0), kept))
         return out
 
+    def units_per_path(self, experiment: str) -> dict[tuple[str, ...], int]:
+        """Distinct (hashed) visitors per feature path among personalized exposures (as the SQL store)."""
+        rows = self.ch.rows(
+            f"SELECT path, uniqExact(unit_hash) FROM {self.layout.table('exposures')} "
+            "WHERE experiment = {e:String} AND reason = 'personalized' AND unit_hash != '' GROUP BY path",
+            {"e": experiment},
+        )
+        return {tuple(json.loads(path)): int(n) for path, n in rows}
+
+    def data_mark(self, experiment: str) -> int:
+        """Changes whenever the experiment's cells do (the publisher's digest): nothing here ever
+        subtracts, so the raw sums only grow; merges leave them as they are."""
+        ((n, r, hours),) = self.ch.rows(
+            f"SELECT sum(exposures), sum(reward), max(hour_ms) FROM {self.layout.table('stat_deltas')} "
+            "WHERE experiment = {e:String}",
+            {"e": experiment},
+        )
+        # Rounded: a merge may add the same numbers in another order.
+        digest = hashlib.sha256(f"{float(n or 0.0):.6f}:{float(r or 0.0):.6f}:{int(hours or 0)}".encode())
+        return int.from_bytes(digest.digest()[:7], "big")
+
     def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
         """Raw sums per (path, arm) from the deltas."""
         rows = self.ch.rows(

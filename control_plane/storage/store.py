@@ -12,7 +12,7 @@ import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +32,9 @@ from control_plane.storage.schema import (
 from control_plane.storage.snapshots import SnapshotMeta, SnapshotStore, publish_lock_key
 from control_plane.storage.stats import CellStats
 from core import PerchError
+
+if TYPE_CHECKING:
+    from control_plane.storage.clickhouse_events import EventLog
 
 __all__ = ["Conflict", "ExperimentRecord", "NotFound", "SnapshotMeta", "Store", "publish_lock_key"]
 
@@ -70,9 +73,11 @@ class Store(SnapshotStore):
     """Experiments, their statistics and sessions here; snapshots in SnapshotStore; the engine and
     its write transactions in Database."""
 
-    def __init__(self, engine: Engine, unit_key: str) -> None:
+    def __init__(self, engine: Engine, unit_key: str, events: EventLog | None = None) -> None:
         super().__init__(engine)
         self.unit_key = unit_key.encode()
+        # With ClickHouse holding the events (PERCH_EVENTS_URL), the learner's cells come from there.
+        self.events = events
         # Ingestion's per-batch shortcuts: specs parsed once per (key, version), and
         # expired replay signatures purged once a minute rather than on every batch.
         self.parsed_specs: dict[str, tuple[int, ExperimentSpec]] = {}
@@ -84,8 +89,8 @@ class Store(SnapshotStore):
         self.propensities = PropensityCache(size=32_768)
 
     @classmethod
-    def from_url(cls, url: str, unit_key: str) -> Store:
-        return cls(engine_for(url), unit_key)
+    def from_url(cls, url: str, unit_key: str, events: EventLog | None = None) -> Store:
+        return cls(engine_for(url), unit_key, events)
 
     def hash_unit(self, unit: str | None) -> str | None:
         """Units are stored keyed, never raw (a salted HMAC, 128 bits)."""
@@ -255,11 +260,15 @@ class Store(SnapshotStore):
 
     def cells(self, spec: ExperimentSpec, now_ms: int) -> dict[tuple[str, ...], dict[str, CellStats]]:
         """The learner's input: every (path, arm) cell, decayed to ``now_ms`` (see ``stats.cells``)."""
+        if self.events is not None:
+            return self.events.cells(spec.key, spec.half_life_s, now_ms)
         with self.engine.connect() as conn:
             return stats.cells(conn, spec.key, spec.half_life_s, now_ms)
 
     def data_mark(self, experiment: str) -> int:
         """Changes whenever the experiment's statistics do (the publisher's digest)."""
+        if self.events is not None:
+            return self.events.data_mark(experiment)
         with self.engine.connect() as conn:
             return stats.data_mark(conn, experiment)
 
@@ -301,6 +310,8 @@ class Store(SnapshotStore):
 
     def units_per_path(self, experiment: str) -> dict[tuple[str, ...], int]:
         """Distinct (hashed) visitors per full feature path among personalized exposures."""
+        if self.events is not None:
+            return self.events.units_per_path(experiment)
         query = (
             select(exposures.c.path, func.count(func.distinct(exposures.c.unit_hash)))
             .where(

@@ -130,9 +130,12 @@ def test_a_consumer_killed_mid_group_then_drained_counts_every_event_once(
     victim.wait()
     assert queue.depth().total > 0, "the victim should die with work left"
     time.sleep(2.1)  # its leases expire
-    last = start_perch([*args, "--until-empty"], env, tmp_path / "b.log")
+    assert hero.latest_snapshot("hero") is None
+    # The last one also learns and publishes as it stops (chDB: from the process that holds it).
+    last = start_perch([*args, "--until-empty", "--publish"], env, tmp_path / "b.log")
     assert last.wait(timeout=180) == 0, (tmp_path / "b.log").read_text()
     assert queue.depth().total == 0
+    assert hero.latest_snapshot("hero") is not None, (tmp_path / "b.log").read_text()
     read = subprocess.run(
         [sys.executable, "-c", _READ, events_url], capture_output=True, text=True, check=True, timeout=120
     )
@@ -144,3 +147,45 @@ def test_a_consumer_killed_mid_group_then_drained_counts_every_event_once(
     expected = sorted([*k, n, r] for k, (n, r) in expected_cells(events).items())
     assert got["totals"] == expected
     assert got["recompute"] == expected
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_learner_reads_its_cells_and_visitors_from_clickhouse(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    from control_plane.distribution.kv_publishers import LocalKVPublisher
+    from control_plane.learning.publish import publish_experiment
+    from control_plane.metrics import Metrics
+    from core import LocalKV
+
+    log = EventLog(chdb)
+    log.migrate()
+    hero.events = log
+    kv = LocalKVPublisher(LocalKV(tmp_path / "kv"))
+    record = hero.get_experiment("hero")
+    assert record is not None
+
+    def publish() -> str:
+        result = publish_experiment(
+            hero, kv, record, Metrics(), now_ms=_now, force=False, sleep=lambda _: None
+        )
+        latest = hero.latest_snapshot("hero")
+        assert latest is not None
+        return f"{result.published}:{latest.digest}"
+
+    empty = publish()
+    assert publish() == empty.replace("True", "False")  # nothing new: nothing published
+    events = traffic(600, seed=9, now=_now())
+    queue = DirectoryQueue(tmp_path / "q")
+    enqueue(queue, events)
+    Consumer(hero, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=ClickHouseSink(hero, log)).run(
+        until_empty=True
+    )
+    assert hero.cells(record.spec, _now()) == log.cells("hero", record.spec.half_life_s, _now())
+    units: dict[tuple[str, ...], set[str]] = {}
+    for e in events:
+        if e["type"] == "exposure" and e["reason"] == "personalized":
+            units.setdefault((e["context"]["device"], e["context"]["source"]), set()).add(e["unit"])
+    assert hero.units_per_path("hero") == {k: len(v) for k, v in units.items()}
+    after = publish()
+    assert after.startswith("True") and after != empty
