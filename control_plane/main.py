@@ -32,4 +32,19 @@ def app_from_env(env: Mapping[str, str]) -> Starlette:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.from_url(settings.database_url, settings.unit_salt)
     store.migrate()
-    return create_app(settings, store, kv_publisher(settings))
+    schedule = True
+    if settings.events_url.startswith("clickhouse"):
+        from control_plane.storage.clickhouse import executor_for
+        from control_plane.storage.clickhouse_events import EventLog
+
+        store.events = EventLog(executor_for(settings.events_url))
+        store.events.migrate()
+    elif settings.events_url:
+        # chDB serves one process per data path, and `perch consume` holds it: that process learns
+        # and publishes (`perch consume --publish`); this one serves the API and the dashboard.
+        schedule = False
+        store.events_elsewhere = (
+            f"the events are in chDB ({settings.events_url}), which `perch consume` holds: "
+            "it learns and publishes with --publish"
+        )
+    return create_app(settings, store, kv_publisher(settings), schedule=schedule)

@@ -78,6 +78,9 @@ class Store(SnapshotStore):
         self.unit_key = unit_key.encode()
         # With ClickHouse holding the events (PERCH_EVENTS_URL), the learner's cells come from there.
         self.events = events
+        # Set when the events are in a chDB another process holds (`perch consume --publish` learns
+        # there): learning here would publish a snapshot of nothing, so it is refused with this.
+        self.events_elsewhere: str | None = None
         # Ingestion's per-batch shortcuts: specs parsed once per (key, version), and
         # expired replay signatures purged once a minute rather than on every batch.
         self.parsed_specs: dict[str, tuple[int, ExperimentSpec]] = {}
@@ -262,6 +265,8 @@ class Store(SnapshotStore):
         """The learner's input: every (path, arm) cell, decayed to ``now_ms`` (see ``stats.cells``)."""
         if self.events is not None:
             return self.events.cells(spec.key, spec.half_life_s, now_ms)
+        if self.events_elsewhere:
+            raise Conflict(self.events_elsewhere)
         with self.engine.connect() as conn:
             return stats.cells(conn, spec.key, spec.half_life_s, now_ms)
 
