@@ -24,7 +24,7 @@ from sqlalchemy import Connection, delete, or_, select
 from control_plane.experiments import ExperimentSpec
 from control_plane.storage import stats
 from control_plane.storage.schema import experiments, exposures, outcomes, stitches
-from control_plane.storage.store import Store
+from control_plane.storage.store import Conflict, Store
 
 __all__ = ["erase", "export"]
 
@@ -51,8 +51,16 @@ class _Person:
         return sorted({self.given, *conn.execute(self.anonymous).scalars()})
 
 
+def _reachable(store: Store) -> None:
+    if store.events_elsewhere:  # a chDB held by `perch consume`: its rows cannot be reached from here
+        raise Conflict(
+            f"a visitor's data cannot be exported or erased from this process: {store.events_elsewhere}"
+        )
+
+
 def export(store: Store, unit: str) -> dict[str, Any]:
     """Everything stored about ``unit`` (and ids stitched to it)."""
+    _reachable(store)
     with store.engine.connect() as conn:
         person = _Person(conn, store, unit)
         hashes = person.hashes(conn)
@@ -76,18 +84,26 @@ def export(store: Store, unit: str) -> dict[str, Any]:
             out.append(item)
         return out
 
-    return {
+    out: dict[str, Any] = {
         "unit_hashes": hashes,
         "exposures": rows(exposure_rows),
         "outcomes": rows(outcome_rows),
         "stitches": rows(stitch_rows),
     }
+    if store.events is not None:  # the events in ClickHouse (PERCH_EVENTS_URL)
+        held = store.events.export(hashes)
+        out["exposures"] += [{**e, "path": json.loads(str(e["path"]))} for e in held["exposures"]]
+        out["outcomes"] += held["outcomes"]
+    return out
 
 
 def erase(store: Store, unit: str) -> dict[str, int]:
-    """Delete ``unit``'s events and take their contribution out of the statistics, in one transaction."""
+    """Delete ``unit``'s events and take their contribution out of the statistics, in one transaction
+    (then, with events in ClickHouse, there too: control_plane.storage.clickhouse_events)."""
+    _reachable(store)
     with store.ingest_write() as conn:
         person = _Person(conn, store, unit)
+        hashes = person.hashes(conn)
         rows = conn.execute(select(exposures).where(person.owns(exposures.c.unit_hash))).all()
         # Rewards credited from a decision token whose exposure never arrived: on their own cell.
         shown = select(exposures.c.decision_id).where(exposures.c.decision_id == outcomes.c.decision_id)
@@ -129,4 +145,8 @@ def erase(store: Store, unit: str) -> dict[str, int]:
             ).rowcount
         for experiment in sorted(touched):  # the appended deltas make the next cycle republish
             store.bump(conn, experiment, "erasures")
+    if store.events is not None:
+        held = store.events.erase(hashes)
+        gone_exposures += held["exposures"]
+        gone_outcomes += held["outcomes"]
     return {"exposures": gone_exposures, "outcomes": gone_outcomes, "stitches": gone_stitches}

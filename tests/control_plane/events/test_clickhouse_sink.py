@@ -189,3 +189,54 @@ def test_the_learner_reads_its_cells_and_visitors_from_clickhouse(
     assert hero.units_per_path("hero") == {k: len(v) for k, v in units.items()}
     after = publish()
     assert after.startswith("True") and after != empty
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_visitor_is_exported_and_erased_from_clickhouse_and_the_cells(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    from control_plane.storage import privacy
+
+    log = EventLog(chdb)
+    log.migrate()
+    hero.events = log
+    events = traffic(400, seed=11, now=_now())
+    queue = DirectoryQueue(tmp_path / "q")
+    enqueue(queue, events)
+    Consumer(hero, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=ClickHouseSink(hero, log)).run(
+        until_empty=True
+    )
+    # A visitor who converted, by a token or by the join: all of them go.
+    converted = {e["decision_id"] for e in events if e["type"] == "outcome"}
+    (victim,) = [e for e in events if e["type"] == "exposure" and e["decision_id"] in converted][:1]
+    unit = victim["unit"]
+    held = privacy.export(hero, unit)
+    assert [e["decision_id"] for e in held["exposures"]] == [victim["decision_id"]]
+    assert [o["decision_id"] for o in held["outcomes"]] == [victim["decision_id"]]
+    assert held["exposures"][0]["path"] == [victim["context"]["device"], victim["context"]["source"]]
+
+    assert privacy.erase(hero, unit) == {"exposures": 1, "outcomes": 1, "stitches": 0}
+    remaining = [e for e in events if e.get("unit") != unit]
+    assert _sums(log) == {k: v for k, v in expected_cells(remaining).items() if v != (0.0, 0.0)} | {
+        k: (0.0, 0.0) for k in expected_cells(events) if k not in expected_cells(remaining)
+    }
+    assert privacy.export(hero, unit) == {
+        "unit_hashes": held["unit_hashes"],
+        "exposures": [],
+        "outcomes": [],
+        "stitches": [],
+    }
+    assert privacy.erase(hero, unit) == {"exposures": 0, "outcomes": 0, "stitches": 0}  # again: nothing
+
+
+def test_with_events_in_a_chdb_held_elsewhere_privacy_requests_say_where(store: Store) -> None:
+    from control_plane.storage import privacy
+    from control_plane.storage.store import Conflict
+
+    store.events_elsewhere = "the events are in chDB (chdb:///x), which `perch consume` holds"
+    with pytest.raises(
+        Conflict, match="cannot be exported or erased from this process: the events are in chDB"
+    ):
+        privacy.export(store, "someone")
+    with pytest.raises(Conflict, match="perch consume"):
+        privacy.erase(store, "someone")
