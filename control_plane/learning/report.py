@@ -205,15 +205,36 @@ class _Reads:
 def _read(store: Store, key: str) -> _Reads:
     segment_col, reason_col, arm_col = exposures.c.segment, exposures.c.reason, exposures.c.arm
     with store.engine.connect() as conn:
-        overall = _aggregates(conn, key, [reason_col, arm_col])
-        busiest = _busiest(conn, key)
-        keys = [segment for segment, _ in busiest]
-        by_segment = (
-            _aggregates(conn, key, [segment_col, reason_col, arm_col], segment_col.in_(keys)) if keys else {}
-        )
+        if store.events is not None:  # the events are in ClickHouse (PERCH_EVENTS_URL)
+            overall, busiest, by_segment = _clickhouse_reads(store, key)
+        else:
+            overall = _aggregates(conn, key, [reason_col, arm_col])
+            busiest = _busiest(conn, key)
+            keys = [segment for segment, _ in busiest]
+            by_segment = (
+                _aggregates(conn, key, [segment_col, reason_col, arm_col], segment_col.in_(keys))
+                if keys
+                else {}
+            )
         history = _snapshot_rows(conn, key)
         latest = _latest_summary(conn, key, history[0]["version"] if history else None)
     return _Reads(overall, busiest, by_segment, history, latest)
+
+
+def _clickhouse_reads(
+    store: Store, key: str
+) -> tuple[dict[tuple[Any, ...], _Sums], list[tuple[str, int]], dict[tuple[Any, ...], _Sums]]:
+    assert store.events is not None
+    events = store.events
+    overall = {k: _Sums(*v) for k, v in events.exposure_sums(key, ["reason", "arm"]).items()}
+    busiest = events.busiest_segments(key, MAX_SEGMENTS)
+    keys = [segment for segment, _ in busiest]
+    by_segment = (
+        {k: _Sums(*v) for k, v in events.exposure_sums(key, ["segment", "reason", "arm"], keys).items()}
+        if keys
+        else {}
+    )
+    return overall, busiest, by_segment
 
 
 def _allocation(segment: Mapping[str, Any] | None) -> dict[str, float] | None:

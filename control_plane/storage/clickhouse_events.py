@@ -448,6 +448,45 @@ class EventLog:
             out.setdefault(tuple(json.loads(path)), {})[arm] = CellStats(kept, min(max(r, 0.0), kept))
         return out
 
+    def exposure_sums(
+        self, experiment: str, by: Sequence[str], segments: Sequence[str] | None = None
+    ) -> dict[tuple[object, ...], tuple[int, float, float, int]]:
+        """Per ``by`` group (of segment, reason, arm) of personalized and holdout exposures: count,
+        sum of rewards, sum of squared rewards, conversions; what the report reads from SQL."""
+        if not set(by) <= {"segment", "reason", "arm"}:
+            raise ClickHouseError(f"exposure_sums by {list(by)}: only segment, reason and arm")
+        x, o = self.layout.table("exposures"), self.layout.table("outcomes")
+        # Aliases that shadow no column: ClickHouse would read them in WHERE too.
+        keys = ", ".join(f"x_{name}" for name in by)
+        only = " AND segment IN {s:Array(String)}" if segments is not None else ""
+        rows = self.ch.rows(
+            f"SELECT {keys}, count(), sum(r), sum(r * r), countIf(r > 0) FROM ("
+            "SELECT decision_id, any(segment) AS x_segment, any(reason) AS x_reason, any(arm) AS x_arm "
+            f"FROM {x} "
+            "WHERE experiment = {e:String} AND reason IN ('personalized', 'holdout')" + only + " "
+            "GROUP BY decision_id) AS x LEFT JOIN ("
+            "SELECT decision_id, sum(c) AS r FROM ("
+            f"SELECT decision_id, event_id, argMax(credited, version) AS c FROM {o} "
+            "WHERE experiment = {e:String} GROUP BY decision_id, event_id) GROUP BY decision_id"
+            f") AS o USING (decision_id) GROUP BY {keys}",
+            {"e": experiment, "s": list(segments or ())},
+        )
+        k = len(by)
+        return {tuple(r[:k]): (int(r[k]), float(r[k + 1]), float(r[k + 2]), int(r[k + 3])) for r in rows}
+
+    def busiest_segments(self, experiment: str, limit: int) -> list[tuple[str, int]]:
+        rows = self.ch.rows(
+            f"SELECT segment, count() AS n FROM {self.layout.table('exposures')} FINAL "
+            "WHERE experiment = {e:String} AND segment != '' GROUP BY segment ORDER BY n DESC, segment "
+            "LIMIT {k:UInt32}",
+            {"e": experiment, "k": limit},
+        )
+        return [(str(s), int(n)) for s, n in rows]
+
+    def outcome_statuses(self, experiment: str) -> dict[str, int]:
+        counts = self.counts(experiment)
+        return {k.removeprefix("outcomes_"): v for k, v in counts.items() if k.startswith("outcomes_")}
+
     def units_per_path(self, experiment: str) -> dict[tuple[str, ...], int]:
         """Distinct (hashed) visitors per feature path among personalized exposures (as the SQL store)."""
         rows = self.ch.rows(

@@ -253,6 +253,8 @@ class Store(SnapshotStore):
 
     def outcome_statuses(self, experiment: str) -> dict[str, int]:
         """Outcomes by what became of them; ``pending`` ones are orphans so far."""
+        if self.events is not None:
+            return self.events.outcome_statuses(experiment)
         query = (
             select(outcomes.c.status, func.count())
             .where(outcomes.c.experiment == experiment)

@@ -240,3 +240,29 @@ def test_with_events_in_a_chdb_held_elsewhere_privacy_requests_say_where(store: 
         privacy.export(store, "someone")
     with pytest.raises(Conflict, match="perch consume"):
         privacy.erase(store, "someone")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_report_reads_the_same_figures_from_clickhouse_as_from_sql(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    from control_plane.learning.report import build_report
+    from control_plane.storage.store import Store as SqlStore
+
+    events = traffic(800, seed=12, now=_now())
+    sql = SqlStore.from_url(f"sqlite:///{tmp_path / 'sql.db'}", UNIT_KEY)
+    sql.migrate()
+    sql.create_experiment(spec(), NOW)
+    log = EventLog(chdb)
+    log.migrate()
+    hero.events = log
+    for store, sink in ((sql, None), (hero, ClickHouseSink(hero, log))):
+        queue = DirectoryQueue(tmp_path / f"q-{id(store)}")
+        enqueue(queue, events)
+        Consumer(store, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=sink).run(until_empty=True)
+    record = hero.get_experiment("hero")
+    assert record is not None
+    from_sql, from_clickhouse = (build_report(s, record, _now()).to_dict() for s in (sql, hero))
+    for part in ("arms", "holdout", "segments", "outcomes"):
+        assert from_clickhouse[part] == from_sql[part], part
+    assert from_sql["holdout"]["personalized"]["exposures"] > 0
