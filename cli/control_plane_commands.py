@@ -176,6 +176,12 @@ def _publisher(settings: Any, store: Any) -> Callable[[bool], None]:
 )
 @click.option("--until-empty", is_flag=True, help="Stop once the queue is empty (backfills, tests).")
 @click.option(
+    "--events-url",
+    metavar="URL",
+    help="Store the events in ClickHouse: chdb:///path or clickhouse://user:pass@host:8123/db "
+    "(default PERCH_EVENTS_URL; unset: in PERCH_DATABASE_URL).",
+)
+@click.option(
     "--publish",
     is_flag=True,
     help="Also learn and publish every PERCH_PUBLISH_INTERVAL_S from this process (and once on exit with "
@@ -188,6 +194,7 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     visibility_timeout: float,
     idle_max: float,
     until_empty: bool,
+    events_url: str | None,
     publish: bool,
 ) -> None:
     """Store the edge's event batches from a queue (settings from PERCH_* variables).
@@ -204,6 +211,15 @@ def consume(  # noqa: PLR0917 - one parameter per click option
     from control_plane.storage.store import Store
 
     settings = _settings()
+    if events_url is not None:
+        from dataclasses import replace
+
+        from control_plane.settings import SettingsError
+
+        try:
+            settings = replace(settings, events_url=events_url)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
     source = _queue_source(settings, queue_dir, cloudflare_queue)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,10 @@ def test_a_consumer_killed_mid_group_then_drained_counts_every_event_once(
     time.sleep(2.1)  # its leases expire
     assert hero.latest_snapshot("hero") is None
     # The last one also learns and publishes as it stops (chDB: from the process that holds it).
-    last = start_perch([*args, "--until-empty", "--publish"], env, tmp_path / "b.log")
+    # ... named on the command line this time instead of PERCH_EVENTS_URL.
+    flags = [*args, "--until-empty", "--publish", "--events-url", events_url]
+    env_without = {k: v for k, v in env.items() if k != "PERCH_EVENTS_URL"}
+    last = start_perch(flags, env_without, tmp_path / "b.log")
     assert last.wait(timeout=180) == 0, (tmp_path / "b.log").read_text()
     assert queue.depth().total == 0
     assert hero.latest_snapshot("hero") is not None, (tmp_path / "b.log").read_text()
@@ -266,3 +269,19 @@ def test_the_report_reads_the_same_figures_from_clickhouse_as_from_sql(
     for part in ("arms", "holdout", "segments", "outcomes"):
         assert from_clickhouse[part] == from_sql[part], part
     assert from_sql["holdout"]["personalized"]["exposures"] > 0
+
+
+@pytest.mark.process
+def test_a_bad_events_url_is_refused_with_what_is_expected(tmp_path: Path) -> None:
+    env = {
+        "PERCH_EDGE_SECRET": SECRET,
+        "PERCH_ADMIN_TOKEN": "admin-token-0123456789",
+        "PERCH_DATA_DIR": str(tmp_path / "data"),
+    }
+    args = ["consume", "--queue-dir", str(tmp_path / "q"), "--until-empty", "--events-url", "mysql://x/y"]
+    proc = start_perch(args, env, tmp_path / "c.log")
+    assert proc.wait(timeout=60) != 0
+    assert (
+        "PERCH_EVENTS_URL='mysql://x/y', must be chdb:///path or clickhouse://"
+        in (tmp_path / "c.log").read_text()
+    )
