@@ -14,14 +14,25 @@ materialized-view targets (control_plane.storage.clickhouse_schema), or the retr
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from core import PerchError
 
-__all__ = ["Chdb", "ClickHouseError", "ClickHouseServer", "Executor", "executor_for", "is_clickhouse_url"]
+__all__ = [
+    "Chdb",
+    "ClickHouseError",
+    "ClickHouseServer",
+    "Executor",
+    "dedup_token",
+    "executor_for",
+    "is_clickhouse_url",
+    "uuid_hex",
+]
 
 SCHEMES = ("chdb", "clickhouse", "clickhouses")
 
@@ -47,6 +58,19 @@ class Executor(Protocol):
         """Insert ``rows`` as one block, dropped if ``token`` was already inserted into ``table``."""
 
     def close(self) -> None: ...
+
+
+def dedup_token(kind: str, ids: Iterable[str]) -> str:
+    """An insert's deduplication token: the same rows, the same token, so a retried insert is dropped."""
+    digest = hashlib.sha256()
+    for ident in sorted(ids):
+        digest.update(ident.encode() + b"\0")
+    return f"perch:{kind}:{digest.hexdigest()}"
+
+
+def uuid_hex(value: object) -> str:
+    """A UUID column's value (a :class:`uuid.UUID` from either executor) as our 32 hex characters."""
+    return value.hex if isinstance(value, uuid.UUID) else str(value).replace("-", "").lower()
 
 
 def is_clickhouse_url(url: str) -> bool:

@@ -1,0 +1,158 @@
+"""Reading the ClickHouse event log: the learner's cells and digest, the report's sums, checks.
+
+Reads group the ``SummingMergeTree`` deltas by cell and hour (parts not yet merged still hold
+several rows per key) and decay them as control_plane.storage.stats does; row-level reads use
+``FINAL`` or group by id, since a ``ReplacingMergeTree`` row may be there twice until parts merge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+
+from control_plane.storage.clickhouse import ClickHouseError, Executor
+from control_plane.storage.clickhouse_schema import Layout
+from control_plane.storage.stats import CellStats, Totals
+
+__all__ = ["EventReads"]
+
+
+class EventReads:
+    """The reads of :class:`~control_plane.storage.clickhouse_events.EventLog`."""
+
+    ch: Executor
+    layout: Layout
+
+    def cells(
+        self, experiment: str, half_life_s: float | None, now_ms: int
+    ) -> dict[tuple[str, ...], dict[str, CellStats]]:
+        """The learner's input, as control_plane.storage.stats.cells gives it from SQL."""
+        half_life_ms = half_life_s * 1000.0 if half_life_s else 0.0
+        rows = self.ch.rows(
+            "SELECT path, arm, hour_ms, sum(decayed_exposures), sum(decayed_reward) "
+            f"FROM {self.layout.table('stat_deltas')} WHERE experiment = {{e:String}} "
+            "GROUP BY path, arm, hour_ms",
+            {"e": experiment},
+        )
+        sums: dict[tuple[str, str], list[float]] = {}
+        for path, arm, hour, mass_n, mass_r in rows:
+            factor = 2.0 ** ((hour - now_ms) / half_life_ms) if half_life_ms and now_ms > hour else 1.0
+            cell = sums.setdefault((path, arm), [0.0, 0.0])
+            cell[0] += mass_n * factor
+            cell[1] += mass_r * factor
+        out: dict[tuple[str, ...], dict[str, CellStats]] = {}
+        for (path, arm), (n, r) in sums.items():
+            kept = n if n > 0.0 else 0.0
+            out.setdefault(tuple(json.loads(path)), {})[arm] = CellStats(kept, min(max(r, 0.0), kept))
+        return out
+
+    def exposure_sums(
+        self, experiment: str, by: Sequence[str], segments: Sequence[str] | None = None
+    ) -> dict[tuple[object, ...], tuple[int, float, float, int]]:
+        """Per ``by`` group (of segment, reason, arm) of personalized and holdout exposures: count,
+        sum of rewards, sum of squared rewards, conversions; what the report reads from SQL."""
+        if not set(by) <= {"segment", "reason", "arm"}:
+            raise ClickHouseError(f"exposure_sums by {list(by)}: only segment, reason and arm")
+        x, o = self.layout.table("exposures"), self.layout.table("outcomes")
+        # Aliases that shadow no column: ClickHouse would read them in WHERE too.
+        keys = ", ".join(f"x_{name}" for name in by)
+        only = " AND segment IN {s:Array(String)}" if segments is not None else ""
+        rows = self.ch.rows(
+            f"SELECT {keys}, count(), sum(r), sum(r * r), countIf(r > 0) FROM ("
+            "SELECT decision_id, any(segment) AS x_segment, any(reason) AS x_reason, any(arm) AS x_arm "
+            f"FROM {x} "
+            "WHERE experiment = {e:String} AND reason IN ('personalized', 'holdout')" + only + " "
+            "GROUP BY decision_id) AS x LEFT JOIN ("
+            "SELECT decision_id, sum(c) AS r FROM ("
+            f"SELECT decision_id, event_id, argMax(credited, version) AS c FROM {o} "
+            "WHERE experiment = {e:String} GROUP BY decision_id, event_id) GROUP BY decision_id"
+            f") AS o USING (decision_id) GROUP BY {keys}",
+            {"e": experiment, "s": list(segments or ())},
+        )
+        k = len(by)
+        return {tuple(r[:k]): (int(r[k]), float(r[k + 1]), float(r[k + 2]), int(r[k + 3])) for r in rows}
+
+    def busiest_segments(self, experiment: str, limit: int) -> list[tuple[str, int]]:
+        rows = self.ch.rows(
+            f"SELECT segment, count() AS n FROM {self.layout.table('exposures')} FINAL "
+            "WHERE experiment = {e:String} AND segment != '' GROUP BY segment ORDER BY n DESC, segment "
+            "LIMIT {k:UInt32}",
+            {"e": experiment, "k": limit},
+        )
+        return [(str(s), int(n)) for s, n in rows]
+
+    def outcome_statuses(self, experiment: str) -> dict[str, int]:
+        counts = self.counts(experiment)
+        return {k.removeprefix("outcomes_"): v for k, v in counts.items() if k.startswith("outcomes_")}
+
+    def units_per_path(self, experiment: str) -> dict[tuple[str, ...], int]:
+        """Distinct (hashed) visitors per feature path among personalized exposures (as the SQL store)."""
+        rows = self.ch.rows(
+            f"SELECT path, uniqExact(unit_hash) FROM {self.layout.table('exposures')} "
+            "WHERE experiment = {e:String} AND reason = 'personalized' AND unit_hash != '' GROUP BY path",
+            {"e": experiment},
+        )
+        return {tuple(json.loads(path)): int(n) for path, n in rows}
+
+    def data_mark(self, experiment: str) -> int:
+        """Changes whenever the experiment's cells do (the publisher's digest): nothing here ever
+        subtracts, so the raw sums only grow; merges leave them as they are."""
+        ((n, r, hours),) = self.ch.rows(
+            f"SELECT sum(exposures), sum(reward), max(hour_ms) FROM {self.layout.table('stat_deltas')} "
+            "WHERE experiment = {e:String}",
+            {"e": experiment},
+        )
+        # Rounded: a merge may add the same numbers in another order.
+        digest = hashlib.sha256(f"{float(n or 0.0):.6f}:{float(r or 0.0):.6f}:{int(hours or 0)}".encode())
+        return int.from_bytes(digest.digest()[:7], "big")
+
+    def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
+        """Raw sums per (path, arm) from the deltas."""
+        rows = self.ch.rows(
+            f"SELECT path, arm, sum(exposures), sum(reward) FROM {self.layout.table('stat_deltas')} "
+            "WHERE experiment = {e:String} GROUP BY path, arm",
+            {"e": experiment},
+        )
+        return {(p, a): Totals(float(n), float(r)) for p, a, n, r in rows}
+
+    def recompute(self, experiment: str) -> dict[tuple[str, str], Totals]:
+        """The same sums from the raw rows, each stored once (FINAL), for checking :meth:`totals`."""
+        n = self.ch.rows(
+            f"SELECT path, arm, count() FROM {self.layout.table('exposures')} FINAL "
+            "WHERE experiment = {e:String} AND reason = 'personalized' GROUP BY path, arm",
+            {"e": experiment},
+        )
+        r = self.ch.rows(
+            f"SELECT path, arm, sum(credited) FROM {self.layout.table('outcomes')} FINAL "
+            "WHERE experiment = {e:String} AND credited > 0 AND counted = 1 GROUP BY path, arm",
+            {"e": experiment},
+        )
+        out = {(p, a): Totals(float(c), 0.0) for p, a, c in n}
+        for p, a, s in r:
+            before = out.get((p, a), Totals(0.0, 0.0))
+            out[p, a] = Totals(before.exposures, before.reward + float(s))
+        return out
+
+    def counts(self, experiment: str) -> dict[str, int]:
+        """Rows stored once each (FINAL): exposures, and outcomes by status."""
+        x = self.ch.rows(
+            f"SELECT count() FROM {self.layout.table('exposures')} FINAL WHERE experiment = {{e:String}}",
+            {"e": experiment},
+        )
+        o = self.ch.rows(
+            f"SELECT status, count() FROM {self.layout.table('outcomes')} FINAL "
+            "WHERE experiment = {e:String} GROUP BY status",
+            {"e": experiment},
+        )
+        return {"exposures": int(x[0][0]), **{f"outcomes_{s}": int(c) for s, c in o}}
+
+    def bytes_per_exposure(self) -> float:
+        """Compressed bytes on disk per stored exposure (active parts)."""
+        (row,) = self.ch.rows(
+            "SELECT sum(bytes_on_disk), sum(rows) FROM system.parts "
+            "WHERE database = {d:String} AND table = 'exposures' AND active",
+            {"d": self.layout.database},
+        )
+        return float(row[0]) / float(row[1]) if row[1] else math.nan
