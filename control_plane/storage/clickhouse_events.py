@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from control_plane.storage.clickhouse import Executor, dedup_token, uuid_hex
 from control_plane.storage.clickhouse_privacy import VisitorRights
@@ -156,22 +157,15 @@ class EventLog(EventReads, VisitorRights):
 
         exposures = [e for e in exposures if kept(e)]
         outcomes = [o for o in outcomes if kept(o)]
-        known = self._stored_decisions({(e.experiment, e.decision_id) for e in exposures})
-        fresh: dict[tuple[str, str], Exposure] = {}
-        for e in exposures:
-            key = (e.experiment, e.decision_id)
-            if key in known or key in fresh:
-                out.duplicates += 1
-            else:
-                fresh[key] = e
-        known_events = self._stored_outcomes({(o.experiment, o.event_id) for o in outcomes})
-        new: dict[tuple[str, str], Outcome] = {}
-        for o in outcomes:
-            key = (o.experiment, o.event_id)
-            if key in known_events or key in new:
-                out.duplicates += 1
-            else:
-                new[key] = o
+        fresh = _unseen(
+            {(e.experiment, e.decision_id): e for e in reversed(exposures)},
+            self._stored_decisions({(e.experiment, e.decision_id) for e in exposures}),
+        )
+        new = _unseen(
+            {(o.experiment, o.event_id): o for o in reversed(outcomes)},
+            self._stored_outcomes({(o.experiment, o.event_id) for o in outcomes}),
+        )
+        out.duplicates += len(exposures) - len(fresh) + len(outcomes) - len(new)
         # Outcomes stored earlier and still waiting for one of these exposures are credited now,
         # as a newer version of their row (ReplacingMergeTree keeps the newest).
         waiting = self._pending_for(set(fresh))
@@ -280,25 +274,21 @@ class EventLog(EventReads, VisitorRights):
         return grouped
 
     def _stored_decisions(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        out: set[tuple[str, str]] = set()
-        for experiment, ids in self._by_experiment(keys).items():
-            rows = self.ch.rows(
-                f"SELECT DISTINCT decision_id FROM {self.layout.table('exposures')} "
-                "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)}",
-                {"e": experiment, "ids": ids},
-            )
-            out.update((experiment, uuid_hex(r[0])) for r in rows)
-        return out
+        return self._stored("exposures", "decision_id", "UUID", keys)
 
     def _stored_outcomes(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        return self._stored("outcomes", "event_id", "String", keys)
+
+    def _stored(self, table: str, column: str, kind: str, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of the (experiment, id) ``keys`` are in ``table`` already."""
         out: set[tuple[str, str]] = set()
         for experiment, ids in self._by_experiment(keys).items():
             rows = self.ch.rows(
-                f"SELECT DISTINCT event_id FROM {self.layout.table('outcomes')} "
-                "WHERE experiment = {e:String} AND event_id IN {ids:Array(String)}",
+                f"SELECT DISTINCT {column} FROM {self.layout.table(table)} "
+                f"WHERE experiment = {{e:String}} AND {column} IN {{ids:Array({kind})}}",
                 {"e": experiment, "ids": ids},
             )
-            out.update((experiment, r[0]) for r in rows)
+            out.update((experiment, uuid_hex(r[0]) if kind == "UUID" else str(r[0])) for r in rows)
         return out
 
     def _cells_of(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str, int, str]]:
@@ -327,3 +317,11 @@ class EventLog(EventReads, VisitorRights):
             )
             out.update({(experiment, uuid_hex(d)): float(c) for d, c in rows})
         return out
+
+
+_Row = TypeVar("_Row")
+
+
+def _unseen(first: dict[tuple[str, str], _Row], stored: set[tuple[str, str]]) -> dict[tuple[str, str], _Row]:
+    """The first row of each id (``first`` was built from the rows reversed), less those stored."""
+    return {key: row for key, row in reversed(first.items()) if key not in stored}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,22 @@ def hero(store: Store) -> Store:
 def _now() -> int:
     # ClickHouse's TTL runs on the real clock, not the tests' fixed one: events of today.
     return int(time.time() * 1000)
+
+
+def _log_for(store: Store, chdb: Chdb) -> EventLog:
+    """The event log on ``chdb``, as the store's (what `perch consume --events-url` sets up)."""
+    log = EventLog(chdb)
+    log.migrate()
+    store.events = log
+    return log
+
+
+def _consume(store: Store, log: EventLog, events: list[dict[str, Any]], where: Path) -> None:
+    queue = DirectoryQueue(where)
+    enqueue(queue, events)
+    Consumer(store, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=ClickHouseSink(store, log)).run(
+        until_empty=True
+    )
 
 
 def _sums(log: EventLog) -> dict[tuple[str, str], tuple[float, float]]:
@@ -161,9 +178,7 @@ def test_the_learner_reads_its_cells_and_visitors_from_clickhouse(
     from control_plane.metrics import Metrics
     from core import LocalKV
 
-    log = EventLog(chdb)
-    log.migrate()
-    hero.events = log
+    log = _log_for(hero, chdb)
     kv = LocalKVPublisher(LocalKV(tmp_path / "kv"))
     record = hero.get_experiment("hero")
     assert record is not None
@@ -179,11 +194,7 @@ def test_the_learner_reads_its_cells_and_visitors_from_clickhouse(
     empty = publish()
     assert publish() == empty.replace("True", "False")  # nothing new: nothing published
     events = traffic(600, seed=9, now=_now())
-    queue = DirectoryQueue(tmp_path / "q")
-    enqueue(queue, events)
-    Consumer(hero, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=ClickHouseSink(hero, log)).run(
-        until_empty=True
-    )
+    _consume(hero, log, events, tmp_path / "q")
     assert hero.cells(record.spec, _now()) == log.cells("hero", record.spec.half_life_s, _now())
     units: dict[tuple[str, ...], set[str]] = {}
     for e in events:
@@ -200,15 +211,9 @@ def test_a_visitor_is_exported_and_erased_from_clickhouse_and_the_cells(
 ) -> None:
     from control_plane.storage import privacy
 
-    log = EventLog(chdb)
-    log.migrate()
-    hero.events = log
+    log = _log_for(hero, chdb)
     events = traffic(400, seed=11, now=_now())
-    queue = DirectoryQueue(tmp_path / "q")
-    enqueue(queue, events)
-    Consumer(hero, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=ClickHouseSink(hero, log)).run(
-        until_empty=True
-    )
+    _consume(hero, log, events, tmp_path / "q")
     # A visitor who converted, by a token or by the join: all of them go.
     converted = {e["decision_id"] for e in events if e["type"] == "outcome"}
     (victim,) = [e for e in events if e["type"] == "exposure" and e["decision_id"] in converted][:1]
