@@ -339,6 +339,14 @@ def logged_exposures(
     ``until_ms`` lets a caller leave out exposures still inside the reward
     window, whose rewards are not all in yet and would bias every estimate down.
     """
+    paths: dict[str, tuple[str, ...]] = {}  # thousands of rows share a few hundred paths: parse each once
+    if store.events is not None:  # the events are in ClickHouse (PERCH_EVENTS_URL)
+        return [
+            LoggedExposure(
+                arm, paths[path] if path in paths else paths.setdefault(path, tuple(json.loads(path))), p, r
+            )
+            for arm, path, p, r in store.events.logged(experiment, since_ms, until_ms, limit)
+        ]
     query = select(exposures.c.arm, exposures.c.path, exposures.c.propensity, exposures.c.reward).where(
         exposures.c.experiment == experiment,
         exposures.c.reason == "personalized",
@@ -348,7 +356,6 @@ def logged_exposures(
     if until_ms is not None:
         query = query.where(exposures.c.ts_ms < until_ms)
     query = query.order_by(exposures.c.ts_ms.desc(), exposures.c.decision_id.desc()).limit(limit)
-    paths: dict[str, tuple[str, ...]] = {}  # thousands of rows share a few hundred paths: parse each once
     with store.engine.connect() as conn:
         return [
             LoggedExposure(

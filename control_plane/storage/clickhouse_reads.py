@@ -55,7 +55,7 @@ class EventReads:
         sum of rewards, sum of squared rewards, conversions; what the report reads from SQL."""
         if not set(by) <= {"segment", "reason", "arm"}:
             raise ClickHouseError(f"exposure_sums by {list(by)}: only segment, reason and arm")
-        x, o = self.layout.table("exposures"), self.layout.table("outcomes")
+        x = self.layout.table("exposures")
         # Aliases that shadow no column: ClickHouse would read them in WHERE too.
         keys = ", ".join(f"x_{name}" for name in by)
         only = " AND segment IN {s:Array(String)}" if segments is not None else ""
@@ -64,15 +64,41 @@ class EventReads:
             "SELECT decision_id, any(segment) AS x_segment, any(reason) AS x_reason, any(arm) AS x_arm "
             f"FROM {x} "
             "WHERE experiment = {e:String} AND reason IN ('personalized', 'holdout')" + only + " "
-            "GROUP BY decision_id) AS x LEFT JOIN ("
-            "SELECT decision_id, sum(c) AS r FROM ("
-            f"SELECT decision_id, event_id, argMax(credited, version) AS c FROM {o} "
-            "WHERE experiment = {e:String} GROUP BY decision_id, event_id) GROUP BY decision_id"
-            f") AS o USING (decision_id) GROUP BY {keys}",
+            f"GROUP BY decision_id) AS x LEFT JOIN ({self._credits()}) AS o USING (decision_id) "
+            f"GROUP BY {keys}",
             {"e": experiment, "s": list(segments or ())},
         )
         k = len(by)
         return {tuple(r[:k]): (int(r[k]), float(r[k + 1]), float(r[k + 2]), int(r[k + 3])) for r in rows}
+
+    def _credits(self) -> str:
+        """Per decision of experiment ``{e}``, the reward its outcomes credited (``r``): each outcome
+        once, at its newest version (a pending one credited later is stored twice)."""
+        return (
+            "SELECT decision_id, sum(c) AS r FROM ("
+            "SELECT decision_id, event_id, argMax(credited, version) AS c "
+            f"FROM {self.layout.table('outcomes')} "
+            "WHERE experiment = {e:String} GROUP BY decision_id, event_id) GROUP BY decision_id"
+        )
+
+    def logged(
+        self, experiment: str, since_ms: int, until_ms: int | None, limit: int
+    ) -> list[tuple[str, str, float, float]]:
+        """(arm, path, propensity, reward) of personalized exposures with a propensity, newest first:
+        what the promotion gate and the report's off-policy estimates read (learning.evaluation)."""
+        until = " AND ts_ms < {u:Int64}" if until_ms is not None else ""
+        rows = self.ch.rows(
+            "SELECT x_arm, x_path, x_p, ifNull(r, 0) FROM ("
+            "SELECT decision_id, any(arm) AS x_arm, any(path) AS x_path, any(propensity) AS x_p, "
+            f"any(ts_ms) AS x_ts FROM {self.layout.table('exposures')} "
+            "WHERE experiment = {e:String} AND reason = 'personalized' AND propensity IS NOT NULL "
+            "AND ts_ms >= {s:Int64}" + until + " GROUP BY decision_id "
+            "ORDER BY x_ts DESC, decision_id DESC LIMIT {n:UInt64}"
+            f") AS x LEFT JOIN ({self._credits()}) AS o USING (decision_id) "
+            "ORDER BY x_ts DESC, decision_id DESC",
+            {"e": experiment, "s": since_ms, "u": until_ms or 0, "n": limit},
+        )
+        return [(str(a), str(p), float(q), float(r)) for a, p, q, r in rows]
 
     def busiest_segments(self, experiment: str, limit: int) -> list[tuple[str, int]]:
         rows = self.ch.rows(

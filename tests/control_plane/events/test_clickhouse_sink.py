@@ -254,6 +254,7 @@ def test_with_events_in_a_chdb_held_elsewhere_privacy_requests_say_where(store: 
 def test_the_report_reads_the_same_figures_from_clickhouse_as_from_sql(
     hero: Store, chdb: Chdb, tmp_path: Path
 ) -> None:
+    from control_plane.learning.evaluation import logged_exposures
     from control_plane.learning.report import build_report
     from control_plane.storage.store import Store as SqlStore
 
@@ -274,6 +275,11 @@ def test_the_report_reads_the_same_figures_from_clickhouse_as_from_sql(
     for part in ("arms", "holdout", "segments", "outcomes"):
         assert from_clickhouse[part] == from_sql[part], part
     assert from_sql["holdout"]["personalized"]["exposures"] > 0
+    # What the promotion gate and the off-policy estimates read: the same logged exposures.
+    since, until = _now() - 2 * 3_600_000, _now() - 600_000
+    logged = [logged_exposures(s, "hero", since, 300, until_ms=until) for s in (sql, hero)]
+    assert logged[1] == logged[0] and len(logged[0]) == 300
+    assert sum(e.reward for e in logged[0]) > 0
 
 
 @pytest.mark.process
