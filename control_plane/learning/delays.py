@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -61,6 +62,12 @@ def delay_cdf(
 ) -> tuple[Callable[[float], float] | None, int, str]:
     """The empirical CDF of outcome delays (ms), the number of delays behind it, and their source."""
     window_ms = spec.reward.window_s * 1000
+    if store.events is not None:  # the events are in ClickHouse (PERCH_EVENTS_URL)
+        for source, by in (("matured", now_ms - window_ms), ("all joined", None)):
+            found = sorted(max(0, d) for d in store.events.delays(spec.key, by, MAX_DELAYS))
+            if len(found) >= MIN_DELAYS:
+                return _Empirical(found), len(found), source
+        return None, 0, "none"
     base = (
         select((outcomes.c.ts_ms - exposures.c.ts_ms).label("delay"))
         .join(exposures, exposures.c.decision_id == outcomes.c.decision_id)
@@ -123,7 +130,12 @@ def young_exposures(
         query = query.where(exposures.c.ts_ms >= since_ms)
     out: dict[tuple[tuple[str, ...], str], list[tuple[float, int]]] = {}
     with store.engine.connect() as conn:
-        for path, arm, index, count in conn.execute(query):
+        rows = (
+            store.events.young(spec.key, now_ms - span, width, since_ms)
+            if store.events is not None
+            else conn.execute(query)
+        )
+        for path, arm, index, count in rows:
             try:
                 key = tuple(json.loads(path))
             except ValueError:
@@ -185,6 +197,9 @@ def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> tuple[Cells,
     """
     if count <= 0:
         return {}, None
+    if store.events is not None:  # the events are in ClickHouse (PERCH_EVENTS_URL)
+        oldest, held = store.events.recent(spec.key, count)
+        return ({}, None) if oldest is None else (_recent_cells(held), oldest)
     with store.engine.connect() as conn:
         cutoff = conn.execute(
             select(exposures.c.ts_ms)
@@ -204,6 +219,10 @@ def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> tuple[Cells,
             )
             .group_by(exposures.c.path, exposures.c.arm)
         ).all()
+    return _recent_cells(rows), int(cutoff)
+
+
+def _recent_cells(rows: Iterable[Any]) -> Cells:
     out: Cells = {}
     for path, arm, n, r in sorted(rows, key=lambda row: (row[0], row[1])):
         try:
@@ -211,7 +230,7 @@ def recent_cells(store: Store, spec: ExperimentSpec, count: int) -> tuple[Cells,
         except ValueError:
             continue
         out.setdefault(key, {})[arm] = CellStats(float(n), min(float(r or 0.0), float(n)))
-    return out, int(cutoff)
+    return out
 
 
 def maturity(

@@ -100,6 +100,56 @@ class EventReads:
         )
         return [(str(a), str(p), float(q), float(r)) for a, p, q, r in rows]
 
+    # --- what the delay correction reads (learning.delays) --------------------------------------
+
+    def delays(self, experiment: str, decided_by_ms: int | None, limit: int) -> list[int]:
+        """Delays (ms) of joined outcomes after their decision, newest decisions first; only
+        decisions made by ``decided_by_ms`` when given (their outcomes are all in)."""
+        by = " AND decision_ts_ms <= {b:Int64}" if decided_by_ms is not None else ""
+        rows = self.ch.rows(
+            f"SELECT ts_ms - decision_ts_ms FROM {self.layout.table('outcomes')} FINAL "
+            "WHERE experiment = {e:String} AND status = 'joined'" + by + " "
+            "ORDER BY decision_ts_ms DESC LIMIT {n:UInt64}",
+            {"e": experiment, "b": decided_by_ms or 0, "n": limit},
+        )
+        return [int(d) for (d,) in rows]
+
+    def young(
+        self, experiment: str, after_ms: int, width_ms: int, since_ms: int | None
+    ) -> list[tuple[str, str, int, int]]:
+        """(path, arm, ts bucket of ``width_ms``, exposures) of personalized exposures after
+        ``after_ms`` (and from ``since_ms`` on, if given)."""
+        since = " AND ts_ms >= {s:Int64}" if since_ms is not None else ""
+        rows = self.ch.rows(
+            "SELECT path, arm, intDiv(ts_ms, {w:Int64}) AS bucket, count() "
+            f"FROM {self.layout.table('exposures')} FINAL "
+            "WHERE experiment = {e:String} AND reason = 'personalized' AND ts_ms > {a:Int64}" + since + " "
+            "GROUP BY path, arm, bucket",
+            {"e": experiment, "a": after_ms, "w": width_ms, "s": since_ms or 0},
+        )
+        return [(str(p), str(a), int(b), int(n)) for p, a, b, n in rows]
+
+    def recent(self, experiment: str, count: int) -> tuple[int | None, list[tuple[str, str, int, float]]]:
+        """The time of the ``count``-th newest personalized exposure (None if fewer), and
+        (path, arm, exposures, reward) of those from it on."""
+        x = self.layout.table("exposures")
+        cutoff = self.ch.rows(
+            f"SELECT ts_ms FROM {x} FINAL WHERE experiment = {{e:String}} AND reason = 'personalized' "
+            "ORDER BY ts_ms DESC LIMIT 1 OFFSET {k:UInt64}",
+            {"e": experiment, "k": count - 1},
+        )
+        if not cutoff:
+            return None, []
+        rows = self.ch.rows(
+            "SELECT x_path, x_arm, count(), sum(ifNull(r, 0)) FROM ("
+            "SELECT decision_id, any(path) AS x_path, any(arm) AS x_arm "
+            f"FROM {x} WHERE experiment = {{e:String}} AND reason = 'personalized' AND ts_ms >= {{c:Int64}} "
+            f"GROUP BY decision_id) AS x LEFT JOIN ({self._credits()}) AS o USING (decision_id) "
+            "GROUP BY x_path, x_arm",
+            {"e": experiment, "c": int(cutoff[0][0])},
+        )
+        return int(cutoff[0][0]), [(str(p), str(a), int(n), float(r)) for p, a, n, r in rows]
+
     def busiest_segments(self, experiment: str, limit: int) -> list[tuple[str, int]]:
         rows = self.ch.rows(
             f"SELECT segment, count() AS n FROM {self.layout.table('exposures')} FINAL "

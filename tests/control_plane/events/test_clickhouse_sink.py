@@ -254,6 +254,7 @@ def test_with_events_in_a_chdb_held_elsewhere_privacy_requests_say_where(store: 
 def test_the_report_reads_the_same_figures_from_clickhouse_as_from_sql(
     hero: Store, chdb: Chdb, tmp_path: Path
 ) -> None:
+    from control_plane.learning.delays import delay_cdf, recent_cells, young_exposures
     from control_plane.learning.evaluation import logged_exposures
     from control_plane.learning.report import build_report
     from control_plane.storage.store import Store as SqlStore
@@ -280,6 +281,15 @@ def test_the_report_reads_the_same_figures_from_clickhouse_as_from_sql(
     logged = [logged_exposures(s, "hero", since, 300, until_ms=until) for s in (sql, hero)]
     assert logged[1] == logged[0] and len(logged[0]) == 300
     assert sum(e.reward for e in logged[0]) > 0
+    # What the delay correction and the contextual drift update read: the same.
+    now = _now()
+    assert delay_cdf(hero, record.spec, now)[1:] == delay_cdf(sql, record.spec, now)[1:]
+    young = [young_exposures(s, record.spec, now, 1_800_000) for s in (hero, sql)]
+    assert [{k: sorted(v) for k, v in y.items()} for y in young] == [
+        {k: sorted(v) for k, v in young[1].items()}
+    ] * 2  # the same buckets, in any order (they are summed)
+    assert recent_cells(hero, record.spec, 250) == recent_cells(sql, record.spec, 250)
+    assert delay_cdf(hero, record.spec, now)[1] > 0 and recent_cells(hero, record.spec, 250)[1] is not None
 
 
 @pytest.mark.process
