@@ -7,8 +7,7 @@ SQL path does in control_plane.events.ingest: an exposure's cell from its contex
 reward from the experiment's rule, a verified token's cell.
 
 Not stored on ClickHouse: identity stitches (skipped and counted; erasure across stitched ids
-needs the SQL store), and propensities the edge left null (contextual decisions; the SQL path
-computes them, control_plane.propensity).
+needs the SQL store).
 """
 
 from __future__ import annotations
@@ -16,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from control_plane.events.group_commit import Batch
+from control_plane.events.ingest import decided_propensity
 from control_plane.events.tally import IngestResult, Paths, path_of
 from control_plane.experiments import ExperimentSpec
 from control_plane.storage.clickhouse_events import EventLog, Exposure, Outcome, Rule
@@ -44,6 +44,7 @@ class ClickHouseSink:
     horizon_s: int = EVALUATION_HORIZON_S
     skipped_stitches: int = 0
     expired: int = 0
+    propensity_unknown: int = 0  # contextual exposures of a snapshot this store never made
 
     def __call__(self, batches: list[Batch]) -> tuple[IngestResult, list[Batch]] | None:
         try:
@@ -64,7 +65,7 @@ class ClickHouseSink:
         for e in events:
             kind = e["type"]
             if kind == "exposure":
-                exposures.append(_exposure(e, self.store, paths, now))
+                exposures.append(self._propensity(_exposure(e, self.store, paths, now), specs))
             elif kind == "outcome":
                 outcomes.append(_outcome(e, self.store, specs, tokens.get(e["id"]), now))
             else:
@@ -77,6 +78,32 @@ class ClickHouseSink:
         result.joined = stored.statuses.get("joined", 0) + stored.statuses.get("extra", 0)
         result.late, result.pending = stored.statuses.get("late", 0), stored.statuses.get("pending", 0)
         return result
+
+    def _propensity(self, exposure: Exposure, specs: Mapping[str, ExperimentSpec]) -> Exposure:
+        """A contextual exposure logged without a propensity gets its snapshot's exact one, as on
+        the SQL path (control_plane.events.ingest.decided_propensity)."""
+        spec = specs.get(exposure.experiment)
+        if (
+            exposure.propensity is not None
+            or exposure.reason != "personalized"
+            or spec is None
+            or spec.model != "contextual"
+            or exposure.snapshot_version is None
+        ):
+            return exposure
+        with self.store.engine.connect() as conn:
+            p = decided_propensity(
+                self.store,
+                conn,
+                spec,
+                version=exposure.snapshot_version,
+                arm=exposure.arm,
+                path=exposure.path,
+            )
+        if p is None:
+            self.propensity_unknown += 1
+            return exposure
+        return replace(exposure, propensity=p)
 
     def _specs_of(self, keys: set[str]) -> dict[str, ExperimentSpec]:
         out = {}

@@ -37,7 +37,15 @@ from control_plane.storage.store import Store
 from core import DecisionToken
 
 # Cells, IngestResult and verified_tokens are re-exported: callers ingest through this module.
-__all__ = ["Cells", "IngestResult", "ingest", "ingest_into", "remember_batches", "verified_tokens"]
+__all__ = [
+    "Cells",
+    "IngestResult",
+    "decided_propensity",
+    "ingest",
+    "ingest_into",
+    "remember_batches",
+    "verified_tokens",
+]
 
 
 def _spec_cache(store: Store, conn: Connection, keys: Iterable[str]) -> dict[str, ExperimentSpec]:
@@ -74,13 +82,24 @@ def _fill_propensities(
             continue
         if spec.model != "contextual" or row["snapshot_version"] is None:
             continue
-        snapshot = store.snapshot_at(conn, row["experiment"], row["snapshot_version"])
-        index = snapshot.arm_index.get(row["arm"]) if snapshot is not None else None
-        if snapshot is None or index is None:
+        row["propensity"] = decided_propensity(
+            store, conn, spec, version=row["snapshot_version"], arm=row["arm"], path=row["path"]
+        )
+        if row["propensity"] is None:
             cells.bump(row["experiment"], "propensity_unknown")
-            continue
-        context = dict(zip(spec.features, json.loads(row["path"]), strict=True))
-        row["propensity"] = float(store.propensities.get(snapshot, context)[index])
+
+
+def decided_propensity(
+    store: Store, conn: Connection, spec: ExperimentSpec, *, version: int, arm: str, path: str
+) -> float | None:
+    """P(``arm``) for the context ``path`` (JSON) under snapshot ``version`` of a contextual
+    experiment, exactly (control_plane.propensity); None if the store never made that snapshot."""
+    snapshot = store.snapshot_at(conn, spec.key, version)
+    index = snapshot.arm_index.get(arm) if snapshot is not None else None
+    if snapshot is None or index is None:
+        return None
+    context = dict(zip(spec.features, json.loads(path), strict=True))
+    return float(store.propensities.get(snapshot, context)[index])
 
 
 def remember_batches(store: Store, conn: Connection, signatures: list[str], now_ms: int) -> None:

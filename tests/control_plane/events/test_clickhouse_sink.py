@@ -306,3 +306,65 @@ def test_a_bad_events_url_is_refused_with_what_is_expected(tmp_path: Path) -> No
         "PERCH_EVENTS_URL='mysql://x/y', must be chdb:///path or clickhouse://"
         in (tmp_path / "c.log").read_text()
     )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_contextual_exposures_get_their_snapshots_exact_propensity_in_clickhouse(
+    store: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    """As on the SQL path (tests/control_plane/http/test_contextual_app.py): the edge logs no
+    propensity for a contextual decision; the consumer computes it from the snapshot that decided."""
+    from control_plane.distribution.kv_publishers import LocalKVPublisher
+    from control_plane.events.ingest import ingest
+    from control_plane.experiments import ExperimentSpec
+    from control_plane.learning.publish import publish_experiment
+    from control_plane.metrics import Metrics
+    from control_plane.propensity import context_probabilities
+    from core import LocalKV, decode_snapshot, snapshot_key
+    from tests.factories import exposure
+
+    spec_ = ExperimentSpec.create(
+        {
+            "key": "hero",
+            "arms": [{"key": "a"}, {"key": "b"}, {"key": "c"}],
+            "default_arm": "a",
+            "features": ["device", "source"],
+            "floor": 0.1,
+        }
+    )
+    assert spec_.model == "contextual"
+    record = store.create_experiment(spec_, NOW)
+    rng = random.Random(13)
+
+    def events(first: int, n: int, version: int | None) -> list[dict[str, Any]]:
+        out = []
+        for i in range(first, first + n):
+            ctx = {"device": rng.choice(["desktop", "mobile"]), "source": rng.choice(["search", "social"])}
+            event = exposure(i, arm=rng.choice("abc"), context=ctx, ts=_now() - 60_000 + i)
+            event["propensity"], event["snapshot_version"] = None, version
+            out.append(event)
+        return out
+
+    ingest(store, events(0, 300, None), None, _now())  # learnt from, through the SQL path
+    kv = LocalKV(tmp_path / "kv")
+    publish_experiment(
+        store, LocalKVPublisher(kv), record, Metrics(), now_ms=_now, force=True, sleep=lambda _: None
+    )
+    snap = decode_snapshot(kv.get(snapshot_key("hero")) or b"")
+    log = _log_for(store, chdb)
+    sink = ClickHouseSink(store, log)
+    queue = DirectoryQueue(tmp_path / "q")
+    enqueue(queue, events(10_000, 40, snap.version) + events(20_000, 5, snap.version + 50))
+    Consumer(store, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=sink).run(until_empty=True)
+    rows = chdb.rows(
+        f"SELECT arm, path, propensity, decision_id FROM `{chdb.database}`.exposures FINAL "
+        "WHERE experiment = 'hero'"
+    )
+    known = [r for r in rows if r[3].hex < f"{20_000:032x}"]
+    assert len(known) == 40 and len(rows) == 45
+    for arm, path, propensity, _ in known:
+        context = dict(zip(["device", "source"], json.loads(path), strict=True))
+        expected = context_probabilities(snap, context)[snap.arm_index[arm]]
+        assert propensity == pytest.approx(expected, rel=1e-6)  # stored as Float32
+    assert all(r[2] is None for r in rows if r[3].hex >= f"{20_000:032x}")
+    assert sink.propensity_unknown == 5
