@@ -6,8 +6,7 @@ them exact under redelivery without a transaction. What this module adds is the 
 SQL path does in control_plane.events.ingest: an exposure's cell from its context, an outcome's
 reward from the experiment's rule, a verified token's cell.
 
-Not stored on ClickHouse: identity stitches (skipped and counted; erasure across stitched ids
-needs the SQL store).
+Identity stitches are stored in the database, as on the SQL path: erasure walks them.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from control_plane.events.group_commit import Batch
-from control_plane.events.ingest import decided_propensity
+from control_plane.events.ingest import decided_propensity, ingest
 from control_plane.events.tally import IngestResult, Paths, path_of
 from control_plane.experiments import ExperimentSpec
 from control_plane.storage.clickhouse_events import EventLog, Exposure, Outcome, Rule
@@ -42,7 +41,6 @@ class ClickHouseSink:
     store: Store
     events: EventLog
     horizon_s: int = EVALUATION_HORIZON_S
-    skipped_stitches: int = 0
     expired: int = 0
     propensity_unknown: int = 0  # contextual exposures of a snapshot this store never made
 
@@ -61,7 +59,7 @@ class ClickHouseSink:
         now = max((b.now_ms for b in batches), default=0)
         specs = self._specs_of({e["experiment"] for e in events if "experiment" in e})
         paths = Paths(specs)
-        exposures, outcomes = [], []
+        exposures, outcomes, stitches = [], [], []
         for e in events:
             kind = e["type"]
             if kind == "exposure":
@@ -69,12 +67,19 @@ class ClickHouseSink:
             elif kind == "outcome":
                 outcomes.append(_outcome(e, self.store, specs, tokens.get(e["id"]), now))
             else:
-                self.skipped_stitches += 1
+                stitches.append(e)
         rules = {key: _rule(spec, self.horizon_s) for key, spec in specs.items()}
         stored = self.events.store(exposures, outcomes, rules, now)
         self.expired += stored.expired
         result = IngestResult(duplicates=stored.duplicates)
         result.accepted["exposure"], result.accepted["outcome"] = stored.exposures, stored.outcomes
+        if stitches:
+            # Identity stitches stay in the database (erasure walks them), idempotent by event id.
+            linked = ingest(self.store, stitches, None, now)
+            result.accepted["stitch"], result.duplicates = (
+                linked.accepted["stitch"],
+                result.duplicates + linked.duplicates,
+            )
         result.joined = stored.statuses.get("joined", 0) + stored.statuses.get("extra", 0)
         result.late, result.pending = stored.statuses.get("late", 0), stored.statuses.get("pending", 0)
         return result

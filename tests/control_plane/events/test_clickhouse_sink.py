@@ -368,3 +368,22 @@ def test_contextual_exposures_get_their_snapshots_exact_propensity_in_clickhouse
         assert propensity == pytest.approx(expected, rel=1e-6)  # stored as Float32
     assert all(r[2] is None for r in rows if r[3].hex >= f"{20_000:032x}")
     assert sink.propensity_unknown == 5
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_signed_in_person_is_erased_with_the_anonymous_ids_stitched_through_the_queue(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    from control_plane.storage import privacy
+    from core import stitch_event
+
+    log = _log_for(hero, chdb)
+    events = traffic(60, seed=14, now=_now())
+    anonymous = [e["unit"] for e in events if e["type"] == "exposure"][:3]
+    stitched = [stitch_event(unit, "user-42", _now()) for unit in anonymous]
+    _consume(hero, log, [*events, *stitched], tmp_path / "q")
+    held = privacy.export(hero, "user-42")
+    assert len(held["stitches"]) == 3 and len(held["exposures"]) == 3
+    assert privacy.erase(hero, "user-42")["exposures"] == 3
+    assert all(privacy.export(hero, unit)["exposures"] == [] for unit in anonymous)
+    assert log.counts("hero")["exposures"] == sum(e["type"] == "exposure" for e in events) - 3
