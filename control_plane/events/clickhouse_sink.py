@@ -43,6 +43,7 @@ class ClickHouseSink:
     horizon_s: int = EVALUATION_HORIZON_S
     expired: int = 0
     propensity_unknown: int = 0  # contextual exposures of a snapshot this store never made
+    unknown_experiment: int = 0  # events of an experiment the database does not know: skipped
 
     def __call__(self, batches: list[Batch]) -> tuple[IngestResult, list[Batch]] | None:
         try:
@@ -62,6 +63,11 @@ class ClickHouseSink:
         exposures, outcomes, stitches = [], [], []
         for e in events:
             kind = e["type"]
+            if kind != "stitch" and e["experiment"] not in specs:
+                # Kept and not learnt on the SQL path; here nothing could stop a later experiment of
+                # that key from learning them, so they are left out and counted.
+                self.unknown_experiment += 1
+                continue
             if kind == "exposure":
                 exposures.append(self._propensity(_exposure(e, self.store, paths, now), specs))
             elif kind == "outcome":

@@ -25,8 +25,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from control_plane.distribution.kv_publishers import KVPublisher
-from control_plane.events.group_commit import IngestWriter, ReplayedBatch
-from control_plane.events.ingest import verified_tokens
+from control_plane.events.clickhouse_sink import ClickHouseSink
+from control_plane.events.group_commit import Batch, IngestWriter, ReplayedBatch
+from control_plane.events.ingest import IngestResult, verified_tokens
 from control_plane.experiments import ExperimentError
 from control_plane.http._io import Endpoints, JSONResponse, error, read_body
 from control_plane.http.dashboard import dashboard_routes
@@ -37,6 +38,7 @@ from control_plane.learning.publish import Gate, publish_all
 from control_plane.metrics import Metrics
 from control_plane.settings import Settings
 from control_plane.storage import privacy
+from control_plane.storage.clickhouse import ClickHouseError
 from control_plane.storage.store import Conflict, NotFound, Store
 from core import (
     SIGNATURE_HEADER,
@@ -119,6 +121,16 @@ class Api(Endpoints):
             return JSONResponse({"deleted": deleted})
         return JSONResponse(await run_in_threadpool(privacy.export, self.store, unit))
 
+    def _to_clickhouse(self, valid: list[dict[str, Any]], signature: str, tokens: Any) -> IngestResult:
+        """Store a batch as ``perch consume`` would (idempotent per event: a replay adds nothing)."""
+        assert self.store.events is not None
+        stored = ClickHouseSink(self.store, self.store.events)(
+            [Batch(valid, signature, self.now_ms(), tokens=tokens)]
+        )
+        if stored is None:
+            raise ClickHouseError("ClickHouse refused the batch; it was not stored")
+        return stored[0]
+
     async def events(self, request: Request) -> Response:
         """
         summary: Ingest a signed batch of exposures, outcomes and stitches from the edge.
@@ -130,6 +142,7 @@ class Api(Endpoints):
           401: {description: Missing, wrong or expired signature.}
           409: {description: This very batch was already accepted.}
           413: {description: Batch too large.}
+          503: {description: "Not accepted here (events in a chDB that perch consume holds): send again."}
         """
         header = request.headers.get(SIGNATURE_HEADER)
         now_s = self.now_ms() // 1000
@@ -161,9 +174,15 @@ class Api(Endpoints):
         if not valid:
             return error(400, "no valid event in the batch", rejected=rejected[:20])
         signature = replay_key(self.settings.edge_secret, timestamp, body)
+        if self.store.events_elsewhere:
+            # chDB is held by `perch consume`: nothing is accepted here, so the edge keeps the batch.
+            return error(503, f"events are not taken here: {self.store.events_elsewhere}")
         try:
             tokens = verified_tokens(self.settings.edge_secret, valid)
-            result = await self.writer.submit(valid, signature, self.now_ms(), tokens)
+            if self.store.events is not None:  # a ClickHouse server: the consumer's path, per batch
+                result = await run_in_threadpool(self._to_clickhouse, valid, signature, tokens)
+            else:
+                result = await self.writer.submit(valid, signature, self.now_ms(), tokens)
         except Exception as exc:
             if isinstance(exc, ReplayedBatch) or _is_duplicate_signature(exc):
                 self.metrics.events_rejected.labels("replay").inc()
@@ -213,6 +232,7 @@ def create_app(
         ExperimentError: _status(422),
         NotFound: _status(404),
         Conflict: _status(409),
+        ClickHouseError: _status(503),  # the event store is down or refused: nothing was stored
         HTTPException: _on_http,
     }
     app = Starlette(

@@ -36,7 +36,7 @@ from control_plane.learning.report_types import (
     SnapshotRow,
 )
 from control_plane.storage.schema import exposures, snapshots
-from control_plane.storage.store import ExperimentRecord, Store
+from control_plane.storage.store import Conflict, ExperimentRecord, Store
 
 __all__ = ["MAX_HISTORY", "MAX_SEGMENTS", "MAX_SNAPSHOTS", "Report", "build_report"]
 
@@ -369,6 +369,8 @@ def _ope(alerts: Iterable[Alert], latest: Mapping[str, Any], snapshot: SnapshotR
 
 def build_report(store: Store, record: ExperimentRecord, now_ms: int) -> Report:
     """The report of one experiment (see docs/report.md; ``to_dict()`` for its JSON)."""
+    if store.events_elsewhere:  # events in a chDB another process holds: nothing here to report
+        raise Conflict(f"no report from this process: {store.events_elsewhere}")
     spec = record.spec
     key = spec.key
     reads = _read(store, key)

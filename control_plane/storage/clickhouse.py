@@ -215,7 +215,17 @@ class ClickHouseServer:
             ) from exc
         self.database = database
         self._client = clickhouse_connect.get_client(
-            host=host, port=port, username=username, password=password, database=database, secure=secure
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            database=database,
+            secure=secure,
+            # No session: the server refuses overlapping queries of one session, and serve's request
+            # threads and its publisher query at once.
+            autogenerate_session_id=False,
+            # Thousands of ids per lookup: in the body, not a URL a proxy would refuse.
+            form_encode_query_params=True,
         )
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:

@@ -190,7 +190,7 @@ class EventLog(EventReads, VisitorRights):
                     e.snapshot_version or 0,
                     e.ts_ms,
                     rules.get(e.experiment, _DEFAULT).half_life_s or 0.0,
-                    (e.ts_ms // 1000) + rules.get(e.experiment, _DEFAULT).keep_s,
+                    _until(e.ts_ms, rules.get(e.experiment, _DEFAULT).keep_s),
                 )
                 for e in fresh.values()
             ],
@@ -224,10 +224,11 @@ class EventLog(EventReads, VisitorRights):
                     status = "late"
                 else:
                     # A decision's rewards add up to at most one success: a binary one counts once.
-                    before = credited.get(decision, 0.0)
+                    before, seen = credited.get(decision, (0.0, 0))
                     gain = max(0.0, min(o.value, 1.0 - before))
-                    status = "extra" if gain <= 0.0 and rule.binary else "joined"
-                    credited[decision] = before + gain
+                    # As in SQL: "extra" is a later outcome of a binary decision that adds nothing.
+                    status = "extra" if gain <= 0.0 and rule.binary and seen > 0 else "joined"
+                    credited[decision] = (before + gain, seen + 1)
             out.statuses[status] = out.statuses.get(status, 0) + 1
             rows.append(
                 (
@@ -245,7 +246,7 @@ class EventLog(EventReads, VisitorRights):
                     # A holdout or no-consent decision's reward is stored, not learnt (as its exposure).
                     1 if found is not None and found[3] == "personalized" else 0,
                     rule.half_life_s or 0.0,
-                    (o.ts_ms // 1000) + rule.keep_s,
+                    _until(o.ts_ms, rule.keep_s),
                     0 if status == "pending" else 1,  # the row's version: a credit replaces "pending"
                 )
             )
@@ -303,19 +304,20 @@ class EventLog(EventReads, VisitorRights):
             out.update({(experiment, uuid_hex(d)): (p, a, int(t), r) for d, p, a, t, r in rows})
         return out
 
-    def _credited(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
-        out: dict[tuple[str, str], float] = {}
+    def _credited(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[float, int]]:
+        """Per decision: what its stored outcomes credited, and how many of them there are."""
+        out: dict[tuple[str, str], tuple[float, int]] = {}
         for experiment, ids in self._by_experiment(keys).items():
             rows = self.ch.rows(
                 # One row per outcome event even before parts merge (ReplacingMergeTree).
-                "SELECT decision_id, sum(credited) FROM ("
+                "SELECT decision_id, sum(credited), count() FROM ("
                 "SELECT decision_id, event_id, argMax(credited, version) AS credited "
                 f"FROM {self.layout.table('outcomes')} "
                 "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)} "
                 "GROUP BY decision_id, event_id) GROUP BY decision_id",
                 {"e": experiment, "ids": ids},
             )
-            out.update({(experiment, uuid_hex(d)): float(c) for d, c in rows})
+            out.update({(experiment, uuid_hex(d)): (float(c), int(k)) for d, c, k in rows})
         return out
 
 
@@ -325,3 +327,12 @@ _Row = TypeVar("_Row")
 def _unseen(first: dict[tuple[str, str], _Row], stored: set[tuple[str, str]]) -> dict[tuple[str, str], _Row]:
     """The first row of each id (``first`` was built from the rows reversed), less those stored."""
     return {key: row for key, row in reversed(first.items()) if key not in stored}
+
+
+_LAST_DATETIME = 4_294_967_295  # ClickHouse's DateTime ends in 2106
+
+
+def _until(ts_ms: int, keep_s: int) -> int:
+    """A row's ``keep_until``, within DateTime's range (a timestamp far in the future must not make
+    a server refuse the whole group, which would then come back forever)."""
+    return max(0, min(ts_ms // 1000 + keep_s, _LAST_DATETIME))

@@ -6,11 +6,11 @@ from collections.abc import Mapping, Sequence
 
 from control_plane.storage.clickhouse import ClickHouseError, Executor, dedup_token, uuid_hex
 from control_plane.storage.clickhouse_schema import Layout
-from control_plane.storage.stats import HOUR_MS
 
 __all__ = ["VisitorRights"]
 
 _THEIRS = "unit_hash IN {h:Array(String)}"  # a person's rows: ``h`` holds their unit hashes
+_ERASURE_COLUMNS = ("experiment", "id", "path", "arm", "ts_ms", "half_life_s", "exposures", "reward")
 
 
 class VisitorRights:
@@ -46,10 +46,11 @@ class VisitorRights:
     def erase(self, hashes: Sequence[str]) -> dict[str, int]:
         """Take these unit hashes' contribution out of the cells, then delete their rows.
 
-        The negated deltas go first, with a token made of what they take back: a retry after a crash
-        before the deletes sends the same block (dropped), and after the deletes finds nothing.
-        The deletes are mutations; ``mutations_sync = 2`` waits until every replica has applied
-        them, and the rows are counted again to check.
+        Each erased event gets a row in ``erasures`` first (exposures as ``x<decision>``, credited
+        outcomes as ``o<event>``), whose view appends its negation to the cells; an event already
+        there is skipped. So a retry, after a crash or a refused delete and whatever arrived
+        meanwhile, negates each event once. The deletes are mutations; ``mutations_sync = 2`` waits
+        until every replica has applied them, and the rows are counted again to check.
         """
         x, o, db = self.layout.table("exposures"), self.layout.table("outcomes"), self.layout.database
         params = {"h": list(hashes)}
@@ -64,26 +65,12 @@ class VisitorRights:
             f"WHERE ({_THEIRS} OR decision_id IN ({theirs})) AND credited > 0 AND counted = 1",
             params,
         )
-        taken: dict[tuple[str, str, str, int], list[float]] = {}
-        for experiment, _, path, arm, ts, half_life in exposed:
-            _negate(taken, (experiment, path, arm), int(ts), float(half_life), n=1.0, r=0.0)
-        for experiment, _, path, arm, ts, half_life, reward in credited:
-            _negate(taken, (experiment, path, arm), int(ts), float(half_life), n=0.0, r=float(reward))
-        ids = [f"x{uuid_hex(r[1])}" for r in exposed] + [f"o{r[1]}" for r in credited]
+        rows = [(e, f"x{uuid_hex(d)}", p, a, int(t), float(h), 1.0, 0.0) for e, d, p, a, t, h in exposed]
+        rows += [(e, f"o{i}", p, a, int(t), float(h), 0.0, float(r)) for e, i, p, a, t, h, r in credited]
+        done = self._erased({(r[0], r[1]) for r in rows})
+        rows = [r for r in rows if (r[0], r[1]) not in done]
         self.ch.insert(
-            "stat_deltas",
-            (
-                "experiment",
-                "path",
-                "arm",
-                "hour_ms",
-                "exposures",
-                "reward",
-                "decayed_exposures",
-                "decayed_reward",
-            ),
-            [(e, p, a, h, *v) for (e, p, a, h), v in sorted(taken.items())],
-            token=dedup_token("erase", ids),
+            "erasures", _ERASURE_COLUMNS, rows, token=dedup_token("erase", (f"{r[0]}/{r[1]}" for r in rows))
         )
         counts = {
             "exposures": self._count(f"SELECT count() FROM {x} FINAL WHERE {_THEIRS}", params),
@@ -110,26 +97,17 @@ class VisitorRights:
             raise ClickHouseError(f"erasure incomplete: {left} rows still there after the mutations finished")
         return counts
 
+    def _erased(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for experiment in {e for e, _ in keys}:
+            ids = [i for e, i in keys if e == experiment]
+            rows = self.ch.rows(
+                f"SELECT id FROM {self.layout.table('erasures')} "
+                "WHERE experiment = {e:String} AND id IN {ids:Array(String)}",
+                {"e": experiment, "ids": ids},
+            )
+            out.update((experiment, str(i)) for (i,) in rows)
+        return out
+
     def _count(self, sql: str, params: Mapping[str, object]) -> int:
         return int(self.ch.rows(sql, params)[0][0])
-
-
-def _negate(
-    taken: dict[tuple[str, str, str, int], list[float]],
-    cell: tuple[str, str, str],
-    ts: int,
-    half_life_s: float,
-    *,
-    n: float,
-    r: float,
-) -> None:
-    """Add the negation of what one event put in its (experiment, path, arm) cell (the views'
-    arithmetic, in Python)."""
-    experiment, path, arm = cell
-    hour = ts - ts % HOUR_MS
-    weight = 2.0 ** ((ts - hour) / (half_life_s * 1000.0)) if half_life_s > 0 else 1.0
-    row = taken.setdefault((experiment, path, arm, hour), [0.0, 0.0, 0.0, 0.0])
-    row[0] -= n
-    row[1] -= r
-    row[2] -= n * weight
-    row[3] -= r * weight

@@ -173,15 +173,20 @@ class EventReads:
         return {tuple(json.loads(path)): int(n) for path, n in rows}
 
     def data_mark(self, experiment: str) -> int:
-        """Changes whenever the experiment's cells do (the publisher's digest): nothing here ever
-        subtracts, so the raw sums only grow; merges leave them as they are."""
-        ((n, r, hours),) = self.ch.rows(
-            f"SELECT sum(exposures), sum(reward), max(hour_ms) FROM {self.layout.table('stat_deltas')} "
+        """Changes whenever the experiment's cells do (the publisher's digest): the raw sums only grow
+        but for erasures, and every erased event adds a row to ``erasures``, so (sums, erased events)
+        changes with every change; merges change neither."""
+        ((n, r),) = self.ch.rows(
+            f"SELECT sum(exposures), sum(reward) FROM {self.layout.table('stat_deltas')} "
             "WHERE experiment = {e:String}",
             {"e": experiment},
         )
+        ((erased,),) = self.ch.rows(
+            f"SELECT uniqExact(id) FROM {self.layout.table('erasures')} WHERE experiment = {{e:String}}",
+            {"e": experiment},
+        )
         # Rounded: a merge may add the same numbers in another order.
-        digest = hashlib.sha256(f"{float(n or 0.0):.6f}:{float(r or 0.0):.6f}:{int(hours or 0)}".encode())
+        digest = hashlib.sha256(f"{float(n or 0.0):.6f}:{float(r or 0.0):.6f}:{int(erased)}".encode())
         return int.from_bytes(digest.digest()[:7], "big")
 
     def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
@@ -191,7 +196,8 @@ class EventReads:
             "WHERE experiment = {e:String} GROUP BY path, arm",
             {"e": experiment},
         )
-        return {(p, a): Totals(float(n), float(r)) for p, a, n, r in rows}
+        # A cell an erasure emptied sums to zero (its rows stay until merged): not a cell any more.
+        return {(p, a): Totals(float(n), float(r)) for p, a, n, r in rows if abs(n) > 1e-9 or abs(r) > 1e-9}
 
     def recompute(self, experiment: str) -> dict[tuple[str, str], Totals]:
         """The same sums from the raw rows, each stored once (FINAL), for checking :meth:`totals`."""

@@ -43,8 +43,8 @@ __all__ = ["DEDUP_WINDOW", "TABLES", "VIEWS", "Layout", "statements"]
 # Inserts remembered per table for deduplication: at 5,000-event groups and one block per queue
 # message, far more than a consumer could retry while holding its lease.
 DEDUP_WINDOW = 10_000
-TABLES = ("exposures", "outcomes", "stat_deltas")
-VIEWS = ("exposure_deltas", "outcome_deltas")
+TABLES = ("exposures", "outcomes", "stat_deltas", "erasures")
+VIEWS = ("exposure_deltas", "outcome_deltas", "erasure_deltas")
 
 _COLUMNS = {
     "exposures": """
@@ -76,6 +76,17 @@ _COLUMNS = {
         half_life_s Float32 CODEC(ZSTD(1)),
         keep_until DateTime CODEC(Delta, ZSTD(1)),
         version UInt8""",
+    # What an erasure took out of the cells, one row per erased event (its id: "x<decision>" or
+    # "o<event>"): its view appends the negation, and an id already here is never negated again.
+    "erasures": """
+        experiment LowCardinality(String),
+        id String,
+        path String,
+        arm LowCardinality(String),
+        ts_ms Int64,
+        half_life_s Float32,
+        exposures Float64,
+        reward Float64""",
     "stat_deltas": """
         experiment LowCardinality(String),
         path String,
@@ -91,6 +102,7 @@ _ENGINES = {
     # version: a pending outcome credited later is stored again, and the newer row is the one kept.
     "outcomes": ("ReplacingMergeTree", "(experiment, decision_id, event_id)", True),
     "stat_deltas": ("SummingMergeTree", "(experiment, path, arm, hour_ms)", False),
+    "erasures": ("ReplacingMergeTree", "(experiment, id)", False),
 }
 
 
@@ -112,6 +124,15 @@ _VIEWS = {
         "0.0 AS exposures, sum(credited) AS reward, 0.0 AS decayed_exposures, "
         f"sum(credited * {_WEIGHT.format(ts='decision_ts_ms')}) AS decayed_reward "
         "FROM {source} WHERE credited > 0 AND counted = 1 GROUP BY experiment, path, arm, hour_ms",
+    ),
+    "erasure_deltas": (
+        "erasures",
+        # e.exposures, not exposures: the output's aliases shadow the source's columns.
+        "SELECT experiment, path, arm, intDiv(e.ts_ms, 3600000) * 3600000 AS hour_ms, "
+        "-sum(e.exposures) AS exposures, -sum(e.reward) AS reward, "
+        f"-sum(e.exposures * {_WEIGHT.format(ts='e.ts_ms')}) AS decayed_exposures, "
+        f"-sum(e.reward * {_WEIGHT.format(ts='e.ts_ms')}) AS decayed_reward "
+        "FROM {source} AS e GROUP BY experiment, path, arm, hour_ms",
     ),
 }
 
@@ -158,7 +179,11 @@ def statements(layout: Layout) -> list[str]:
             out.append(
                 f"CREATE TABLE IF NOT EXISTS `{db}`.`{name}_all`{on} AS `{db}`.`{name}` "
                 f"ENGINE = Distributed(`{cluster}`, `{db}`, `{name}`, "
-                + ("cityHash64(decision_id))" if name != "stat_deltas" else "cityHash64(experiment, path))")
+                + (
+                    "cityHash64(decision_id))"
+                    if name in ("exposures", "outcomes")
+                    else "cityHash64(experiment, path))"
+                )
             )
     for view, (source, select) in _VIEWS.items():
         # On a cluster each shard's view feeds its own local stat_deltas; reads go through stat_deltas_all.

@@ -30,3 +30,27 @@ def test_without_clickhouse_serve_learns_from_its_database(tmp_path: Path) -> No
     client = ApiClient(app)
     client.post("/v1/experiments", json=spec().to_dict(), headers=auth)
     assert client.post("/v1/experiments/hero/publish", headers=auth).status_code == 200
+
+
+def test_with_events_in_chdb_serve_refuses_events_and_reports_without_accepting_them(tmp_path: Path) -> None:
+    """The edge falls back to POST /v1/events when Queues refuse: serve must not take into SQL what
+    nothing would learn from. 503: not accepted, so the edge keeps the batch and sends it again."""
+    from core import encode_batch, sign
+    from tests.factories import NOW, exposure
+
+    env = {**ENV, "PERCH_DATA_DIR": str(tmp_path), "PERCH_EVENTS_URL": f"chdb://{tmp_path}/ch"}
+    client = ApiClient(app_from_env(env))
+    auth = {"Authorization": f"Bearer {ENV['PERCH_ADMIN_TOKEN']}"}
+    client.post("/v1/experiments", json=spec().to_dict(), headers=auth)
+    body = encode_batch([exposure(1, ts=NOW)])
+    import time
+
+    now_s = int(time.time())
+    headers = {
+        "X-Perch-Signature": sign(ENV["PERCH_EDGE_SECRET"], body, now_s),
+        "content-type": "application/json",
+    }
+    refused = client.post("/v1/events", content=body, headers=headers)
+    assert refused.status_code == 503 and "perch consume" in refused.json()["error"]
+    report = client.get("/v1/experiments/hero/report", headers=auth)
+    assert report.status_code == 409 and "perch consume" in report.json()["error"]

@@ -387,3 +387,44 @@ def test_a_signed_in_person_is_erased_with_the_anonymous_ids_stitched_through_th
     assert privacy.erase(hero, "user-42")["exposures"] == 3
     assert all(privacy.export(hero, unit)["exposures"] == [] for unit in anonymous)
     assert log.counts("hero")["exposures"] == sum(e["type"] == "exposure" for e in events) - 3
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_with_a_clickhouse_server_serve_takes_posted_events_into_it(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    """The edge's fallback POST reaches the same event log as the queue (chDB stands in for a server)."""
+    from control_plane.distribution.kv_publishers import LocalKVPublisher
+    from control_plane.http.app import create_app
+    from control_plane.settings import Settings
+    from core import LocalKV, encode_batch, sign
+    from tests.control_plane.http.test_app import ApiClient
+
+    log = _log_for(hero, chdb)
+    settings = Settings(admin_token="admin-token-0123456789", edge_secret=SECRET, data_dir=tmp_path)
+    client = ApiClient(
+        create_app(settings, hero, LocalKVPublisher(LocalKV(tmp_path)), now_ms=_now, schedule=False)
+    )
+    events = traffic(30, seed=15, now=_now())
+    body = encode_batch(events)
+    headers = {"X-Perch-Signature": sign(SECRET, body, _now() // 1000), "content-type": "application/json"}
+    first = client.post("/v1/events", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["accepted"]["exposure"] == 30
+    again = client.post("/v1/events", content=body, headers=headers)  # a resend adds nothing
+    assert again.status_code == 200 and again.json()["duplicates"] == len(events)
+    assert _sums(log) == expected_cells(events)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_events_of_an_experiment_the_database_does_not_know_are_skipped_and_counted(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    log = _log_for(hero, chdb)
+    stray = [{**e, "experiment": "nobody"} for e in traffic(20, seed=16, now=_now())]
+    sink = ClickHouseSink(hero, log)
+    queue = DirectoryQueue(tmp_path / "q")
+    enqueue(queue, stray)
+    Consumer(hero, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=sink).run(until_empty=True)
+    assert sink.unknown_experiment == len(stray)
+    assert log.totals("nobody") == {} and log.counts("nobody") == {"exposures": 0}

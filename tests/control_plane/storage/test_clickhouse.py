@@ -95,6 +95,8 @@ def test_server_urls_are_parsed_without_connecting(monkeypatch: pytest.MonkeyPat
         "password": "s@cret",
         "database": "events",
         "secure": True,
+        "autogenerate_session_id": False,
+        "form_encode_query_params": True,
     }
     assert is_clickhouse_url("chdb:///x") and is_clickhouse_url("clickhouse://h/d")
     assert not is_clickhouse_url("postgresql://h/d") and not is_clickhouse_url("sqlite:///x")

@@ -176,3 +176,74 @@ def test_events_older_than_their_retention_are_skipped_and_counted(log: EventLog
     stored = log.store([old], [late], {"exp": Rule(keep_s=60)}, now)
     assert (stored.exposures, stored.outcomes, stored.expired) == (0, 0, 2)
     assert log.totals("exp") == {}
+
+
+def test_an_erasure_retried_after_new_events_negates_each_event_once(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt fails at its delete; the visitor is seen again before the retry."""
+    now = int(time.time() * 1000)
+
+    def seen(i: int, unit: str) -> Exposure:
+        return Exposure("exp", f"{i:032x}", "x", unit, '["a"]', "all", "personalized", 0.5, 1, now - 1000 + i)
+
+    log.store([seen(1, "p"), seen(2, "q"), seen(3, "q2")], [], RULES, now)
+    real = log.ch.command
+
+    def refused(sql: str, params: object = None) -> None:
+        if sql.startswith("ALTER TABLE"):
+            raise ClickHouseError("the delete timed out")
+        real(sql, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(log.ch, "command", refused)
+    with pytest.raises(ClickHouseError):
+        log.erase(["p"])
+    monkeypatch.setattr(log.ch, "command", real)
+    log.store([seen(4, "p")], [], RULES, now)
+    log.erase(["p"])
+    assert log.totals("exp") == log.recompute("exp") == {('["a"]', "x"): Totals(2.0, 0.0)}
+
+
+def test_the_publish_digest_changes_when_an_erasure_and_new_events_cancel_out(log: EventLog) -> None:
+    now = int(time.time() * 1000)
+    log.store(
+        [Exposure("exp", "a1" * 16, "x", "alice", '["a"]', "all", "personalized", 0.5, 1, now - 100)],
+        [],
+        RULES,
+        now,
+    )
+    before = log.data_mark("exp")
+    log.erase(["alice"])
+    log.store(
+        [Exposure("exp", "c1" * 16, "x", "carol", '["b"]', "all", "personalized", 0.5, 1, now - 50)],
+        [],
+        RULES,
+        now,
+    )
+    assert log.data_mark("exp") != before
+    marked = log.data_mark("exp")
+    log.ch.command(f"OPTIMIZE TABLE `{log.ch.database}`.stat_deltas FINAL")
+    assert log.data_mark("exp") == marked  # merges change nothing
+
+
+def test_a_first_outcome_adding_nothing_is_joined_and_a_second_is_extra(log: EventLog) -> None:
+    now = int(time.time() * 1000)
+    decision = "d1" * 16
+    shown = Exposure("exp", decision, "x", "u", '["a"]', "all", "personalized", 0.5, 1, now - 100)
+    zero = Outcome("exp", decision, "o-zero", 0.0, "u", now - 50)
+    assert log.store([shown], [zero], RULES, now).statuses == {"joined": 1}
+    one, again = (
+        Outcome("exp", decision, "o-1", 1.0, "u", now - 40),
+        Outcome("exp", decision, "o-2", 1.0, "u", now),
+    )
+    assert log.store([], [one, again], RULES, now).statuses == {"joined": 1, "extra": 1}
+
+
+def test_a_timestamp_past_2106_is_stored_within_datetime(log: EventLog) -> None:
+    now = int(time.time() * 1000)
+    decision = "e1" * 16
+    shown = Exposure("exp", decision, "x", "u", '["a"]', "all", "personalized", 0.5, 1, now - 100)
+    future = Outcome("exp", decision, "o-far", 1.0, "u", 5_000_000_000_000)
+    assert log.store([shown], [future], RULES, now).statuses == {"late": 1}
+    ((until,),) = log.ch.rows(f"SELECT toUInt32(keep_until) FROM `{log.ch.database}`.outcomes")
+    assert until == 4_294_967_295
