@@ -13,12 +13,11 @@ ClickHouse has no transactions and no unique keys, so exactness comes from three
   every table, views' target included: an insert retried as it was is dropped by ClickHouse.
 
 The skip relies on one writer at a time per decision's events, which routing by decision id gives
-(core.queue.route routes outcomes; with one consumer per queue that consumer credits them in
-order). Outcomes are inserted before exposures, so a consumer killed between the two leaves
-nothing a retry would count twice. A kill inside one INSERT, between the table's part and its
-view's part, is not covered: :meth:`EventLog.recompute` finds it (ClickHouse gives no atomicity
-across a table and its views).
-
+(core.queue.route sends a decision's exposure and outcomes to one queue; with one consumer per
+queue that consumer stores them in order). Outcomes are inserted before exposures, so a consumer
+killed between the two leaves nothing a retry would count twice. A kill inside one INSERT, between
+the table's part and its view's part, is not covered: :meth:`EventLog.recompute` finds it
+(ClickHouse gives no atomicity across a table and its views).
 """
 
 from __future__ import annotations
