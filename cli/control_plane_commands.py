@@ -123,6 +123,7 @@ def db_upgrade() -> None:
 
 def _publisher(settings: Any, store: Any) -> Callable[[bool], None]:
     """Every publish interval, and when the consumer stops (--until-empty), one publish cycle."""
+    import logging
     import time
 
     from control_plane.learning.publish import Gate, publish_all
@@ -136,14 +137,17 @@ def _publisher(settings: Any, store: Any) -> Callable[[bool], None]:
         if time.monotonic() - last[0] < settings.publish_interval_s and not final:
             return
         last[0] = time.monotonic()
-        publish_all(
-            store,
-            kv,
-            metrics,
-            now_ms=lambda: int(time.time() * 1000),
-            draws=settings.learner_draws,
-            gate=Gate(tolerance=settings.promotion_tolerance),
-        )
+        try:
+            publish_all(
+                store,
+                kv,
+                metrics,
+                now_ms=lambda: int(time.time() * 1000),
+                draws=settings.learner_draws,
+                gate=Gate(tolerance=settings.promotion_tolerance),
+            )
+        except Exception:  # consuming must outlive one bad cycle, as serve's schedule does
+            logging.getLogger("perch.consume").exception("publish cycle failed")
 
     return cycle
 
