@@ -101,9 +101,15 @@ def erase(store: Store, unit: str) -> dict[str, int]:
     """Delete ``unit``'s events and take their contribution out of the statistics, in one transaction
     (then, with events in ClickHouse, there too: control_plane.storage.clickhouse_events)."""
     _reachable(store)
+    held = {"exposures": 0, "outcomes": 0}
+    if store.events is not None:
+        # ClickHouse first, while the stitches that name the person's ids are still here: a retry
+        # after a failure there walks the same ids (ClickHouse's erasure is idempotent).
+        with store.engine.connect() as conn:
+            hashes = _Person(conn, store, unit).hashes(conn)
+        held = store.events.erase(hashes)
     with store.ingest_write() as conn:
         person = _Person(conn, store, unit)
-        hashes = person.hashes(conn)
         rows = conn.execute(select(exposures).where(person.owns(exposures.c.unit_hash))).all()
         # Rewards credited from a decision token whose exposure never arrived: on their own cell.
         shown = select(exposures.c.decision_id).where(exposures.c.decision_id == outcomes.c.decision_id)
@@ -145,8 +151,8 @@ def erase(store: Store, unit: str) -> dict[str, int]:
             ).rowcount
         for experiment in sorted(touched):  # the appended deltas make the next cycle republish
             store.bump(conn, experiment, "erasures")
-    if store.events is not None:
-        held = store.events.erase(hashes)
-        gone_exposures += held["exposures"]
-        gone_outcomes += held["outcomes"]
-    return {"exposures": gone_exposures, "outcomes": gone_outcomes, "stitches": gone_stitches}
+    return {
+        "exposures": gone_exposures + held["exposures"],
+        "outcomes": gone_outcomes + held["outcomes"],
+        "stitches": gone_stitches,
+    }

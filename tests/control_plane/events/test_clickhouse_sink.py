@@ -17,7 +17,7 @@ import pytest
 from control_plane.events.clickhouse_sink import ClickHouseSink
 from control_plane.events.consume import Consumer
 from control_plane.events.queues import DirectoryQueue
-from control_plane.storage.clickhouse import Chdb
+from control_plane.storage.clickhouse import Chdb, ClickHouseError
 from control_plane.storage.clickhouse_events import EventLog
 from control_plane.storage.store import Store
 from tests.control_plane.events.test_consume import SECRET, enqueue, expected_cells, traffic
@@ -384,6 +384,16 @@ def test_a_signed_in_person_is_erased_with_the_anonymous_ids_stitched_through_th
     _consume(hero, log, [*events, *stitched], tmp_path / "q")
     held = privacy.export(hero, "user-42")
     assert len(held["stitches"]) == 3 and len(held["exposures"]) == 3
+    # ClickHouse refuses the first attempt: the stitches must still be there for the retry.
+    real = log.erase
+
+    def down(hashes: list[str]) -> dict[str, int]:
+        raise ClickHouseError("the delete timed out")
+
+    log.erase = down  # type: ignore[method-assign]
+    with pytest.raises(ClickHouseError):
+        privacy.erase(hero, "user-42")
+    log.erase = real  # type: ignore[method-assign]
     assert privacy.erase(hero, "user-42")["exposures"] == 3
     assert all(privacy.export(hero, unit)["exposures"] == [] for unit in anonymous)
     assert log.counts("hero")["exposures"] == sum(e["type"] == "exposure" for e in events) - 3
