@@ -69,11 +69,12 @@ class ClickHouseSink:
                 self.unknown_experiment += 1
                 continue
             if kind == "exposure":
-                exposures.append(self._propensity(_exposure(e, self.store, paths, now), specs))
+                exposures.append(_exposure(e, self.store, paths, now))
             elif kind == "outcome":
                 outcomes.append(_outcome(e, self.store, specs, tokens.get(e["id"]), now))
             else:
                 stitches.append(e)
+        exposures = self._propensities(exposures, specs)
         rules = {key: _rule(spec, self.horizon_s) for key, spec in specs.items()}
         stored = self.events.store(exposures, outcomes, rules, now)
         self.expired += stored.expired
@@ -90,31 +91,39 @@ class ClickHouseSink:
         result.late, result.pending = stored.statuses.get("late", 0), stored.statuses.get("pending", 0)
         return result
 
-    def _propensity(self, exposure: Exposure, specs: Mapping[str, ExperimentSpec]) -> Exposure:
-        """A contextual exposure logged without a propensity gets its snapshot's exact one, as on
-        the SQL path (control_plane.events.ingest.decided_propensity)."""
-        spec = specs.get(exposure.experiment)
-        if (
-            exposure.propensity is not None
-            or exposure.reason != "personalized"
-            or spec is None
-            or spec.model != "contextual"
-            or exposure.snapshot_version is None
-        ):
-            return exposure
-        with self.store.engine.connect() as conn:
-            p = decided_propensity(
-                self.store,
-                conn,
-                spec,
-                version=exposure.snapshot_version,
-                arm=exposure.arm,
-                path=exposure.path,
+    def _propensities(self, exposures: list[Exposure], specs: Mapping[str, ExperimentSpec]) -> list[Exposure]:
+        """Contextual exposures logged without a propensity get their snapshot's exact one, as on
+        the SQL path (control_plane.events.ingest.decided_propensity); one connection per group."""
+
+        def wanted(e: Exposure) -> bool:
+            spec = specs.get(e.experiment)
+            return (
+                e.propensity is None
+                and e.reason == "personalized"
+                and spec is not None
+                and spec.model == "contextual"
+                and e.snapshot_version is not None
             )
-        if p is None:
-            self.propensity_unknown += 1
-            return exposure
-        return replace(exposure, propensity=p)
+
+        if not any(wanted(e) for e in exposures):
+            return exposures
+        out = []
+        with self.store.engine.connect() as conn:
+            for e in exposures:
+                p = None
+                if wanted(e):
+                    assert e.snapshot_version is not None
+                    p = decided_propensity(
+                        self.store,
+                        conn,
+                        specs[e.experiment],
+                        version=e.snapshot_version,
+                        arm=e.arm,
+                        path=e.path,
+                    )
+                    self.propensity_unknown += p is None
+                out.append(e if p is None else replace(e, propensity=p))
+        return out
 
     def _specs_of(self, keys: set[str]) -> dict[str, ExperimentSpec]:
         out = {}

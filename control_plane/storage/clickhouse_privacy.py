@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from control_plane.storage.clickhouse import ClickHouseError, Executor, dedup_token, uuid_hex
 from control_plane.storage.clickhouse_schema import Layout
@@ -18,6 +18,8 @@ class VisitorRights:
 
     ch: Executor
     layout: Layout
+    # EventLog's: which (experiment, id) keys a table holds already.
+    _stored: Callable[[str, str, str, set[tuple[str, str]]], set[tuple[str, str]]]
 
     def export(self, hashes: Sequence[str]) -> dict[str, list[dict[str, object]]]:
         """Every exposure and outcome of these unit hashes (and the outcomes of their decisions)."""
@@ -67,7 +69,7 @@ class VisitorRights:
         )
         rows = [(e, f"x{uuid_hex(d)}", p, a, int(t), float(h), 1.0, 0.0) for e, d, p, a, t, h in exposed]
         rows += [(e, f"o{i}", p, a, int(t), float(h), 0.0, float(r)) for e, i, p, a, t, h, r in credited]
-        done = self._erased({(r[0], r[1]) for r in rows})
+        done = self._stored("erasures", "id", "String", {(r[0], r[1]) for r in rows})
         rows = [r for r in rows if (r[0], r[1]) not in done]
         self.ch.insert(
             "erasures", _ERASURE_COLUMNS, rows, token=dedup_token("erase", (f"{r[0]}/{r[1]}" for r in rows))
@@ -96,18 +98,6 @@ class VisitorRights:
         if left:
             raise ClickHouseError(f"erasure incomplete: {left} rows still there after the mutations finished")
         return counts
-
-    def _erased(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        out: set[tuple[str, str]] = set()
-        for experiment in {e for e, _ in keys}:
-            ids = [i for e, i in keys if e == experiment]
-            rows = self.ch.rows(
-                f"SELECT id FROM {self.layout.table('erasures')} "
-                "WHERE experiment = {e:String} AND id IN {ids:Array(String)}",
-                {"e": experiment, "ids": ids},
-            )
-            out.update((experiment, str(i)) for (i,) in rows)
-        return out
 
     def _count(self, sql: str, params: Mapping[str, object]) -> int:
         return int(self.ch.rows(sql, params)[0][0])
