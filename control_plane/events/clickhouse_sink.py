@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,11 +22,12 @@ from control_plane.events.group_commit import Batch
 from control_plane.events.ingest import decided_propensity, ingest
 from control_plane.events.tally import IngestResult, Paths, path_of
 from control_plane.experiments import ExperimentSpec
-from control_plane.storage.clickhouse_events import EventLog, Exposure, Outcome, Rule
+from control_plane.storage.clickhouse import ClickHouseError
+from control_plane.storage.clickhouse_events import EventLog, Exposure, Outcome, Rule, Stored
 from control_plane.storage.store import Store
 from core import DecisionToken
 
-__all__ = ["ClickHouseSink"]
+__all__ = ["ClickHouseSink", "store_batch"]
 
 log = logging.getLogger("perch.consume")
 
@@ -61,12 +63,14 @@ class ClickHouseSink:
         specs = self._specs_of({e["experiment"] for e in events if "experiment" in e})
         paths = Paths(specs)
         exposures, outcomes, stitches = [], [], []
+        unknown: Counter[str] = Counter()
         for e in events:
             kind = e["type"]
             if kind != "stitch" and e["experiment"] not in specs:
                 # Kept and not learnt on the SQL path; here nothing could stop a later experiment of
                 # that key from learning them, so they are left out and counted.
                 self.unknown_experiment += 1
+                unknown[e["experiment"]] += kind == "exposure"
                 continue
             if kind == "exposure":
                 exposures.append(_exposure(e, self.store, paths, now))
@@ -78,6 +82,7 @@ class ClickHouseSink:
         rules = {key: _rule(spec, self.horizon_s) for key, spec in specs.items()}
         stored = self.events.store(exposures, outcomes, rules, now)
         self.expired += stored.expired
+        self._count(stored, unknown)
         result = IngestResult(duplicates=stored.duplicates)
         result.accepted["exposure"], result.accepted["outcome"] = stored.exposures, stored.outcomes
         if stitches:
@@ -90,6 +95,16 @@ class ClickHouseSink:
         result.joined = stored.statuses.get("joined", 0) + stored.statuses.get("extra", 0)
         result.late, result.pending = stored.statuses.get("late", 0), stored.statuses.get("pending", 0)
         return result
+
+    def _count(self, stored: Stored, unknown: Counter[str]) -> None:
+        """The report's counters, in the database as the SQL path keeps them. Bumped after the events
+        are stored: a consumer that dies in between under-counts that group, never over-counts it."""
+        bumps = [(e, _COUNTERS[s], n) for (e, s), n in stored.by_experiment.items() if s in _COUNTERS]
+        bumps += [(e, "unknown_experiment", n) for e, n in unknown.items() if n]
+        if bumps:
+            with self.store.write() as conn:
+                for experiment, name, n in sorted(bumps):
+                    self.store.bump(conn, experiment, name, n)
 
     def _propensities(self, exposures: list[Exposure], specs: Mapping[str, ExperimentSpec]) -> list[Exposure]:
         """Contextual exposures logged without a propensity get their snapshot's exact one, as on
@@ -132,6 +147,30 @@ class ClickHouseSink:
             if record is not None:
                 out[key] = record.spec
         return out
+
+
+# Outcome statuses the SQL path also counts per experiment (control_plane.events.credit).
+_COUNTERS = {"late": "late_outcomes", "extra": "extra_outcomes"}
+
+
+def store_batch(
+    store: Store,
+    events: list[dict[str, Any]],
+    signature: str | None,
+    now_ms: int,
+    *,
+    tokens: Mapping[str, DecisionToken] | None = None,
+    horizon_s: int = EVALUATION_HORIZON_S,
+) -> IngestResult:
+    """One validated batch into wherever ``store`` keeps its events: ClickHouse, as ``perch consume``
+    stores a group (raises :class:`ClickHouseError` when it was not stored), or the store's own
+    database, in one transaction (control_plane.events.ingest)."""
+    if store.events is None:
+        return ingest(store, events, signature, now_ms, tokens=tokens)
+    stored = ClickHouseSink(store, store.events, horizon_s)([Batch(events, signature, now_ms, tokens=tokens)])
+    if stored is None:
+        raise ClickHouseError("ClickHouse refused the batch; it was not stored")
+    return stored[0]
 
 
 def _rule(spec: ExperimentSpec, horizon_s: int) -> Rule:

@@ -25,9 +25,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from control_plane.distribution.kv_publishers import KVPublisher
-from control_plane.events.clickhouse_sink import ClickHouseSink
-from control_plane.events.group_commit import Batch, IngestWriter, ReplayedBatch
-from control_plane.events.ingest import IngestResult, verified_tokens
+from control_plane.events.clickhouse_sink import store_batch
+from control_plane.events.group_commit import IngestWriter, ReplayedBatch
+from control_plane.events.ingest import verified_tokens
 from control_plane.experiments import ExperimentError
 from control_plane.http._io import Endpoints, JSONResponse, error, read_body
 from control_plane.http.dashboard import dashboard_routes
@@ -121,16 +121,6 @@ class Api(Endpoints):
             return JSONResponse({"deleted": deleted})
         return JSONResponse(await run_in_threadpool(privacy.export, self.store, unit))
 
-    def _to_clickhouse(self, valid: list[dict[str, Any]], signature: str, tokens: Any) -> IngestResult:
-        """Store a batch as ``perch consume`` would (idempotent per event: a replay adds nothing)."""
-        assert self.store.events is not None
-        stored = ClickHouseSink(self.store, self.store.events)(
-            [Batch(valid, signature, self.now_ms(), tokens=tokens)]
-        )
-        if stored is None:
-            raise ClickHouseError("ClickHouse refused the batch; it was not stored")
-        return stored[0]
-
     async def events(self, request: Request) -> Response:
         """
         summary: Ingest a signed batch of exposures, outcomes and stitches from the edge.
@@ -180,7 +170,9 @@ class Api(Endpoints):
         try:
             tokens = verified_tokens(self.settings.edge_secret, valid)
             if self.store.events is not None:  # a ClickHouse server: the consumer's path, per batch
-                result = await run_in_threadpool(self._to_clickhouse, valid, signature, tokens)
+                result = await run_in_threadpool(
+                    store_batch, self.store, valid, signature, self.now_ms(), tokens=tokens
+                )
             else:
                 result = await self.writer.submit(valid, signature, self.now_ms(), tokens)
         except Exception as exc:

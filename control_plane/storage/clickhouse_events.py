@@ -22,6 +22,7 @@ the table's part and its view's part, is not covered: :meth:`EventLog.recompute`
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -114,6 +115,7 @@ class Stored:
     duplicates: int = 0
     expired: int = 0  # older than their experiment's retention: skipped
     statuses: dict[str, int] = field(default_factory=dict)
+    by_experiment: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, status)
 
 
 class EventLog(EventReads, VisitorRights):
@@ -198,6 +200,26 @@ class EventLog(EventReads, VisitorRights):
         out.exposures = len(fresh)
         return out
 
+    def expire_pending(self, cutoffs: Mapping[str, int]) -> dict[str, int]:
+        """Outcomes still waiting for their exposure and older than their experiment's cutoff (ms)
+        become ``expired``, per experiment how many: an exposure arriving now could only make them late.
+
+        As a newer version of each row, not a delete (a mutation rewrites whole parts); the TTL drops
+        them with the rest. Safe to repeat: what is expired is no longer pending."""
+        table, out = self.layout.table("outcomes"), {}
+        columns = ", ".join(_OUTCOME_COLUMNS)
+        kept = ", ".join({"status": "'expired'", "version": "toUInt8(1)"}.get(c, c) for c in _OUTCOME_COLUMNS)
+        for experiment, cutoff in sorted(cutoffs.items()):
+            where = "WHERE experiment = {e:String} AND status = 'pending' AND ts_ms < {c:Int64}"
+            params = {"e": experiment, "c": cutoff}
+            (row,) = self.ch.rows(f"SELECT count() FROM {table} FINAL {where}", params)
+            if row[0]:
+                self.ch.command(
+                    f"INSERT INTO {table} ({columns}) SELECT {kept} FROM {table} FINAL {where}", params
+                )
+                out[experiment] = int(row[0])
+        return out
+
     def _credit(
         self,
         outcomes: Sequence[Outcome],
@@ -229,6 +251,7 @@ class EventLog(EventReads, VisitorRights):
                     status = "extra" if gain <= 0.0 and rule.binary and seen > 0 else "joined"
                     credited[decision] = (before + gain, seen + 1)
             out.statuses[status] = out.statuses.get(status, 0) + 1
+            out.by_experiment[o.experiment, status] += 1
             rows.append(
                 (
                     o.experiment,

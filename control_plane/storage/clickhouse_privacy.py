@@ -45,8 +45,9 @@ class VisitorRights:
         ]
         return {"exposures": exposures, "outcomes": outcomes}
 
-    def erase(self, hashes: Sequence[str]) -> dict[str, int]:
-        """Take these unit hashes' contribution out of the cells, then delete their rows.
+    def erase(self, hashes: Sequence[str]) -> tuple[dict[str, int], set[str]]:
+        """Take these unit hashes' contribution out of the cells, then delete their rows; the rows
+        deleted per table, and the experiments whose cells changed.
 
         Each erased event gets a row in ``erasures`` first (exposures as ``x<decision>``, credited
         outcomes as ``o<event>``), whose view appends its negation to the cells; an event already
@@ -69,6 +70,8 @@ class VisitorRights:
         )
         rows = [(e, f"x{uuid_hex(d)}", p, a, int(t), float(h), 1.0, 0.0) for e, d, p, a, t, h in exposed]
         rows += [(e, f"o{i}", p, a, int(t), float(h), 0.0, float(r)) for e, i, p, a, t, h, r in credited]
+        # Found again by a retry (the rows stay until their delete succeeds), so counted then too.
+        touched = {r[0] for r in rows}
         done = self._stored("erasures", "id", "String", {(r[0], r[1]) for r in rows})
         rows = [r for r in rows if (r[0], r[1]) not in done]
         self.ch.insert(
@@ -97,7 +100,7 @@ class VisitorRights:
         left += self._count(f"SELECT count() FROM {o} WHERE {_THEIRS}", params)
         if left:
             raise ClickHouseError(f"erasure incomplete: {left} rows still there after the mutations finished")
-        return counts
+        return counts, touched
 
     def _count(self, sql: str, params: Mapping[str, object]) -> int:
         return int(self.ch.rows(sql, params)[0][0])

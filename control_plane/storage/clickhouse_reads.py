@@ -160,8 +160,13 @@ class EventReads:
         return [(str(s), int(n)) for s, n in rows]
 
     def outcome_statuses(self, experiment: str) -> dict[str, int]:
+        """As the SQL store's: expired outcomes (deleted there) are not among them."""
         counts = self.counts(experiment)
-        return {k.removeprefix("outcomes_"): v for k, v in counts.items() if k.startswith("outcomes_")}
+        return {
+            k.removeprefix("outcomes_"): v
+            for k, v in counts.items()
+            if k.startswith("outcomes_") and k != "outcomes_expired"
+        }
 
     def units_per_path(self, experiment: str) -> dict[tuple[str, ...], int]:
         """Distinct (hashed) visitors per feature path among personalized exposures (as the SQL store)."""

@@ -101,13 +101,13 @@ def erase(store: Store, unit: str) -> dict[str, int]:
     """Delete ``unit``'s events and take their contribution out of the statistics, in one transaction
     (then, with events in ClickHouse, there too: control_plane.storage.clickhouse_events)."""
     _reachable(store)
-    held = {"exposures": 0, "outcomes": 0}
+    held, touched_there = {"exposures": 0, "outcomes": 0}, set[str]()
     if store.events is not None:
         # ClickHouse first, while the stitches that name the person's ids are still here: a retry
         # after a failure there walks the same ids (ClickHouse's erasure is idempotent).
         with store.engine.connect() as conn:
             hashes = _Person(conn, store, unit).hashes(conn)
-        held = store.events.erase(hashes)
+        held, touched_there = store.events.erase(hashes)
     with store.ingest_write() as conn:
         person = _Person(conn, store, unit)
         rows = conn.execute(select(exposures).where(person.owns(exposures.c.unit_hash))).all()
@@ -149,7 +149,8 @@ def erase(store: Store, unit: str) -> dict[str, int]:
             gone_stitches += conn.execute(
                 delete(stitches).where(stitches.c.event_id.in_(stitch_ids[start : start + _CHUNK]))
             ).rowcount
-        for experiment in sorted(touched):  # the appended deltas make the next cycle republish
+        # The appended deltas make the next cycle republish; the counter is the report's.
+        for experiment in sorted(touched | touched_there):
             store.bump(conn, experiment, "erasures")
     return {
         "exposures": gone_exposures + held["exposures"],

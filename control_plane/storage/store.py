@@ -293,6 +293,15 @@ class Store(SnapshotStore):
         not know wait the longest window an experiment may have.
         """
         windows = {r.spec.key: r.spec.reward.window_s for r in self.list_experiments(include_archived=True)}
+        if self.events is not None:
+            # Outcomes of unknown experiments are never stored there (control_plane.events.clickhouse_sink).
+            cutoffs = {key: now_ms - window_s * 1000 - EXPIRY_GRACE_MS for key, window_s in windows.items()}
+            expired = self.events.expire_pending(cutoffs)
+            if expired:
+                with self.write() as conn:
+                    for key, gone in sorted(expired.items()):
+                        self.bump(conn, key, "expired_outcomes", gone)
+            return sum(expired.values())
         pending = (outcomes.c.status == "pending") & (
             outcomes.c.ts_ms < now_ms - MAX_WINDOW_MS - EXPIRY_GRACE_MS
         )

@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import Engine, MetaData, create_engine, make_url, text
 
 from control_plane.storage.clickhouse import Chdb
+from control_plane.storage.clickhouse_events import EventLog
 from control_plane.storage.migrate import migrate
 from control_plane.storage.store import Store
 from tests.factories import UNIT_KEY
@@ -194,3 +195,23 @@ def chdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chdb]:
     ch = Chdb(str(_PATH[0]), database=f"t_{uuid.uuid4().hex}")
     yield ch
     ch.command(f"DROP DATABASE IF EXISTS `{ch.database}`")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "chdb"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store on each place events are kept: SQLite, PostgreSQL, and ClickHouse (chDB) beside SQLite
+    for the experiments, as ``perch consume --events-url`` runs it. Write and read its events with
+    tests/control_plane/event_stores.py."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        empty_postgres(url)
+    else:
+        template: Path = request.getfixturevalue("sqlite_template")
+        shutil.copyfile(template, tmp_path / "perch.db")
+        url = f"sqlite:///{tmp_path / 'perch.db'}"
+    s = Store.from_url(url, UNIT_KEY)
+    if request.param == "chdb":
+        s.events = EventLog(request.getfixturevalue("chdb"))
+        s.events.migrate()
+    yield s
+    s.engine.dispose()

@@ -23,3 +23,10 @@ def cells(
 def hero(store: Store) -> Store:
     store.create_experiment(spec(), NOW)
     return store
+
+
+@pytest.fixture
+def any_hero(any_store: Store) -> Store:
+    """The experiment on every event store (tests/control_plane/event_stores.py)."""
+    any_store.create_experiment(spec(), NOW)
+    return any_store

@@ -1,39 +1,38 @@
-"""control_plane.events.credit: outcomes become rewards, joined to their exposure or from their token."""
+"""control_plane.events.credit: outcomes become rewards, joined to their exposure or from their token.
+
+The rules hold wherever events are kept (``any_hero``: SQLite, PostgreSQL, ClickHouse), so most tests
+write and read through tests/control_plane/event_stores.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from control_plane.events.ingest import ingest
-from control_plane.storage import stats
-from control_plane.storage.schema import exposures, outcomes
+from control_plane.storage.schema import outcomes
 from control_plane.storage.store import Store
+from tests.control_plane.event_stores import put, recompute, rewards, totals
 from tests.control_plane.events.conftest import cells
 from tests.factories import HOUR, NOW, exposure, outcome, spec
 
 
-def test_binary_outcomes_join_once_within_the_window(hero: Store) -> None:
-    ingest(hero, [exposure(1), exposure(2), exposure(3)], None, NOW)
-    result = ingest(
-        hero, [outcome(1), outcome(1, event="o-again"), outcome(2, ts=NOW + 25 * HOUR)], None, NOW
-    )
+def test_binary_outcomes_join_once_within_the_window(any_hero: Store) -> None:
+    hero = any_hero
+    put(hero, [exposure(1), exposure(2), exposure(3)])
+    result = put(hero, [outcome(1), outcome(1, event="o-again"), outcome(2, ts=NOW + 25 * HOUR)])
     assert (result.joined, result.late) == (2, 1)
     assert cells(hero) == {("mobile", "search"): {"b": (3, 1)}}
     assert hero.counters("hero") == {"late_outcomes": 1, "extra_outcomes": 1}
-    with hero.engine.connect() as conn:
-        statuses = dict(conn.execute(select(outcomes.c.event_id, outcomes.c.status)).all())
-    assert statuses == {"o-1": "joined", "o-again": "extra", "o-2": "late"}
+    assert hero.outcome_statuses("hero") == {"joined": 1, "extra": 1, "late": 1}
 
 
-def test_outcome_before_its_exposure_waits_then_joins(hero: Store) -> None:
-    first = ingest(hero, [outcome(7)], None, NOW)
+def test_outcome_before_its_exposure_waits_then_joins(any_hero: Store) -> None:
+    hero = any_hero
+    first = put(hero, [outcome(7)])
     assert first.pending == 1
     assert cells(hero) == {}
     assert hero.outcome_statuses("hero") == {"pending": 1}
-    second = ingest(hero, [exposure(7)], None, NOW)
+    second = put(hero, [exposure(7)])
     assert second.joined == 1
     assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}
     assert hero.outcome_statuses("hero") == {"joined": 1}
@@ -64,25 +63,22 @@ def tokened(
 
 
 def ingest_tokened(store: Store, events: list[dict[str, Any]], now: int = NOW) -> Any:
-    from control_plane.events.ingest import verified_tokens
-
-    return ingest(store, events, None, now, tokens=verified_tokens(SECRET, events))
+    return put(store, events, now, secret=SECRET)
 
 
-def test_a_tokened_outcome_is_credited_before_its_exposure_arrives(hero: Store) -> None:
+def test_a_tokened_outcome_is_credited_before_its_exposure_arrives(any_hero: Store) -> None:
+    hero = any_hero
     result = ingest_tokened(hero, [tokened(1)])
     assert (result.joined, result.pending) == (1, 0)  # nothing waits for the exposure
-    with hero.engine.connect() as conn:
-        assert stats.totals(conn, "hero") == {('["mobile", "search"]', "b"): stats.Totals(0.0, 1.0)}
+    assert totals(hero, "hero") == {('["mobile", "search"]', "b"): (0.0, 1.0)}
     ingest_tokened(hero, [exposure(1)])
     assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}  # not credited twice
-    with hero.engine.connect() as conn:
-        row = conn.execute(select(exposures.c.reward, exposures.c.outcomes)).one()
-        assert tuple(row) == (1.0, 1)  # evaluation reads the reward from the exposure
-        assert conn.execute(select(outcomes.c.status)).scalar() == "joined"
+    assert rewards(hero, "hero") == {f"{1:032x}": 1.0}  # evaluation reads the decision's reward
+    assert hero.outcome_statuses("hero") == {"joined": 1}
 
 
-def test_a_binary_decision_is_credited_once_across_tokened_and_joined_outcomes(hero: Store) -> None:
+def test_a_binary_decision_is_credited_once_across_tokened_and_joined_outcomes(any_hero: Store) -> None:
+    hero = any_hero
     ingest_tokened(hero, [exposure(1), exposure(2)])
     # Decision 1: a joined beacon first, then a tokened one; decision 2: two tokened ones.
     ingest_tokened(hero, [outcome(1)])
@@ -92,20 +88,22 @@ def test_a_binary_decision_is_credited_once_across_tokened_and_joined_outcomes(h
     assert hero.counters("hero") == {"extra_outcomes": 2}
 
 
-def test_a_tokened_outcome_past_the_window_is_late_by_the_tokens_own_time(hero: Store) -> None:
+def test_a_tokened_outcome_past_the_window_is_late_by_the_tokens_own_time(any_hero: Store) -> None:
+    hero = any_hero
     result = ingest_tokened(hero, [tokened(1, decided=NOW - 25 * HOUR)])
     assert result.late == 1 and cells(hero) == {}
     assert hero.counters("hero") == {"late_outcomes": 1}
 
 
-def test_holdout_tokens_reward_the_exposure_but_no_cell(hero: Store) -> None:
+def test_holdout_tokens_reward_the_exposure_but_no_cell(any_hero: Store) -> None:
+    hero = any_hero
     ingest_tokened(hero, [exposure(1, reason="holdout"), tokened(1, reason="holdout")])
     assert cells(hero) == {}
-    with hero.engine.connect() as conn:
-        assert conn.execute(select(exposures.c.reward)).scalar() == 1.0
+    assert rewards(hero, "hero") == {f"{1:032x}": 1.0}
 
 
-def test_a_token_that_does_not_verify_falls_back_to_the_join(hero: Store) -> None:
+def test_a_token_that_does_not_verify_falls_back_to_the_join(any_hero: Store) -> None:
+    hero = any_hero
     from control_plane.events.ingest import verified_tokens
 
     forged = {**tokened(1), "token": tokened(1)["token"][:-1] + "0"}
@@ -117,23 +115,19 @@ def test_a_token_that_does_not_verify_falls_back_to_the_join(hero: Store) -> Non
     assert cells(hero) == {("mobile", "search"): {"b": (1, 1)}}
 
 
-def test_erasure_takes_back_a_tokened_credit_whose_exposure_never_came(hero: Store) -> None:
+def test_erasure_takes_back_a_tokened_credit_whose_exposure_never_came(any_hero: Store) -> None:
+    hero = any_hero
     from control_plane.storage import privacy
 
     def raw() -> tuple[float, float]:
-        with hero.engine.connect() as conn:
-            (cell,) = stats.totals(conn, "hero").values()
-        return cell.exposures, cell.reward
+        (cell,) = totals(hero, "hero").values()
+        return cell
 
     ingest_tokened(hero, [{**tokened(1), "unit": "gone"}, tokened(2), exposure(2)])
     assert raw() == (1, 2)
     assert privacy.erase(hero, "gone")["outcomes"] == 1
     assert raw() == (1, 1)
-    with hero.engine.connect() as conn:
-        kept, recomputed = stats.totals(conn, "hero"), stats.recompute(conn, "hero")
-    assert {k: (v.exposures, v.reward) for k, v in kept.items()} == {
-        k: (v.exposures, v.reward) for k, v in recomputed.items()
-    }
+    assert totals(hero, "hero") == recompute(hero, "hero")
 
 
 def test_an_outcome_joined_before_credits_were_recorded_still_counts_once(hero: Store) -> None:
@@ -145,29 +139,30 @@ def test_an_outcome_joined_before_credits_were_recorded_still_counts_once(hero: 
     assert hero.counters("hero") == {"extra_outcomes": 1}
 
 
-def test_numbers_of_either_kind_in_one_column(hero: Store) -> None:
+def test_numbers_of_either_kind_in_one_column(any_hero: Store) -> None:
+    hero = any_hero
     # PostgreSQL's array parameters refuse a list mixing ints and floats.
-    result = ingest(hero, [{**exposure(1), "propensity": 1}, {**exposure(2), "propensity": 0.5}], None, NOW)
+    result = put(hero, [{**exposure(1), "propensity": 1}, {**exposure(2), "propensity": 0.5}])
     assert result.accepted["exposure"] == 2
 
 
-def test_a_token_counts_only_for_the_row_it_came_with(hero: Store) -> None:
+def test_a_token_counts_only_for_the_row_it_came_with(any_hero: Store) -> None:
+    hero = any_hero
     # Two beacons chose the same id: the first is stored; the second's token must not ride on it.
     first = {**outcome(1, event="order")}
     second = tokened(2, event="order")
     ingest_tokened(hero, [exposure(1), exposure(2), first, second])
-    with hero.engine.connect() as conn:
-        rewards = dict(conn.execute(select(exposures.c.decision_id, exposures.c.reward)).all())
-    assert rewards == {f"{1:032x}": 1.0, f"{2:032x}": 0.0}
+    assert rewards(hero, "hero") == {f"{1:032x}": 1.0, f"{2:032x}": 0.0}
     assert cells(hero) == {("mobile", "search"): {"b": (2, 1)}}
 
 
-def test_erasing_a_future_stamped_exposure_takes_back_exactly_what_it_added(store: Store) -> None:
+def test_erasing_a_future_stamped_exposure_takes_back_exactly_what_it_added(any_store: Store) -> None:
     from control_plane.storage import privacy
 
+    store = any_store
     store.create_experiment(spec(half_life_s=60.0), NOW)
-    ingest(store, [exposure(i) for i in range(1, 11)], None, NOW)
-    ingest(store, [{**exposure(99, ts=NOW + 20 * 60_000), "unit": "bob"}], None, NOW)
+    put(store, [exposure(i) for i in range(1, 11)])
+    put(store, [{**exposure(99, ts=NOW + 20 * 60_000), "unit": "bob"}])
     privacy.erase(store, "bob")
     got = store.cells(spec(half_life_s=60.0), NOW)[("mobile", "search")]["b"].exposures
     assert got == pytest.approx(10.0)

@@ -200,7 +200,8 @@ def test_an_erasure_retried_after_new_events_negates_each_event_once(
         log.erase(["p"])
     monkeypatch.setattr(log.ch, "command", real)
     log.store([seen(4, "p")], [], RULES, now)
-    log.erase(["p"])
+    assert log.erase(["p"]) == ({"exposures": 2, "outcomes": 0}, {"exp"})
+    assert log.erase(["p"]) == ({"exposures": 0, "outcomes": 0}, set())
     assert log.totals("exp") == log.recompute("exp") == {('["a"]', "x"): Totals(2.0, 0.0)}
 
 

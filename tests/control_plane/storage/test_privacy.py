@@ -5,10 +5,10 @@ from typing import Any
 
 import pytest
 
-from control_plane.events.ingest import ingest
 from control_plane.learning.learner import learn
 from control_plane.storage.privacy import erase, export
 from control_plane.storage.store import Store
+from tests.control_plane.event_stores import put
 from tests.factories import HOUR, NOW, UNIT_KEY, exposure, outcome, spec
 
 
@@ -27,14 +27,14 @@ def events() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 @pytest.fixture
-def half_life_store(store: Store) -> Store:
-    store.create_experiment(spec(half_life_s=7200), NOW)
-    return store
+def half_life_store(any_store: Store) -> Store:
+    any_store.create_experiment(spec(half_life_s=7200), NOW)
+    return any_store
 
 
 def test_export_follows_stitches_and_holds_no_raw_id(half_life_store: Store) -> None:
     alice, others = events()
-    ingest(half_life_store, alice + others, None, NOW + 2 * HOUR)
+    put(half_life_store, alice + others, NOW + 2 * HOUR)
     doc = export(half_life_store, "alice@example")
     assert sorted(e["decision_id"][-1] for e in doc["exposures"]) == ["1", "2"]
     assert len(doc["outcomes"]) == 2 and len(doc["stitches"]) == 1
@@ -60,7 +60,7 @@ def _mallory(store: Store) -> None:
                 "user_id": victim,
             }
         )
-    ingest(store, events, None, NOW + HOUR)
+    put(store, events, NOW + HOUR)
 
 
 def test_h2_an_anonymous_id_stitches_to_one_user_and_never_joins_strangers(half_life_store: Store) -> None:
@@ -104,8 +104,11 @@ def test_migration_0003_keeps_each_anonymous_ids_first_stitch(tmp_path: Path) ->
     assert [tuple(r) for r in kept] == [("a1", "u3"), ("a2", "u1")]
 
 
-def test_m9_a_user_with_tens_of_thousands_of_anonymous_ids_can_be_exported_and_erased(store: Store) -> None:
+def test_m9_a_user_with_tens_of_thousands_of_anonymous_ids_can_be_exported_and_erased(
+    any_store: Store,
+) -> None:
     """Past PostgreSQL's 32,767 bind parameters, which a list of ids per IN (...) ran into."""
+    store = any_store
     store.create_experiment(spec(), NOW)
     n = 40_000
     from control_plane.storage.schema import stitches
@@ -123,7 +126,7 @@ def test_m9_a_user_with_tens_of_thousands_of_anonymous_ids_can_be_exported_and_e
                 for i in range(n)
             ],
         )
-    ingest(store, [exposure(1, unit="anon-7", ts=NOW), exposure(2, unit="big", ts=NOW)], None, NOW)
+    put(store, [exposure(1, unit="anon-7", ts=NOW), exposure(2, unit="big", ts=NOW)])
     doc = export(store, "big")
     assert len(doc["unit_hashes"]) == n + 1 and len(doc["exposures"]) == 2
     assert erase(store, "big") == {"exposures": 2, "outcomes": 0, "stitches": n}
@@ -131,7 +134,7 @@ def test_m9_a_user_with_tens_of_thousands_of_anonymous_ids_can_be_exported_and_e
 
 def test_erasure_leaves_the_statistics_as_if_alice_never_came(half_life_store: Store, tmp_path: Path) -> None:
     alice, others = events()
-    ingest(half_life_store, alice + others, None, NOW + 2 * HOUR)
+    put(half_life_store, alice + others, NOW + 2 * HOUR)
     later = NOW + 3 * HOUR
     before = half_life_store.cells(spec(half_life_s=7200), later)
 
@@ -141,7 +144,7 @@ def test_erasure_leaves_the_statistics_as_if_alice_never_came(half_life_store: S
     never = Store.from_url(f"sqlite:///{tmp_path / 'never.db'}", UNIT_KEY)
     never.migrate()
     never.create_experiment(spec(half_life_s=7200), NOW)
-    ingest(never, others, None, NOW + 2 * HOUR)
+    put(never, others, NOW + 2 * HOUR)
     expected = never.cells(spec(half_life_s=7200), later)
 
     def flat(cells: dict[Any, Any]) -> dict[Any, float]:

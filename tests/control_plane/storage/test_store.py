@@ -154,19 +154,24 @@ def test_data_written_before_a_migration_survives_it(blank_db_url: str) -> None:
     old.engine.dispose()
 
 
-def test_m8_pending_outcomes_expire_after_the_reward_window(store: Store) -> None:
-    from control_plane.events.ingest import ingest
-    from tests.factories import outcome
+def test_m8_pending_outcomes_expire_after_the_reward_window(any_store: Store) -> None:
+    from tests.control_plane.event_stores import on_clickhouse, put
+    from tests.factories import exposure, outcome
 
+    store = any_store
     store.create_experiment(spec(reward={"kind": "binary", "window_s": 3600}), NOW)
     orphans = [outcome(i, ts=NOW) for i in range(50)]
     stray = [{**outcome(100 + i, ts=NOW), "experiment": "never-created"} for i in range(3)]
-    ingest(store, orphans + stray, None, NOW)
+    put(store, orphans + stray)
     assert store.outcome_statuses("hero") == {"pending": 50}
     # Within the window (and its grace) they wait for their exposures.
     assert store.expire_pending(NOW + 3600_000) == 0
     assert store.expire_pending(NOW + 2 * 3600_000 + 1) == 50
+    assert store.expire_pending(NOW + 2 * 3600_000 + 1) == 0  # once
     assert store.outcome_statuses("hero") == {}
     assert store.counters("hero")["expired_outcomes"] == 50
-    # An unknown experiment's wait the longest window there is.
-    assert store.expire_pending(NOW + 91 * 86_400_000) == 3
+    # An exposure arriving after all credits none of them.
+    assert put(store, [exposure(1)], NOW + 3 * 3600_000).joined == 0
+    assert store.outcome_statuses("hero") == {}
+    # An unknown experiment's wait the longest window there is (ClickHouse never stored them).
+    assert store.expire_pending(NOW + 91 * 86_400_000) == (0 if on_clickhouse(store) else 3)
