@@ -161,12 +161,7 @@ class EventReads:
 
     def outcome_statuses(self, experiment: str) -> dict[str, int]:
         """As the SQL store's: expired outcomes (deleted there) are not among them."""
-        counts = self.counts(experiment)
-        return {
-            k.removeprefix("outcomes_"): v
-            for k, v in counts.items()
-            if k.startswith("outcomes_") and k != "outcomes_expired"
-        }
+        return {s: n for s, n in self._statuses(experiment).items() if s != "expired"}
 
     def units_per_path(self, experiment: str) -> dict[tuple[str, ...], int]:
         """Distinct (hashed) visitors per feature path among personalized exposures (as the SQL store)."""
@@ -228,12 +223,18 @@ class EventReads:
             f"SELECT count() FROM {self.layout.table('exposures')} FINAL WHERE experiment = {{e:String}}",
             {"e": experiment},
         )
-        o = self.ch.rows(
+        return {
+            "exposures": int(x[0][0]),
+            **{f"outcomes_{s}": n for s, n in self._statuses(experiment).items()},
+        }
+
+    def _statuses(self, experiment: str) -> dict[str, int]:
+        rows = self.ch.rows(
             f"SELECT status, count() FROM {self.layout.table('outcomes')} FINAL "
             "WHERE experiment = {e:String} GROUP BY status",
             {"e": experiment},
         )
-        return {"exposures": int(x[0][0]), **{f"outcomes_{s}": int(c) for s, c in o}}
+        return {str(s): int(c) for s, c in rows}
 
     def bytes_per_exposure(self) -> float:
         """Compressed bytes on disk per stored exposure (active parts)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.events.ingest import ingest
 from control_plane.learning.delays import MIN_DELAYS, delay_cdf, mature_cells, maturity, young_exposures
 from control_plane.storage.stats import CellStats
 from control_plane.storage.store import Store
+from tests.control_plane.event_stores import put
 from tests.factories import HOUR, NOW, exposure, outcome
 from tests.factories import spec as make_spec
 
@@ -27,9 +27,11 @@ def test_a_young_exposure_counts_as_the_share_of_outcomes_already_due() -> None:
 
 
 @pytest.fixture
-def hero(store: Store) -> Store:
-    store.create_experiment(make_spec(reward={"kind": "binary", "window_s": 24 * 3600}), NOW - 10 * 24 * HOUR)
-    return store
+def hero(any_store: Store) -> Store:
+    any_store.create_experiment(
+        make_spec(reward={"kind": "binary", "window_s": 24 * 3600}), NOW - 10 * 24 * HOUR
+    )
+    return any_store
 
 
 def test_delays_are_measured_on_matured_exposures_first(hero: Store) -> None:
@@ -39,7 +41,7 @@ def test_delays_are_measured_on_matured_exposures_first(hero: Store) -> None:
         events += [exposure(i, ts=NOW - 48 * HOUR), outcome(i, ts=NOW - 47 * HOUR)]
     for i in range(100, 100 + MIN_DELAYS):  # recent and fast: not used while matured ones suffice
         events += [exposure(i, ts=NOW - HOUR), outcome(i, ts=NOW - HOUR + 1000)]
-    ingest(hero, events, None, NOW)
+    put(hero, events, NOW)
     cdf, count, source = delay_cdf(hero, spec, NOW)
     assert (count, source) == (MIN_DELAYS + 10, "matured") and cdf is not None
     assert cdf(HOUR - 1) == 0.0 and cdf(HOUR) == 1.0
@@ -47,7 +49,7 @@ def test_delays_are_measured_on_matured_exposures_first(hero: Store) -> None:
 
 def test_without_enough_delays_nothing_is_corrected(hero: Store) -> None:
     spec = hero.get_experiment("hero").spec  # type: ignore[union-attr]
-    ingest(hero, [exposure(1, ts=NOW - HOUR), outcome(1, ts=NOW - HOUR + 5)], None, NOW)
+    put(hero, [exposure(1, ts=NOW - HOUR), outcome(1, ts=NOW - HOUR + 5)], NOW)
     cells = hero.cells(spec, NOW)
     assert maturity(hero, spec, cells, NOW)[0] == cells
     assert maturity(hero, spec, cells, NOW)[2].source == "none"
@@ -63,7 +65,7 @@ def test_recent_traffic_no_longer_looks_like_failures(hero: Store) -> None:
             events.append(outcome(i, ts=NOW - 28 * HOUR + i * 1000))
     for i in range(200, 400):  # the last hour: their outcomes cannot have come yet
         events.append(exposure(i, arm="b", ts=NOW - HOUR // 2))
-    ingest(hero, events, None, NOW)
+    put(hero, events, NOW)
     young = young_exposures(hero, spec, NOW)
     assert sum(n for ages in young.values() for _, n in ages) == 200
     cells = hero.cells(spec, NOW)
@@ -88,7 +90,7 @@ def test_instant_outcomes_against_a_long_window_discount_almost_nothing(hero: St
         events.append(exposure(i, ts=NOW - 60_000 + i * 100))
         if i % 4 == 0:
             events.append(outcome(i, ts=NOW - 60_000 + i * 100 + 5))
-    ingest(hero, events, None, NOW)
+    put(hero, events, NOW)
     cells = hero.cells(spec, NOW)
     corrected, _, report = maturity(hero, spec, cells, NOW)
     assert report.source == "all joined" and report.horizon_ms == 5
@@ -108,7 +110,7 @@ def test_the_newest_exposures_lose_only_their_own_missing_outcomes(hero: Store) 
         events.append(exposure(i, arm="b", ts=NOW - 90 * 60_000))
     for i in range(300, 400):  # the newest 100, 10 minutes old: ~90 % still to come
         events.append(exposure(i, arm="b", ts=NOW - 10 * 60_000))
-    ingest(hero, events, None, NOW)
+    put(hero, events, NOW)
     cells = hero.cells(spec, NOW)
     corrected, recent, _ = maturity(hero, spec, cells, NOW, recent=100)
     newest = recent[("mobile", "search")]["b"]

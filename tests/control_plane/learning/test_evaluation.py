@@ -5,7 +5,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from control_plane.events.ingest import ingest
 from control_plane.learning.evaluation import (
     LoggedExposure,
     OPEResult,
@@ -20,6 +19,7 @@ from control_plane.learning.evaluation import (
 )
 from control_plane.storage.store import Store
 from core import Arm, Segment, Snapshot
+from tests.control_plane.event_stores import put
 from tests.factories import NOW, exposure, outcome, spec
 
 # Five logged decisions, written out so every estimate can be checked by hand.
@@ -287,9 +287,10 @@ def logged(i: int, *, ts: int, context: dict[str, str], arm: str, **fields: Any)
     return {**exposure(i, arm=arm, ts=ts, context=context), **fields}
 
 
-def test_logged_exposures_reads_personalized_rows_newest_first(store: Store) -> None:
+def test_logged_exposures_reads_personalized_rows_newest_first(any_store: Store) -> None:
+    store = any_store
     store.create_experiment(spec(), NOW)
-    ingest(
+    put(
         store,
         [
             logged(1, ts=NOW - 4000, context={"device": "mobile", "source": "search"}, arm="a"),
@@ -306,7 +307,6 @@ def test_logged_exposures_reads_personalized_rows_newest_first(store: Store) -> 
             outcome(4, ts=NOW),
             outcome(5, ts=NOW),
         ],
-        None,
         NOW,
     )
     rows = logged_exposures(store, "hero", since_ms=NOW - 5000)

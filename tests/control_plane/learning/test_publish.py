@@ -7,12 +7,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from control_plane.distribution.kv_publishers import LocalKVPublisher
-from control_plane.events.ingest import ingest
 from control_plane.learning.publish import publish_all, publish_experiment
 from control_plane.metrics import Metrics
 from control_plane.storage.store import Store, publish_lock_key
 from core import INDEX_KEY, LocalKV, decode_snapshot, snapshot_key
 from tests.control_plane.conftest import empty_postgres
+from tests.control_plane.event_stores import put
 from tests.factories import NOW, UNIT_KEY, exposure, spec
 
 
@@ -35,6 +35,13 @@ def setup(store: Store, tmp_path: Path) -> tuple[Store, LocalKV, Clock]:
     return store, LocalKV(tmp_path), Clock()
 
 
+@pytest.fixture
+def any_setup(any_store: Store, tmp_path: Path) -> tuple[Store, LocalKV, Clock]:
+    """The same, on every event store (tests/control_plane/event_stores.py)."""
+    any_store.create_experiment(spec(max_age_s=3600), NOW)
+    return any_store, LocalKV(tmp_path), Clock()
+
+
 def _publish(store: Store, kv: LocalKV, clock: Clock, force: bool = False):  # type: ignore[no-untyped-def]
     record = store.get_experiment("hero")
     assert record is not None
@@ -50,13 +57,13 @@ def _publish(store: Store, kv: LocalKV, clock: Clock, force: bool = False):  # t
     )
 
 
-def test_publishes_only_when_something_changed(setup: tuple[Store, LocalKV, Clock]) -> None:
-    store, kv, clock = setup
+def test_publishes_only_when_something_changed(any_setup: tuple[Store, LocalKV, Clock]) -> None:
+    store, kv, clock = any_setup
     first = _publish(store, kv, clock)
     assert first.published and first.snapshot_version == 1
     clock.ms += 10_000
     assert _publish(store, kv, clock).reason == "unchanged"
-    ingest(store, [exposure(1)], None, clock.ms)
+    put(store, [exposure(1)], clock.ms)
     second = _publish(store, kv, clock)
     assert second.published and second.snapshot_version == 2
     clock.ms += 10_000
@@ -79,7 +86,7 @@ def test_only_a_publish_that_learns_reads_the_bytes_of_the_snapshot_in_force(
     with statements(store.engine) as seen:
         assert _publish(store, kv, clock).reason == "unchanged"
     assert bulky_columns_read(seen) == []
-    ingest(store, [exposure(1)], None, clock.ms)
+    put(store, [exposure(1)], clock.ms)
     with statements(store.engine) as seen:
         assert _publish(store, kv, clock).published
     (read,) = bulky_columns_read([s for s in seen if s.lstrip().startswith("SELECT")])
@@ -172,7 +179,7 @@ def _logged(store: Store, n: int, clock: Clock, first: int = 1000) -> None:
                     "unit": "u",
                 }
             )
-    ingest(store, events, None, clock.ms)
+    put(store, events, clock.ms)
 
 
 def _contrarian(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -211,9 +218,9 @@ def _publish_contrarian(
 
 
 def test_the_promotion_gate_holds_back_a_worse_snapshot(
-    setup: tuple[Store, LocalKV, Clock], monkeypatch: pytest.MonkeyPatch
+    any_setup: tuple[Store, LocalKV, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, kv, clock = setup
+    store, kv, clock = any_setup
     metrics = Metrics()
     result = _publish_contrarian(store, kv, clock, monkeypatch, metrics)
     assert not result.published and result.reason == "held back by the promotion gate"
@@ -245,8 +252,8 @@ def test_a_miscalibrated_snapshot_in_force_cannot_hold_back_its_successor(
     assert store.alerts("hero") == []
 
 
-def test_the_gate_lets_an_equal_or_better_snapshot_through(setup: tuple[Store, LocalKV, Clock]) -> None:
-    store, kv, clock = setup
+def test_the_gate_lets_an_equal_or_better_snapshot_through(any_setup: tuple[Store, LocalKV, Clock]) -> None:
+    store, kv, clock = any_setup
     _logged(store, 1200, clock)
     _publish(store, kv, clock)
     clock.ms += 10_000
