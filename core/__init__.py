@@ -30,6 +30,17 @@ from core.kv import (
     encode_index,
     snapshot_key,
 )
+from core.profile import (
+    MAX_PROFILE_BYTES,
+    PROFILE_PREFIX,
+    SENSITIVE_ATTRIBUTES,
+    Profile,
+    ProfileError,
+    decode_profile,
+    encode_profile,
+    is_sensitive,
+    profile_key,
+)
 from core.queue import (
     MessageError,
     Packed,
@@ -40,6 +51,7 @@ from core.queue import (
     send_batches,
 )
 from core.sampling import beta_variate, beta_variates, gamma_variate
+from core.signals import KINDS, MAX_SIGNALS, SIGNAL_SCHEMA, SignalError, parse_signals, signal_event
 from core.signing import (
     SIGNATURE_HEADER,
     SignatureError,
@@ -56,6 +68,21 @@ from core.text import JSONInputError, is_int64, is_text, parse_json
 from core.tokens import DecisionToken, TokenError, mint_token, read_token, unit_tag, verify_token
 
 __all__ = [
+    "MAX_PROFILE_BYTES",
+    "KINDS",
+    "MAX_SIGNALS",
+    "PROFILE_PREFIX",
+    "SENSITIVE_ATTRIBUTES",
+    "SIGNAL_SCHEMA",
+    "Profile",
+    "ProfileError",
+    "SignalError",
+    "decode_profile",
+    "encode_profile",
+    "is_sensitive",
+    "parse_signals",
+    "profile_key",
+    "signal_event",
     "HASH_VERSION",
     "DECISION_FIELDS",
     "INDEX_KEY",

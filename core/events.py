@@ -12,7 +12,9 @@ carrying an ``id`` the control plane deduplicates on:
 * ``outcome`` — a reward for a decision: ``decision_id, experiment, value,
   unit`` (from a browser beacon only with the decision's signed token, see
   :mod:`core.tokens`);
-* ``stitch`` — an anonymous id became a known user: ``anonymous_id, user_id``.
+* ``stitch`` — an anonymous id became a known user: ``anonymous_id, user_id``;
+* ``signal`` — something a visitor did, for their profile: ``unit, tag, kind, category, value,
+  name`` (:mod:`core.signals`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, NamedTuple
 
 from core.decide import REASONS, Decision
 from core.errors import PerchError
+from core.signals import SIGNAL_RULES
 from core.snapshot import KEY_RE
 from core.text import INT64_MAX, JSONInputError, is_int64, is_text, may_hold_non_text, parse_json
 from core.tokens import MAX_TOKEN_CHARS, DecisionToken, TokenError, read_token
@@ -270,6 +273,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("anonymous_id", lambda v: v is not None and _optional_text(v), "an id"),
         Rule("user_id", lambda v: v is not None and _optional_text(v), "an id"),
     ),
+    "signal": tuple(Rule(name, check, expected) for name, check, expected in SIGNAL_RULES),
 }
 
 # A beacon item's own fields (its token is read first: it names the decision).
@@ -359,7 +363,7 @@ def validate_event(event: object, where: str, *, clean: bool = False) -> dict[st
     kind = event.get("type")
     rules = RULES.get(kind) if isinstance(kind, str) else None
     if rules is None:
-        raise EventError(f"{where}.type: expected 'exposure', 'outcome' or 'stitch', got {kind!r}"[:300])
+        raise EventError(f"{where}.type: expected one of {sorted(RULES)}, got {kind!r}"[:300])
     _check(event, rules, where)
     return event
 

@@ -47,6 +47,8 @@ class Var(StrEnum):
     EVENT_LINGER_MS = "PERCH_EVENT_LINGER_MS"
     TOKEN_MAX_AGE_S = "PERCH_TOKEN_MAX_AGE_S"
     SERVER_FEATURES = "PERCH_SERVER_FEATURES"
+    PROFILE_TIMEOUT_S = "PERCH_PROFILE_TIMEOUT_S"
+    PROFILE_TTL_S = "PERCH_PROFILE_TTL_S"
 
 
 # Set with `wrangler secret put`, never in wrangler.toml, which is committed.
@@ -110,6 +112,9 @@ class EdgeConfig:
     token_max_age_s: int = 7 * 24 * 3600  # how long after a decision its outcome beacon is accepted
     # Features only the edge derives: a client's ctx.* or POSTed context cannot set them.
     server_features: frozenset[str] = frozenset({"country", "colo", "timezone"})
+    # A profile read (edge.profiles) waits this long at most: inside the ~50 ms identity budget.
+    profile_timeout_s: float = 0.02
+    profile_ttl_s: float = 300.0  # how long an isolate keeps a visitor's profile
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin_url", _url(Var.ORIGIN_URL, self.origin_url, False))
@@ -117,7 +122,7 @@ class EdgeConfig:
             self, "control_plane_url", _url(Var.CONTROL_PLANE_URL, self.control_plane_url, False)
         )
         object.__setattr__(self, "user_header", self.user_header.lower())
-        for name in ("cache_ttl_s", "retry_after_s", "kv_timeout_s"):
+        for name in ("cache_ttl_s", "retry_after_s", "kv_timeout_s", "profile_timeout_s", "profile_ttl_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r}, must be a number > 0")
@@ -176,4 +181,6 @@ class EdgeConfig:
             event_linger_ms=milliseconds(Var.EVENT_LINGER_MS),
             token_max_age_s=int(number(Var.TOKEN_MAX_AGE_S, 7 * 24 * 3600)),
             server_features=_names(get(Var.SERVER_FEATURES), "country,colo,timezone"),
+            profile_timeout_s=number(Var.PROFILE_TIMEOUT_S, 0.02),
+            profile_ttl_s=number(Var.PROFILE_TTL_S, 300.0),
         )

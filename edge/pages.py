@@ -90,6 +90,7 @@ async def page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: 
     try:
         visit = Visit(edge, platform, request, rng)
         context = build_context(request, visit.cookies, {}) if visit.identity.consent else {}
+        context = await visit.with_profile(context)
     except Exception:  # a bug of ours: the page goes out as the origin made it
         log.exception("personalizing %s failed; serving the origin's page", request.path)
         return EdgeResponse(page.status, headers, body)

@@ -5,6 +5,8 @@ reached only through :class:`edge.platform.Platform`.  Routes:
 
 * ``GET|POST /v1/decide`` — decisions as JSON;
 * ``POST /v1/events`` — outcome beacons, validated and forwarded home;
+* ``POST /v1/signals`` — behavioural signals from ``/v1/perch.js`` (core.signals), forwarded home;
+* ``GET /v1/perch.js`` — that script (edge.script);
 * ``GET /v1/health`` — what this isolate holds;
 * any other request — the origin's, its page's slots filled (:mod:`edge.pages`).
 
@@ -16,12 +18,23 @@ from __future__ import annotations
 
 import logging
 
-from core import KEY_RE, EventError, Generator, JSONInputError, parse_beacon, parse_json
+from core import (
+    KEY_RE,
+    EventError,
+    Generator,
+    JSONInputError,
+    SignalError,
+    parse_beacon,
+    parse_json,
+    parse_signals,
+    unit_tag,
+)
 from edge.config import Var
 from edge.context import ContextError, build_context
 from edge.identity import known_units, parse_cookies
 from edge.pages import page_route, passthrough
 from edge.platform import EdgeRequest, EdgeResponse, Platform
+from edge.script import SCRIPT
 from edge.visit import Edge, Visit
 
 __all__ = ["MAX_BODY_BYTES", "handle"]
@@ -72,6 +85,7 @@ async def _decide_route(edge: Edge, platform: Platform, request: EdgeRequest, rn
         context = build_context(request, visit.cookies, explicit, protected) if visit.identity.consent else {}
     except (ValueError, ContextError) as exc:
         return EdgeResponse.error(400, str(exc))
+    context = await visit.with_profile(context)
     decisions = [await visit.decide(e, context) for e in experiments]
     visit.flush()
     return EdgeResponse.json(200, {"decisions": decisions}, visit.headers())
@@ -111,6 +125,47 @@ async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) ->
     )
 
 
+async def _signals_route(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
+    if request.method != "POST":
+        return EdgeResponse.error(405, "use POST on /v1/signals")
+    if len(request.body) > MAX_BODY_BYTES:
+        return EdgeResponse.error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    config = edge.config
+    if not config.edge_secret:
+        return EdgeResponse.error(503, f"signals need {Var.EDGE_SECRET} (it names the visitor's profile)")
+    cookies = parse_cookies(request.header("cookie"))
+    # Who did it is the cookie's business, never the body's; a beacon never mints an id.
+    units = known_units(request, cookies, config.user_header, config.identity_secret)
+    headers = [("cache-control", "no-store")]
+    if units == (None,):
+        return EdgeResponse.json(200, {"accepted": 0, "ignored": "no consent: nothing is recorded"}, headers)
+    unit = units[0] if units else None
+    if unit is None:
+        return EdgeResponse.error(400, "no visitor id: signals need the perch_uid cookie a page view sets")
+    try:
+        events, rejected = parse_signals(
+            request.body, unit, unit_tag(config.edge_secret, unit), platform.now_ms()
+        )
+    except SignalError as exc:
+        return EdgeResponse.error(400, str(exc))
+    edge.rejected_signals += len(rejected)
+    if not events:
+        return EdgeResponse.json(400, {"error": "no usable signal in the beacon", "rejected": rejected[:20]})
+    edge.outbox.add(platform, config, events)
+    return EdgeResponse.json(202, {"accepted": len(events), "rejected": rejected[:20]}, headers)
+
+
+def _script(request: EdgeRequest) -> EdgeResponse:
+    if request.method not in ("GET", "HEAD"):
+        return EdgeResponse.error(405, "use GET on /v1/perch.js")
+    headers = [
+        ("content-type", "application/javascript; charset=utf-8"),
+        ("cache-control", "public, max-age=3600"),
+        ("x-content-type-options", "nosniff"),
+    ]
+    return EdgeResponse(200, headers, SCRIPT.encode())
+
+
 def _health(edge: Edge, platform: Platform) -> EdgeResponse:
     now = platform.now_ms()
     doc = {
@@ -120,7 +175,9 @@ def _health(edge: Edge, platform: Platform) -> EdgeResponse:
             "requests": edge.requests,
             "rejected_identities": edge.rejected_identities,
             "rejected_beacons": edge.rejected_beacons,
+            "rejected_signals": edge.rejected_signals,
         },
+        "profiles": edge.profiles.health(),
         "snapshots": edge.cache.health(now),
         "events": edge.outbox.health(),
     }
@@ -139,6 +196,10 @@ async def handle(edge: Edge, platform: Platform, request: EdgeRequest, rng: Gene
             response = await _decide_route(edge, platform, request, rng)
         elif path == "/v1/events":
             response = await _events_route(edge, platform, request)
+        elif path == "/v1/signals":
+            response = await _signals_route(edge, platform, request)
+        elif path == "/v1/perch.js":
+            response = _script(request)
         elif path == "/v1/health":
             response = _health(edge, platform)
         else:

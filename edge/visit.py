@@ -19,6 +19,7 @@ from core import (
     DecisionToken,
     Fallback,
     Generator,
+    Profile,
     decide,
     exposure_event,
     fallback,
@@ -32,6 +33,7 @@ from edge.config import EdgeConfig
 from edge.identity import Identity, identify, parse_cookies
 from edge.outbox import Outbox
 from edge.platform import EdgeRequest, Platform
+from edge.profiles import Hydration, ProfileCache
 
 __all__ = ["Edge", "Visit"]
 
@@ -43,33 +45,48 @@ class Edge:
     config: EdgeConfig
     cache: SnapshotCache = field(init=False)
     outbox: Outbox = field(init=False)
+    profiles: ProfileCache = field(init=False)
     started_ms: int = 0
     requests: int = 0
     rejected_identities: int = 0  # user ids offered without a valid site signature: ignored
     rejected_beacons: int = 0  # outcome items without a valid token for this visitor: not credited
+    rejected_signals: int = 0  # signal items that broke the schema (core.signals)
 
     def __post_init__(self) -> None:
         self.cache = SnapshotCache(self.config)
         self.outbox = Outbox()
+        self.profiles = ProfileCache(self.config)
 
 
-def _personalized(decision: Decision) -> str:
+def _because(label: str, profile: Profile | None) -> str:
+    """A feature that favoured the arm, in words: a profile's own ("you viewed running shoes")."""
+    if profile is not None and label.startswith("profile."):
+        words = profile.because.get(label[8:].partition("=")[0])
+        if words:
+            return words
+    return label
+
+
+def _personalized(decision: Decision, profile: Profile | None) -> str:
     if decision.propensity is not None:
         segment, p = decision.segment, decision.propensity
         return f"chosen for segment {segment!r} by Thompson sampling (propensity {p:.3f})"
     if decision.because:
-        return "shown because " + ", ".join(decision.because) + " (contextual Thompson sampling)"
+        reasons = ", ".join(_because(label, profile) for label in decision.because)
+        return f"shown because {reasons} (contextual Thompson sampling)"
     return "chosen by contextual Thompson sampling (an exploring draw, or no feature favoured it)"
 
 
-def _why(decision: Decision, max_age_s: float) -> str:
+def _why(decision: Decision, max_age_s: float, profile: Profile | None = None) -> str:
     # Only the chosen reason's words are formatted: this runs for every decision.
     reason = decision.reason
     if reason == "personalized":
-        return _personalized(decision)
+        return _personalized(decision, profile)
     if reason == "holdout":
         return f"in the holdout group of {decision.experiment!r}: always the default variant"
     if reason == "consent":
+        if profile is not None and profile.dnp:
+            return "you asked not to be personalized: the default variant"
         return "no personalization without consent: the default variant"
     if reason == "stale":
         return f"snapshot is {decision.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): default variant"
@@ -104,8 +121,37 @@ class Visit:
         self.events: list[dict[str, Any]] = []
         self.unit_tag: str | None = None
         self.decide_s = 0.0
+        self.hydration: Hydration | None = None
         if self.identity.stitch:
             self.events.append(stitch_event(*self.identity.stitch, platform.now_ms()))
+
+    def tag(self) -> str | None:
+        """The visitor's keyed tag (core.unit_tag): in their decision tokens, and naming their profile."""
+        secret = self.edge.config.edge_secret
+        if not secret or self.identity.unit is None:
+            return None
+        if self.unit_tag is None:  # one HMAC per request, however many decisions it makes
+            self.unit_tag = unit_tag(secret, self.identity.unit)
+        return self.unit_tag
+
+    async def with_profile(self, context: Mapping[str, str]) -> dict[str, str]:
+        """``context`` and the visitor's profile features (``profile.*``, edge.profiles): what a
+        contextual model may use. Without consent or a profile, ``context`` as it was."""
+        out = {k: v for k, v in context.items() if not k.startswith("profile.")}  # only KV sets them
+        tag = self.tag() if self.identity.consent else None
+        if tag is None:
+            return out
+        started = self.platform.perf_s()
+        self.hydration = await self.edge.profiles.hydrate(tag, self.platform)
+        self.decide_s += self.platform.perf_s() - started
+        profile = self.hydration.profile
+        if profile is not None:
+            out.update(profile.context())
+        return out
+
+    @property
+    def profile(self) -> Profile | None:
+        return None if self.hydration is None else self.hydration.profile
 
     async def decide(self, experiment: str, context: Mapping[str, str]) -> dict[str, Any]:
         started = self.platform.perf_s()
@@ -117,14 +163,20 @@ class Visit:
                 why = f"no snapshot available ({served.cause}): keep your default variant"
                 return _answer(served, why, None)  # nothing was decided: no outcome to credit
             now = self.platform.now_ms()
-            decision = decide(
-                snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=self.identity.consent
-            )
+            profile = self.profile
+            # The visitor's own do-not-personalize flag counts as withheld consent.
+            consent = self.identity.consent and not (profile is not None and profile.dnp)
+            decision = decide(snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=consent)
             # What the token and the exposure report: the cell decide() used (core.features).
             names = snap.context_features
             reported = dict(zip(names, feature_path(names, context), strict=True))
-            self.events.append(exposure_event(decision, self.identity.unit, now, reported))
-            return _answer(decision, _why(decision, snap.max_age_s), self._token(decision, reported, now))
+            unit = self.identity.unit if consent else None  # as without consent: nothing names them
+            self.events.append(exposure_event(decision, unit, now, reported))
+            why = _why(decision, snap.max_age_s, profile)
+            note = self.hydration.note() if self.hydration is not None else None
+            if note:
+                why = f"{why}; {note}"
+            return _answer(decision, why, self._token(decision, reported, now))
         finally:
             self.decide_s += self.platform.perf_s() - started
 
@@ -133,8 +185,6 @@ class Visit:
         secret = self.edge.config.edge_secret
         if not secret:
             return None
-        if self.unit_tag is None:  # one HMAC per request, however many decisions it makes
-            self.unit_tag = unit_tag(secret, self.identity.unit)
         return mint_token(
             secret,
             DecisionToken(
@@ -144,7 +194,7 @@ class Visit:
                 cell,
                 now,
                 decision.snapshot_version,
-                self.unit_tag,
+                self.tag() or "",
                 decision.reason,  # so the control plane can credit the outcome from the token alone
             ),
         )

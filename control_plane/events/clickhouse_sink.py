@@ -6,7 +6,8 @@ them exact under redelivery without a transaction. What this module adds is the 
 SQL path does in control_plane.events.ingest: an exposure's cell from its context, an outcome's
 reward from the experiment's rule, a verified token's cell.
 
-Identity stitches are stored in the database, as on the SQL path: erasure walks them.
+Identity stitches and behavioural signals are stored in the database, as on the SQL path: erasure
+walks the stitches, the profile builder reads the signals.
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ class ClickHouseSink:
         now = max((b.now_ms for b in batches), default=0)
         specs = self._specs_of({e["experiment"] for e in events if "experiment" in e})
         paths = Paths(specs)
-        exposures, outcomes, stitches = [], [], []
+        exposures, outcomes, in_sql = [], [], []
         unknown: Counter[str] = Counter()
         for e in events:
             kind = e["type"]
-            if kind != "stitch" and e["experiment"] not in specs:
+            if kind in ("exposure", "outcome") and e["experiment"] not in specs:
                 # Kept and not learnt on the SQL path; here nothing could stop a later experiment of
                 # that key from learning them, so they are left out and counted.
                 self.unknown_experiment += 1
@@ -77,7 +78,7 @@ class ClickHouseSink:
             elif kind == "outcome":
                 outcomes.append(_outcome(e, self.store, specs, tokens.get(e["id"]), now))
             else:
-                stitches.append(e)
+                in_sql.append(e)
         exposures = self._propensities(exposures, specs)
         rules = {key: _rule(spec, self.horizon_s) for key, spec in specs.items()}
         stored = self.events.store(exposures, outcomes, rules, now)
@@ -85,13 +86,14 @@ class ClickHouseSink:
         self._count(stored, unknown)
         result = IngestResult(duplicates=stored.duplicates)
         result.accepted["exposure"], result.accepted["outcome"] = stored.exposures, stored.outcomes
-        if stitches:
-            # Identity stitches stay in the database (erasure walks them), idempotent by event id.
-            linked = ingest(self.store, stitches, None, now)
-            result.accepted["stitch"], result.duplicates = (
-                linked.accepted["stitch"],
-                result.duplicates + linked.duplicates,
-            )
+        if in_sql:
+            # Identity stitches (erasure walks them) and signals (the profile builder reads them)
+            # stay in the database, idempotent by event id.
+            linked = ingest(self.store, in_sql, None, now)
+            for kind in ("stitch", "signal"):
+                if kind in linked.accepted:
+                    result.accepted[kind] = linked.accepted[kind]
+            result.duplicates += linked.duplicates
         result.joined = stored.statuses.get("joined", 0) + stored.statuses.get("extra", 0)
         result.late, result.pending = stored.statuses.get("late", 0), stored.statuses.get("pending", 0)
         return result

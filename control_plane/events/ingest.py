@@ -32,7 +32,7 @@ from control_plane.events.tally import Cells, IngestResult, Paths
 from control_plane.experiments import ExperimentSpec
 from control_plane.settings import REPLAY_MEMORY_S
 from control_plane.storage import bulk
-from control_plane.storage.schema import experiments, exposures, outcomes, seen_batches, stitches
+from control_plane.storage.schema import experiments, exposures, outcomes, seen_batches, signals, stitches
 from control_plane.storage.store import Store
 from core import DecisionToken
 
@@ -151,7 +151,7 @@ def ingest_into(
     """
     own_cells = cells is None
     result = IngestResult()
-    by_type: dict[str, list[dict[str, Any]]] = {"exposure": [], "outcome": [], "stitch": []}
+    by_type: dict[str, list[dict[str, Any]]] = {"exposure": [], "outcome": [], "stitch": [], "signal": []}
     for event in events:
         by_type[event["type"]].append(event)
     if signature is not None:
@@ -165,6 +165,7 @@ def ingest_into(
     waiting = tally.exposures(by_type["exposure"], now_ms)
     tally.outcomes(by_type["outcome"], waiting, tokens or {})
     tally.stitches(by_type["stitch"])
+    tally.signals(by_type["signal"])
     if own_cells:
         cells.flush(store, conn)
     return result
@@ -247,6 +248,28 @@ class _Tally:
         }
         new = bulk.insert_new(self.conn, stitches, "event_id", list(rows.values()))
         self.result.accepted["stitch"] = len(new)
+        self.result.duplicates += len(events) - len(new)
+
+    def signals(self, events: list[dict[str, Any]]) -> None:
+        """Behavioural signals, for the profile builder (control_plane.profiles)."""
+        if not events:
+            return
+        hash_unit = self.store.hash_unit
+        rows = {
+            e["id"]: {
+                "event_id": e["id"],
+                "unit_hash": hash_unit(e["unit"]),
+                "tag": e["tag"],
+                "kind": e["kind"],
+                "category": e.get("category"),
+                "value": None if e.get("value") is None else float(e["value"]),
+                "name": e.get("name"),
+                "ts_ms": e["ts"],
+            }
+            for e in events
+        }
+        new = bulk.insert_new(self.conn, signals, "event_id", list(rows.values()))
+        self.result.accepted["signal"] = len(new)
         self.result.duplicates += len(events) - len(new)
 
 

@@ -28,12 +28,16 @@ __all__ = [
     "exposures",
     "metadata",
     "outcomes",
+    "profile_state",
+    "profiles",
     "seen_batches",
+    "signals",
     "snapshots",
     "stat_deltas",
     "stats",
     "stitches",
     "revoked_sessions",
+    "user_attributes",
 ]
 
 metadata = MetaData(
@@ -207,4 +211,54 @@ revoked_sessions = Table(
     metadata,
     Column("nonce", String(32), primary_key=True),
     Column("expires_s", BigInteger, nullable=False, index=True),
+)
+
+# Added in 0007: behavioural signals (core.signals), one row per event id. ``seq`` orders them for
+# the profile builder, which rebuilds only the visitors with signals past its watermark.
+signals = Table(
+    "signals",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False, unique=True),
+    Column("unit_hash", String(64), nullable=False, index=True),
+    Column("tag", String(16), nullable=False),  # core.unit_tag: names the visitor's profile in KV
+    Column("kind", String(16), nullable=False),
+    Column("category", String(64), nullable=True),
+    Column("value", Float, nullable=True),
+    Column("name", String(64), nullable=True),
+    Column("ts_ms", BigInteger, nullable=False),
+)
+
+# Added in 0007: attributes a site states about a visitor (PUT /v1/users/{id}/attributes).
+user_attributes = Table(
+    "user_attributes",
+    metadata,
+    Column("unit_hash", String(64), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("value", String(64), nullable=False),
+    Column("tag", String(16), nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# Added in 0007: each visitor's computed profile (control_plane.profiles), and the digest of what
+# KV holds for them: a cycle publishes the rows whose digest differs, and only those.
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("unit_hash", String(64), primary_key=True),
+    Column("tag", String(16), nullable=False),
+    Column("doc", Text, nullable=False),  # JSON: scores, features, because, dnp
+    Column("digest", String(64), nullable=False),
+    Column("published_digest", String(64), nullable=True),
+    Column("built_ms", BigInteger, nullable=False),
+    Column("dnp", Boolean, nullable=False, default=False),
+)
+Index("ix_profiles_unpublished", profiles.c.digest, profiles.c.published_digest)
+
+# Added in 0007: the profile builder's state (its watermark, the fitted clusters and bands), by name.
+profile_state = Table(
+    "profile_state",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", Text, nullable=False),
 )

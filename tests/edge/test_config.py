@@ -23,6 +23,8 @@ OTHER_VALUES = {
     Var.EVENT_LINGER_MS: "50",
     Var.TOKEN_MAX_AGE_S: "3600",
     Var.SERVER_FEATURES: "country",
+    Var.PROFILE_TIMEOUT_S: "0.04",
+    Var.PROFILE_TTL_S: "60",
 }
 
 
