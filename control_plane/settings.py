@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import PerchError
+from core import PerchError, is_sensitive
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -48,6 +48,8 @@ class Settings:
     promotion_tolerance: float = (
         0.005  # how much worse (reward per decision, by SNIPS) a new snapshot may look
     )
+    # Stated attributes (PUT /v1/users/{id}/attributes) the profile publishes as features.
+    profile_attributes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if len(self.admin_token) < 16:
@@ -85,6 +87,12 @@ class Settings:
             raise SettingsError(
                 f"PERCH_EVENTS_URL={self.events_url!r}, must be chdb:///path or clickhouse://user:pass@host:8123/db"
             )
+        for name in sorted(self.profile_attributes):
+            if is_sensitive(name):
+                raise SettingsError(
+                    f"PERCH_PROFILE_ATTRIBUTES names {name!r}, a sensitive category (core.profile): "
+                    "it may not be a feature"
+                )
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'perch.db').resolve()}")
         if not self.unit_salt:
@@ -113,4 +121,7 @@ class Settings:
             unit_salt=env.get("PERCH_UNIT_SALT", ""),
             publish_interval_s=number("PERCH_PUBLISH_INTERVAL_S", 30.0),
             promotion_tolerance=number("PERCH_PROMOTION_TOLERANCE", 0.005),
+            profile_attributes=frozenset(
+                n.strip() for n in env.get("PERCH_PROFILE_ATTRIBUTES", "").split(",") if n.strip()
+            ),
         )

@@ -32,6 +32,7 @@ FLOORS = {
     "control_plane.http": 4,
     "control_plane.learning": 3,
     "control_plane.events": 3,
+    "control_plane.profiles": 3,
     "control_plane.storage": 2,
     "control_plane.distribution": 1,
     "control_plane": 1,  # experiments, settings, metrics, propensity

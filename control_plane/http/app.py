@@ -34,8 +34,10 @@ from control_plane.http.dashboard import dashboard_routes
 from control_plane.http.experiment_routes import ExperimentEndpoints, experiment_routes
 from control_plane.http.middleware import InternalErrorMiddleware
 from control_plane.http.openapi import openapi_document
+from control_plane.http.profile_routes import ProfileEndpoints, profile_routes
 from control_plane.learning.publish import Gate, publish_all
 from control_plane.metrics import Metrics
+from control_plane.profiles.builder import ProfileSettings, build_cycle, publish_profiles
 from control_plane.settings import Settings
 from control_plane.storage import privacy
 from control_plane.storage.clickhouse import ClickHouseError
@@ -47,6 +49,7 @@ from core import (
     fresh_timestamp,
     is_text,
     parse_batch,
+    profile_key,
     replay_key,
     verify,
 )
@@ -110,13 +113,17 @@ class Api(Endpoints):
         summary: "GET /v1/users/{unit}/export: everything held about a visitor; DELETE /v1/users/{unit}:
           erase it and take it out of the statistics (admin)."
         responses:
-          200: {description: "The export, or {deleted: {exposures, outcomes, stitches}}"}
+          200: {description: "The export, or {deleted: {exposures, outcomes, stitches, signals, attributes}}"}
         """
         self.admin(request)
         unit = request.path_params["unit"]
         if not 0 < len(unit) <= 256 or not is_text(unit):
             raise HTTPException(400, "unit ids are 1-256 characters of UTF-8 text without NUL")
         if request.method == "DELETE":
+            # The profile's KV values first, while the rows that name them are still here.
+            tags = await run_in_threadpool(privacy.profile_tags, self.store, unit)
+            if tags:
+                await run_in_threadpool(self.kv.delete_many, [profile_key(tag) for tag in tags])
             deleted = await run_in_threadpool(privacy.erase, self.store, unit)
             return JSONResponse({"deleted": deleted})
         return JSONResponse(await run_in_threadpool(privacy.export, self.store, unit))
@@ -215,6 +222,7 @@ def create_app(
         Route("/openapi.json", api.openapi, methods=["GET"], include_in_schema=False),
         *experiment_routes(ExperimentEndpoints(settings, store, kv, metrics, now_ms)),
         Route("/v1/events", api.events, methods=["POST"]),
+        *profile_routes(ProfileEndpoints(settings, store, now_ms)),
         # `path`: a user id may hold '/' (an email-like or namespaced id) and must stay reachable.
         Route("/v1/users/{unit:path}/export", api.user, methods=["GET"]),
         Route("/v1/users/{unit:path}", api.user, methods=["DELETE"]),
@@ -273,3 +281,13 @@ async def _schedule(
             await run_in_threadpool(cycle)
         except Exception:  # the schedule must outlive one bad cycle
             log.exception("publish cycle failed")
+        try:
+            await run_in_threadpool(_profiles_cycle, settings, store, kv, now_ms())
+        except Exception:
+            log.exception("profile cycle failed")
+
+
+def _profiles_cycle(settings: Settings, store: Store, kv: KVPublisher, now_ms: int) -> None:
+    """Rebuild the profiles of visitors who changed, then publish those that did (control_plane.profiles)."""
+    build_cycle(store, ProfileSettings(attributes=settings.profile_attributes), now_ms)
+    publish_profiles(store, kv)

@@ -272,8 +272,37 @@ _PATHS: dict[str, dict[str, Any]] = {
         "parameters": _UNIT_PATH,
         "delete": _op(
             "Erase a visitor and take them out of the statistics.",
-            {"200": _json(_OBJECT, "{deleted: {exposures, outcomes, stitches}}")},
+            {"200": _json(_OBJECT, "{deleted: {exposures, outcomes, stitches, signals, attributes}}")},
             (400, 401),
+        ),
+    },
+    "/v1/users/{unit}/attributes": {
+        "parameters": _UNIT_PATH,
+        "put": _op(
+            "Set (a value) or remove (null) a visitor's stated attributes and do-not-personalize flag.",
+            {"200": _json(_OBJECT, "{attributes: every attribute now held}")},
+            (400, 401, 422),
+            body={
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": {
+                    "attributes": {
+                        "type": "object",
+                        "maxProperties": 24,
+                        "additionalProperties": {"type": ["string", "null"], "minLength": 1, "maxLength": 64},
+                    },
+                    "do_not_personalize": {"type": "boolean"},
+                },
+            },
+        ),
+    },
+    "/v1/users/{unit}/profile": {
+        "parameters": _UNIT_PATH,
+        "get": _op(
+            "The visitor's profile: its numbers, features, why, and whether KV holds it.",
+            {"200": _json(_OBJECT, "The profile.")},
+            (400, 401, 404),
         ),
     },
 }

@@ -23,10 +23,18 @@ from sqlalchemy import Connection, delete, or_, select
 
 from control_plane.experiments import ExperimentSpec
 from control_plane.storage import stats
-from control_plane.storage.schema import experiments, exposures, outcomes, stitches
+from control_plane.storage.schema import (
+    experiments,
+    exposures,
+    outcomes,
+    profiles,
+    signals,
+    stitches,
+    user_attributes,
+)
 from control_plane.storage.store import Conflict, Store
 
-__all__ = ["erase", "export"]
+__all__ = ["erase", "export", "profile_tags"]
 
 _CHUNK = 500  # ids per IN (...): well under every driver's bind-parameter limit
 
@@ -74,6 +82,17 @@ def export(store: Store, unit: str) -> dict[str, Any]:
             .order_by(outcomes.c.ts_ms)
         ).all()
         stitch_rows = conn.execute(select(stitches).where(person.stitch_rows())).all()
+        signal_rows = conn.execute(
+            select(signals).where(person.owns(signals.c.unit_hash)).order_by(signals.c.ts_ms)
+        ).all()
+        attribute_rows = conn.execute(
+            select(user_attributes).where(person.owns(user_attributes.c.unit_hash))
+        ).all()
+        profile_rows = conn.execute(
+            select(profiles.c.unit_hash, profiles.c.doc, profiles.c.built_ms).where(
+                person.owns(profiles.c.unit_hash)
+            )
+        ).all()
 
     def rows(result: Any) -> list[dict[str, Any]]:
         out = []
@@ -89,6 +108,11 @@ def export(store: Store, unit: str) -> dict[str, Any]:
         "exposures": rows(exposure_rows),
         "outcomes": rows(outcome_rows),
         "stitches": rows(stitch_rows),
+        "signals": rows(signal_rows),
+        "attributes": rows(attribute_rows),
+        "profiles": [
+            {"unit_hash": u, "built_ms": built, **json.loads(doc)} for u, doc, built in profile_rows
+        ],
     }
     if store.events is not None:  # the events in ClickHouse (PERCH_EVENTS_URL)
         held = store.events.export(hashes)
@@ -142,6 +166,12 @@ def erase(store: Store, unit: str) -> dict[str, int]:
             delete(outcomes).where(or_(person.owns(outcomes.c.unit_hash), outcomes.c.decision_id.in_(theirs)))
         ).rowcount
         gone_exposures = conn.execute(delete(exposures).where(person.owns(exposures.c.unit_hash))).rowcount
+        # The profile layer's rows (its KV values go first: profile_tags, then the caller deletes them).
+        gone_signals = conn.execute(delete(signals).where(person.owns(signals.c.unit_hash))).rowcount
+        gone_attributes = conn.execute(
+            delete(user_attributes).where(person.owns(user_attributes.c.unit_hash))
+        ).rowcount
+        conn.execute(delete(profiles).where(person.owns(profiles.c.unit_hash)))
         # Materialised first: the stitches define the person, so they go last and by event id.
         stitch_ids = list(conn.execute(select(stitches.c.event_id).where(person.stitch_rows())).scalars())
         gone_stitches = 0
@@ -156,4 +186,16 @@ def erase(store: Store, unit: str) -> dict[str, int]:
         "exposures": gone_exposures + held["exposures"],
         "outcomes": gone_outcomes + held["outcomes"],
         "stitches": gone_stitches,
+        "signals": gone_signals,
+        "attributes": gone_attributes,
     }
+
+
+def profile_tags(store: Store, unit: str) -> list[str]:
+    """The KV tags of the profiles held for ``unit`` (and ids stitched to it): delete their KV values
+    (core.profile_key) before :func:`erase` removes what names them."""
+    with store.engine.connect() as conn:
+        person = _Person(conn, store, unit)
+        return sorted(
+            set(conn.execute(select(profiles.c.tag).where(person.owns(profiles.c.unit_hash))).scalars())
+        )

@@ -223,7 +223,13 @@ def test_a_visitor_is_exported_and_erased_from_clickhouse_and_the_cells(
     assert [o["decision_id"] for o in held["outcomes"]] == [victim["decision_id"]]
     assert held["exposures"][0]["path"] == [victim["context"]["device"], victim["context"]["source"]]
 
-    assert privacy.erase(hero, unit) == {"exposures": 1, "outcomes": 1, "stitches": 0}
+    assert privacy.erase(hero, unit) == {
+        "exposures": 1,
+        "outcomes": 1,
+        "stitches": 0,
+        "signals": 0,
+        "attributes": 0,
+    }
     remaining = [e for e in events if e.get("unit") != unit]
     assert _sums(log) == {k: v for k, v in expected_cells(remaining).items() if v != (0.0, 0.0)} | {
         k: (0.0, 0.0) for k in expected_cells(events) if k not in expected_cells(remaining)
@@ -233,8 +239,17 @@ def test_a_visitor_is_exported_and_erased_from_clickhouse_and_the_cells(
         "exposures": [],
         "outcomes": [],
         "stitches": [],
+        "signals": [],
+        "attributes": [],
+        "profiles": [],
     }
-    assert privacy.erase(hero, unit) == {"exposures": 0, "outcomes": 0, "stitches": 0}  # again: nothing
+    assert privacy.erase(hero, unit) == {
+        "exposures": 0,
+        "outcomes": 0,
+        "stitches": 0,
+        "signals": 0,
+        "attributes": 0,
+    }  # again: nothing
 
 
 def test_with_events_in_a_chdb_held_elsewhere_privacy_requests_say_where(store: Store) -> None:

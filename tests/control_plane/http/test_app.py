@@ -245,6 +245,6 @@ def test_user_export_and_erasure_are_admin_only(client: ApiClient) -> None:
     assert [e["arm"] for e in exported["exposures"]] == ["b"]
     assert "visitor-9" not in json.dumps(exported)
     assert client.delete("/v1/users/visitor-9", headers=AUTH).json() == {
-        "deleted": {"exposures": 1, "outcomes": 0, "stitches": 0}
+        "deleted": {"exposures": 1, "outcomes": 0, "stitches": 0, "signals": 0, "attributes": 0}
     }
     assert client.get("/v1/users/visitor-9/export", headers=AUTH).json()["exposures"] == []

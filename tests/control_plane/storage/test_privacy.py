@@ -72,7 +72,13 @@ def test_h2_an_anonymous_id_stitches_to_one_user_and_never_joins_strangers(half_
     first = export(half_life_store, "victim-1")
     assert sorted(e["decision_id"][-2:] for e in first["exposures"]) == ["01", "0a"]
     # Erasing Mallory's own id erases Mallory's data and no victim's.
-    assert erase(half_life_store, "anon-mallory") == {"exposures": 1, "outcomes": 0, "stitches": 1}
+    assert erase(half_life_store, "anon-mallory") == {
+        "exposures": 1,
+        "outcomes": 0,
+        "stitches": 1,
+        "signals": 0,
+        "attributes": 0,
+    }
     for i, victim in enumerate(("victim-1", "victim-2", "victim-3")):
         assert [e["decision_id"][-2:] for e in export(half_life_store, victim)["exposures"]] == [
             f"{10 + i:02x}"
@@ -129,7 +135,13 @@ def test_m9_a_user_with_tens_of_thousands_of_anonymous_ids_can_be_exported_and_e
     put(store, [exposure(1, unit="anon-7", ts=NOW), exposure(2, unit="big", ts=NOW)])
     doc = export(store, "big")
     assert len(doc["unit_hashes"]) == n + 1 and len(doc["exposures"]) == 2
-    assert erase(store, "big") == {"exposures": 2, "outcomes": 0, "stitches": n}
+    assert erase(store, "big") == {
+        "exposures": 2,
+        "outcomes": 0,
+        "stitches": n,
+        "signals": 0,
+        "attributes": 0,
+    }
 
 
 def test_erasure_leaves_the_statistics_as_if_alice_never_came(half_life_store: Store, tmp_path: Path) -> None:
@@ -138,7 +150,13 @@ def test_erasure_leaves_the_statistics_as_if_alice_never_came(half_life_store: S
     later = NOW + 3 * HOUR
     before = half_life_store.cells(spec(half_life_s=7200), later)
 
-    assert erase(half_life_store, "alice@example") == {"exposures": 2, "outcomes": 2, "stitches": 1}
+    assert erase(half_life_store, "alice@example") == {
+        "exposures": 2,
+        "outcomes": 2,
+        "stitches": 1,
+        "signals": 0,
+        "attributes": 0,
+    }
     after = half_life_store.cells(spec(half_life_s=7200), later)
 
     never = Store.from_url(f"sqlite:///{tmp_path / 'never.db'}", UNIT_KEY)
@@ -170,4 +188,10 @@ def test_erasure_leaves_the_statistics_as_if_alice_never_came(half_life_store: S
 
 
 def test_erasing_an_unknown_unit_is_a_no_op(half_life_store: Store) -> None:
-    assert erase(half_life_store, "nobody") == {"exposures": 0, "outcomes": 0, "stitches": 0}
+    assert erase(half_life_store, "nobody") == {
+        "exposures": 0,
+        "outcomes": 0,
+        "stitches": 0,
+        "signals": 0,
+        "attributes": 0,
+    }

@@ -176,7 +176,13 @@ def test_erasure_appends_what_cancels_the_person_exactly(hero: Store) -> None:
         {**outcome(900 + k, ts=NOW - k * HOUR + 1000), "unit": "erase-me"} for k in range(3)
     ]
     put(hero, theirs)
-    assert privacy.erase(hero, "erase-me") == {"exposures": 5, "outcomes": 3, "stitches": 0}
+    assert privacy.erase(hero, "erase-me") == {
+        "exposures": 5,
+        "outcomes": 3,
+        "stitches": 0,
+        "signals": 0,
+        "attributes": 0,
+    }
     now = NOW + 3 * HOUR
     _close(_read(hero, now), _expected(others, now))
     kept, recomputed = totals(hero, "hero"), recompute(hero, "hero")

@@ -1,0 +1,1 @@
+"""The profile layer: profiles built from signals and stated attributes, published to KV."""

@@ -1,0 +1,189 @@
+"""The profile layer's tables: signals (written by ingestion), stated attributes, built profiles and
+the builder's state. Reads and writes only; what a profile says is control_plane.profiles'.
+
+Everything here is keyed by the unit's hash (``Store.hash_unit``); the ``tag``
+(:func:`core.unit_tag`, under the edge secret) only names the visitor's profile in KV.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, or_, select
+
+from control_plane.storage import bulk
+from control_plane.storage.schema import profile_state, profiles, signals, user_attributes
+from control_plane.storage.store import Store
+
+__all__ = [
+    "DNP",
+    "attributes_of",
+    "changed_since",
+    "mark_published",
+    "sample_docs",
+    "save_profiles",
+    "set_attributes",
+    "set_state",
+    "signals_of",
+    "stale",
+    "state",
+    "unpublished",
+]
+
+DNP = "do_not_personalize"  # a stated attribute of its own: "true" or "false", never a feature
+
+
+def set_attributes(
+    store: Store, unit: str, tag: str, values: Mapping[str, str | None], now_ms: int
+) -> dict[str, str]:
+    """Set (a value) or remove (None) ``unit``'s stated attributes; all of them afterwards."""
+    unit_hash = store.hash_unit(unit)
+    assert unit_hash is not None
+    with store.write() as conn:
+        gone = [name for name, value in values.items() if value is None]
+        if gone:
+            conn.execute(
+                delete(user_attributes).where(
+                    user_attributes.c.unit_hash == unit_hash, user_attributes.c.name.in_(gone)
+                )
+            )
+        for name, value in sorted(values.items()):
+            if value is None:
+                continue
+            stmt = store.insert(user_attributes).values(
+                unit_hash=unit_hash, name=name, value=value, tag=tag, updated_ms=now_ms
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["unit_hash", "name"],
+                    set_={"value": value, "tag": tag, "updated_ms": now_ms},
+                )
+            )
+        if gone:  # nothing may be left to notice: the profile is rebuilt by the next cycle all the same
+            conn.execute(profiles.update().where(profiles.c.unit_hash == unit_hash).values(built_ms=0))
+        return attributes_of(conn, [unit_hash]).get(unit_hash, {})
+
+
+def attributes_of(conn: Connection, unit_hashes: Sequence[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for part in bulk.parts(conn, list(unit_hashes)):
+        rows = conn.execute(
+            select(user_attributes.c.unit_hash, user_attributes.c.name, user_attributes.c.value).where(
+                bulk.member(conn, user_attributes.c.unit_hash, part)
+            )
+        )
+        for unit_hash, name, value in rows:
+            out.setdefault(unit_hash, {})[name] = value
+    return out
+
+
+def changed_since(
+    conn: Connection, after_seq: int, after_ms: int, limit: int
+) -> tuple[dict[str, str], int, int]:
+    """Units with signals past ``after_seq`` or attributes set past ``after_ms``, at most ``limit``
+    of them: {unit hash: tag}, and the new watermarks (as far as the units returned reach)."""
+    rows = conn.execute(
+        select(signals.c.seq, signals.c.unit_hash, signals.c.tag)
+        .where(signals.c.seq > after_seq)
+        .order_by(signals.c.seq)
+        .limit(limit * 20)  # several signals per visitor in a cycle's window
+    ).all()
+    units: dict[str, str] = {}
+    seq = after_seq
+    for s, unit_hash, tag in rows:
+        if unit_hash not in units and len(units) >= limit:
+            break
+        units[unit_hash] = tag
+        seq = s
+    stated = conn.execute(
+        select(user_attributes.c.unit_hash, user_attributes.c.tag, func.max(user_attributes.c.updated_ms))
+        .where(user_attributes.c.updated_ms > after_ms)
+        .group_by(user_attributes.c.unit_hash, user_attributes.c.tag)
+        .order_by(func.max(user_attributes.c.updated_ms))
+        .limit(limit)
+    ).all()
+    ms = after_ms
+    for unit_hash, tag, updated in stated:
+        units.setdefault(unit_hash, tag)
+        ms = max(ms, int(updated))
+    return units, seq, ms
+
+
+def stale(conn: Connection, built_before_ms: int, limit: int) -> dict[str, str]:
+    """Profiles built before ``built_before_ms`` (recency and churn move with time alone)."""
+    rows = conn.execute(
+        select(profiles.c.unit_hash, profiles.c.tag)
+        .where(profiles.c.built_ms < built_before_ms)
+        .order_by(profiles.c.built_ms)
+        .limit(limit)
+    )
+    return {unit_hash: tag for unit_hash, tag in rows}
+
+
+def signals_of(
+    conn: Connection, unit_hashes: Sequence[str], since_ms: int, per_unit: int
+) -> dict[str, list[tuple[int, str, str | None, float | None]]]:
+    """Each unit's signals since ``since_ms``, newest ``per_unit`` at most: (ts, kind, category, value)."""
+    out: dict[str, list[tuple[int, str, str | None, float | None]]] = {}
+    for part in bulk.parts(conn, list(unit_hashes)):
+        rows = conn.execute(
+            select(signals.c.unit_hash, signals.c.ts_ms, signals.c.kind, signals.c.category, signals.c.value)
+            .where(bulk.member(conn, signals.c.unit_hash, part), signals.c.ts_ms >= since_ms)
+            .order_by(signals.c.unit_hash, signals.c.ts_ms.desc())
+        )
+        for unit_hash, ts, kind, category, value in rows:
+            held = out.setdefault(unit_hash, [])
+            if len(held) < per_unit:
+                held.append((int(ts), kind, category, None if value is None else float(value)))
+    return out
+
+
+def save_profiles(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert or replace profiles (unit_hash, tag, doc, digest, built_ms, dnp); how many changed."""
+    changed = 0
+    for row in rows:
+        old = conn.execute(select(profiles.c.digest).where(profiles.c.unit_hash == row["unit_hash"])).scalar()
+        if old is None:
+            conn.execute(profiles.insert().values(**row, published_digest=None))
+            changed += 1
+        else:
+            conn.execute(profiles.update().where(profiles.c.unit_hash == row["unit_hash"]).values(**row))
+            changed += old != row["digest"]
+    return changed
+
+
+def unpublished(conn: Connection, limit: int) -> list[tuple[str, str, str, str]]:
+    """(unit hash, tag, doc, digest) of profiles whose KV value is missing or older."""
+    rows = conn.execute(
+        select(profiles.c.unit_hash, profiles.c.tag, profiles.c.doc, profiles.c.digest)
+        .where(or_(profiles.c.published_digest.is_(None), profiles.c.published_digest != profiles.c.digest))
+        .limit(limit)
+    )
+    return [(u, t, d, g) for u, t, d, g in rows]
+
+
+def mark_published(conn: Connection, done: Sequence[tuple[str, str]]) -> None:
+    """Record what KV now holds: (unit hash, digest) pairs (a profile rebuilt meanwhile stays due)."""
+    for unit_hash, digest in done:
+        conn.execute(
+            profiles.update()
+            .where(and_(profiles.c.unit_hash == unit_hash, profiles.c.digest == digest))
+            .values(published_digest=digest)
+        )
+
+
+def state(conn: Connection, name: str, default: Any) -> Any:
+    raw = conn.execute(select(profile_state.c.value).where(profile_state.c.name == name)).scalar()
+    return default if raw is None else json.loads(raw)
+
+
+def set_state(store: Store, conn: Connection, name: str, value: Any) -> None:
+    stmt = store.insert(profile_state).values(name=name, value=json.dumps(value))
+    conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"value": stmt.excluded.value}))
+
+
+def sample_docs(conn: Connection, limit: int) -> list[str]:
+    """Up to ``limit`` profile documents; unit hashes are keyed hashes, so their order is a fair sample."""
+    return list(conn.execute(select(profiles.c.doc).order_by(profiles.c.unit_hash).limit(limit)).scalars())
