@@ -118,6 +118,14 @@ def _contextual(isolate: _Isolate, n: int, cold_budget_s: float) -> dict[str, An
     }
 
 
+def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summaries of two halves of one measurement, as one (their raw samples pooled)."""
+    return {
+        part: summarize([x for r in runs for x in r["samples_ns"][part]])
+        for part in ("fetch", "server_timing")
+    }
+
+
 def _measure(
     isolate: _Isolate,
     *,
@@ -168,6 +176,14 @@ def _measure(
     out["fetch_cold"] = {
         "{}x{}".format(*HEADLINE): isolate.call("fetch_latency", *headline, fetch_cold_n, cold=True)
     }
+    # Profile hydration: the same requests without profile reads, and with a profile in KV for every
+    # visitor (each read once: an isolate's first request of that visitor), alternated in halves.
+    hydration: dict[str, list[dict[str, Any]]] = {"off": [], "hit": []}
+    for part in (n // 2, n - n // 2):
+        for mode, runs in hydration.items():
+            runs.append(isolate.call("fetch_latency", *headline, part, profiles=mode, raw=True))
+    out["profiles"] = {mode: _merged(runs) for mode, runs in hydration.items()}
+    out["profiles"]["reads"] = [r["profile_reads"] for r in hydration["hit"]]
     out["contextual"] = _contextual(isolate, n, cold_budget_s)
     out["load_after"] = load_average()
     return out

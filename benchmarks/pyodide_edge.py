@@ -225,26 +225,48 @@ class _FetchSamples:
             for decision in body["decisions"]:
                 self.reasons[decision["reason"]] = self.reasons.get(decision["reason"], 0) + 1
 
-    def summary(self) -> dict[str, Any]:
-        return {
+    def summary(self, raw: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "fetch": summarize(self.wall),
             "server_timing": summarize(self.server),
             "wait_until": summarize(self.background),
             "statuses": self.statuses,
             "reasons_checked": self.reasons,
         }
+        if raw:
+            out["samples_ns"] = {"fetch": self.wall, "server_timing": self.server}
+        return out
 
 
-def _worker_env(helpers: Any, snapshot_b64: str, experiment: str) -> tuple[Any, Any]:
-    """A KV stand-in holding the snapshot, and the Worker's env around it."""
+def _worker_env(
+    helpers: Any, snapshot_b64: str, experiment: str, profiles: str = "off", units: list[str] | None = None
+) -> tuple[Any, Any]:
+    """A KV stand-in holding the snapshot (and with ``profiles="hit"`` a profile for each of
+    ``units``), and the Worker's env around it."""
     import js
     from pyodide.ffi import to_js
 
-    from core import snapshot_key
+    from core import Profile, encode_profile, profile_key, snapshot_key, unit_tag
 
     kv = helpers.KvNamespace.new()
     kv.put(snapshot_key(experiment), to_js(base64.b64decode(snapshot_b64)))
-    variables = {"CONTROL_PLANE_URL": STUB_CONTROL_PLANE, "PERCH_EDGE_SECRET": SECRET}
+    if profiles == "hit":
+        for i, unit in enumerate(units or []):
+            profile = Profile(
+                features={
+                    "interest": ("running", "cooking", "travel")[i % 3],
+                    "engagement": "high",
+                    "ltv": "mid",
+                },
+                because={"interest": "you viewed running shoes"},
+                updated_ms=1,
+            )
+            kv.put(profile_key(unit_tag(SECRET, unit)), to_js(encode_profile(profile)))
+    variables = {
+        "CONTROL_PLANE_URL": STUB_CONTROL_PLANE,
+        "PERCH_EDGE_SECRET": SECRET,
+        "PERCH_PROFILES": "off" if profiles == "off" else "on",
+    }
     return kv, helpers.env(kv, to_js(variables, dict_converter=js.Object.fromEntries))
 
 
@@ -257,8 +279,14 @@ async def fetch_latency(
     cold: bool = False,
     budget_s: float | None = None,
     warmup: int = 50,
+    profiles: str = "off",
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Up to ``n`` ``GET /v1/decide`` through ``Default.fetch`` in one isolate.
+
+    ``profiles``: "off" reads no visitor profiles (PERCH_PROFILES=off); "hit" gives every visitor a
+    profile in KV, read on their request (each visitor comes once: the first read of an isolate);
+    "miss" reads and finds none.
 
     ``cold`` empties the isolate's snapshot cache before every request, so
     each one reads KV, decodes and decides inline.  Stops early (after at
@@ -275,10 +303,10 @@ async def fetch_latency(
     import edge.worker
 
     helpers = run_js(_JS)
-    kv, env = _worker_env(helpers, snapshot_b64, experiment)
+    units = _units(n + warmup)
+    kv, env = _worker_env(helpers, snapshot_b64, experiment, profiles, units)
     query = urlencode([("experiment", experiment)] + [(f"ctx.{k}", v) for k, v in sorted(context.items())])
     url = f"https://shop.example/v1/decide?{query}"
-    units = _units(n + warmup)
     clock = time.perf_counter_ns
     deadline = None if budget_s is None else clock() + int(budget_s * 1e9)
     samples = _FetchSamples()
@@ -301,7 +329,14 @@ async def fetch_latency(
             if deadline is not None and t2 > deadline and len(samples.wall) >= min(n, 1_000):
                 break
         posts = int(helpers.posts())
+        isolate = edge.worker._ISOLATE.get("edge")
+        hydrated = dict(isolate.profiles.counts) if isolate is not None else {}
     finally:
         helpers.restore()
         edge.worker._ISOLATE.clear()
-    return {**samples.summary(), "kv_reads": int(kv.reads), "control_plane_posts": posts}
+    return {
+        **samples.summary(raw=raw),
+        "kv_reads": int(kv.reads),
+        "control_plane_posts": posts,
+        "profile_reads": hydrated,
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import bench_clickhouse, bench_consume
+from benchmarks import bench_clickhouse, bench_consume, bench_profiles
 from benchmarks.report_core import core_section
 from benchmarks.report_format import HEAD, HEAD_LABEL, core_index, median_us, ms, num, p, ratio, table
 from benchmarks.report_learning import learner_section, learning_section, learning_verdicts
@@ -27,6 +27,7 @@ _RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "ingest": ingest_section,
     "consume": bench_consume.section,
     "clickhouse": bench_clickhouse.section,
+    "profiles": bench_profiles.section,
     "http": http_section,
 }
 
@@ -70,7 +71,25 @@ def _pyodide_rows(py: dict[str, Any]) -> list[Row]:
             f"Pyodide `Default.fetch` p99 ({HEAD_LABEL})", f"{ms(fetch)} ms", "pyodide.fetch_p99_us", fetch
         ),
         ("Pyodide Server-Timing p99 of those requests", f"{ms(st)} ms", "—", ""),
+        *_hydration_rows(py.get("profiles")),
         *contextual_verdicts(py.get("contextual")),
+    ]
+
+
+def _hydration_rows(profiles: dict[str, Any] | None) -> list[Row]:
+    """What reading each visitor's profile adds to a request: p99 with it less p99 without."""
+    if not profiles:
+        return []
+    off, hit = p(profiles["off"]["fetch"], "p99_us"), p(profiles["hit"]["fetch"], "p99_us")
+    overhead = None if off is None or hit is None else hit - off
+    return [
+        _target_row(
+            f"Pyodide profile hydration p99 overhead ({HEAD_LABEL}; `Default.fetch` p99 {ms(hit)} ms "
+            f"with a profile read per visitor, {ms(off)} ms without)",
+            f"{ms(overhead)} ms",
+            "pyodide.profile_overhead_p99_us",
+            overhead,
+        )
     ]
 
 
@@ -162,6 +181,13 @@ def _clickhouse_rows(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _profile_rows(data: dict[str, Any]) -> list[Row]:
+    return [
+        (figure, value, target, "met" if met else "**missed**")
+        for figure, value, target, met in bench_profiles.verdicts(data)
+    ]
+
+
 def _http_rows(http: dict[str, Any]) -> list[Row]:
     return [
         (
@@ -184,6 +210,7 @@ _HEADLINE_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ingest": _ingest_rows,
     "consume": _consume_rows,
     "clickhouse": _clickhouse_rows,
+    "profiles": _profile_rows,
     "http": _http_rows,
 }
 

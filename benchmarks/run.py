@@ -33,7 +33,7 @@ from benchmarks import report
 from benchmarks.common import ROOT, Stopwatch, load_average, machine
 from benchmarks.shapes import SEED
 
-SECTIONS = ("core", "pyodide", "learner", "learning", "ingest", "consume", "clickhouse", "http")
+SECTIONS = ("core", "pyodide", "learner", "learning", "ingest", "consume", "clickhouse", "profiles", "http")
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
 
 
@@ -49,6 +49,7 @@ class Plan:
     ingest: dict[str, Any] = field(default_factory=dict)
     consume: dict[str, Any] = field(default_factory=dict)
     clickhouse: dict[str, Any] = field(default_factory=dict)
+    profiles: dict[str, Any] = field(default_factory=dict)
     http: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,6 +70,7 @@ QUICK = Plan(
     ingest={"duration_s": 0.5, "loads": ((1, 2), (1, 8), (50, 2))},
     consume={"events": 5_000, "consumers": (1, 2)},
     clickhouse={"exposures": 10**5, "repeats": 3},
+    profiles={"units": 20_000},
     http={"concurrency": (1, 4), "requests": 100, "seconds": 3.0, "warmup": 20},
 )
 # What `pytest benchmarks --benchmark-disable` (make test) runs, so no section can rot unnoticed.
@@ -95,6 +97,7 @@ SMOKE = Plan(
     ingest={"duration_s": 0.3, "loads": ((1, 2), (1, 8), (50, 2)), "backends": ("sqlite",)},
     consume={"events": 2_000, "consumers": (1,), "backends": ("sqlite", "chdb")},
     clickhouse={"exposures": 10**4, "repeats": 1},
+    profiles={"units": 3_000},
     http={"concurrency": (2,), "requests": 40, "seconds": 3.0, "warmup": 10},
 )
 
@@ -147,6 +150,7 @@ def _sections(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
         bench_ingest,
         bench_learner,
         bench_learning,
+        bench_profiles,
         bench_pyodide,
     )
 
@@ -158,6 +162,7 @@ def _sections(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
         "ingest": lambda: bench_ingest.run(**plan.ingest),
         "consume": lambda: bench_consume.run(**plan.consume),
         "clickhouse": lambda: bench_clickhouse.run(**plan.clickhouse),
+        "profiles": lambda: bench_profiles.run(**plan.profiles),
         "http": lambda: bench_http.run(**plan.http),
     }
 

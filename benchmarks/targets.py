@@ -34,6 +34,8 @@ TARGETS: dict[str, Target] = {
     "pyodide.contextual.warm_p99_us": Target(200, "≤ 0.2 ms"),
     "pyodide.contextual.cold_p99_us": Target(1000, "≤ 1 ms"),
     "pyodide.contextual.fetch_p99_us": Target(1150, "≤ 1.15 ms"),
+    # Reading a visitor's profile (KV in memory) and adding it to the context, on top of the request.
+    "pyodide.profile_overhead_p99_us": Target(300, "≤ 0.3 ms"),
     "core.mabwiser_ratio": Target(5.0, "≥ 5x", higher_is_better=True),
     # The cycle at the most exposures may take at most this factor (plus 50 ms) of the cycle at
     # the fewest: the statistics are aggregates, so its time must not grow with the traffic.
@@ -47,6 +49,8 @@ TARGETS: dict[str, Target] = {
     "consume.chdb_events_per_s": Target(30_000, "≥ 30,000 events/s", higher_is_better=True),
     "clickhouse.bytes_per_exposure": Target(60, "≤ 60 B"),
     "clickhouse.cell_read_ms": Target(100, "≤ 100 ms"),
+    # A profile cycle costs O(changed visitors): 10x the profiles held, the same changed, the same cost.
+    "profiles.growth": Target(1.5, "flat (≤ 1.5x)"),
 }
 
 # README.md's headline rows (under "## Benchmarks"), by the start of their figure, and the targets
@@ -55,6 +59,7 @@ README_ROWS: dict[str, tuple[str, ...]] = {
     "Pyodide 314 (Node 24): warm `decide` p99": ("pyodide.warm_p99_us", "pyodide.contextual.warm_p99_us"),
     "Pyodide: cold path": ("pyodide.cold_p99_us", "pyodide.contextual.cold_p99_us"),
     "Pyodide: whole `Default.fetch` p99": ("pyodide.fetch_p99_us", "pyodide.contextual.fetch_p99_us"),
+    "Pyodide: profile hydration": ("pyodide.profile_overhead_p99_us",),
     "CPython: MABWiser TS `predict` time": ("core.mabwiser_ratio",),
     "learn-and-publish cycle, contextual": ("learner.contextual_cycle_s",),
     "learning, share of the oracle's lift": ("learning.additive_captured", "learning.ahead"),
@@ -66,6 +71,7 @@ README_ROWS: dict[str, tuple[str, ...]] = {
     "… into ClickHouse (chDB)": ("consume.chdb_events_per_s",),
     "ClickHouse (chDB): bytes per stored exposure": ("clickhouse.bytes_per_exposure",),
     "ClickHouse (chDB): learner's cell read": ("clickhouse.cell_read_ms",),
+    "profile cycle": ("profiles.growth",),
 }
 
 _BOUND = re.compile(r"^([≤≥]) ([\d.,]+) (.+)$")

@@ -52,7 +52,11 @@ def test_pyodide_section_runs_in_real_pyodide() -> None:
     assert set(fetch["reasons_checked"]) == {"personalized"}
     assert fetch["control_plane_posts"] >= 1
     assert py["contextual"]["decide"]["n"] == 50 and py["contextual"]["columns"] == 97
-    assert "## 2. Edge in real Pyodide" in report.render(results)
+    # Every visitor of the hydration runs had their profile read from KV, and found it.
+    assert py["profiles"]["reads"] and all(set(r) == {"hit"} for r in py["profiles"]["reads"])
+    assert py["profiles"]["hit"]["fetch"]["n"] == py["profiles"]["off"]["fetch"]["n"] == 50
+    text = report.render(results)
+    assert "## 2. Edge in real Pyodide" in text and "profile hydration p99 overhead" in text
 
 
 def test_machine_description_survives_a_clean_checkout() -> None:
@@ -75,6 +79,16 @@ def test_learning_section_runs_perchs_loop_and_renders() -> None:
     assert abs(table["uniform"]["captured"]) < 0.5
     text = report.render(results)
     assert "## 4. Learning quality" in text and "Perch contextual" in text
+
+
+def test_profiles_section_builds_what_changed_and_renders() -> None:
+    results = _execute("profiles")
+    data = results["sections"]["profiles"]
+    for label in ("small", "large"):
+        cycle, idle = data[label]["cycle"], data[label]["idle"]
+        assert cycle["built"] == cycle["published"] == data["changed"]  # the changed visitors, no more
+        assert idle["built"] == idle["published"] == 0
+    assert "## 5d. Profile builder" in report.render(results)
 
 
 def test_consume_section_drains_a_queue_exactly_and_renders() -> None:

@@ -49,6 +49,7 @@ class Var(StrEnum):
     SERVER_FEATURES = "PERCH_SERVER_FEATURES"
     PROFILE_TIMEOUT_S = "PERCH_PROFILE_TIMEOUT_S"
     PROFILE_TTL_S = "PERCH_PROFILE_TTL_S"
+    PROFILES = "PERCH_PROFILES"
 
 
 # Set with `wrangler secret put`, never in wrangler.toml, which is committed.
@@ -76,6 +77,16 @@ def _url(name: str, value: str | None, required: bool) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{name}={value!r}, must be an http(s) URL")
     return value.rstrip("/")
+
+
+def _switch(name: str, raw: str | None, default: bool) -> bool:
+    if not raw:
+        return default
+    if raw.lower() in ("on", "true", "1"):
+        return True
+    if raw.lower() in ("off", "false", "0"):
+        return False
+    raise ConfigError(f"{name}={raw!r}, must be 'on' or 'off'")
 
 
 def _names(raw: str | None, default: str) -> frozenset[str]:
@@ -115,6 +126,7 @@ class EdgeConfig:
     # A profile read (edge.profiles) waits this long at most: inside the ~50 ms identity budget.
     profile_timeout_s: float = 0.02
     profile_ttl_s: float = 300.0  # how long an isolate keeps a visitor's profile
+    profiles: bool = True  # off: no profile reads (a site without profiles saves the KV read)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin_url", _url(Var.ORIGIN_URL, self.origin_url, False))
@@ -183,4 +195,5 @@ class EdgeConfig:
             server_features=_names(get(Var.SERVER_FEATURES), "country,colo,timezone"),
             profile_timeout_s=number(Var.PROFILE_TIMEOUT_S, 0.02),
             profile_ttl_s=number(Var.PROFILE_TTL_S, 300.0),
+            profiles=_switch(Var.PROFILES, get(Var.PROFILES), True),
         )

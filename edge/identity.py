@@ -63,6 +63,7 @@ class Identity:
     set_cookies: tuple[str, ...] = ()
     stitch: tuple[str, str] | None = None  # (anonymous id, user id), to report once
     rejected_claim: bool = False  # a user id was offered but not vouched for: ignored
+    fresh: bool = False  # an id made on this request: nothing can be known about them yet
 
 
 def _cookie(name: str, value: str, max_age: int) -> str:
@@ -129,7 +130,13 @@ def identify(
         set_cookies.append(_cookie(UID_COOKIE, anonymous, max_age))
     user, rejected = _user(request, cookies, user_header, secret)
     if user is None:
-        return Identity(unit=anonymous, consent=True, set_cookies=tuple(set_cookies), rejected_claim=rejected)
+        return Identity(
+            unit=anonymous,
+            consent=True,
+            set_cookies=tuple(set_cookies),
+            rejected_claim=rejected,
+            fresh=bool(set_cookies),
+        )
     stitch = None
     mark = _stitch_mark(anonymous, user)
     if cookies.get(STITCH_COOKIE) != mark:

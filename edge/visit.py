@@ -138,7 +138,9 @@ class Visit:
         """``context`` and the visitor's profile features (``profile.*``, edge.profiles): what a
         contextual model may use. Without consent or a profile, ``context`` as it was."""
         out = {k: v for k, v in context.items() if not k.startswith("profile.")}  # only KV sets them
-        tag = self.tag() if self.identity.consent else None
+        # A visitor whose id was made just now has no profile: no read for them.
+        known = self.identity.consent and not self.identity.fresh and self.edge.config.profiles
+        tag = self.tag() if known else None
         if tag is None:
             return out
         started = self.platform.perf_s()

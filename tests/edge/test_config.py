@@ -25,6 +25,7 @@ OTHER_VALUES = {
     Var.SERVER_FEATURES: "country",
     Var.PROFILE_TIMEOUT_S: "0.04",
     Var.PROFILE_TTL_S: "60",
+    Var.PROFILES: "off",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from typing import Any
@@ -15,7 +16,7 @@ from core import Profile, encode_profile, profile_key, unit_tag
 from edge import profiles as module
 from edge.routing import handle
 from edge.visit import Edge
-from tests.edge.conftest import SECRET, FakePlatform, read_body, request, serve
+from tests.edge.conftest import CONFIG, SECRET, FakePlatform, read_body, request, serve
 from tests.factories import NOW, spec
 
 UID = "0123456789abcdef0123456789abcdef"
@@ -235,3 +236,12 @@ def test_the_script_is_served_first_party(edge: Edge, platform: FakePlatform) ->
     )
     assert b"sendBeacon" in body and b"http" not in body.replace(b"https://", b"")  # no third party
     assert len(body) < 4096
+
+
+def test_a_new_visitor_or_profiles_off_costs_no_profile_read(edge: Edge, platform: FakePlatform) -> None:
+    response = serve(edge, platform, request(DECIDE))  # no cookie: an id is made on this request
+    assert response.status == 200 and edge.profiles.counts == {}
+    off = Edge(dataclasses.replace(CONFIG, profiles=False))
+    platform.kv[profile_key(TAG)] = encode_profile(RUNNER)
+    assert "you viewed" not in decide(off, platform)["why"]
+    assert off.profiles.counts == {}
