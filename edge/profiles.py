@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,20 +76,23 @@ class ProfileCache:
             self._count("timeout")
             return Hydration(None, "timeout")
         started = platform.perf_s()
-        task = asyncio.ensure_future(self._read(tag, platform))
         try:
-            profile, status = await asyncio.wait_for(asyncio.shield(task), self.config.profile_timeout_s)
+            # asyncio.timeout, not wait_for: no task wrapped around the read (measured in Pyodide,
+            # where each task and future costs JS round trips).
+            async with asyncio.timeout(self.config.profile_timeout_s):
+                profile, status = await self._read(tag, platform)
         except TimeoutError:
+            # Read again in the background, so the visitor's next request finds it cached.
             self.pending.add(tag)
-            platform.wait_until(self._finish(tag, task))
+            platform.wait_until(self._fill(tag, platform))
             status, profile = "timeout", None
         self.latencies_ms.append((platform.perf_s() - started) * 1000)
         self._count(status)
         return Hydration(profile, status)
 
-    async def _finish(self, tag: str, task: Awaitable[tuple[Profile | None, str]]) -> None:
+    async def _fill(self, tag: str, platform: Platform) -> None:
         try:
-            await task
+            await self._read(tag, platform)
         finally:
             self.pending.discard(tag)
 

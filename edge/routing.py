@@ -35,6 +35,7 @@ from edge.identity import known_units, parse_cookies
 from edge.pages import page_route, passthrough
 from edge.platform import EdgeRequest, EdgeResponse, Platform
 from edge.script import SCRIPT
+from edge.session import SESSION_COOKIE, advance, read_session, session_cookie
 from edge.visit import Edge, Visit
 
 __all__ = ["MAX_BODY_BYTES", "handle"]
@@ -152,6 +153,14 @@ async def _signals_route(edge: Edge, platform: Platform, request: EdgeRequest) -
     if not events:
         return EdgeResponse.json(400, {"error": "no usable signal in the beacon", "rejected": rejected[:20]})
     edge.outbox.add(platform, config, events)
+    # Within-session signals count at once: the page viewed becomes the session's interest.
+    viewed = [e["category"] for e in events if e["kind"] == "page_view" and e.get("category")]
+    if viewed:
+        session = read_session(cookies.get(SESSION_COOKIE), config.edge_secret, unit)
+        session = advance(session, platform.now_ms() // 1000, page=False, interest=viewed[-1])
+        headers.append(
+            ("set-cookie", session_cookie(session, config.edge_secret, unit, config.cookie_max_age_s))
+        )
     return EdgeResponse.json(202, {"accepted": len(events), "rejected": rejected[:20]}, headers)
 
 

@@ -34,6 +34,7 @@ from edge.identity import Identity, identify, parse_cookies
 from edge.outbox import Outbox
 from edge.platform import EdgeRequest, Platform
 from edge.profiles import Hydration, ProfileCache
+from edge.session import SESSION_COOKIE, advance, read_session, session_cookie
 
 __all__ = ["Edge", "Visit"]
 
@@ -122,6 +123,7 @@ class Visit:
         self.unit_tag: str | None = None
         self.decide_s = 0.0
         self.hydration: Hydration | None = None
+        self.session_cookie: str | None = None
         if self.identity.stitch:
             self.events.append(stitch_event(*self.identity.stitch, platform.now_ms()))
 
@@ -135,9 +137,16 @@ class Visit:
         return self.unit_tag
 
     async def with_profile(self, context: Mapping[str, str]) -> dict[str, str]:
-        """``context`` and the visitor's profile features (``profile.*``, edge.profiles): what a
-        contextual model may use. Without consent or a profile, ``context`` as it was."""
-        out = {k: v for k, v in context.items() if not k.startswith("profile.")}  # only KV sets them
+        """``context`` and what the edge knows of the visitor: their session (``session.*``,
+        edge.session) and profile (``profile.*``, edge.profiles) features, which only the edge sets.
+        Without consent, ``context`` as it was."""
+        out = {k: v for k, v in context.items() if not k.startswith(("profile.", "session."))}
+        secret, unit = self.edge.config.edge_secret, self.identity.unit
+        if self.identity.consent and secret and unit is not None:
+            now_s = self.platform.now_ms() // 1000
+            session = advance(read_session(self.cookies.get(SESSION_COOKIE), secret, unit), now_s)
+            self.session_cookie = session_cookie(session, secret, unit, self.edge.config.cookie_max_age_s)
+            out.update(session.features())
         # A visitor whose id was made just now has no profile: no read for them.
         known = self.identity.consent and not self.identity.fresh and self.edge.config.profiles
         tag = self.tag() if known else None
@@ -203,6 +212,8 @@ class Visit:
 
     def headers(self, cache_control: str | None = "private, no-store") -> list[tuple[str, str]]:
         out = [("set-cookie", c) for c in self.identity.set_cookies]
+        if self.session_cookie:
+            out.append(("set-cookie", self.session_cookie))
         if cache_control:
             out.append(("cache-control", cache_control))
         out.append(("server-timing", f"perch;dur={self.decide_s * 1000:.3f}"))

@@ -94,8 +94,12 @@ class WorkersPlatform:
         await binding.sendBatch(to_js(batch, dict_converter=js.Object.fromEntries))
 
     async def kv_get(self, key: str) -> bytes | None:
-        value = await getattr(self.env, KV_BINDING).get(key, type="arrayBuffer", cacheTtl=KV_CACHE_TTL_S)
-        return None if value is None else bytes(value)
+        # The JS binding itself, not the SDK's wrapper around it: a profile is read on most requests,
+        # and the wrapper's conversions cost more than the read (measured in Pyodide).
+        binding = getattr(getattr(self.env, "_env", self.env), KV_BINDING)
+        value = await binding.get(key, _kv_options())
+        # A missing key is JS null: None, or Pyodide's jsnull (which has no to_bytes).
+        return bytes(value.to_bytes()) if hasattr(value, "to_bytes") else None
 
     async def fetch_origin(self, request: EdgeRequest, url: str) -> OriginResponse:
         headers = [(k, v) for k, v in request.headers.items() if k not in ("host", "content-length")]
@@ -130,6 +134,16 @@ class WorkersPlatform:
 
     def perf_s(self) -> float:
         return time.perf_counter()
+
+
+_KV_READ: list[Any] = []
+
+
+def _kv_options() -> Any:
+    """The KV read's options as a JS object, made once per isolate (not at import: no JS then)."""
+    if not _KV_READ:
+        _KV_READ.append(_js_options({"type": "arrayBuffer", "cacheTtl": KV_CACHE_TTL_S}))
+    return _KV_READ[0]
 
 
 def _queue_bindings(env: Any) -> list[str]:
