@@ -125,7 +125,8 @@ def test_same_visitor_same_arm_across_requests(edge: Edge, platform: FakePlatfor
 
 def test_new_visitor_gets_a_cookie_and_consent_withheld_gets_none(edge: Edge, platform: FakePlatform) -> None:
     response = serve(edge, platform, request("https://s.test/v1/decide?experiment=home-hero"))
-    (cookie,) = header(response, "set-cookie")
+    cookie, session = header(response, "set-cookie")
+    assert session.startswith("perch_session=")
     assert re.fullmatch(
         r"perch_uid=[0-9a-f]{32}; Path=/; Max-Age=31536000; HttpOnly; Secure; SameSite=Lax", cookie
     )

@@ -113,7 +113,8 @@ def test_decide_over_http_sets_cookie_and_logs_signed_exposure(running: tuple[st
         again = client.get(
             "/v1/decide", params={"experiment": "local-hero"}, headers={"cookie": f"perch_uid={uid}"}
         )
-        assert "set-cookie" not in again.headers
+        # No new id for a returning visitor: only their session's cookie (edge.session).
+        assert [c.split("=")[0] for c in again.headers.get_list("set-cookie")] == ["perch_session"]
     _wait_for_events(upstream, 2)
     assert upstream.bad_signatures == 0
     assert [e["unit"] for e in upstream.events[-2:]] == [uid, uid]
@@ -143,6 +144,7 @@ def test_missing_kv_dir_is_a_fallback_not_an_error(running: tuple[str, _Upstream
 
 def test_health_reports_the_snapshot_held(running: tuple[str, _Upstream]) -> None:
     base, _ = running
+    httpx.get(f"{base}/v1/decide", params={"experiment": "local-hero"})  # what makes the isolate hold it
     health = httpx.get(f"{base}/v1/health").json()
     assert health["snapshots"]["local-hero"]["version"] == 7
 
