@@ -247,6 +247,7 @@ def build_cycle(store: Store, settings: ProfileSettings, now_ms: int) -> BuildRe
                 "digest": _digest(doc),
                 "built_ms": now_ms,
                 "dnp": doc["dnp"],
+                "cluster": doc["features"].get("cluster"),
             }
         )
     with store.write() as conn:

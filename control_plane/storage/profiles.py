@@ -21,6 +21,7 @@ __all__ = [
     "DNP",
     "attributes_of",
     "changed_since",
+    "clusters_table",
     "mark_published",
     "sample_docs",
     "save_profiles",
@@ -82,8 +83,12 @@ def attributes_of(conn: Connection, unit_hashes: Sequence[str]) -> dict[str, dic
 def changed_since(
     conn: Connection, after_seq: int, after_ms: int, limit: int
 ) -> tuple[dict[str, str], int, int]:
-    """Units with signals past ``after_seq`` or attributes set past ``after_ms``, at most ``limit``
-    of them: {unit hash: tag}, and the new watermarks (as far as the units returned reach)."""
+    """Units with signals past ``after_seq`` or attributes set since ``after_ms``, at most ``limit``
+    of them: {unit hash: tag}, and the new watermarks (as far as the units returned reach).
+
+    Signals are numbered as ingestion commits them (one ingest transaction at a time, on
+    PostgreSQL too: Store.ingest_write), so no lower number can appear later. Attribute times can
+    repeat within a millisecond, so the last millisecond is read again by the next cycle."""
     rows = conn.execute(
         select(signals.c.seq, signals.c.unit_hash, signals.c.tag)
         .where(signals.c.seq > after_seq)
@@ -99,7 +104,7 @@ def changed_since(
         seq = s
     stated = conn.execute(
         select(user_attributes.c.unit_hash, user_attributes.c.tag, func.max(user_attributes.c.updated_ms))
-        .where(user_attributes.c.updated_ms > after_ms)
+        .where(user_attributes.c.updated_ms >= after_ms)
         .group_by(user_attributes.c.unit_hash, user_attributes.c.tag)
         .order_by(func.max(user_attributes.c.updated_ms))
         .limit(limit)
@@ -187,3 +192,31 @@ def set_state(store: Store, conn: Connection, name: str, value: Any) -> None:
 def sample_docs(conn: Connection, limit: int) -> list[str]:
     """Up to ``limit`` profile documents; unit hashes are keyed hashes, so their order is a fair sample."""
     return list(conn.execute(select(profiles.c.doc).order_by(profiles.c.unit_hash).limit(limit)).scalars())
+
+
+def clusters_table(
+    conn: Connection, experiment: str
+) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, float]]]:
+    """Profiles per cluster, and per (cluster, arm) the experiment's personalized exposures and
+    their rewards, by each visitor's cluster now (the dashboard's table; SQL-held events only)."""
+    from control_plane.storage.schema import exposures
+
+    sizes = {
+        str(c): int(n)
+        for c, n in conn.execute(
+            select(profiles.c.cluster, func.count())
+            .where(profiles.c.cluster.is_not(None))
+            .group_by(profiles.c.cluster)
+        )
+    }
+    rows = conn.execute(
+        select(profiles.c.cluster, exposures.c.arm, func.count(), func.sum(exposures.c.reward))
+        .select_from(exposures.join(profiles, profiles.c.unit_hash == exposures.c.unit_hash))
+        .where(
+            exposures.c.experiment == experiment,
+            exposures.c.reason == "personalized",
+            profiles.c.cluster.is_not(None),
+        )
+        .group_by(profiles.c.cluster, exposures.c.arm)
+    )
+    return sizes, {(str(c), str(a)): (int(n), float(r or 0.0)) for c, a, n, r in rows}

@@ -252,6 +252,7 @@ profiles = Table(
     Column("published_digest", String(64), nullable=True),
     Column("built_ms", BigInteger, nullable=False),
     Column("dnp", Boolean, nullable=False, default=False),
+    Column("cluster", String(16), nullable=True, index=True),  # the dashboard's table by cluster
 )
 Index("ix_profiles_unpublished", profiles.c.digest, profiles.c.published_digest)
 

@@ -322,8 +322,40 @@ def _data_section(report: Report) -> str:
     return f'<section id="data"><h2>Data</h2>{table([("", False), ("count", True)], rows, "data")}</section>'
 
 
-def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> str:
-    """The page of one experiment from its report, section by section."""
+def _clusters_section(clusters: Mapping[str, Any] | None, arms: Sequence[str]) -> str:
+    """Behavioural clusters (control_plane.profiles): their size, what they favour, and how each
+    arm converted among their visitors (by each visitor's cluster now)."""
+    if not clusters or not clusters["rows"]:
+        return ""
+
+    def cell(n: int, r: float) -> str:
+        return f"{r / n:.1%} of {fmt.count(n)}" if n else fmt.DASH
+
+    rows = [
+        [row["cluster"], fmt.count(row["profiles"]), ", ".join(row["favours"]) or fmt.DASH]
+        + [cell(*row["arms"].get(arm, (0, 0.0))) for arm in arms]
+        for row in clusters["rows"]
+    ]
+    head = [
+        ("cluster", False),
+        ("profiles", True),
+        ("favours", False),
+        *((f"{a}: converted", True) for a in arms),
+    ]
+    note = (
+        f'<p class="muted">k = {len(clusters["rows"])}, chosen by silhouette '
+        f"({clusters['silhouette']:.2f}); a visitor counts in the cluster their profile holds now.</p>"
+    )
+    return (
+        f'<section id="clusters"><h2>Behavioural clusters</h2>{note}{table(head, rows, "clusters")}</section>'
+    )
+
+
+def experiment_page(
+    record: ExperimentRecord, report: Report, now_ms: int, clusters: Mapping[str, Any] | None = None
+) -> str:
+    """The page of one experiment from its report, section by section (``clusters``: the profile
+    layer's, from :meth:`Dashboard.clusters`)."""
     sections = [
         _heading(record, report),
         _alerts_section(report.alerts),
@@ -332,6 +364,7 @@ def experiment_page(record: ExperimentRecord, report: Report, now_ms: int) -> st
         _lift_section(report),
         _segments_section(report),
         _effects_section(report.feature_effects),
+        _clusters_section(clusters, [a.key for a in record.spec.arms]),
         _snapshots_section(report.snapshots, now_ms),
         _data_section(report),
         _ope_section(report.ope),

@@ -31,7 +31,9 @@ from control_plane.http.dashboard.session import (
 )
 from control_plane.http.dashboard.style import HEADERS
 from control_plane.learning.report import Report, build_report
+from control_plane.profiles.clusters import Clusters
 from control_plane.settings import Settings
+from control_plane.storage import profiles as profile_rows
 from control_plane.storage.store import ExperimentRecord, Store
 from core import KEY_RE
 
@@ -133,7 +135,29 @@ class Dashboard:
             )
         now = self.now_ms()
         report = await run_in_threadpool(self.report, self.store, record, now)
-        return self.html(experiment_page(record, report, now))
+        clusters = await run_in_threadpool(self.clusters, key)
+        return self.html(experiment_page(record, report, now, clusters))
+
+    def clusters(self, experiment: str) -> dict[str, Any] | None:
+        """The behavioural clusters' table for ``experiment``'s page; None before any were fitted."""
+        with self.store.engine.connect() as conn:
+            held = profile_rows.state(conn, "clusters", None)
+            if not held:
+                return None
+            fitted = Clusters.from_dict(held)
+            # Exposures held in ClickHouse cannot be joined with the profiles here: sizes only.
+            sql_events = self.store.events is None and not self.store.events_elsewhere
+            sizes, by_arm = profile_rows.clusters_table(conn, experiment if sql_events else "")
+        rows = [
+            {
+                "cluster": f"c{label}",
+                "profiles": sizes.get(f"c{label}", 0),
+                "favours": fitted.top(label),
+                "arms": {arm: v for (c, arm), v in by_arm.items() if c == f"c{label}"},
+            }
+            for label in sorted(fitted.labels)
+        ]
+        return {"rows": rows, "silhouette": fitted.silhouette}
 
 
 def dashboard_routes(

@@ -683,3 +683,46 @@ def test_the_dashboard_in_headless_chromium(tmp_path: Path) -> None:
             finally:
                 chromium.close()
     store.engine.dispose()
+
+
+def test_the_experiment_page_shows_the_behavioural_clusters(browser: Browserish, sqlite_store: Store) -> None:
+    from control_plane.events.ingest import ingest
+    from control_plane.profiles.builder import ProfileSettings, build_cycle
+    from core import signal_event, unit_tag
+    from tests.factories import NOW
+
+    groups = {"run": ("running-shoes", "socks"), "cook": ("pans", "recipes")}
+    events: list[dict[str, Any]] = []
+    for name, (first, second) in groups.items():
+        for i in range(15):
+            unit = f"{name}-{i}"
+            tag = unit_tag(SECRET, unit)
+            events += [
+                signal_event(unit, tag, "page_view", NOW - k, category=first) for k in range(3 + i % 4)
+            ]
+            events += [
+                signal_event(unit, tag, "page_view", NOW - 9 - k, category=second) for k in range(1 + i % 3)
+            ]
+    ingest(sqlite_store, events, None, NOW)
+    build_cycle(sqlite_store, ProfileSettings(), NOW)
+    build_cycle(sqlite_store, ProfileSettings(), NOW + 8 * 86_400_000)  # clusters fitted, profiles in them
+    # Runners saw arm b and converted; cooks saw arm a and did not.
+    seen = [exposure(100 + i, unit=f"run-{i}", arm="b") for i in range(4)]
+    seen += [outcome(100 + i) for i in range(3)]
+    seen += [exposure(200 + i, unit=f"cook-{i}", arm="a") for i in range(5)]
+    ingest(sqlite_store, seen, None, NOW)
+
+    browser.login()
+    page = browser.get("/experiments/hero").text
+    section = re.search(r'<table class="clusters">.*?</table>', page, flags=re.S)
+    assert section is not None
+    rows = {
+        cells[2]: cells
+        for cells in (
+            re.findall(r"<td(?: class=num)?>(.*?)</td>", row)
+            for row in re.findall(r"<tr><td.*?</tr>", section.group(0))
+        )
+    }
+    run, cook = rows["running-shoes, socks"], rows["pans, recipes"]
+    assert run[1] == cook[1] == "15"
+    assert (run[3], run[4]) == ("—", "75.0% of 4") and (cook[3], cook[4]) == ("0.0% of 5", "—")

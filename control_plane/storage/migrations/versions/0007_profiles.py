@@ -55,9 +55,11 @@ def upgrade() -> None:
         sa.Column("published_digest", sa.String(length=64), nullable=True),
         sa.Column("built_ms", sa.BigInteger(), nullable=False),
         sa.Column("dnp", sa.Boolean(), nullable=False),
+        sa.Column("cluster", sa.String(length=16), nullable=True),
         sa.PrimaryKeyConstraint("unit_hash", name=op.f("pk_profiles")),
     )
     op.create_index("ix_profiles_unpublished", "profiles", ["digest", "published_digest"], unique=False)
+    op.create_index(op.f("ix_profiles_cluster"), "profiles", ["cluster"], unique=False)
     op.create_table(
         "profile_state",
         sa.Column("name", sa.String(length=32), nullable=False),
@@ -68,6 +70,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("profile_state")
+    op.drop_index(op.f("ix_profiles_cluster"), table_name="profiles")
     op.drop_index("ix_profiles_unpublished", table_name="profiles")
     op.drop_table("profiles")
     op.drop_table("user_attributes")
