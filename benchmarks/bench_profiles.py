@@ -87,6 +87,7 @@ def _store(root: Path, units: int, now_ms: int) -> Any:
                         "doc": json.dumps(doc),
                         "digest": f"{i:064x}",
                         "published_digest": f"{i:064x}",
+                        "due": False,
                         "built_ms": built,
                         "dnp": False,
                     }

@@ -4,7 +4,7 @@ One KV read per known visitor (``perch:profile:<tag>``, core.profile), bounded b
 ``profile_timeout_s`` (20 ms by default, inside the ~50 ms a request may spend on identity). A
 read that misses the deadline goes on in the background (``waitUntil``) and fills the cache for the
 visitor's next request; this request goes on without profile features and its ``why`` says so.
-Misses are cached too (most visitors have no profile yet), for less long than hits.
+Misses are cached too (most visitors have no profile yet), for at most a minute.
 
 Whatever KV does (slow, failing, missing or corrupt values) a decision is still served: a profile
 only ever adds context. The cache holds at most ``MAX_PROFILES`` visitors, least recently used
@@ -107,7 +107,8 @@ class ProfileCache:
             return None, "error"
         now = platform.now_ms()
         if raw is None:
-            self._store(tag, None, now + int(_MISS_TTL_S * 1000))
+            # Not longer than a profile is kept: a short PERCH_PROFILE_TTL_S also notices new ones sooner.
+            self._store(tag, None, now + int(min(_MISS_TTL_S, self.config.profile_ttl_s) * 1000))
             return None, "miss"
         try:
             profile = decode_profile(raw)

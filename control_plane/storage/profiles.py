@@ -8,10 +8,10 @@ Everything here is keyed by the unit's hash (``Store.hash_unit``); the ``tag``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, func, select
 
 from control_plane.storage import bulk
 from control_plane.storage.schema import profile_state, profiles, signals, user_attributes
@@ -145,25 +145,36 @@ def signals_of(
     return out
 
 
-def save_profiles(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Insert or replace profiles (unit_hash, tag, doc, digest, built_ms, dnp); how many changed."""
-    changed = 0
-    for row in rows:
-        old = conn.execute(select(profiles.c.digest).where(profiles.c.unit_hash == row["unit_hash"])).scalar()
-        if old is None:
-            conn.execute(profiles.insert().values(**row, published_digest=None))
-            changed += 1
-        else:
-            conn.execute(profiles.update().where(profiles.c.unit_hash == row["unit_hash"]).values(**row))
-            changed += old != row["digest"]
-    return changed
+def save_profiles(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert or replace profiles (unit_hash, tag, doc, digest, built_ms, dnp, cluster), in bulk; how
+    many changed what KV should hold (those become ``due``)."""
+    if not rows:
+        return 0
+    old: dict[str, str] = {}
+    for part in bulk.parts(conn, [r["unit_hash"] for r in rows]):
+        found = conn.execute(
+            select(profiles.c.unit_hash, profiles.c.digest).where(
+                bulk.member(conn, profiles.c.unit_hash, part)
+            )
+        )
+        old.update({u: d for u, d in found})
+    new = [{**r, "published_digest": None, "due": True} for r in rows if r["unit_hash"] not in old]
+    kept = [{**r, "due": r["digest"] != old[r["unit_hash"]]} for r in rows if r["unit_hash"] in old]
+    bulk.insert_rows(conn, profiles, new)
+    # Only what changed becomes due; a profile already due (not yet published) stays so.
+    changed = [r for r in kept if r["due"]]
+    same = [{k: v for k, v in r.items() if k != "due"} for r in kept if not r["due"]]
+    bulk.update_rows(conn, profiles, "unit_hash", changed)
+    bulk.update_rows(conn, profiles, "unit_hash", same)
+    return len(new) + len(changed)
 
 
 def unpublished(conn: Connection, limit: int) -> list[tuple[str, str, str, str]]:
-    """(unit hash, tag, doc, digest) of profiles whose KV value is missing or older."""
+    """(unit hash, tag, doc, digest) of profiles whose KV value is missing or older (by an index:
+    a cycle with nothing to publish reads nothing)."""
     rows = conn.execute(
         select(profiles.c.unit_hash, profiles.c.tag, profiles.c.doc, profiles.c.digest)
-        .where(or_(profiles.c.published_digest.is_(None), profiles.c.published_digest != profiles.c.digest))
+        .where(profiles.c.due.is_(True))
         .limit(limit)
     )
     return [(u, t, d, g) for u, t, d, g in rows]
@@ -171,11 +182,12 @@ def unpublished(conn: Connection, limit: int) -> list[tuple[str, str, str, str]]
 
 def mark_published(conn: Connection, done: Sequence[tuple[str, str]]) -> None:
     """Record what KV now holds: (unit hash, digest) pairs (a profile rebuilt meanwhile stays due)."""
-    for unit_hash, digest in done:
+    if done:
         conn.execute(
             profiles.update()
-            .where(and_(profiles.c.unit_hash == unit_hash, profiles.c.digest == digest))
-            .values(published_digest=digest)
+            .where(and_(profiles.c.unit_hash == bindparam("u"), profiles.c.digest == bindparam("d")))
+            .values(published_digest=bindparam("d"), due=False),
+            [{"u": u, "d": d} for u, d in done],
         )
 
 

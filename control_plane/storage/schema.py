@@ -250,11 +250,11 @@ profiles = Table(
     Column("doc", Text, nullable=False),  # JSON: scores, features, because, dnp
     Column("digest", String(64), nullable=False),
     Column("published_digest", String(64), nullable=True),
-    Column("built_ms", BigInteger, nullable=False),
+    Column("built_ms", BigInteger, nullable=False, index=True),  # the oldest are rebuilt first
     Column("dnp", Boolean, nullable=False, default=False),
     Column("cluster", String(16), nullable=True, index=True),  # the dashboard's table by cluster
+    Column("due", Boolean, nullable=False, index=True),  # KV holds another digest (or nothing) yet
 )
-Index("ix_profiles_unpublished", profiles.c.digest, profiles.c.published_digest)
 
 # Added in 0007: the profile builder's state (its watermark, the fitted clusters and bands), by name.
 profile_state = Table(

@@ -56,10 +56,12 @@ def upgrade() -> None:
         sa.Column("built_ms", sa.BigInteger(), nullable=False),
         sa.Column("dnp", sa.Boolean(), nullable=False),
         sa.Column("cluster", sa.String(length=16), nullable=True),
+        sa.Column("due", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("unit_hash", name=op.f("pk_profiles")),
     )
-    op.create_index("ix_profiles_unpublished", "profiles", ["digest", "published_digest"], unique=False)
+    op.create_index(op.f("ix_profiles_built_ms"), "profiles", ["built_ms"], unique=False)
     op.create_index(op.f("ix_profiles_cluster"), "profiles", ["cluster"], unique=False)
+    op.create_index(op.f("ix_profiles_due"), "profiles", ["due"], unique=False)
     op.create_table(
         "profile_state",
         sa.Column("name", sa.String(length=32), nullable=False),
@@ -70,8 +72,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("profile_state")
+    op.drop_index(op.f("ix_profiles_due"), table_name="profiles")
     op.drop_index(op.f("ix_profiles_cluster"), table_name="profiles")
-    op.drop_index("ix_profiles_unpublished", table_name="profiles")
+    op.drop_index(op.f("ix_profiles_built_ms"), table_name="profiles")
     op.drop_table("profiles")
     op.drop_table("user_attributes")
     op.drop_index(op.f("ix_signals_unit_hash"), table_name="signals")
