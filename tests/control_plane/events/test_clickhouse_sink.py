@@ -453,3 +453,23 @@ def test_events_of_an_experiment_the_database_does_not_know_are_skipped_and_coun
     Consumer(hero, queue, SECRET, now_ms=_now, sleep=lambda s: None, sink=sink).run(until_empty=True)
     assert sink.unknown_experiment == len(stray)
     assert log.totals("nobody") == {} and log.counts("nobody") == {"exposures": 0}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_signals_through_the_queue_stay_in_the_database_for_the_profile_builder(
+    hero: Store, chdb: Chdb, tmp_path: Path
+) -> None:
+    from control_plane.profiles.builder import ProfileSettings, build_cycle
+    from control_plane.storage import privacy
+    from core import signal_event, unit_tag
+
+    log = _log_for(hero, chdb)
+    signals = [
+        signal_event("ann", unit_tag(SECRET, "ann"), "page_view", _now() - i, category="books")
+        for i in range(3)
+    ]
+    _consume(hero, log, [*traffic(40, seed=15, now=_now()), *signals, *signals[:1]], tmp_path / "q")
+    assert [s["category"] for s in privacy.export(hero, "ann")["signals"]] == [
+        "books"
+    ] * 3  # the repeat stored once
+    assert build_cycle(hero, ProfileSettings(), _now()).built == 1
