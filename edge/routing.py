@@ -92,16 +92,25 @@ async def _decide_route(edge: Edge, platform: Platform, request: EdgeRequest, rn
     return EdgeResponse.json(200, {"decisions": decisions}, visit.headers())
 
 
-async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
+def _refused_beacon(edge: Edge, request: EdgeRequest, path: str, what: str, why: str) -> EdgeResponse | None:
+    """Why a browser beacon to ``path`` cannot be taken at all (None: it can be read)."""
     if request.method != "POST":
-        return EdgeResponse.error(405, "use POST on /v1/events")
+        return EdgeResponse.error(405, f"use POST on {path}")
     if len(request.body) > MAX_BODY_BYTES:
         return EdgeResponse.error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    if not edge.config.edge_secret:
+        return EdgeResponse.error(503, f"{what} need {Var.EDGE_SECRET} ({why})")
+    return None
+
+
+async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
+    refused = _refused_beacon(
+        edge, request, "/v1/events", "outcome beacons", "it signs and checks decision tokens"
+    )
+    if refused is not None:
+        return refused
     config = edge.config
-    if not config.edge_secret:
-        return EdgeResponse.error(
-            503, f"outcome beacons need {Var.EDGE_SECRET} (it signs and checks decision tokens)"
-        )
+    assert config.edge_secret is not None
     cookies = parse_cookies(request.header("cookie"))
     # A beacon never mints a visitor id; its decision tokens must have been minted for this one.
     units = known_units(request, cookies, config.user_header, config.identity_secret)
@@ -127,13 +136,11 @@ async def _events_route(edge: Edge, platform: Platform, request: EdgeRequest) ->
 
 
 async def _signals_route(edge: Edge, platform: Platform, request: EdgeRequest) -> EdgeResponse:
-    if request.method != "POST":
-        return EdgeResponse.error(405, "use POST on /v1/signals")
-    if len(request.body) > MAX_BODY_BYTES:
-        return EdgeResponse.error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    refused = _refused_beacon(edge, request, "/v1/signals", "signals", "it names the visitor's profile")
+    if refused is not None:
+        return refused
     config = edge.config
-    if not config.edge_secret:
-        return EdgeResponse.error(503, f"signals need {Var.EDGE_SECRET} (it names the visitor's profile)")
+    assert config.edge_secret is not None
     cookies = parse_cookies(request.header("cookie"))
     # Who did it is the cookie's business, never the body's; a beacon never mints an id.
     units = known_units(request, cookies, config.user_header, config.identity_secret)

@@ -245,3 +245,12 @@ def test_a_new_visitor_or_profiles_off_costs_no_profile_read(edge: Edge, platfor
     platform.kv[profile_key(TAG)] = encode_profile(RUNNER)
     assert "you viewed" not in decide(off, platform)["why"]
     assert off.profiles.counts == {}
+
+
+def test_without_the_edge_secret_signals_are_refused_and_no_profile_is_read(platform: FakePlatform) -> None:
+    bare = Edge(dataclasses.replace(CONFIG, edge_secret=None))
+    status, doc = signals(bare, platform, {"schema": 1, "signals": [{"kind": "page_view"}]})
+    assert status == 503 and "signals need PERCH_EDGE_SECRET (it names the visitor's profile)" in doc["error"]
+    assert serve(bare, platform, request("https://s.test/v1/signals")).status == 405
+    decide(bare, platform)
+    assert bare.profiles.counts == {}
