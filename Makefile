@@ -21,6 +21,7 @@ $(RUNTIME_STAMP): pyproject.toml
 	touch $@
 
 demo: $(RUNTIME_STAMP)
+	$(BIN)/perch demo --profiles --exit --data-dir .perch/demo-profiles
 	$(BIN)/perch demo
 
 # Pyodide (to run the Worker's Python in tests) and wrangler (to validate its config), exactly as

@@ -12,6 +12,7 @@ visitors and the same random numbers.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -23,8 +24,15 @@ from typing import Any
 import click
 import httpx
 
-from cli.demo_report import print_report, summarize, write_files
-from cli.demo_visitors import EXPERIMENT, Outcome, Visit, experiment_spec, population, simulate
+from cli.demo_report import print_profiles_report, print_report, summarize, summarize_profiles, write_files
+from cli.demo_visitors import (
+    EXPERIMENT,
+    Outcome,
+    Visit,
+    experiment_spec,
+    population,
+    simulate,
+)
 from cli.procs import NotUp, free_port, start_perch, stop, terminate_as_interrupt, wait_http
 
 
@@ -36,7 +44,13 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def _launch(
-    procs: list[subprocess.Popen[bytes]], data_dir: Path, env: dict[str, str], cp_port: int, edge_port: int
+    procs: list[subprocess.Popen[bytes]],
+    data_dir: Path,
+    env: dict[str, str],
+    cp_port: int,
+    edge_port: int,
+    *,
+    profiles: bool = False,
 ) -> None:
     cp_url, edge_url = f"http://127.0.0.1:{cp_port}", f"http://127.0.0.1:{edge_port}"
     cp_log, edge_log, consume_log = (
@@ -65,6 +79,8 @@ def _launch(
         "ORIGIN_URL": cp_url,
         "PERCH_CACHE_TTL_S": "1",
         "PERCH_EVENT_LINGER_MS": "250",
+        # --profiles: profiles are rebuilt every 2 s; an isolate notices a new one within 2 s.
+        **({"PERCH_PROFILE_TTL_S": "2"} if profiles else {"PERCH_PROFILES": "off"}),
     }
     edge = ["edge", "dev", "--port", str(edge_port), "--queue-dir", queue]
     procs.append(start_perch(edge, edge_env, edge_log, own_session=True))
@@ -109,8 +125,21 @@ def _fresh(data_dir: Path) -> None:
     show_default=True,
 )
 @click.option("--exit", "exit_after", is_flag=True, help="Stop the servers after the report (for tests).")
+@click.option(
+    "--profiles",
+    is_flag=True,
+    help="Visitors whose browsed interest decides their best variant: the hero with and without "
+    "profile features, on the same visits.",
+)
 def demo(
-    *, visitors: int, concurrency: int, rate: float, seed: int, data_dir: Path, exit_after: bool
+    *,
+    visitors: int,
+    concurrency: int,
+    rate: float,
+    seed: int,
+    data_dir: Path,
+    exit_after: bool,
+    profiles: bool,
 ) -> None:
     """Run the whole loop locally and report Perch against uniform and oracle."""
     started = time.monotonic()
@@ -130,9 +159,13 @@ def demo(
     with terminate_as_interrupt():
         try:
             click.echo(f"control plane {cp_url}, edge {edge_url}, data in {data_dir}")
-            _launch(procs, data_dir, env, cp_port, edge_port)
+            _launch(procs, data_dir, env, cp_port, edge_port, profiles=profiles)
             admin = httpx.Client(base_url=cp_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-            visits = population(visitors, seed)
+            visits = population(visitors, seed, interests=profiles)
+            if profiles:
+                _profiles_demo(admin, edge_url, data_dir, visits, concurrency=concurrency, rate=rate)
+                click.echo(f"  ({time.monotonic() - started:.0f} s)")
+                return
             outcomes, report = _run_experiment(
                 admin, edge_url, data_dir, visits, concurrency=concurrency, rate=rate
             )
@@ -164,12 +197,39 @@ def _run_experiment(
     with click.progressbar(
         length=len(visits), label="visitors through the edge", show_pos=True, show_eta=True
     ) as bar:
-        outcomes = asyncio.run(simulate(edge_url, visits, concurrency, rate, bar))
+        outcomes, _ = asyncio.run(simulate(edge_url, visits, concurrency, rate, bar))
     time.sleep(1.0)  # the edge's last batch and beacons
     _drained(data_dir)
     admin.post(f"/v1/experiments/{EXPERIMENT}/publish").raise_for_status()
     report = admin.get(f"/v1/experiments/{EXPERIMENT}/report")
     return outcomes, report.json() if report.status_code == 200 else None
+
+
+def _profiles_demo(
+    admin: httpx.Client, edge_url: str, data_dir: Path, visits: list[Visit], *, concurrency: int, rate: float
+) -> None:
+    """The hero without and with profile features, decided on the same visits."""
+    started = time.monotonic()
+    for spec in (experiment_spec(), experiment_spec(profiles=True)):
+        created = admin.post("/v1/experiments", json=spec)
+        if created.status_code != 201:
+            raise click.ClickException(f"creating the experiment failed: {created.text}")
+        admin.post(f"/v1/experiments/{spec['key']}/publish").raise_for_status()
+    with click.progressbar(
+        length=len(visits), label="visitors through the edge", show_pos=True, show_eta=True
+    ) as bar:
+        without, with_profiles = asyncio.run(
+            simulate(edge_url, visits, concurrency, rate, bar, profiles=True)
+        )
+    time.sleep(1.0)
+    _drained(data_dir)
+    summary = summarize_profiles(visits, without, with_profiles)
+    (data_dir / "summary-profiles.json").write_text(json.dumps(summary, indent=2))
+    print_profiles_report(summary, time.monotonic() - started)
+    errors = summary["without_profiles"]["errors"] + summary["with_profiles"]["errors"]
+    if errors:
+        seen = summary["without_profiles"]["error_examples"] + summary["with_profiles"]["error_examples"]
+        raise click.ClickException(f"{errors} visits failed: {sorted(set(seen))}")
 
 
 def _keep_serving(procs: list[subprocess.Popen[bytes]], data_dir: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "ARMS",
     "EXPERIMENT",
+    "PROFILE_EXPERIMENT",
     "Outcome",
     "Visit",
     "experiment_spec",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 EXPERIMENT = "home-hero"
+PROFILE_EXPERIMENT = "home-hero-profiles"  # --profiles: the same hero, also learning from profiles
 ARMS = ["classic", "bold", "social-proof", "discount"]
 DEVICES = {"desktop": 0.45, "mobile": 0.45, "tablet": 0.10}
 SOURCES = {"search": 0.40, "social": 0.30, "direct": 0.30}
@@ -49,14 +51,24 @@ SOURCE_LIFT = {
 }
 CONSENT_WITHHELD = 0.08
 RETURNING = 0.20
+# `perch demo --profiles`: each visitor also has an interest, which the pages they view show
+# (perch.js's page_view signals) and which outweighs device and source in what converts them.
+INTERESTS = {"running-shoes": 0.40, "cookware": 0.35, "travel-bags": 0.25}
+INTEREST_LIFT = {
+    "running-shoes": {"classic": 0.8, "bold": 1.9, "social-proof": 0.9, "discount": 0.8},
+    "cookware": {"classic": 0.9, "bold": 0.7, "social-proof": 0.9, "discount": 1.9},
+    "travel-bags": {"classic": 1.6, "bold": 0.8, "social-proof": 1.4, "discount": 0.7},
+}
+RETURNING_PROFILES = 0.60  # the profile world: most visits are of visitors seen before
 
 
-def true_rate(device: str, source: str, arm: str) -> float:
-    return BASE[device][arm] * SOURCE_LIFT[source][arm]
+def true_rate(device: str, source: str, arm: str, interest: str = "") -> float:
+    lift = INTEREST_LIFT[interest][arm] if interest else 1.0
+    return BASE[device][arm] * SOURCE_LIFT[source][arm] * lift
 
 
-def oracle_arm(device: str, source: str) -> str:
-    return max(ARMS, key=lambda a: true_rate(device, source, a))
+def oracle_arm(device: str, source: str, interest: str = "") -> str:
+    return max(ARMS, key=lambda a: true_rate(device, source, a, interest))
 
 
 @dataclass
@@ -68,6 +80,8 @@ class Visit:
     consent: bool
     u: float  # the visit's conversion draw, shared by Perch, uniform and oracle
     uniform_arm: str
+    interest: str = ""  # --profiles: what the visitor browses, and what converts them
+    u2: float = 0.0  # --profiles: the draw of the second experiment (independent of the first)
 
 
 @dataclass
@@ -81,53 +95,70 @@ class Outcome:
     error: str | None = None
 
 
-def population(count: int, seed: int) -> list[Visit]:
+def population(count: int, seed: int, *, interests: bool = False) -> list[Visit]:
     rng = random.Random(seed)
+    extra = random.Random(seed + 1)  # the profile world's draws: the plain demo's stay as they were
     visits: list[Visit] = []
     visitors: list[tuple[str, str, bool]] = []
+    kinds: list[str] = []
+    returning = RETURNING_PROFILES if interests else RETURNING
     for i in range(count):
-        if visitors and rng.random() < RETURNING:
+        if visitors and rng.random() < returning:
             visitor = rng.randrange(len(visitors))
         else:
             device = rng.choices(list(DEVICES), list(DEVICES.values()))[0]
             source = rng.choices(list(SOURCES), list(SOURCES.values()))[0]
             visitors.append((device, source, rng.random() >= CONSENT_WITHHELD))
+            kinds.append(extra.choices(list(INTERESTS), list(INTERESTS.values()))[0] if interests else "")
             visitor = len(visitors) - 1
         device, source, consent = visitors[visitor]
-        visits.append(Visit(i, visitor, device, source, consent, rng.random(), rng.choice(ARMS)))
+        visit = Visit(i, visitor, device, source, consent, rng.random(), rng.choice(ARMS))
+        if interests:
+            visit.interest, visit.u2 = kinds[visitor], extra.random()
+        visits.append(visit)
     return visits
 
 
 class Simulator:
     """Visitors as browsers would be: their own cookie, consent, referer and device."""
 
-    def __init__(self, edge_url: str, visits: list[Visit], rate: float) -> None:
+    def __init__(self, edge_url: str, visits: list[Visit], rate: float, *, profiles: bool = False) -> None:
         self.edge_url = edge_url
         self.rate = rate
+        self.profiles = profiles
         self.started = time.monotonic()
         self.outcomes = [Outcome() for _ in visits]
+        # --profiles: the same visits' decisions in the experiment that also knows the visitor's profile.
+        self.second = [Outcome() for _ in visits] if profiles else []
         self.cookies: dict[int, str] = {}
         self.queue: asyncio.Queue[Visit] = asyncio.Queue()
         for visit in visits:
             self.queue.put_nowait(visit)
 
-    def headers(self, visit: Visit) -> dict[str, str]:
+    def headers(self, visit: Visit, uid: str | None = None) -> dict[str, str]:
+        """A browser's headers; ``uid``: the cookie this very visit holds (a visitor's two visits in
+        flight at once may have been given two ids, and a beacon must carry its own decision's)."""
         headers = {"user-agent": USER_AGENTS[visit.device]}
         referer = REFERERS[visit.source]
         if referer:
             headers["referer"] = referer
+        uid = uid or self.cookies.get(visit.visitor)
         if not visit.consent:
             headers["sec-gpc"] = "1"
-        elif visit.visitor in self.cookies:
-            headers["cookie"] = f"perch_uid={self.cookies[visit.visitor]}"
+        elif uid is not None:
+            headers["cookie"] = f"perch_uid={uid}"
         return headers
 
     async def visit(self, session: Any, visit: Visit) -> None:
         out = self.outcomes[visit.index]
-        headers = self.headers(visit)
+        uid = self.cookies.get(visit.visitor)  # the cookie this request carries: its tokens are for it
+        headers = self.headers(visit, uid)
         started = time.perf_counter()
         url = f"{self.edge_url}/v1/decide"
-        async with session.get(url, params={"experiment": EXPERIMENT}, headers=headers) as r:
+        params = [("experiment", EXPERIMENT)] + (
+            [("experiment", PROFILE_EXPERIMENT)] if self.profiles else []
+        )
+        async with session.get(url, params=params, headers=headers) as r:
             body = await r.json()
             out.wall_ms = (time.perf_counter() - started) * 1000
             if r.status != 200:
@@ -135,21 +166,45 @@ class Simulator:
                 return
             timing = r.headers.get("server-timing", "")
             if "perch_uid" in r.cookies:
-                self.cookies[visit.visitor] = r.cookies["perch_uid"].value
+                uid = self.cookies[visit.visitor] = r.cookies["perch_uid"].value
         if timing.startswith("perch;dur="):
             out.decide_ms = float(timing.split("=", 1)[1])
-        decision = body["decisions"][0]
+        decisions = body["decisions"]
+        await self.settle(session, visit, out, decisions[0], u=visit.u, uid=uid)
+        if self.profiles:
+            await self.settle(session, visit, self.second[visit.index], decisions[1], u=visit.u2, uid=uid)
+            if visit.consent and uid is not None:
+                await self.browse(session, visit, uid)
+
+    async def settle(
+        self, session: Any, visit: Visit, out: Outcome, decision: dict[str, Any], *, u: float, uid: str | None
+    ) -> None:
+        """What the visitor does about one decision: convert (with its beacon) or not."""
         out.arm, out.reason = decision["arm"] or "classic", decision["reason"]  # fallback: the page's own
-        out.expected = true_rate(visit.device, visit.source, out.arm)
-        out.converted = visit.u < out.expected
+        out.expected = true_rate(visit.device, visit.source, out.arm, visit.interest)
+        out.converted = u < out.expected
         if out.converted:
             beacon = {"token": decision["token"], "value": 1}  # the decision's signed token
             async with session.post(
-                f"{self.edge_url}/v1/events", headers=self.headers(visit), json=beacon
+                f"{self.edge_url}/v1/events", headers=self.headers(visit, uid), json=beacon
             ) as b:
                 await b.read()
                 if b.status != 202:
                     out.error = f"beacon: HTTP {b.status}"
+
+    async def browse(self, session: Any, visit: Visit, uid: str) -> None:
+        """The pages the visitor views on this visit, as perch.js reports them (page_view signals)."""
+        signals = [
+            {"kind": "page_view", "category": visit.interest, "id": f"v{visit.index}-{k}"} for k in range(2)
+        ]
+        async with session.post(
+            f"{self.edge_url}/v1/signals",
+            headers=self.headers(visit, uid),
+            json={"schema": 1, "signals": signals},
+        ) as r:
+            await r.read()
+            if r.status != 202:
+                self.outcomes[visit.index].error = f"signals: HTTP {r.status}"
 
     async def worker(self, session: Any, progress: Any) -> None:
         import aiohttp
@@ -168,27 +223,34 @@ class Simulator:
 
 
 async def simulate(
-    edge_url: str, visits: list[Visit], concurrency: int, rate: float, progress: Any
-) -> list[Outcome]:
+    edge_url: str,
+    visits: list[Visit],
+    concurrency: int,
+    rate: float,
+    progress: Any,
+    *,
+    profiles: bool = False,
+) -> tuple[list[Outcome], list[Outcome]]:
     # aiohttp rather than httpx here: at thousands of requests a second on two shared
     # cores the client's own overhead decides how fast the demo runs.
     import aiohttp
 
-    simulator = Simulator(edge_url, visits, rate)
+    simulator = Simulator(edge_url, visits, rate, profiles=profiles)
     connector = aiohttp.TCPConnector(limit=concurrency)
     # Cookies are kept per simulated visitor, not in one shared jar.
     async with aiohttp.ClientSession(
         connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
         await asyncio.gather(*(simulator.worker(session, progress) for _ in range(concurrency)))
-    return simulator.outcomes
+    return simulator.outcomes, simulator.second
 
 
-def experiment_spec() -> dict[str, Any]:
+def experiment_spec(*, profiles: bool = False) -> dict[str, Any]:
+    """The hero; with ``profiles`` its twin that also learns from the visitor's profile interest."""
     return {
-        "key": EXPERIMENT,
+        "key": PROFILE_EXPERIMENT if profiles else EXPERIMENT,
         "default_arm": "classic",
-        "features": ["device", "source"],
+        "features": ["device", "source", "profile.interest"] if profiles else ["device", "source"],
         "holdout": 0.1,
         "floor": 0.05,
         "prior": {"alpha": 1, "beta": 20, "shrinkage": 30},

@@ -58,3 +58,44 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert set(summary["reasons"]) >= {"personalized", "holdout", "consent"}
     svg = (data / "regret.svg").read_text()
     assert svg.startswith("<svg") and "Perch" in svg
+
+
+def test_the_profile_world_lets_interest_decide_the_best_arm() -> None:
+    from cli.demo_report import summarize_profiles
+    from cli.demo_visitors import INTERESTS
+
+    visits = population(4000, seed=3, interests=True)
+    assert {v.interest for v in visits} == set(INTERESTS)
+    assert {v.interest for v in population(500, seed=3)} == {""}  # the plain demo has none
+    best = {
+        i: {oracle_arm(d, s, i) for d in ("desktop", "mobile") for s in ("search", "social")}
+        for i in INTERESTS
+    }
+    assert best["running-shoes"] == {"bold"} and best["cookware"] == {"discount"}
+    knows = [
+        Outcome(arm=a, reason="personalized", expected=true_rate(v.device, v.source, a, v.interest))
+        for v in visits
+        for a in [oracle_arm(v.device, v.source, v.interest)]
+    ]
+    blind = [
+        Outcome(arm=a, reason="personalized", expected=true_rate(v.device, v.source, a, v.interest))
+        for v in visits
+        for a in [oracle_arm(v.device, v.source)]
+    ]
+    summary = summarize_profiles(visits, blind, knows)
+    assert summary["with_profiles"]["captured"] == pytest.approx(1.0)
+    assert summary["without_profiles"]["captured"] < 0.7  # device and source alone cannot get there
+
+
+def test_the_profile_demo_runs_signals_profiles_and_both_experiments(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    command = [sys.executable, "-m", "cli.main", "demo", "--profiles", "--visitors", "3000", "--exit"]
+    result = subprocess.run(
+        [*command, "--data-dir", str(data)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "device + source + profile" in result.stdout
+    summary = json.loads((data / "summary-profiles.json").read_text())
+    assert summary["visits"] == 3000
+    assert summary["with_profiles"]["errors"] == summary["without_profiles"]["errors"] == 0
+    assert len(list((data / "kv").glob("perch%3Aprofile%3A*"))) > 100  # profiles built and published
