@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 PROFILE_PREFIX = "perch:profile:"
-PROFILE_FEATURE_PREFIX = "profile."
+PREFIX = "profile."  # of the context entries a profile's features become
 MAX_PROFILE_BYTES = 4096
 MAX_PROFILE_FEATURES = 24
 _SCHEMA = 1
@@ -99,6 +99,8 @@ class Profile:
     because: Mapping[str, str] = field(default_factory=dict)
     dnp: bool = False  # the visitor asked not to be personalized
     updated_ms: int = 0
+    # What context() returns, made once: an isolate reads a cached profile on every request.
+    _context: Mapping[str, str] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.features) > MAX_PROFILE_FEATURES:
@@ -112,14 +114,12 @@ class Profile:
                 raise ProfileError(f"because[{name!r}]: expected 1-{_MAX_BECAUSE} characters of text")
         if not is_int64(self.updated_ms) or self.updated_ms < 0:
             raise ProfileError(f"updated={self.updated_ms!r}: expected a timestamp in ms")
+        shown = {PREFIX + name: value for name, value in self.features.items() if not is_sensitive(name)}
+        object.__setattr__(self, "_context", shown)
 
     def context(self) -> dict[str, str]:
         """The features as context entries (``profile.<name>``); sensitive ones never."""
-        return {
-            PROFILE_FEATURE_PREFIX + name: value
-            for name, value in self.features.items()
-            if not is_sensitive(name)
-        }
+        return dict(self._context)
 
 
 def _check_feature(name: object, value: object) -> None:
