@@ -177,9 +177,10 @@ def _measure(
         "{}x{}".format(*HEADLINE): isolate.call("fetch_latency", *headline, fetch_cold_n, cold=True)
     }
     # Profile hydration: the same requests without profile reads, and with a profile in KV for every
-    # visitor (each read once: an isolate's first request of that visitor), alternated in halves.
+    # visitor (each read once: an isolate's first request of that visitor), alternated in tenths so
+    # both see the same machine (this VM's speed drifts within a run).
     hydration: dict[str, list[dict[str, Any]]] = {"off": [], "hit": []}
-    for part in (n // 2, n - n // 2):
+    for part in [n // 10] * 9 + [n - 9 * (n // 10)]:
         for mode, runs in hydration.items():
             runs.append(isolate.call("fetch_latency", *headline, part, profiles=mode, raw=True))
     out["profiles"] = {mode: _merged(runs) for mode, runs in hydration.items()}
