@@ -122,13 +122,15 @@ def db_upgrade() -> None:
 
 
 def _publisher(settings: Any, store: Any) -> Callable[[bool], None]:
-    """Every publish interval, and when the consumer stops (--until-empty), one publish cycle."""
+    """Every publish interval, and when the consumer stops (--until-empty), one publish cycle and
+    one profile cycle."""
     import logging
     import time
 
     from control_plane.learning.publish import Gate, publish_all
     from control_plane.main import kv_publisher
     from control_plane.metrics import Metrics
+    from control_plane.profiles.builder import ProfileSettings, profile_cycle
 
     kv, metrics = kv_publisher(settings), Metrics()
     last = [time.monotonic()]
@@ -148,6 +150,11 @@ def _publisher(settings: Any, store: Any) -> Callable[[bool], None]:
             )
         except Exception:  # consuming must outlive one bad cycle, as serve's schedule does
             logging.getLogger("perch.consume").exception("publish cycle failed")
+        try:  # with events in chDB, serve has no schedule: the profiles are built here too
+            profiles = ProfileSettings(attributes=settings.profile_attributes)
+            profile_cycle(store, kv, profiles, int(time.time() * 1000))
+        except Exception:
+            logging.getLogger("perch.consume").exception("profile cycle failed")
 
     return cycle
 

@@ -37,7 +37,7 @@ from control_plane.http.openapi import openapi_document
 from control_plane.http.profile_routes import ProfileEndpoints, profile_routes
 from control_plane.learning.publish import Gate, publish_all
 from control_plane.metrics import Metrics
-from control_plane.profiles.builder import ProfileSettings, build_cycle, publish_profiles
+from control_plane.profiles.builder import ProfileSettings, profile_cycle
 from control_plane.settings import Settings
 from control_plane.storage import privacy
 from control_plane.storage.clickhouse import ClickHouseError
@@ -282,12 +282,7 @@ async def _schedule(
         except Exception:  # the schedule must outlive one bad cycle
             log.exception("publish cycle failed")
         try:
-            await run_in_threadpool(_profiles_cycle, settings, store, kv, now_ms())
+            profiles = ProfileSettings(attributes=settings.profile_attributes)
+            await run_in_threadpool(profile_cycle, store, kv, profiles, now_ms())
         except Exception:
             log.exception("profile cycle failed")
-
-
-def _profiles_cycle(settings: Settings, store: Store, kv: KVPublisher, now_ms: int) -> None:
-    """Rebuild the profiles of visitors who changed, then publish those that did (control_plane.profiles)."""
-    build_cycle(store, ProfileSettings(attributes=settings.profile_attributes), now_ms)
-    publish_profiles(store, kv)

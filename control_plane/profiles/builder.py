@@ -40,7 +40,15 @@ from control_plane.storage import profiles as rows
 from control_plane.storage.store import Store
 from core import PerchError, Profile, encode_profile, is_sensitive, profile_key
 
-__all__ = ["BuildResult", "ProfileSettings", "SettingsError", "build_cycle", "profile_of", "publish_profiles"]
+__all__ = [
+    "BuildResult",
+    "ProfileSettings",
+    "SettingsError",
+    "build_cycle",
+    "profile_cycle",
+    "profile_of",
+    "publish_profiles",
+]
 
 DAY_MS = 86_400_000
 _WEIGHTS = {"page_view": 1.0, "search": 1.0, "custom": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
@@ -277,3 +285,11 @@ def publish_profiles(store: Store, kv: KVPublisher, *, limit: int = 10_000) -> i
     with store.write() as conn:
         rows.mark_published(conn, [(unit_hash, digest) for unit_hash, _, _, digest in due])
     return len(due)
+
+
+def profile_cycle(store: Store, kv: KVPublisher, settings: ProfileSettings, now_ms: int) -> BuildResult:
+    """One scheduled cycle (``perch serve``'s schedule, ``perch consume --publish``): rebuild the
+    profiles of the visitors who changed, then publish those that did."""
+    result = build_cycle(store, settings, now_ms)
+    result.published = publish_profiles(store, kv)
+    return result

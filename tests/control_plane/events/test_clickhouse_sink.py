@@ -121,9 +121,15 @@ def test_a_consumer_killed_mid_group_then_drained_counts_every_event_once(
 ) -> None:
     """kill -9 while groups are being stored (10 % of messages delivered twice); a second consumer
     drains the rest. chDB serves one process per data path, so the consumers take turns."""
+    from core import LocalKV, profile_key, signal_event, unit_tag
+
     queue = DirectoryQueue(tmp_path / "q")
     events = traffic(6000, seed=7, now=_now())
-    sent = enqueue(queue, events, per_message=20)
+    browsed = [
+        signal_event("ann", unit_tag(SECRET, "ann"), "page_view", _now() - i, category="books")
+        for i in range(3)
+    ]
+    sent = enqueue(queue, [*events, *browsed], per_message=20)
     rng = random.Random(8)
     queue.send_batch([m for m in sent if rng.random() < 0.1])
     total = queue.depth().total
@@ -156,6 +162,8 @@ def test_a_consumer_killed_mid_group_then_drained_counts_every_event_once(
     assert last.wait(timeout=180) == 0, (tmp_path / "b.log").read_text()
     assert queue.depth().total == 0
     assert hero.latest_snapshot("hero") is not None, (tmp_path / "b.log").read_text()
+    # ... and builds and publishes the profiles (serve has no schedule with events in chDB).
+    assert LocalKV(tmp_path / "data").get(profile_key(unit_tag(SECRET, "ann"))) is not None
     read = subprocess.run(
         [sys.executable, "-c", _READ, events_url], capture_output=True, text=True, check=True, timeout=120
     )

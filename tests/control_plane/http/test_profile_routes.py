@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from control_plane.distribution.kv_publishers import LocalKVPublisher
-from control_plane.http.app import _profiles_cycle, create_app
+from control_plane.http.app import create_app
+from control_plane.profiles.builder import ProfileSettings, profile_cycle
 from control_plane.settings import Settings, SettingsError
 from control_plane.storage.store import Store
 from core import LocalKV, decode_profile, profile_key, signal_event, unit_tag
@@ -49,7 +50,7 @@ def test_attributes_and_signals_reach_the_visitors_profile_in_kv(
     stored = client.post("/v1/events", **signed(visits("ann@example", "running-shoes", 3)))
     assert stored.status_code == 200 and stored.json()["accepted"]["signal"] == 3
     assert client.get("/v1/users/ann@example/profile", headers=AUTH).status_code == 404  # not built yet
-    _profiles_cycle(settings, store, LocalKVPublisher(kv), NOW)
+    profile_cycle(store, LocalKVPublisher(kv), ProfileSettings(attributes=settings.profile_attributes), NOW)
     profile = decode_profile(kv.get(profile_key(TAG)) or b"")
     assert profile.features["plan"] == "pro" and profile.features["interest"] == "running-shoes"
     shown = client.get("/v1/users/ann@example/profile", headers=AUTH).json()
@@ -60,7 +61,7 @@ def test_a_visitor_can_ask_not_to_be_personalized(
     client: ApiClient, store: Store, kv: LocalKV, settings: Settings
 ) -> None:
     client.request("PUT", "/v1/users/ann@example/attributes", json={"do_not_personalize": True}, headers=AUTH)
-    _profiles_cycle(settings, store, LocalKVPublisher(kv), NOW)
+    profile_cycle(store, LocalKVPublisher(kv), ProfileSettings(attributes=settings.profile_attributes), NOW)
     assert decode_profile(kv.get(profile_key(TAG)) or b"").dnp is True
 
 
@@ -93,7 +94,7 @@ def test_export_holds_the_profile_layer_and_erasure_removes_it_and_its_kv_value(
         "PUT", "/v1/users/ann@example/attributes", json={"attributes": {"plan": "pro"}}, headers=AUTH
     )
     client.post("/v1/events", **signed(visits("ann@example", "books", 2) + visits("bob", "travel", 2)))
-    _profiles_cycle(settings, store, LocalKVPublisher(kv), NOW)
+    profile_cycle(store, LocalKVPublisher(kv), ProfileSettings(attributes=settings.profile_attributes), NOW)
     exported = client.get("/v1/users/ann@example/export", headers=AUTH).json()
     assert [s["category"] for s in exported["signals"]] == ["books", "books"]
     assert [(a["name"], a["value"]) for a in exported["attributes"]] == [("plan", "pro")]
