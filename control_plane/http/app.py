@@ -122,9 +122,14 @@ class Api(Endpoints):
         if request.method == "DELETE":
             # The profile's KV values first, while the rows that name them are still here.
             tags = await run_in_threadpool(privacy.profile_tags, self.store, unit)
-            if tags:
-                await run_in_threadpool(self.kv.delete_many, [profile_key(tag) for tag in tags])
+            keys = [profile_key(tag) for tag in tags]
+            if keys:
+                await run_in_threadpool(self.kv.delete_many, keys)
             deleted = await run_in_threadpool(privacy.erase, self.store, unit)
+            if keys:
+                # Again: a profile publish that read their row before the erasure committed may
+                # have written the value after the first delete (control_plane.profiles.builder).
+                await run_in_threadpool(self.kv.delete_many, keys)
             return JSONResponse({"deleted": deleted})
         return JSONResponse(await run_in_threadpool(privacy.export, self.store, unit))
 

@@ -258,7 +258,11 @@ def build_cycle(store: Store, settings: ProfileSettings, now_ms: int) -> BuildRe
                 "cluster": doc["features"].get("cluster"),
             }
         )
-    with store.write() as conn:
+    # As erasure writes (one at a time): a visitor erased since their signals were read above has
+    # none left now, and their profile must not come back.
+    with store.ingest_write() as conn:
+        held = rows.units_with_data(conn, [r["unit_hash"] for r in built])
+        built = [r for r in built if r["unit_hash"] in held]
         out.changed = rows.save_profiles(conn, built)
         rows.set_state(store, conn, "watermark", [new_seq, new_ms])
         rows.set_state(store, conn, "bands", bands)
@@ -284,6 +288,11 @@ def publish_profiles(store: Store, kv: KVPublisher, *, limit: int = 10_000) -> i
     kv.put_many(items)
     with store.write() as conn:
         rows.mark_published(conn, [(unit_hash, digest) for unit_hash, _, _, digest in due])
+        gone = set(r[0] for r in due) - rows.existing(conn, [r[0] for r in due])
+    if gone:
+        # Erased while being published: their value may have landed after erasure deleted it
+        # (erasure deletes it again after its own commit, for the other order).
+        kv.delete_many([profile_key(tag) for unit_hash, tag, _, _ in due if unit_hash in gone])
     return len(due)
 
 

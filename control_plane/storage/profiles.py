@@ -22,6 +22,7 @@ __all__ = [
     "attributes_of",
     "changed_since",
     "clusters_table",
+    "existing",
     "mark_published",
     "sample_docs",
     "save_profiles",
@@ -30,6 +31,7 @@ __all__ = [
     "signals_of",
     "stale",
     "state",
+    "units_with_data",
     "unpublished",
 ]
 
@@ -232,3 +234,28 @@ def clusters_table(
         .group_by(profiles.c.cluster, exposures.c.arm)
     )
     return sizes, {(str(c), str(a)): (int(n), float(r or 0.0)) for c, a, n, r in rows}
+
+
+def units_with_data(conn: Connection, unit_hashes: Sequence[str]) -> set[str]:
+    """Which of ``unit_hashes`` still have signals or stated attributes (an erased one has neither)."""
+    out: set[str] = set()
+    for part in bulk.parts(conn, list(unit_hashes)):
+        for table in (signals, user_attributes):
+            out.update(
+                conn.execute(
+                    select(table.c.unit_hash).distinct().where(bulk.member(conn, table.c.unit_hash, part))
+                ).scalars()
+            )
+    return out
+
+
+def existing(conn: Connection, unit_hashes: Sequence[str]) -> set[str]:
+    """Which of ``unit_hashes`` have a profile row."""
+    out: set[str] = set()
+    for part in bulk.parts(conn, list(unit_hashes)):
+        out.update(
+            conn.execute(
+                select(profiles.c.unit_hash).where(bulk.member(conn, profiles.c.unit_hash, part))
+            ).scalars()
+        )
+    return out

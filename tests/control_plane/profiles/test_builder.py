@@ -147,3 +147,38 @@ def test_visitors_with_like_interests_share_a_cluster_and_keep_its_label(store: 
     before = {t: d["features"]["cluster"] for t, d in held.items()}
     assert build_cycle(store, SETTINGS, NOW + 16 * DAY).refitted
     assert {t: d["features"]["cluster"] for t, d in docs(store).items()} == before
+
+
+def test_a_visitor_erased_during_a_cycle_gets_no_profile_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from control_plane.storage import privacy
+
+    ingest(store, seen("ann", "books", n=3) + seen("bob", "travel", n=3), None, NOW)
+    real = rows.attributes_of
+
+    def erased_meanwhile(conn: Any, hashes: Any) -> Any:
+        out = real(conn, hashes)
+        privacy.erase(store, "ann")  # after the builder read ann's signals, before it saves
+        return out
+
+    monkeypatch.setattr(rows, "attributes_of", erased_meanwhile)
+    assert build_cycle(store, SETTINGS, NOW).built == 1
+    assert set(docs(store)) == {unit_tag(SECRET, "bob")}
+
+
+def test_a_visitor_erased_during_a_publish_leaves_no_value_in_kv(store: Store, tmp_path: Path) -> None:
+    from control_plane.storage import privacy
+
+    ingest(store, seen("ann", "books", n=3) + seen("bob", "travel", n=3), None, NOW)
+    build_cycle(store, SETTINGS, NOW)
+    kv = LocalKV(tmp_path)
+
+    class ErasingMidway(LocalKVPublisher):
+        def put_many(self, items: Any) -> None:
+            privacy.erase(store, "ann")  # the erasure's own KV delete ran before this put
+            super().put_many(items)
+
+    assert publish_profiles(store, ErasingMidway(kv)) == 2
+    assert kv.get(profile_key(unit_tag(SECRET, "ann"))) is None
+    assert kv.get(profile_key(unit_tag(SECRET, "bob"))) is not None
