@@ -30,6 +30,7 @@ from core.errors import PerchError
 from core.text import is_int64, is_text
 
 __all__ = [
+    "MAX_BECAUSE",
     "MAX_PROFILE_BYTES",
     "PROFILE_PREFIX",
     "SENSITIVE_ATTRIBUTES",
@@ -49,29 +50,40 @@ _SCHEMA = 1
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _TAG = re.compile(r"[0-9a-f]{16}")
 _MAX_VALUE = 64
-_MAX_BECAUSE = 160
+MAX_BECAUSE = 160
 
 # Attributes a site may hold but Perch never personalizes on (the seeds' examples, and the special
 # categories of personal data in data-protection law). A name containing one of these is refused
 # as a feature at the origin, and an edge drops it from any profile it reads.
 SENSITIVE_ATTRIBUTES = frozenset(
     {
+        # Stems, matched anywhere in a name: "religious", "politics", "disabled", "married" too.
         "income",
         "salary",
+        "wage",
+        "wealth",
         "health",
         "medical",
+        "diagnos",
+        "illness",
         "relationship",
         "marital",
-        "religion",
-        "ethnicity",
+        "marri",
+        "religio",
+        "belief",
+        "ethnic",
         "race",
+        "racial",
         "sexual",
-        "political",
+        "gender",
+        "politic",
         "pregnan",
-        "disability",
+        "disab",
         "biometric",
         "genetic",
         "union",
+        "criminal",
+        "convict",
     }
 )
 
@@ -110,8 +122,8 @@ class Profile:
         for name, words in self.because.items():
             if name not in self.features:
                 raise ProfileError(f"because[{name!r}]: names no feature of the profile")
-            if not isinstance(words, str) or not 0 < len(words) <= _MAX_BECAUSE or not is_text(words):
-                raise ProfileError(f"because[{name!r}]: expected 1-{_MAX_BECAUSE} characters of text")
+            if not isinstance(words, str) or not 0 < len(words) <= MAX_BECAUSE or not is_text(words):
+                raise ProfileError(f"because[{name!r}]: expected 1-{MAX_BECAUSE} characters of text")
         if not is_int64(self.updated_ms) or self.updated_ms < 0:
             raise ProfileError(f"updated={self.updated_ms!r}: expected a timestamp in ms")
         shown = {PREFIX + name: value for name, value in self.features.items() if not is_sensitive(name)}
@@ -154,7 +166,7 @@ def decode_profile(raw: bytes) -> Profile:
             bytes(raw),
             raw=False,
             strict_map_key=True,
-            max_str_len=_MAX_BECAUSE * 4,
+            max_str_len=MAX_BECAUSE * 4,
             max_bin_len=0,
             max_array_len=0,
             max_map_len=MAX_PROFILE_FEATURES + 8,

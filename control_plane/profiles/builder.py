@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ from control_plane.distribution.kv_publishers import KVPublisher
 from control_plane.profiles.clusters import Clusters, fit
 from control_plane.storage import profiles as rows
 from control_plane.storage.store import Store
-from core import PerchError, Profile, encode_profile, is_sensitive, profile_key
+from core import PerchError, Profile, ProfileError, encode_profile, is_sensitive, profile_key
+from core.profile import MAX_BECAUSE
 
 __all__ = [
     "BuildResult",
@@ -50,10 +52,13 @@ __all__ = [
     "publish_profiles",
 ]
 
+log = logging.getLogger("perch.profiles")
+
 DAY_MS = 86_400_000
 _WEIGHTS = {"page_view": 1.0, "search": 1.0, "custom": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
 _DEFAULT_BANDS = {"engagement": [0.33, 0.66], "ltv": [50.0, 200.0]}
 _SAMPLE = 5000  # profiles read to calibrate bands and fit clusters
+_LIKE = "you browse like others interested in "
 
 
 class SettingsError(PerchError, ValueError):
@@ -170,8 +175,10 @@ def profile_of(
         if label is not None and clusters is not None:
             features["cluster"] = f"c{label}"
             top = clusters.top(label)
+            while top and len(_LIKE + ", ".join(map(_words, top))) > MAX_BECAUSE:
+                top = top[:-1]  # long category names: fewer of them (a profile's words are bounded)
             if top:
-                because["cluster"] = "you browse like others interested in " + ", ".join(map(_words, top))
+                because["cluster"] = _LIKE + ", ".join(map(_words, top))
     for name in sorted(settings.attributes):
         if name in stated and name != rows.DNP:
             features[name] = stated[name]
@@ -279,13 +286,17 @@ def publish_profiles(store: Store, kv: KVPublisher, *, limit: int = 10_000) -> i
     if not due:
         return 0
     items = {}
-    for _, tag, raw, _ in due:
+    for unit_hash, tag, raw, _ in due:
         doc = json.loads(raw)
-        profile = Profile(
-            features=doc["features"], because=doc["because"], dnp=doc["dnp"], updated_ms=doc["updated_ms"]
-        )
-        items[profile_key(tag)] = encode_profile(profile)
-    kv.put_many(items)
+        try:
+            profile = Profile(
+                features=doc["features"], because=doc["because"], dnp=doc["dnp"], updated_ms=doc["updated_ms"]
+            )
+            items[profile_key(tag)] = encode_profile(profile)
+        except ProfileError as exc:  # one unusable profile must not stop the others (it is marked done)
+            log.warning("profile of %s not published: %s", unit_hash[:12], exc)
+    if items:
+        kv.put_many(items)
     with store.write() as conn:
         rows.mark_published(conn, [(unit_hash, digest) for unit_hash, _, _, digest in due])
         gone = set(r[0] for r in due) - rows.existing(conn, [r[0] for r in due])

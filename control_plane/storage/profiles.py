@@ -41,10 +41,15 @@ DNP = "do_not_personalize"  # a stated attribute of its own: "true" or "false", 
 def set_attributes(
     store: Store, unit: str, tag: str, values: Mapping[str, str | None], now_ms: int
 ) -> dict[str, str]:
-    """Set (a value) or remove (None) ``unit``'s stated attributes; all of them afterwards."""
+    """Set (a value) or remove (None) ``unit``'s stated attributes; all of them afterwards.
+
+    One change at a time (the ingest lock) and stamped later than any before it, so the builder's
+    watermark (:func:`changed_since`) never passes a change that commits after it read."""
     unit_hash = store.hash_unit(unit)
     assert unit_hash is not None
-    with store.write() as conn:
+    with store.ingest_write() as conn:
+        now_ms = max(now_ms, int(state(conn, "attributes_clock", 0)) + 1)
+        set_state(store, conn, "attributes_clock", now_ms)
         gone = [name for name, value in values.items() if value is None]
         if gone:
             conn.execute(
@@ -64,8 +69,8 @@ def set_attributes(
                     set_={"value": value, "tag": tag, "updated_ms": now_ms},
                 )
             )
-        if gone:  # nothing may be left to notice: the profile is rebuilt by the next cycle all the same
-            conn.execute(profiles.update().where(profiles.c.unit_hash == unit_hash).values(built_ms=0))
+        # A removal may leave nothing for the watermark to notice: the profile is rebuilt all the same.
+        conn.execute(profiles.update().where(profiles.c.unit_hash == unit_hash).values(built_ms=0))
         return attributes_of(conn, [unit_hash]).get(unit_hash, {})
 
 
@@ -89,8 +94,8 @@ def changed_since(
     of them: {unit hash: tag}, and the new watermarks (as far as the units returned reach).
 
     Signals are numbered as ingestion commits them (one ingest transaction at a time, on
-    PostgreSQL too: Store.ingest_write), so no lower number can appear later. Attribute times can
-    repeat within a millisecond, so the last millisecond is read again by the next cycle."""
+    PostgreSQL too: Store.ingest_write; numbers are never reused), so no lower number can appear
+    later; attribute changes are stamped the same way (:func:`set_attributes`)."""
     rows = conn.execute(
         select(signals.c.seq, signals.c.unit_hash, signals.c.tag)
         .where(signals.c.seq > after_seq)
@@ -106,7 +111,7 @@ def changed_since(
         seq = s
     stated = conn.execute(
         select(user_attributes.c.unit_hash, user_attributes.c.tag, func.max(user_attributes.c.updated_ms))
-        .where(user_attributes.c.updated_ms >= after_ms)
+        .where(user_attributes.c.updated_ms > after_ms)
         .group_by(user_attributes.c.unit_hash, user_attributes.c.tag)
         .order_by(func.max(user_attributes.c.updated_ms))
         .limit(limit)
@@ -132,18 +137,35 @@ def stale(conn: Connection, built_before_ms: int, limit: int) -> dict[str, str]:
 def signals_of(
     conn: Connection, unit_hashes: Sequence[str], since_ms: int, per_unit: int
 ) -> dict[str, list[tuple[int, str, str | None, float | None]]]:
-    """Each unit's signals since ``since_ms``, newest ``per_unit`` at most: (ts, kind, category, value)."""
+    """Each unit's signals since ``since_ms``, newest ``per_unit`` at most: (ts, kind, category, value).
+    The bound is the database's (a window function): one visitor's millions of signals are never read."""
     out: dict[str, list[tuple[int, str, str | None, float | None]]] = {}
     for part in bulk.parts(conn, list(unit_hashes)):
-        rows = conn.execute(
-            select(signals.c.unit_hash, signals.c.ts_ms, signals.c.kind, signals.c.category, signals.c.value)
+        ranked = (
+            select(
+                signals.c.unit_hash,
+                signals.c.ts_ms,
+                signals.c.kind,
+                signals.c.category,
+                signals.c.value,
+                func.row_number()
+                .over(
+                    partition_by=signals.c.unit_hash, order_by=(signals.c.ts_ms.desc(), signals.c.seq.desc())
+                )
+                .label("n"),
+            )
             .where(bulk.member(conn, signals.c.unit_hash, part), signals.c.ts_ms >= since_ms)
-            .order_by(signals.c.unit_hash, signals.c.ts_ms.desc())
+            .subquery()
+        )
+        rows = conn.execute(
+            select(
+                ranked.c.unit_hash, ranked.c.ts_ms, ranked.c.kind, ranked.c.category, ranked.c.value
+            ).where(ranked.c.n <= per_unit)
         )
         for unit_hash, ts, kind, category, value in rows:
-            held = out.setdefault(unit_hash, [])
-            if len(held) < per_unit:
-                held.append((int(ts), kind, category, None if value is None else float(value)))
+            out.setdefault(unit_hash, []).append(
+                (int(ts), kind, category, None if value is None else float(value))
+            )
     return out
 
 

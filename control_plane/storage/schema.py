@@ -227,6 +227,9 @@ signals = Table(
     Column("value", Float, nullable=True),
     Column("name", String(64), nullable=True),
     Column("ts_ms", BigInteger, nullable=False),
+    # Never reuse a number: after an erasure deleted the newest, a new signal would get a number
+    # below the builder's watermark and never be read.
+    sqlite_autoincrement=True,
 )
 
 # Added in 0007: attributes a site states about a visitor (PUT /v1/users/{id}/attributes).

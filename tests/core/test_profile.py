@@ -34,6 +34,8 @@ def test_sensitive_attributes_never_become_context() -> None:
     held = Profile(features={"interest": "running", "household_income": "high", "health_status": "x"})
     assert held.context() == {"profile.interest": "running"}
     assert is_sensitive("relationship_status") and is_sensitive("Religion") and not is_sensitive("plan")
+    for variant in ("religious", "politics", "disabled", "ethnic_origin", "married", "diagnosis", "gender"):
+        assert is_sensitive(variant), variant
 
 
 @pytest.mark.parametrize(

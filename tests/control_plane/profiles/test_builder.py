@@ -182,3 +182,51 @@ def test_a_visitor_erased_during_a_publish_leaves_no_value_in_kv(store: Store, t
     assert publish_profiles(store, ErasingMidway(kv)) == 2
     assert kv.get(profile_key(unit_tag(SECRET, "ann"))) is None
     assert kv.get(profile_key(unit_tag(SECRET, "bob"))) is not None
+
+
+def test_long_category_names_are_worded_within_bounds_and_a_bad_row_stops_no_one(
+    store: Store, tmp_path: Path
+) -> None:
+    long = [f"{name}-" + "x" * 55 for name in ("trail", "road", "track")]
+    events = []
+    for i in range(30):
+        for k, category in enumerate(long):
+            events += seen(f"u-{i}", category, n=1 + (i + k) % 3)
+    ingest(store, events, None, NOW)
+    build_cycle(store, SETTINGS, NOW)
+    build_cycle(store, SETTINGS, NOW + 8 * DAY)  # clusters, whose words name long categories
+    assert all(len(w) <= 160 for d in docs(store).values() for w in d["because"].values())
+    with store.write() as conn:  # a row no profile can be made of (as an older version might leave)
+        conn.execute(
+            profiles.update()
+            .where(profiles.c.tag == unit_tag(SECRET, "u-0"))
+            .values(
+                doc=json.dumps({"features": {"Bad Name": "x"}, "because": {}, "dnp": False, "updated_ms": 1})
+            )
+        )
+    kv = LocalKV(tmp_path)
+    assert publish_profiles(store, LocalKVPublisher(kv)) == 30
+    assert kv.get(profile_key(unit_tag(SECRET, "u-0"))) is None
+    assert kv.get(profile_key(unit_tag(SECRET, "u-1"))) is not None
+    assert publish_profiles(store, LocalKVPublisher(kv)) == 0  # the bad one is not retried forever
+
+
+def test_numbers_are_never_reused_after_an_erasure_so_no_signal_is_skipped(store: Store) -> None:
+    from control_plane.storage import privacy
+
+    ingest(store, seen("ann", "books", n=2) + seen("bob", "travel", n=2, days_ago=0.5), None, NOW)
+    build_cycle(store, SETTINGS, NOW)
+    privacy.erase(store, "bob")  # held the newest numbers
+    ingest(store, seen("cat", "garden", n=2), None, NOW)
+    assert build_cycle(store, SETTINGS, NOW + 1).built == 1
+    assert docs(store)[unit_tag(SECRET, "cat")]["features"]["interest"] == "garden"
+
+
+def test_attribute_changes_are_stamped_in_commit_order(store: Store) -> None:
+    tag = unit_tag(SECRET, "ann")
+    rows.set_attributes(store, "ann", tag, {"plan": "pro"}, NOW)
+    build_cycle(store, SETTINGS, NOW)
+    # A clock behind the last change (another server's): still seen by the next cycle.
+    rows.set_attributes(store, "ben", unit_tag(SECRET, "ben"), {"plan": "free"}, NOW - 5000)
+    assert build_cycle(store, SETTINGS, NOW + 1).built == 1
+    assert docs(store)[unit_tag(SECRET, "ben")]["features"] == {"plan": "free"}

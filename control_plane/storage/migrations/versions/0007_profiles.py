@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("ts_ms", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_signals")),
         sa.UniqueConstraint("event_id", name=op.f("uq_signals_event_id")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_signals_unit_hash"), "signals", ["unit_hash"], unique=False)
     op.create_table(
