@@ -50,6 +50,8 @@ class Settings:
     )
     # Stated attributes (PUT /v1/users/{id}/attributes) the profile publishes as features.
     profile_attributes: frozenset[str] = frozenset()
+    # Lets a site's backend sign attribute updates without holding the admin token ("" : admin only).
+    site_secret: str = ""
 
     def __post_init__(self) -> None:
         if len(self.admin_token) < 16:
@@ -87,6 +89,8 @@ class Settings:
             raise SettingsError(
                 f"PERCH_EVENTS_URL={self.events_url!r}, must be chdb:///path or clickhouse://user:pass@host:8123/db"
             )
+        if self.site_secret and len(self.site_secret) < 16:
+            raise SettingsError("PERCH_SITE_SECRET, when set, must be at least 16 characters")
         for name in sorted(self.profile_attributes):
             if is_sensitive(name):
                 raise SettingsError(
@@ -121,6 +125,7 @@ class Settings:
             unit_salt=env.get("PERCH_UNIT_SALT", ""),
             publish_interval_s=number("PERCH_PUBLISH_INTERVAL_S", 30.0),
             promotion_tolerance=number("PERCH_PROMOTION_TOLERANCE", 0.005),
+            site_secret=env.get("PERCH_SITE_SECRET", ""),
             profile_attributes=frozenset(
                 n.strip() for n in env.get("PERCH_PROFILE_ATTRIBUTES", "").split(",") if n.strip()
             ),

@@ -143,6 +143,13 @@ _COMPONENTS = {
             "name": "X-Perch-Signature",
             "description": "t=<unix>,v1=<hex HMAC-SHA256(PERCH_EDGE_SECRET, t + '.' + body)>",
         },
+        "siteSignature": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Perch-Signature",
+            "description": "t=<unix>,v1=<hex HMAC-SHA256(PERCH_SITE_SECRET, t + '.' + body)>; the body's "
+            "unit equals the path's",
+        },
     },
     "schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
@@ -282,6 +289,7 @@ _PATHS: dict[str, dict[str, Any]] = {
             "Set (a value) or remove (null) a visitor's stated attributes and do-not-personalize flag.",
             {"200": _json(_OBJECT, "{attributes: every attribute now held}")},
             (400, 401, 422),
+            security=[{"bearer": []}, {"siteSignature": []}],
             body={
                 "type": "object",
                 "additionalProperties": False,
@@ -293,6 +301,7 @@ _PATHS: dict[str, dict[str, Any]] = {
                         "additionalProperties": {"type": ["string", "null"], "minLength": 1, "maxLength": 64},
                     },
                     "do_not_personalize": {"type": "boolean"},
+                    "unit": {"type": "string", "description": "with a site signature: the path's id"},
                 },
             },
         ),

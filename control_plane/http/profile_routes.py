@@ -1,8 +1,12 @@
 """The profile layer's endpoints: a visitor's stated attributes, and the profile Perch holds for them.
 
-* ``PUT /v1/users/{id}/attributes`` (admin): ``{"attributes": {"plan": "pro", "industry": null},
-  "do_not_personalize": false}`` sets (a value) or removes (null) attributes the site knows about
-  a visitor; the next profile cycle turns the ones ``PERCH_PROFILE_ATTRIBUTES`` lists into features.
+* ``PUT /v1/users/{id}/attributes`` (admin, or signed by the site): ``{"attributes": {"plan": "pro",
+  "industry": null}, "do_not_personalize": false}`` sets (a value) or removes (null) attributes the
+  site knows about a visitor; the next profile cycle turns the ones ``PERCH_PROFILE_ATTRIBUTES``
+  lists into features. A site's backend need not hold the admin token (which can change
+  experiments): with ``PERCH_SITE_SECRET`` set it signs the body as the edge signs its batches
+  (``X-Perch-Signature: t=<unix>,v1=<HMAC-SHA256(secret, t + "." + body)>``, 300 s), and the body
+  names the visitor (``"unit": "<id>"``, equal to the path's), so a signature covers one visitor.
   Sensitive attributes (core.profile: income, health, relationship status...) are refused, not
   stored. ``do_not_personalize`` is the visitor's own flag: the edge then serves them defaults.
 * ``GET /v1/users/{id}/profile`` (admin): what their profile says, and why.
@@ -22,12 +26,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from control_plane.http._io import Endpoints, JSONResponse, read_json
+from control_plane.http._io import Endpoints, JSONResponse, read_body, read_json
 from control_plane.settings import Settings
 from control_plane.storage import profiles as rows
 from control_plane.storage.schema import profiles
 from control_plane.storage.store import Store
-from core import is_sensitive, is_text, unit_tag
+from core import (
+    SIGNATURE_HEADER,
+    JSONInputError,
+    SignatureError,
+    is_sensitive,
+    is_text,
+    parse_json,
+    unit_tag,
+    verify,
+)
 
 __all__ = ["ProfileEndpoints", "profile_routes"]
 
@@ -44,6 +57,8 @@ def _unit(request: Request) -> str:
 
 def _attributes(doc: Any) -> dict[str, str | None]:
     """The body's changes, each checked; the first rule broken is a 422 that names it."""
+    if isinstance(doc, dict):
+        doc = {k: v for k, v in doc.items() if k != "unit"}  # a signed body names its visitor
     if not isinstance(doc, dict) or not set(doc) <= {"attributes", "do_not_personalize"} or not doc:
         raise HTTPException(
             422, 'body must be {"attributes": {name: value or null}, "do_not_personalize": bool}'
@@ -80,17 +95,35 @@ class ProfileEndpoints(Endpoints):
 
     async def attributes(self, request: Request) -> Response:
         """
-        summary: "PUT /v1/users/{unit}/attributes: set or remove a visitor's stated attributes (admin)."
+        summary: "PUT /v1/users/{unit}/attributes: set or remove a visitor's attributes (admin or signed)."
         responses:
           200: {description: "All of the visitor's attributes now held"}
           422: {description: "A name, value or sensitive attribute refused; the message says which."}
         """
-        self.admin(request)
         unit = _unit(request)
-        changes = _attributes(await read_json(request, self.settings.max_admin_body_bytes))
+        changes = _attributes(await self._authorized_body(request, unit))
         tag = unit_tag(self.settings.edge_secret, unit)
         held = await run_in_threadpool(rows.set_attributes, self.store, unit, tag, changes, self.now_ms())
         return JSONResponse({"attributes": held})
+
+    async def _authorized_body(self, request: Request, unit: str) -> Any:
+        """The body, once the admin token or the site's signature over it (naming ``unit``) checks out."""
+        header = request.headers.get(SIGNATURE_HEADER)
+        if header is None or request.headers.get("authorization") or not self.settings.site_secret:
+            self.admin(request)
+            return await read_json(request, self.settings.max_admin_body_bytes)
+        raw = await read_body(request, self.settings.max_admin_body_bytes)
+        try:
+            verify(self.settings.site_secret, header, raw, self.now_ms() // 1000)
+        except SignatureError as exc:
+            raise HTTPException(401, f"site signature refused: {exc}") from None
+        try:
+            doc = parse_json(raw, check_text=False)
+        except JSONInputError as exc:
+            raise HTTPException(400, f"body must be JSON ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("unit") != unit:
+            raise HTTPException(401, 'a signed body names its visitor: "unit" must equal the id in the path')
+        return doc
 
     async def profile(self, request: Request) -> Response:
         """

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from control_plane.distribution.kv_publishers import LocalKVPublisher
@@ -13,7 +14,7 @@ from control_plane.http.app import create_app
 from control_plane.profiles.builder import ProfileSettings, profile_cycle
 from control_plane.settings import Settings, SettingsError
 from control_plane.storage.store import Store
-from core import LocalKV, decode_profile, profile_key, signal_event, unit_tag
+from core import LocalKV, decode_profile, profile_key, sign, signal_event, unit_tag
 from tests.control_plane.http.test_app import AUTH, SECRET, TOKEN, ApiClient, Clock, clock, kv, signed
 from tests.factories import NOW
 
@@ -117,3 +118,44 @@ def test_a_sensitive_attribute_cannot_be_configured_as_a_feature(tmp_path: Path)
         "PERCH_PROFILE_ATTRIBUTES": "plan, industry",
     }
     assert Settings.from_env(env).profile_attributes == {"plan", "industry"}
+
+
+SITE_SECRET = "site-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def site_client(store: Store, kv: LocalKV, tmp_path: Path, clock: Clock) -> Iterator[ApiClient]:
+    settings = Settings(admin_token=TOKEN, edge_secret=SECRET, data_dir=tmp_path, site_secret=SITE_SECRET)
+    yield ApiClient(create_app(settings, store, LocalKVPublisher(kv), now_ms=clock, schedule=False))
+
+
+def _signed_put(
+    client: ApiClient, path: str, doc: object, *, secret: str = SITE_SECRET, ts: int = NOW // 1000
+) -> httpx.Response:
+    body = json.dumps(doc).encode()
+    headers = {"X-Perch-Signature": sign(secret, body, ts), "content-type": "application/json"}
+    return client.request("PUT", path, content=body, headers=headers)
+
+
+ANN = "/v1/users/ann@example/attributes"
+
+
+def test_a_site_backend_signs_attribute_updates_without_the_admin_token(site_client: ApiClient) -> None:
+    ok = _signed_put(site_client, ANN, {"unit": "ann@example", "attributes": {"plan": "pro"}})
+    assert ok.status_code == 200 and ok.json() == {"attributes": {"plan": "pro"}}
+    change = {"unit": "ann@example", "attributes": {"plan": "x"}}
+    for doc, how, message in [
+        ({"unit": "bob", "attributes": {"plan": "x"}}, {}, '"unit" must equal the id in the path'),
+        (change, {"secret": "wrong-secret-0123456789"}, "site signature refused"),
+        (change, {"ts": NOW // 1000 - 3600}, "site signature refused"),
+    ]:
+        refused = _signed_put(site_client, ANN, doc, **how)  # type: ignore[arg-type]
+        assert refused.status_code == 401 and message in refused.json()["error"], message
+    sensitive = _signed_put(site_client, ANN, {"unit": "ann@example", "attributes": {"religion": "x"}})
+    assert sensitive.status_code == 422
+    assert site_client.get("/v1/users/ann@example/profile").status_code == 401  # still admin only
+
+
+def test_without_a_site_secret_a_signature_is_no_substitute_for_the_admin_token(client: ApiClient) -> None:
+    refused = _signed_put(client, ANN, {"unit": "ann@example", "attributes": {"plan": "pro"}})
+    assert refused.status_code == 401 and "PERCH_ADMIN_TOKEN" in refused.json()["error"]
