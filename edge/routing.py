@@ -150,13 +150,22 @@ async def _signals_route(edge: Edge, platform: Platform, request: EdgeRequest) -
     unit = units[0] if units else None
     if unit is None:
         return EdgeResponse.error(400, "no visitor id: signals need the perch_uid cookie a page view sets")
+    tag = unit_tag(config.edge_secret, unit)
     try:
-        events, rejected = parse_signals(
-            request.body, unit, unit_tag(config.edge_secret, unit), platform.now_ms()
-        )
+        events, rejected = parse_signals(request.body, unit, tag, platform.now_ms())
     except SignalError as exc:
         return EdgeResponse.error(400, str(exc))
     edge.rejected_signals += len(rejected)
+    granted = edge.signal_budget.take(tag, len(events), platform.now_ms())
+    throttled = len(events) - granted
+    if throttled:
+        budget = edge.signal_budget
+        limit = (
+            f"over this visitor's budget ({budget.capacity} signals at once, then {budget.per_s:g} a second)"
+        )
+        if not granted:
+            return EdgeResponse.json(429, {"error": limit}, [("retry-after", "10"), *headers])
+        events = events[:granted]
     if not events:
         return EdgeResponse.json(400, {"error": "no usable signal in the beacon", "rejected": rejected[:20]})
     edge.outbox.add(platform, config, events)
@@ -168,7 +177,12 @@ async def _signals_route(edge: Edge, platform: Platform, request: EdgeRequest) -
         headers.append(
             ("set-cookie", session_cookie(session, config.edge_secret, unit, config.cookie_max_age_s))
         )
-    return EdgeResponse.json(202, {"accepted": len(events), "rejected": rejected[:20]}, headers)
+    answer = {
+        "accepted": len(events),
+        "rejected": rejected[:20],
+        **({"throttled": throttled} if throttled else {}),
+    }
+    return EdgeResponse.json(202, answer, headers)
 
 
 def _script(request: EdgeRequest) -> EdgeResponse:
@@ -192,6 +206,7 @@ def _health(edge: Edge, platform: Platform) -> EdgeResponse:
             "rejected_identities": edge.rejected_identities,
             "rejected_beacons": edge.rejected_beacons,
             "rejected_signals": edge.rejected_signals,
+            "throttled_signals": edge.signal_budget.refused,
         },
         "profiles": edge.profiles.health(),
         "snapshots": edge.cache.health(now),

@@ -31,6 +31,7 @@ from core import (
 from edge.cache import SnapshotCache
 from edge.config import EdgeConfig
 from edge.identity import Identity, identify, parse_cookies
+from edge.limits import Budget
 from edge.outbox import Outbox
 from edge.platform import EdgeRequest, Platform
 from edge.profiles import Hydration, ProfileCache
@@ -47,6 +48,7 @@ class Edge:
     cache: SnapshotCache = field(init=False)
     outbox: Outbox = field(init=False)
     profiles: ProfileCache = field(init=False)
+    signal_budget: Budget = field(init=False)  # per visitor: 100 at once, then one a second
     started_ms: int = 0
     requests: int = 0
     rejected_identities: int = 0  # user ids offered without a valid site signature: ignored
@@ -57,6 +59,7 @@ class Edge:
         self.cache = SnapshotCache(self.config)
         self.outbox = Outbox()
         self.profiles = ProfileCache(self.config)
+        self.signal_budget = Budget()
 
 
 def _because(label: str, profile: Profile | None) -> str:

@@ -254,3 +254,23 @@ def test_without_the_edge_secret_signals_are_refused_and_no_profile_is_read(plat
     assert serve(bare, platform, request("https://s.test/v1/signals")).status == 405
     decide(bare, platform)
     assert bare.profiles.counts == {}
+
+
+def test_one_visitor_cannot_flood_the_profile_store(edge: Edge, platform: FakePlatform) -> None:
+    def burst(start: int) -> tuple[int, Any]:
+        items = [{"kind": "page_view", "category": "books", "id": f"p{start + i}"} for i in range(50)]
+        return signals(edge, platform, {"schema": 1, "signals": items})
+
+    assert burst(0)[0] == 202 and burst(50)[0] == 202  # 100 at once
+    status, doc = burst(100)
+    assert status == 429 and "budget" in doc["error"]
+    platform.clock_ms += 20_000  # 20 more, at one a second
+    status, doc = burst(200)
+    assert (status, doc["accepted"], doc["throttled"]) == (202, 20, 30)
+    other = signals(
+        edge, platform, {"schema": 1, "signals": [{"kind": "page_view"}]}, "perch_uid=" + "f" * 32
+    )
+    assert other[0] == 202  # another visitor's budget is their own
+    asyncio.run(platform.drain())
+    assert sum(len(json.loads(body)["events"]) for _, body, _ in platform.posts) == 121
+    assert edge.signal_budget.refused == 80
