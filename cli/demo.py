@@ -184,22 +184,40 @@ def demo(
             stop(*procs, timeout_s=10)
 
 
-def _run_experiment(
-    admin: httpx.Client, edge_url: str, data_dir: Path, visits: list[Visit], *, concurrency: int, rate: float
-) -> tuple[list[Outcome], dict[str, Any] | None]:
-    """Define and publish the experiment, send ``visits`` through the edge, and once every event
-    is stored publish again: each visit's outcome, and the control plane's report (None if it
-    has none)."""
-    created = admin.post("/v1/experiments", json=experiment_spec())
-    if created.status_code != 201:
-        raise click.ClickException(f"creating the experiment failed: {created.text}")
-    admin.post(f"/v1/experiments/{EXPERIMENT}/publish").raise_for_status()
+def _through_edge(
+    admin: httpx.Client,
+    edge_url: str,
+    data_dir: Path,
+    visits: list[Visit],
+    specs: list[dict[str, Any]],
+    *,
+    concurrency: int,
+    rate: float,
+) -> tuple[list[Outcome], list[Outcome]]:
+    """Define and publish ``specs``, send ``visits`` through the edge, and wait until every event is
+    stored: each visit's outcome in the first experiment, and in the second (profile world) if any."""
+    for spec in specs:
+        created = admin.post("/v1/experiments", json=spec)
+        if created.status_code != 201:
+            raise click.ClickException(f"creating the experiment failed: {created.text}")
+        admin.post(f"/v1/experiments/{spec['key']}/publish").raise_for_status()
     with click.progressbar(
         length=len(visits), label="visitors through the edge", show_pos=True, show_eta=True
     ) as bar:
-        outcomes, _ = asyncio.run(simulate(edge_url, visits, concurrency, rate, bar))
+        outcomes = asyncio.run(simulate(edge_url, visits, concurrency, rate, bar, profiles=len(specs) > 1))
     time.sleep(1.0)  # the edge's last batch and beacons
     _drained(data_dir)
+    return outcomes
+
+
+def _run_experiment(
+    admin: httpx.Client, edge_url: str, data_dir: Path, visits: list[Visit], *, concurrency: int, rate: float
+) -> tuple[list[Outcome], dict[str, Any] | None]:
+    """The hero through the edge, then one more publish: each visit's outcome, and the control
+    plane's report (None if it has none)."""
+    outcomes, _ = _through_edge(
+        admin, edge_url, data_dir, visits, [experiment_spec()], concurrency=concurrency, rate=rate
+    )
     admin.post(f"/v1/experiments/{EXPERIMENT}/publish").raise_for_status()
     report = admin.get(f"/v1/experiments/{EXPERIMENT}/report")
     return outcomes, report.json() if report.status_code == 200 else None
@@ -210,19 +228,10 @@ def _profiles_demo(
 ) -> None:
     """The hero without and with profile features, decided on the same visits."""
     started = time.monotonic()
-    for spec in (experiment_spec(), experiment_spec(profiles=True)):
-        created = admin.post("/v1/experiments", json=spec)
-        if created.status_code != 201:
-            raise click.ClickException(f"creating the experiment failed: {created.text}")
-        admin.post(f"/v1/experiments/{spec['key']}/publish").raise_for_status()
-    with click.progressbar(
-        length=len(visits), label="visitors through the edge", show_pos=True, show_eta=True
-    ) as bar:
-        without, with_profiles = asyncio.run(
-            simulate(edge_url, visits, concurrency, rate, bar, profiles=True)
-        )
-    time.sleep(1.0)
-    _drained(data_dir)
+    specs = [experiment_spec(), experiment_spec(profiles=True)]
+    without, with_profiles = _through_edge(
+        admin, edge_url, data_dir, visits, specs, concurrency=concurrency, rate=rate
+    )
     summary = summarize_profiles(visits, without, with_profiles)
     (data_dir / "summary-profiles.json").write_text(json.dumps(summary, indent=2))
     print_profiles_report(summary, time.monotonic() - started)

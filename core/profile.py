@@ -28,8 +28,10 @@ import msgpack
 
 from core.errors import PerchError
 from core.text import is_int64, is_text
+from core.tokens import UNIT_TAG_RE
 
 __all__ = [
+    "FEATURE_NAME_RE",
     "MAX_BECAUSE",
     "MAX_PROFILE_BYTES",
     "PROFILE_PREFIX",
@@ -47,8 +49,8 @@ PREFIX = "profile."  # of the context entries a profile's features become
 MAX_PROFILE_BYTES = 4096
 MAX_PROFILE_FEATURES = 24
 _SCHEMA = 1
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_TAG = re.compile(r"[0-9a-f]{16}")
+# A feature's (and a stated attribute's) name.
+FEATURE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _MAX_VALUE = 64
 MAX_BECAUSE = 160
 
@@ -100,7 +102,7 @@ def is_sensitive(name: str) -> bool:
 
 def profile_key(tag: str) -> str:
     """The KV key of the profile of the visitor whose :func:`~core.tokens.unit_tag` is ``tag``."""
-    if not _TAG.fullmatch(tag):
+    if not UNIT_TAG_RE.fullmatch(tag):
         raise ProfileError(f"profile tag {tag!r}: expected 16 lowercase hex characters (core.unit_tag)")
     return PROFILE_PREFIX + tag
 
@@ -135,7 +137,7 @@ class Profile:
 
 
 def _check_feature(name: object, value: object) -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not FEATURE_NAME_RE.fullmatch(name):
         raise ProfileError(f"feature {name!r}: names are 1-32 of a-z, 0-9 and '_', starting with a letter")
     if not isinstance(value, str) or not 0 < len(value) <= _MAX_VALUE or not is_text(value):
         raise ProfileError(f"feature {name!r}: expected a value of 1-{_MAX_VALUE} characters of text")

@@ -22,8 +22,10 @@ from typing import Any, NamedTuple
 
 from core.errors import PerchError
 from core.text import JSONInputError, is_text, parse_json
+from core.tokens import UNIT_TAG_RE
 
 __all__ = [
+    "CATEGORY_RE",
     "KINDS",
     "MAX_SIGNALS",
     "SIGNAL_RULES",
@@ -45,7 +47,8 @@ KINDS: dict[str, tuple[str, float, float]] = {
     "purchase": ("the order's value", 0.0, 1e9),
     "custom": ("any number", -1e12, 1e12),
 }
-_CATEGORY = re.compile(r"[a-z0-9][a-z0-9 _\-/.&]{0,63}")
+# A category as pages name it (also the session's interest, edge.session).
+CATEGORY_RE = re.compile(r"[a-z0-9][a-z0-9 _\-/.&]{0,63}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
@@ -60,7 +63,7 @@ class _Rule(NamedTuple):
 
 
 def _category(value: object) -> bool:
-    return value is None or (isinstance(value, str) and _CATEGORY.fullmatch(value) is not None)
+    return value is None or (isinstance(value, str) and CATEGORY_RE.fullmatch(value) is not None)
 
 
 def _name(value: object) -> bool:
@@ -87,11 +90,14 @@ _ITEM_RULES = (
         "null or 1-64 of letters, digits and '_.:-'",
     ),
 )
-_TAG = re.compile(r"[0-9a-f]{16}")
 # A ``signal`` event's own fields in the batch the edge signs (core.events.RULES adds id and ts).
 SIGNAL_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("unit", lambda u: isinstance(u, str) and 0 < len(u) <= 256 and is_text(u), "the visitor's unit id"),
-    ("tag", lambda t: isinstance(t, str) and _TAG.fullmatch(t) is not None, "16 lowercase hex characters"),
+    (
+        "tag",
+        lambda t: isinstance(t, str) and UNIT_TAG_RE.fullmatch(t) is not None,
+        "16 lowercase hex characters",
+    ),
     *((r.name, r.check, r.expected) for r in _ITEM_RULES[:4]),
 )
 

@@ -35,6 +35,7 @@ from core.text import is_int64, is_text
 
 __all__ = [
     "MAX_TOKEN_CHARS",
+    "UNIT_TAG_RE",
     "DecisionToken",
     "TokenError",
     "mint_token",
@@ -48,6 +49,7 @@ MAX_TOKEN_CHARS = 4096
 _TAG = b"perch-decision-v1\x00"
 _UNIT_TAG = b"perch-unit-v1\x00"
 _DECISION_ID = re.compile(r"[0-9a-f]{32}")
+UNIT_TAG_RE = re.compile(r"[0-9a-f]{16}")  # what unit_tag() returns (for a unit)
 _MAC_HEX = 32
 CLOCK_SKEW_MS = 60_000  # isolates' clocks differ a little; a beacon may reach one that is behind
 

@@ -39,11 +39,15 @@ class Hydration:
 
     def note(self) -> str | None:
         """What ``why`` says when the request went on without a profile (None: nothing to say)."""
-        return {
-            "timeout": "profile not read in time: decided without it",
-            "error": "profile store unavailable: decided without it",
-            "corrupt": "profile unreadable: decided without it",
-        }.get(self.status)
+        return _NOTES.get(self.status)
+
+
+# Made once: a note is looked up for every decision.
+_NOTES = {
+    "timeout": "profile not read in time: decided without it",
+    "error": "profile store unavailable: decided without it",
+    "corrupt": "profile unreadable: decided without it",
+}
 
 
 @dataclass(slots=True)

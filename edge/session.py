@@ -24,12 +24,13 @@ import re
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
 
+from core.signals import CATEGORY_RE
+
 __all__ = ["SESSION_COOKIE", "Session", "advance", "read_session", "session_cookie"]
 
 SESSION_COOKIE = "perch_session"
 IDLE_S = 30 * 60
 _VERSION = "s1"
-_CATEGORY = re.compile(r"[a-z0-9][a-z0-9 _\-/.&]{0,63}")
 _INT = re.compile(r"[0-9]{1,12}")
 
 
@@ -92,7 +93,7 @@ def read_session(raw: str | None, secret: str, unit: str) -> Session | None:
     if not all(_INT.fullmatch(n) for n in numbers):
         return None
     interest = unquote(parts[7])
-    if interest and not _CATEGORY.fullmatch(interest):
+    if interest and not CATEGORY_RE.fullmatch(interest):
         return None
     first, start, last, _, pages, visits = (int(n) for n in numbers)
     return Session(first, start, last, int(gap), pages, visits, interest)
@@ -110,6 +111,6 @@ def advance(
             session.first_s, now_s, now_s, max(0, now_s - session.last_s), 0, session.visits + 1
         )
     session = replace(session, last_s=max(session.last_s, now_s), pages=session.pages + (1 if page else 0))
-    if interest is not None and _CATEGORY.fullmatch(interest):
+    if interest is not None and CATEGORY_RE.fullmatch(interest):
         session = replace(session, interest=interest)
     return session

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +40,10 @@ from core import (
     unit_tag,
     verify,
 )
+from core.profile import FEATURE_NAME_RE
 
 __all__ = ["ProfileEndpoints", "profile_routes"]
 
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_ATTRIBUTES = 24
 
 
@@ -68,7 +67,7 @@ def _attributes(doc: Any) -> dict[str, str | None]:
         raise HTTPException(422, f"attributes: expected an object of at most {MAX_ATTRIBUTES} names")
     out: dict[str, str | None] = {}
     for name, value in attributes.items():
-        if not _NAME.fullmatch(name) or name == rows.DNP:
+        if not FEATURE_NAME_RE.fullmatch(name) or name == rows.DNP:
             raise HTTPException(
                 422, f"attribute {name!r}: names are 1-32 of a-z, 0-9 and '_', starting with a letter"
             )

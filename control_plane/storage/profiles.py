@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, delete, func, select
 
 from control_plane.storage import bulk
-from control_plane.storage.schema import profile_state, profiles, signals, user_attributes
+from control_plane.storage.schema import exposures, profile_state, profiles, signals, user_attributes
 from control_plane.storage.store import Store
 
 __all__ = [
@@ -235,8 +235,6 @@ def clusters_table(
 ) -> tuple[dict[str, int], dict[tuple[str, str], tuple[int, float]]]:
     """Profiles per cluster, and per (cluster, arm) the experiment's personalized exposures and
     their rewards, by each visitor's cluster now (the dashboard's table; SQL-held events only)."""
-    from control_plane.storage.schema import exposures
-
     sizes = {
         str(c): int(n)
         for c, n in conn.execute(
