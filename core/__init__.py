@@ -50,6 +50,7 @@ from core.queue import (
     route,
     send_batches,
 )
+from core.ranking import MAX_SLOTS, Ranking, choose_items, position_id, quota, split_position_id
 from core.sampling import beta_variate, beta_variates, gamma_variate
 from core.signals import KINDS, MAX_SIGNALS, SIGNAL_SCHEMA, SignalError, parse_signals, signal_event
 from core.signing import (
@@ -63,11 +64,22 @@ from core.signing import (
     verify_any_age,
     verify_identity,
 )
+from core.slate import RankedDecision, RankedItem, decide_ranked, draw_list
 from core.snapshot import KEY_RE, Arm, Segment, Snapshot
 from core.text import JSONInputError, is_int64, is_text, parse_json
 from core.tokens import DecisionToken, TokenError, mint_token, read_token, unit_tag, verify_token
 
 __all__ = [
+    "MAX_SLOTS",
+    "RankedDecision",
+    "RankedItem",
+    "Ranking",
+    "choose_items",
+    "decide_ranked",
+    "draw_list",
+    "position_id",
+    "quota",
+    "split_position_id",
     "MAX_PROFILE_BYTES",
     "KINDS",
     "MAX_SIGNALS",

@@ -1,4 +1,4 @@
-"""Snapshot wire format (schemas 1 and 2): encode at the origin, decode at the edge.
+"""Snapshot wire format (schemas 1, 2 and 3): encode at the origin, decode at the edge.
 
 The bytes are a msgpack map ``{"schema": 1, "crc32": <uint32>, "payload":
 <bin>}``; the payload is itself a msgpack map holding the snapshot, with the
@@ -12,7 +12,9 @@ and it checks every size against a limit before allocating for it.
 
 Schema 2 adds a contextual model (``model`` in the body); a snapshot without
 one is still written as schema 1, byte for byte as before, so segment
-experiments and older edges are untouched.
+experiments and older edges are untouched. Schema 3 adds ``ranking`` (a ranked
+decision point, core.ranking), with or without a model: an older edge refuses
+it and serves its default rather than deciding one item where a list was asked.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ import msgpack
 
 from core.contextual import MAX_COLUMNS, MAX_MODEL_FLOATS, Block, ContextualModel
 from core.errors import SnapshotError
+from core.ranking import MAX_SLOTS, Ranking
 from core.snapshot import MAX_ARMS, MAX_CELLS, MAX_SEGMENTS, Arm, Segment, Snapshot
 
 __all__ = ["MAX_SNAPSHOT_BYTES", "SCHEMA_VERSION", "decode_snapshot", "encode_snapshot"]
 
-SCHEMA_VERSION = 2  # the newest this code writes and reads
-SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3  # the newest this code writes and reads
+# 1: segments; 2: a contextual model; 3: a ranked decision point (with or without a model).
+SCHEMAS = (1, 2, 3)
 # The Workers KV value limit: nothing larger can have come from KV.
 MAX_SNAPSHOT_BYTES = 25 * 1024 * 1024
 _MAX_STR = 1024 * 1024
@@ -100,6 +104,11 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     if snapshot.model is not None:
         schema = 2
         body["model"] = _encode_model(snapshot.model)
+    if snapshot.ranking is not None:
+        # Its own schema, so an edge that cannot rank refuses it (and serves the default) rather
+        # than deciding one item where a list was asked for.
+        schema = 3
+        body["ranking"] = _encode_ranking(snapshot.ranking)
     payload = msgpack.packb(body, use_bin_type=True)
     crc = zlib.crc32(payload)
     wire: bytes = msgpack.packb({"schema": schema, "crc32": crc, "payload": payload}, use_bin_type=True)
@@ -123,6 +132,34 @@ def _encode_model(model: ContextualModel) -> dict[str, Any]:
         "mean": _pack_table(model.mean),
         "cov": _pack_table(model.cov),
     }
+
+
+def _encode_ranking(ranking: Ranking) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "slots": ranking.slots,
+        "diversity": float(ranking.diversity),
+        "groups": list(ranking.groups),
+        "forced": _pack_table(ranking.forced),
+    }
+    if len(ranking.positions):
+        out["positions"] = _pack_table(ranking.positions)
+    return out
+
+
+def _decode_ranking(raw: Mapping[str, Any], arms: int, segments: int) -> Ranking:
+    slots = _field(raw, "slots", int)
+    groups = _field(raw, "groups", list)
+    if not 1 <= slots <= MAX_SLOTS or len(groups) != arms:
+        raise SnapshotError(
+            f"ranking: slots={slots} must be in [1, {MAX_SLOTS}], and groups one per arm ({arms})"
+        )
+    distinct = len({g for g in groups if g}) if all(isinstance(g, str) for g in groups) else 0
+    forced = _unpack_table("ranking.forced", raw.get("forced"), arms * segments)
+    positions: Any = ()
+    if "positions" in raw:
+        size = segments * (1 + distinct) * arms * slots
+        positions = _unpack_table("ranking.positions", raw.get("positions"), size, "the positions table")
+    return Ranking(slots, _field(raw, "diversity", (int, float)), groups, forced, positions)
 
 
 def _decode_model(raw: object, arms: int) -> ContextualModel:
@@ -267,16 +304,20 @@ def _shape(body: Mapping[str, Any]) -> tuple[list[Any], list[Any], int]:
 
 
 def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
-    """Parse and validate schema 1 or 2 snapshot bytes; raise only :class:`SnapshotError`."""
+    """Parse and validate schema 1, 2 or 3 snapshot bytes; raise only :class:`SnapshotError`."""
     schema, body = _payload(data)
     # Sizes first: the tables are only read once their lengths are known good.
     raw_arms, raw_segments, cells = _shape(body)
     number = (int, float)
-    model = None
-    if schema == 2:
+    model = ranking = None
+    if schema == 2 or (schema == 3 and "model" in body):
         model = _decode_model(_field(body, "model", dict), len(raw_arms))
     elif "model" in body:
-        raise SnapshotError("field 'model' needs schema 2; a schema 1 reader would ignore it")
+        raise SnapshotError("field 'model' needs schema 2 or 3; a schema 1 reader would ignore it")
+    if schema == 3:
+        ranking = _decode_ranking(_field(body, "ranking", dict), len(raw_arms), len(raw_segments))
+    elif "ranking" in body:
+        raise SnapshotError("field 'ranking' needs schema 3; an older reader would ignore it")
     return Snapshot(
         experiment=_field(body, "experiment", str),
         version=_field(body, "version", int),
@@ -294,4 +335,5 @@ def decode_snapshot(data: bytes | bytearray | memoryview) -> Snapshot:
         hash_version=_field(body, "hash_version", int),
         context_features=_field(body, "features", list) if "features" in body else (),
         model=model,
+        ranking=ranking,
     )

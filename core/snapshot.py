@@ -21,6 +21,7 @@ from typing import Any
 from core.contextual import ContextualModel
 from core.errors import SnapshotError
 from core.hashing import SUPPORTED_HASH_VERSIONS
+from core.ranking import Ranking
 from core.text import is_text
 
 __all__ = [
@@ -167,6 +168,8 @@ class Snapshot:
     # Schema 2: a contextual model decides instead of the segments' Beta tables, which then
     # describe the arms overall (segment 0 only) for reports and the allocation summary.
     model: ContextualModel | None = None
+    # Schema 3: a ranked decision point (core.ranking): its arms are candidate items, k are shown.
+    ranking: Ranking | None = None
     # Derived at construction: arm key -> index, and the segment lookup.
     arm_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
     _lookup: tuple[tuple[tuple[str, ...], dict[tuple[str, ...], int]], ...] = field(
@@ -211,14 +214,11 @@ class Snapshot:
         if len(reported) > 16 or not all(is_text(f) and 0 < len(f) <= 64 for f in reported):
             raise SnapshotError(f"context_features {list(reported)!r}: at most 16 names of 1-64 characters")
         object.__setattr__(self, "context_features", reported)
-        if self.model is not None:
-            if not isinstance(self.model, ContextualModel):
-                raise SnapshotError(f"model must be a ContextualModel, got {type(self.model).__name__}")
-            if self.model.arms != len(arms):
-                raise SnapshotError(f"model has {self.model.arms} arms, the snapshot {len(arms)}")
-            unreported = [n for n in self.model.inputs if n not in reported]
-            if unreported:
-                raise SnapshotError(f"model reads {unreported}, which are not in context_features")
+        self._check_model(len(arms), reported)
+        if self.ranking is not None:
+            if not isinstance(self.ranking, Ranking):
+                raise SnapshotError(f"ranking must be a Ranking, got {type(self.ranking).__name__}")
+            object.__setattr__(self, "ranking", self.ranking.check(len(arms), len(segments)))
         object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "arm_index", arm_index)
@@ -228,6 +228,17 @@ class Snapshot:
             object.__setattr__(self, name, _as_table(name, getattr(self, name), cells))
         self._check_posteriors()
         self._check_allocation()
+
+    def _check_model(self, arms: int, reported: tuple[str, ...]) -> None:
+        if self.model is None:
+            return
+        if not isinstance(self.model, ContextualModel):
+            raise SnapshotError(f"model must be a ContextualModel, got {type(self.model).__name__}")
+        if self.model.arms != arms:
+            raise SnapshotError(f"model has {self.model.arms} arms, the snapshot {arms}")
+        unreported = [n for n in self.model.inputs if n not in reported]
+        if unreported:
+            raise SnapshotError(f"model reads {unreported}, which are not in context_features")
 
     @staticmethod
     def _check_number(

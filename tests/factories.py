@@ -101,3 +101,31 @@ def build_snapshot(**overrides: Any) -> Snapshot:
     }
     fields.update(overrides)
     return Snapshot(**fields)
+
+
+def build_ranked_snapshot(items: int = 20, slots: int = 5, groups: int = 4, **overrides: Any) -> Snapshot:
+    """A ranked decision point: ``items`` items in ``groups`` groups (item i in group i % groups),
+    two segments, item i's Beta mean rising with i; keyword arguments replace fields."""
+    from core import Ranking
+
+    arms = [Arm(f"item-{i}", {"sku": i}, html=f"<li>item {i}</li>") for i in range(items)]
+    segments = [Segment("all"), Segment("mobile", {"device": "mobile"}, 0)]
+    names = [f"g{i % groups}" for i in range(items)]
+    fields: dict[str, Any] = {
+        "experiment": "recs",
+        "version": 3,
+        "created_at": NOW - 60_000,
+        "max_age_s": 3600.0,
+        "salt": "recs",
+        "default_arm": "item-0",
+        "holdout": 0.0,
+        "floor": 0.0,
+        "arms": arms,
+        "segments": segments,
+        "alpha": [1.0 + 4 * i for i in range(items)] * 2,
+        "beta": [400.0] * items * 2,
+        "allocation": [1.0 / items] * items * 2,
+        "ranking": Ranking(slots, 0.2, names, [0.0] * items * 2),
+    }
+    fields.update(overrides)
+    return Snapshot(**fields)

@@ -62,7 +62,7 @@ def _mutate_body(change: Any) -> bytes:
         (lambda: encode_snapshot(build_snapshot()) + b"\x00", "trailing bytes"),
         (lambda: b"\xc1", "not valid msgpack"),
         (lambda: msgpack.packb([1, 2]), "expected a msgpack map, got list"),
-        (lambda: rewrap({}, schema=3), r"unknown schema 3; this decoder reads schemas \[1, 2\]"),
+        (lambda: rewrap({}, schema=4), r"unknown schema 4; this decoder reads schemas \[1, 2, 3\]"),
         (lambda: rewrap({}, schema=None), "unknown schema None"),
         (lambda: rewrap({}, schema=1.0), "unknown schema 1.0"),
         (lambda: rewrap({}, crc32=12345), "bad checksum"),

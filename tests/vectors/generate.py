@@ -198,7 +198,7 @@ def rejection_cases(valid: bytes) -> list[dict[str, Any]]:
     nan = b"\x00\x00\xc0\x7f"
     broken = {
         "truncated": valid[:-3],
-        "unknown-schema": wrap(body, schema=3),
+        "unknown-schema": wrap(body, schema=4),
         "model-in-schema-1": wrap({**body, "model": {"kind": "contextual"}}),
         "bad-checksum": wrap(body, crc32=1),
         "short-table": wrap({**body, "beta": body["beta"][:-4]}),
