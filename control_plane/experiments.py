@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core import KEY_RE, Arm, PerchError, SnapshotError, is_text
+from core import KEY_RE, MAX_SLOTS, Arm, PerchError, SnapshotError, is_text
 
 __all__ = ["Contextual", "ExperimentError", "ExperimentSpec", "Prior", "Reward"]
 
@@ -149,6 +149,54 @@ class Contextual:
 
 
 @dataclass(frozen=True, slots=True)
+class Ranked:
+    """A ranked decision point (core.ranking): ``slots`` of the arms (its items) are shown per request.
+
+    ``groups`` maps item keys to their group (category), for the diversity quota: at least
+    ``diversity`` of the positions (rounded up to whole positions) go to items outside the
+    visitor's primary interest group. ``min_exposures`` per item per ``period_s`` (periods aligned
+    to the Unix epoch, so a day is a UTC day) is the exposure floor: the learner forces an item into
+    lists often enough to reach it before its score may push it out (0: no floor).
+    """
+
+    slots: int = 5
+    diversity: float = 0.2
+    groups: Mapping[str, str] = field(default_factory=dict)
+    min_exposures: int = 0
+    period_s: int = 86_400
+
+    def __post_init__(self) -> None:
+        slots = self.slots
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+            raise ExperimentError(f"ranking.slots={self.slots!r}, must be an integer in [1, {MAX_SLOTS}]")
+        _number("ranking.diversity", self.diversity, 0.0, 1.0)
+        if not isinstance(self.groups, Mapping):
+            raise ExperimentError("ranking.groups: an object of item key -> group name")
+        for item, group in self.groups.items():
+            if not isinstance(group, str) or not KEY_RE.fullmatch(group):
+                raise ExperimentError(
+                    f"ranking.groups[{item!r}]={group!r}: a group name of 1-128 letters, digits and '_.:-'"[
+                        :300
+                    ]
+                )
+        if (
+            isinstance(self.min_exposures, bool)
+            or not isinstance(self.min_exposures, int)
+            or not 0 <= self.min_exposures <= 10**9
+        ):
+            raise ExperimentError(f"ranking.min_exposures={self.min_exposures!r}, must be an integer >= 0")
+        if (
+            isinstance(self.period_s, bool)
+            or not isinstance(self.period_s, int)
+            or not 3600 <= self.period_s <= 366 * 86_400
+        ):
+            raise ExperimentError(
+                f"ranking.period_s={self.period_s!r}, must be whole seconds from 3600 (an hour) to a year"
+            )
+        object.__setattr__(self, "groups", dict(self.groups))
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentSpec:
     key: str
     arms: Sequence[Arm]
@@ -168,6 +216,8 @@ class ExperimentSpec:
     # the features (core.contextual). Stored experiments from before the field are segments.
     model: str = "segments"
     contextual: Contextual = field(default_factory=Contextual)
+    # A ranked decision point (None: one arm per decision).
+    ranking: Ranked | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not KEY_RE.fullmatch(self.key):
@@ -224,6 +274,12 @@ class ExperimentSpec:
             raise ExperimentError(
                 f"contextual names {stray}, which are not in features {list(features)}"[:300]
             )
+        if self.ranking is not None:
+            if not isinstance(self.ranking, Ranked):
+                raise ExperimentError("ranking must be an object")
+            strays = sorted(set(self.ranking.groups) - set(keys))
+            if strays:
+                raise ExperimentError(f"ranking.groups names {strays}, which are not items (arms)"[:300])
         object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "salt", self.salt or self.key)
@@ -246,6 +302,8 @@ class ExperimentSpec:
         declared = self.contextual.interactions
         out["contextual"]["interactions"] = None if declared is None else [list(p) for p in declared]
         out["contextual"]["numeric"] = list(self.contextual.numeric)
+        if self.ranking is None:
+            del out["ranking"]  # a single-decision experiment's stored document stays as it was
         return out
 
     @classmethod
@@ -282,14 +340,34 @@ class ExperimentSpec:
             if not isinstance(arms, list):
                 raise ExperimentError("arms must be a list of {key, payload?, html?} objects")
             parsed_arms = []
+            groups: dict[str, str] = {}
             for i, item in enumerate(arms):
                 if (
                     not isinstance(item, Mapping)
-                    or set(item) - {"key", "payload", "html"}
+                    or set(item) - {"key", "payload", "html", "group"}
                     or "key" not in item
                 ):
-                    raise ExperimentError(f"arms[{i}] must be an object with key and optional payload, html")
+                    raise ExperimentError(
+                        f"arms[{i}] must be an object with key and optional payload, html, group"
+                    )
                 parsed_arms.append(Arm(item["key"], item.get("payload"), item.get("html")))
+                if "group" in item:
+                    groups[str(item["key"])] = item["group"]
+            ranking = raw.pop("ranking", None)
+            if ranking is not None and not isinstance(ranking, Mapping):
+                raise ExperimentError("ranking must be an object")
+            if groups and ranking is None:
+                raise ExperimentError("arms have a group, which only a ranked experiment uses (add ranking)")
+            declared = (ranking or {}).get("groups") or {}
+            if not isinstance(declared, Mapping):
+                raise ExperimentError("ranking.groups: an object of item key -> group name")
+            declared = dict(declared)
+            for item, group in groups.items():
+                if item in declared and declared[item] != group:
+                    raise ExperimentError(
+                        f"item {item!r}: group given twice ({group!r} on the item, "
+                        f"{declared[item]!r} in ranking.groups)"[:300]
+                    )
             reward = raw.pop("reward", None) or {}
             prior = raw.pop("prior", None) or {}
             contextual = raw.pop("contextual", None) or {}
@@ -300,6 +378,7 @@ class ExperimentSpec:
                 reward=Reward(**reward),
                 prior=Prior(**prior),
                 contextual=Contextual(**contextual),
+                ranking=None if ranking is None else Ranked(**{**ranking, "groups": {**declared, **groups}}),
                 **raw,
             )
         except SnapshotError as exc:  # an arm breaking the snapshot's rules

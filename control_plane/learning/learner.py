@@ -32,6 +32,7 @@ from control_plane.learning.beta import (
     FloatArray,
     allocation,
 )
+from control_plane.learning.ranking import FloorProgress, with_ranking
 from control_plane.storage.stats import Cells, CellStats
 from core import KEY_RE, Segment, Snapshot, is_text
 
@@ -226,6 +227,7 @@ def learn(
     seed: int | None = None,
     units: Mapping[tuple[str, ...], int] | None = None,
     recent: Cells | None = None,
+    progress: FloorProgress | None = None,
 ) -> Snapshot:
     """The snapshot for ``spec`` given decayed statistics per (full path, arm).
 
@@ -234,7 +236,29 @@ def learn(
     defaults to :func:`default_seed` of (experiment, version), so a rerun
     gives identical bytes (with the same numpy). ``units`` (distinct visitors per full path)
     keeps a segment out of the snapshot until ``spec.min_segment_units`` visitors are under it.
+    A ranked experiment learns its items as arms, then gets its ranking (floors from ``progress``,
+    this period's exposures per item, and per-position propensities: learning.ranking).
     """
+    snapshot = _learn_arms(
+        spec, cells, version=version, now_ms=now_ms, draws=draws, seed=seed, units=units, recent=recent
+    )
+    if spec.ranking is None:
+        return snapshot
+    rng = np.random.default_rng((default_seed(spec.key, version) if seed is None else seed) + 1)
+    return with_ranking(spec, snapshot, progress, rng)
+
+
+def _learn_arms(
+    spec: ExperimentSpec,
+    cells: Cells,
+    *,
+    version: int,
+    now_ms: int,
+    draws: int,
+    seed: int | None,
+    units: Mapping[tuple[str, ...], int] | None,
+    recent: Cells | None,
+) -> Snapshot:
     if spec.model == "contextual":
         from control_plane.learning.contextual_learner import learn_contextual
 

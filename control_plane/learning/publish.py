@@ -26,6 +26,7 @@ from control_plane.learning.calibration import Miscalibration, calibration
 from control_plane.learning.delays import Cells, Maturity, maturity
 from control_plane.learning.evaluation import compare, logged_exposures
 from control_plane.learning.learner import learn, split_cells
+from control_plane.learning.ranking import floor_progress
 from control_plane.metrics import Metrics
 from control_plane.storage.store import ExperimentRecord, SnapshotMeta, Store
 from core import (
@@ -207,7 +208,10 @@ def _learn(
     follow = spec.contextual.recent_exposures if spec.model == "contextual" else 0
     cells, recent, matured = maturity(store, spec, cells, now, follow)
     units = store.units_per_path(spec.key)
-    snapshot = learn(spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent)
+    progress = floor_progress(spec, now, store.exposures_per_arm)
+    snapshot = learn(
+        spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent, progress=progress
+    )
     return _Learnt(snapshot, skipped, recent, matured)
 
 

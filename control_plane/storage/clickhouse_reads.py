@@ -172,6 +172,16 @@ class EventReads:
         )
         return {tuple(json.loads(path)): int(n) for path, n in rows}
 
+    def exposures_per_arm(self, experiment: str, since_ms: int, until_ms: int) -> dict[str, int]:
+        """Personalized exposures per arm stamped in [since_ms, until_ms) (as the SQL store)."""
+        rows = self.ch.rows(
+            f"SELECT arm, uniqExact(decision_id) FROM {self.layout.table('exposures')} "
+            "WHERE experiment = {e:String} AND reason = 'personalized' "
+            "AND ts_ms >= {s:Int64} AND ts_ms < {u:Int64} GROUP BY arm",
+            {"e": experiment, "s": since_ms, "u": until_ms},
+        )
+        return {str(arm): int(n) for arm, n in rows}
+
     def data_mark(self, experiment: str) -> int:
         """Changes whenever the experiment's cells do (the publisher's digest): the raw sums only grow
         but for erasures, and every erased event adds a row to ``erasures``, so (sums, erased events)

@@ -340,6 +340,23 @@ class Store(SnapshotStore):
         with self.engine.connect() as conn:
             return {tuple(json.loads(path)): int(n) for path, n in conn.execute(query)}
 
+    def exposures_per_arm(self, experiment: str, since_ms: int, until_ms: int) -> dict[str, int]:
+        """Personalized exposures per arm stamped in [since_ms, until_ms) (a ranked item's floor)."""
+        if self.events is not None:
+            return self.events.exposures_per_arm(experiment, since_ms, until_ms)
+        query = (
+            select(exposures.c.arm, func.count())
+            .where(
+                exposures.c.experiment == experiment,
+                exposures.c.reason == "personalized",
+                exposures.c.ts_ms >= since_ms,
+                exposures.c.ts_ms < until_ms,
+            )
+            .group_by(exposures.c.arm)
+        )
+        with self.engine.connect() as conn:
+            return {arm: int(n) for arm, n in conn.execute(query)}
+
     # --- dashboard sessions ------------------------------------------------------------------
 
     def revoke_session(self, nonce: str, expires_s: int, now_s: int) -> None:

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from control_plane.experiments import ExperimentError, ExperimentSpec
+from control_plane.learning.learner import learn
+from control_plane.learning.ranking import FloorProgress, floor_progress, forced_probabilities
+from control_plane.storage.stats import CellStats
+from core import decide_ranked, decode_snapshot, encode_snapshot
+
+NOW = 1_800_000_000_000
+DAY_MS = 86_400_000
+
+
+def ranked_spec(**ranking: object) -> ExperimentSpec:
+    return ExperimentSpec.create(
+        {
+            "key": "recs",
+            "arms": [{"key": f"i{i}", "group": f"g{i % 4}", "html": f"<li>{i}</li>"} for i in range(12)],
+            "default_arm": "i0",
+            "features": ["device"],
+            "model": "segments",
+            "holdout": 0.0,
+            "floor": 0.02,
+            "ranking": {"slots": 4, **ranking},
+        }
+    )
+
+
+def cells(rates: dict[str, list[float]]) -> dict[tuple[str, ...], dict[str, CellStats]]:
+    return {
+        (device,): {f"i{i}": CellStats(200.0, 200.0 * r) for i, r in enumerate(rs)}
+        for device, rs in rates.items()
+    }
+
+
+RATES = {
+    "mobile": [0.01 + 0.01 * i for i in range(12)],
+    "desktop": [0.13 - 0.01 * i for i in range(12)],
+}
+
+
+def test_spec_takes_groups_on_the_items_and_round_trips() -> None:
+    spec = ranked_spec(min_exposures=50)
+    assert spec.ranking is not None and spec.ranking.groups["i5"] == "g1"
+    assert ExperimentSpec.from_dict(spec.to_dict()) == spec
+    assert (
+        "ranking"
+        not in ExperimentSpec.create(
+            {"key": "a", "arms": [{"key": "x"}, {"key": "y"}], "default_arm": "x"}
+        ).to_dict()
+    )
+
+
+@pytest.mark.parametrize(
+    ("ranking", "rule"),
+    [
+        ({"slots": 0}, r"ranking.slots=0, must be an integer in \[1, 32\]"),
+        ({"diversity": 2}, "ranking.diversity"),
+        ({"period_s": 60}, r"ranking.period_s=60, must be whole seconds from 3600"),
+        ({"min_exposures": -1}, "ranking.min_exposures=-1"),
+        ({"groups": {"nope": "g"}}, r"ranking.groups names \['nope'\], which are not items"),
+        (
+            {"groups": {"i1": "g2"}},
+            r"item 'i1': group given twice \('g1' on the item, 'g2' in ranking.groups\)",
+        ),
+    ],
+)
+def test_spec_refuses_broken_rankings(ranking: dict[str, object], rule: str) -> None:
+    with pytest.raises(ExperimentError, match=rule):
+        ranked_spec(**ranking)
+
+
+def test_a_group_name_must_be_a_key() -> None:
+    doc = ranked_spec().to_dict()
+    doc["arms"][1]["group"] = "bad group"
+    del doc["ranking"]["groups"]
+    with pytest.raises(ExperimentError, match=r"ranking.groups\['i1'\]='bad group': a group name of 1-128"):
+        ExperimentSpec.from_dict(doc)
+
+
+def test_a_group_on_an_item_of_a_single_decision_experiment_is_refused() -> None:
+    with pytest.raises(ExperimentError, match="only a ranked experiment uses"):
+        ExperimentSpec.create(
+            {"key": "a", "arms": [{"key": "x", "group": "g"}, {"key": "y"}], "default_arm": "x"}
+        )
+
+
+def test_the_learnt_position_table_matches_the_edges_own_lists() -> None:
+    spec = ranked_spec()
+    snap = learn(spec, cells(RATES), version=1, now_ms=NOW)
+    assert snap.ranking is not None and decode_snapshot(encode_snapshot(snap)) == snap
+    s = snap.segment_for({"device": "mobile"})
+    for primary, g in ((None, 0), ("g2", 1 + snap.ranking.group_names.index("g2"))):
+        counts: Counter[tuple[int, int]] = Counter()
+        lists = 4_000
+        for u in range(lists):
+            d = decide_ranked(
+                snap, f"u{u}", {"device": "mobile"}, now_ms=NOW, rng=random.Random(u), primary=primary
+            )
+            for item in d.items:
+                counts[snap.arm_index[item.arm], item.position] += 1
+                assert item.propensity == snap.ranking.propensity(
+                    s, g, snap.arm_index[item.arm], item.position
+                )
+        for i in range(12):
+            for p in range(4):
+                expected = snap.ranking.propensity(s, g, i, p)
+                assert expected is not None
+                # Two Monte Carlo estimates of one probability: within 4.5 standard errors of both.
+                se = np.sqrt(expected * (1 - expected) * (1 / lists + 1 / 2_000)) + 1e-3
+                assert abs(counts[i, p] / lists - expected) < 4.5 * se, (i, p)
+
+
+def test_every_row_of_the_table_is_a_distribution_over_items_per_position() -> None:
+    snap = learn(ranked_spec(), cells(RATES), version=1, now_ms=NOW)
+    assert snap.ranking is not None
+    table = np.asarray(snap.ranking.positions).reshape(len(snap.segments), -1, 12, 4)
+    np.testing.assert_allclose(table.sum(axis=2), 1.0, atol=1e-5)  # one item at each position
+    assert (table.sum(axis=3) <= 1.0 + 1e-5).all()  # an item is shown at most once
+
+
+def test_floors_force_exactly_the_missing_exposures_on_top_of_natural_inclusion() -> None:
+    spec = ranked_spec(min_exposures=100)
+    progress = FloorProgress(0, DAY_MS, {"i0": 100, "i1": 40}, requests_left=1_000.0)
+    inclusion = np.array([0.05] * 12)
+    p = forced_probabilities(spec, progress, inclusion)
+    assert p[0] == 0.0  # met
+    # i1: 60 missing, 50 expected anyway -> 10 more from the 950 lists it would miss.
+    assert p[1] == pytest.approx(10 / 950)
+    assert p[2] == pytest.approx(50 / 950)
+    assert forced_probabilities(spec, FloorProgress(0, 1, {}, 0.0), inclusion).max() == 0.0
+    assert forced_probabilities(ranked_spec(), progress, inclusion).max() == 0.0
+
+
+def test_floor_progress_reads_this_period_and_the_last_periods_pace() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def per_arm(experiment: str, since: int, until: int) -> dict[str, int]:
+        calls.append((since, until))
+        return {"i0": 30, "i1": 10}
+
+    now = 20 * DAY_MS + DAY_MS // 4  # a quarter into a UTC day
+    progress = floor_progress(ranked_spec(min_exposures=10), now, per_arm)
+    assert progress is not None
+    assert calls == [(20 * DAY_MS, now + 1), (now + 1 - DAY_MS, now + 1)]
+    assert progress.shown == {"i0": 30, "i1": 10}
+    # 40 exposures a day at 4 per list: 10 lists a day, three quarters of a day left.
+    assert progress.requests_left == pytest.approx(7.5)
+    assert floor_progress(ranked_spec(), now, per_arm) is None
+
+
+def test_a_starved_item_gets_its_floor_through_the_edge() -> None:
+    # i0 is the worst item everywhere: left alone it is almost never shown.
+    rates = {"mobile": [0.001] + [0.1] * 11, "desktop": [0.001] + [0.1] * 11}
+    spec = ranked_spec(min_exposures=300)
+    lists = 2_000
+    progress = FloorProgress(0, DAY_MS, {f"i{i}": 1_000 for i in range(1, 12)}, requests_left=float(lists))
+    snap = learn(spec, cells(rates), version=1, now_ms=NOW, progress=progress)
+    assert snap.ranking is not None and snap.ranking.forced[0] > 0.1
+    shown = sum(
+        any(
+            item.arm == "i0"
+            for item in decide_ranked(snap, f"u{u}", {}, now_ms=NOW, rng=random.Random(u)).items
+        )
+        for u in range(lists)
+    )
+    assert 300 * 0.85 < shown < 300 * 1.25
+    free = learn(spec, cells(rates), version=1, now_ms=NOW)
+    alone = sum(
+        any(
+            item.arm == "i0"
+            for item in decide_ranked(free, f"u{u}", {}, now_ms=NOW, rng=random.Random(u)).items
+        )
+        for u in range(lists)
+    )
+    assert alone < 150
+
+
+def test_a_contextual_ranked_snapshot_has_floors_but_no_position_table() -> None:
+    spec = ExperimentSpec.create({**ranked_spec().to_dict(), "model": "contextual"})
+    snap = learn(spec, cells(RATES), version=1, now_ms=NOW)
+    assert snap.model is not None and snap.ranking is not None and not len(snap.ranking.positions)
+    d = decide_ranked(snap, "u1", {"device": "mobile"}, now_ms=NOW, rng=random.Random(1))
+    assert len(d.items) == 4 and all(i.propensity is None for i in d.items)
