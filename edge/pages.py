@@ -15,7 +15,7 @@ from core import Generator
 from edge.config import Var
 from edge.context import build_context
 from edge.platform import EdgeRequest, EdgeResponse, Platform, SlotContent
-from edge.rewrite import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE, rewrite_slots
+from edge.rewrite import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE, TOKENS_ATTRIBUTE, rewrite_slots
 from edge.visit import Edge, Visit
 
 __all__ = ["origin_url_for", "page_route", "passthrough"]
@@ -73,6 +73,18 @@ async def _peek_for_slots(body: AsyncIterator[bytes]) -> tuple[bool, AsyncIterat
     return found, replay()
 
 
+def _list_content(items: list[dict[str, object]]) -> SlotContent | None:
+    """A ranked slot: the list element's children are the items' fragments, in order; its
+    ``data-perch-tokens`` holds their tokens in the same order (the i-th child's outcome beacon
+    carries the i-th token). An item without a fragment leaves the origin's list as it was."""
+    fragments = [item.get("html") for item in items]
+    if not items or not all(isinstance(f, str) for f in fragments):
+        return None
+    tokens = [item.get("token") for item in items]
+    attributes = {TOKENS_ATTRIBUTE: " ".join(t for t in tokens if isinstance(t, str))} if all(tokens) else {}
+    return SlotContent("".join(f for f in fragments if isinstance(f, str)), attributes)
+
+
 async def page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: Generator) -> EdgeResponse:
     page = await passthrough(edge, platform, request)
     headers = page.headers
@@ -101,6 +113,8 @@ async def page_route(edge: Edge, platform: Platform, request: EdgeRequest, rng: 
         except Exception:  # mid-stream: the slot keeps the origin's content, the page goes on
             log.exception("deciding %r for a page failed", experiment)
             return None
+        if "items" in decision:
+            return _list_content(decision["items"])
         html, token = decision.get("html"), decision.get("token")
         if not isinstance(html, str):
             return None

@@ -30,10 +30,11 @@ from collections.abc import AsyncIterator
 
 from edge.platform import SlotFill
 
-__all__ = ["MAX_PENDING", "SLOT_ATTRIBUTE", "TOKEN_ATTRIBUTE", "rewrite_slots"]
+__all__ = ["MAX_PENDING", "SLOT_ATTRIBUTE", "TOKENS_ATTRIBUTE", "TOKEN_ATTRIBUTE", "rewrite_slots"]
 
 SLOT_ATTRIBUTE = "data-perch-slot"
 TOKEN_ATTRIBUTE = "data-perch-token"  # on a filled slot: what its outcome beacon must carry
+TOKENS_ATTRIBUTE = "data-perch-tokens"  # on a filled ranked slot: its children's tokens, in order
 MAX_PENDING = 256 * 1024
 
 # Attributes as HTML tokenizes them: a quote starts a quoted value only right after "=" (so

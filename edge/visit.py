@@ -20,7 +20,9 @@ from core import (
     Fallback,
     Generator,
     Profile,
+    RankedDecision,
     decide,
+    decide_ranked,
     exposure_event,
     fallback,
     feature_path,
@@ -95,6 +97,23 @@ def _why(decision: Decision, max_age_s: float, profile: Profile | None = None) -
     if reason == "stale":
         return f"snapshot is {decision.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): default variant"
     return reason
+
+
+def _ranked_why(ranked: RankedDecision, max_age_s: float, note: str | None, profile: Profile | None) -> str:
+    if ranked.reason == "personalized":
+        why = f"ranked for segment {ranked.segment!r} by Thompson sampling, one draw per item"
+        if ranked.primary_group:
+            outside = sum(1 for item in ranked.items if item.group != ranked.primary_group)
+            why += f"; {outside} of {len(ranked.items)} from outside the interest {ranked.primary_group!r}"
+        if ranked.because:
+            why += f"; first because {', '.join(_because(label, profile) for label in ranked.because)}"
+    elif ranked.reason == "holdout":
+        why = f"in the holdout group of {ranked.experiment!r}: the default order"
+    elif ranked.reason == "consent":
+        why = "no personalization without consent (or asked not to be personalized): the default order"
+    else:  # stale
+        why = f"snapshot is {ranked.snapshot_age_s:.0f}s old (limit {max_age_s:.0f}s): the default order"
+    return f"{why}; {note}" if note else why
 
 
 def _answer(decision: Decision | Fallback, why: str, token: str | None) -> dict[str, Any]:
@@ -180,19 +199,59 @@ class Visit:
             profile = self.profile
             # The visitor's own do-not-personalize flag counts as withheld consent.
             consent = self.identity.consent and not (profile is not None and profile.dnp)
-            decision = decide(snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=consent)
-            # What the token and the exposure report: the cell decide() used (core.features).
+            # What tokens and exposures report: the cell the decision used (core.features).
             names = snap.context_features
             reported = dict(zip(names, feature_path(names, context), strict=True))
             unit = self.identity.unit if consent else None  # as without consent: nothing names them
+            note = self.hydration.note() if self.hydration is not None else None
+            if snap.ranking is not None:
+                # The primary interest: the profile's, else this session's (edge.session).
+                interest = profile.features.get("interest") if profile is not None else None
+                primary = interest or context.get("session.interest")
+                ranked = decide_ranked(
+                    snap,
+                    self.identity.unit,
+                    context,
+                    now_ms=now,
+                    rng=self.rng,
+                    primary=primary,
+                    consent=consent,
+                )
+                return self._ranked(
+                    ranked, reported, unit, now, _ranked_why(ranked, snap.max_age_s, note, profile)
+                )
+            decision = decide(snap, self.identity.unit, context, now_ms=now, rng=self.rng, consent=consent)
             self.events.append(exposure_event(decision, unit, now, reported))
             why = _why(decision, snap.max_age_s, profile)
-            note = self.hydration.note() if self.hydration is not None else None
             if note:
                 why = f"{why}; {note}"
             return _answer(decision, why, self._token(decision, reported, now))
         finally:
             self.decide_s += self.platform.perf_s() - started
+
+    def _ranked(
+        self, ranked: RankedDecision, cell: dict[str, str], unit: str | None, now: int, why: str
+    ) -> dict[str, Any]:
+        """A ranked decision's answer, one exposure and one token per position: a click or a
+        purchase is credited to the item and position whose token its beacon brings back."""
+        out = ranked.to_dict()
+        out["why"] = why
+        for item, doc in zip(ranked.items, out["items"], strict=True):
+            as_decision = Decision(
+                experiment=ranked.experiment,
+                arm=item.arm,
+                payload=item.payload,
+                html=item.html,
+                propensity=item.propensity,
+                reason=ranked.reason,
+                segment=ranked.segment,
+                snapshot_version=ranked.snapshot_version,
+                snapshot_age_s=ranked.snapshot_age_s,
+                decision_id=item.decision_id,
+            )
+            self.events.append(exposure_event(as_decision, unit, now, cell))
+            doc["token"] = self._token(as_decision, cell, now)
+        return out
 
     def _token(self, decision: Decision, cell: dict[str, str], now: int) -> str | None:
         """What a beacon must bring back for this decision's outcome to count."""
