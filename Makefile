@@ -9,7 +9,7 @@ NODE_STAMP := node_modules/.installed
 
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 
-.PHONY: install node chromium test test-fast lint typecheck unit test-pyodide bench demo vectors clean
+.PHONY: install node chromium test test-fast lint typecheck unit test-pyodide bench demo vectors obp-vectors clean
 
 install: $(STAMP)
 
@@ -90,6 +90,16 @@ bench: $(BENCH_STAMP) node
 # versioned change of hashing or decisions: the vectors are the contract.
 vectors: install
 	$(BIN)/python -m tests.vectors.generate --force
+
+# Rewrites tests/control_plane/learning/obp_slates.json: Open Bandit Pipeline's slate estimators on
+# synthetic logs, which Perch's must match (issue 15). OBP 0.5.7 pins old dependencies, so it gets
+# a virtualenv of its own (and no torch: tools/obp_slates.py loads the estimators without it).
+OBP_VENV := .cache/obp-venv
+obp-vectors:
+	python3 -m venv $(OBP_VENV)
+	$(OBP_VENV)/bin/pip install --quiet --no-deps --ignore-requires-python obp==0.5.7
+	$(OBP_VENV)/bin/pip install --quiet numpy 'pandas<3' scipy scikit-learn
+	$(OBP_VENV)/bin/python -W ignore tools/obp_slates.py
 
 clean:
 	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

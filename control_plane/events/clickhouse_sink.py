@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from control_plane.events.group_commit import Batch
-from control_plane.events.ingest import decided_propensity, ingest
+from control_plane.events.ingest import decided_propensity, ingest, needs_decided_propensity
 from control_plane.events.tally import IngestResult, Paths, path_of
 from control_plane.experiments import ExperimentSpec
 from control_plane.storage.clickhouse import ClickHouseError
@@ -113,13 +113,8 @@ class ClickHouseSink:
         the SQL path (control_plane.events.ingest.decided_propensity); one connection per group."""
 
         def wanted(e: Exposure) -> bool:
-            spec = specs.get(e.experiment)
-            return (
-                e.propensity is None
-                and e.reason == "personalized"
-                and spec is not None
-                and spec.model == "contextual"
-                and e.snapshot_version is not None
+            return needs_decided_propensity(
+                specs.get(e.experiment), e.propensity, e.reason, e.snapshot_version
             )
 
         if not any(wanted(e) for e in exposures):

@@ -41,6 +41,7 @@ __all__ = [
     "Cells",
     "IngestResult",
     "decided_propensity",
+    "needs_decided_propensity",
     "ingest",
     "ingest_into",
     "remember_batches",
@@ -78,15 +79,29 @@ def _fill_propensities(
     """
     for row in rows.values():
         spec = specs.get(row["experiment"])
-        if row["propensity"] is not None or row["reason"] != "personalized" or spec is None:
+        if not needs_decided_propensity(spec, row["propensity"], row["reason"], row["snapshot_version"]):
             continue
-        if spec.model != "contextual" or row["snapshot_version"] is None:
-            continue
+        assert spec is not None
         row["propensity"] = decided_propensity(
             store, conn, spec, version=row["snapshot_version"], arm=row["arm"], path=row["path"]
         )
         if row["propensity"] is None:
             cells.bump(row["experiment"], "propensity_unknown")
+
+
+def needs_decided_propensity(
+    spec: ExperimentSpec | None, propensity: float | None, reason: str, snapshot_version: int | None
+) -> bool:
+    """Whether an exposure gets its propensity here: a personalized single decision of a contextual
+    experiment, logged without one. A ranked position's is not a single draw's (core.ranking)."""
+    return (
+        propensity is None
+        and reason == "personalized"
+        and spec is not None
+        and spec.model == "contextual"
+        and spec.ranking is None
+        and snapshot_version is not None
+    )
 
 
 def decided_propensity(

@@ -143,6 +143,11 @@ def _gate(
     """The evaluation behind the decision, or None when there is nothing to compare with."""
     if current is None:
         return None
+    if spec.ranking is not None:
+        # The gate's estimators value one arm per decision; a list's value needs the slate
+        # estimators (learning.slates) and the primary group each list was drawn for, which the
+        # exposures do not record yet. Until then a ranked experiment publishes ungated.
+        return None
     if [a.key for a in current.arms] != [a.key for a in candidate.arms]:
         return None  # arms changed: the old policy is not a comparable baseline
     # Exposures younger than the delay horizon still miss most of their rewards: they would make
