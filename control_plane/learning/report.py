@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, case, func, select
 
-from control_plane.experiments import Prior
+from control_plane.experiments import ExperimentSpec, Prior
 from control_plane.learning.beta import posterior_summary, prob_best
+from control_plane.learning.ranking import floor_progress
 from control_plane.learning.report_types import (
     OPE,
     Alert,
@@ -35,8 +36,10 @@ from control_plane.learning.report_types import (
     SegmentRow,
     SnapshotRow,
 )
+from control_plane.learning.slates import fit_position_model
 from control_plane.storage.schema import exposures, snapshots
 from control_plane.storage.store import Conflict, ExperimentRecord, Store
+from core import quota
 
 __all__ = ["MAX_HISTORY", "MAX_SEGMENTS", "MAX_SNAPSHOTS", "Report", "build_report"]
 
@@ -46,6 +49,7 @@ MAX_HISTORY = 200
 Z95 = 1.959963984540054  # standard normal 97.5% quantile
 DRAWS = 10_000  # Monte Carlo draws for credible intervals and P(best): error about 0.005
 GROUPS = ("personalized", "holdout")
+POSITION_WINDOW_MS = 30 * 86_400_000
 
 
 @dataclass
@@ -397,4 +401,23 @@ def build_report(store: Store, record: ExperimentRecord, now_ms: int) -> Report:
         counters=store.counters(key),
         alerts=alerts,
         ope=_ope(alerts, reads.latest, snapshots[0] if snapshots else None),
+        ranking=_ranking(store, spec, now_ms),
     )
+
+
+def _ranking(store: Store, spec: ExperimentSpec, now_ms: int) -> dict[str, Any] | None:
+    """A ranked experiment's list, floors and position bias (the last 30 days of positions)."""
+    if spec.ranking is None:
+        return None
+    progress = floor_progress(spec, now_ms, store.exposures_per_arm)
+    model = fit_position_model(
+        store.position_clicks(spec.key, now_ms - POSITION_WINDOW_MS), spec.ranking.slots
+    )
+    return {
+        "slots": spec.ranking.slots,
+        "diversity": spec.ranking.diversity,
+        "quota": quota(spec.ranking.diversity, min(spec.ranking.slots, len(spec.arms))),
+        "groups": dict(spec.ranking.groups),
+        "floors": None if progress is None else progress.to_dict(spec),
+        "position_model": None if model is None else model.to_dict(),
+    }

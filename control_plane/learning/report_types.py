@@ -265,6 +265,9 @@ class Report:
     counters: dict[str, int]
     alerts: tuple[Alert, ...]  # newest first
     ope: OPE | None
+    # Ranked experiments: the list's shape, each item's progress to its floor this period, and the
+    # fitted position-based model (control_plane.learning.slates); None for single decisions.
+    ranking: dict[str, Any] | None = None
 
     @property
     def binary(self) -> bool:
@@ -287,4 +290,6 @@ class Report:
             "counters": dict(self.counters),
             "alerts": [alert.to_dict() for alert in self.alerts],
             "ope": None if self.ope is None else self.ope.to_dict(),
+            # Only for ranked experiments: other reports keep their shape.
+            **({"ranking": self.ranking} if self.ranking is not None else {}),
         }

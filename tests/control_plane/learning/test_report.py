@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,12 @@ from scipy import integrate, stats
 from sqlalchemy import event
 
 from control_plane.distribution.kv_publishers import LocalKVPublisher
+from control_plane.experiments import ExperimentSpec
 from control_plane.learning.publish import Gate, publish_experiment
 from control_plane.learning.report import build_report
 from control_plane.metrics import Metrics
 from control_plane.storage.store import ExperimentRecord, Store
-from core import LocalKV
+from core import LocalKV, position_id
 from tests.control_plane.event_stores import put
 from tests.factories import HOUR, NOW, exposure, outcome, spec
 
@@ -499,3 +502,42 @@ def test_the_json_of_a_populated_report_is_what_it_was(store: Store, tmp_path: P
         for report in want.values():
             del report["counters"]["folded_through"]
     same_json(reports, want)
+
+
+def test_a_ranked_experiment_reports_floors_and_the_position_model(store: Store) -> None:
+    items = [{"key": f"i{i}", "group": f"g{i % 2}"} for i in range(4)]
+    ranked = ExperimentSpec.create(
+        {
+            "key": "recs",
+            "arms": items,
+            "default_arm": "i0",
+            "holdout": 0.0,
+            "ranking": {"slots": 2, "min_exposures": 30, "period_s": 86_400},
+        }
+    )
+    record = store.create_experiment(ranked, NOW)
+    rng = random.Random(4)
+    events: list[dict[str, Any]] = []
+    examined = (1.0, 0.5)
+    for s in range(600):
+        slate = f"{rng.getrandbits(128):032x}"
+        for p, item in enumerate(rng.sample(["i0", "i1", "i2", "i3"], 2)):
+            decision = position_id(slate, p)
+            base = exposure(s, arm=item, ts=NOW - 1000, experiment="recs")
+            events.append({**base, "id": f"x-{decision}", "decision_id": decision})
+            if rng.random() < examined[p] * 0.4:
+                events.append(
+                    {**outcome(s), "id": f"o-{decision}", "decision_id": decision, "experiment": "recs"}
+                )
+    put(store, events, NOW)
+    doc = build_report(store, record, NOW).to_dict()
+    ranking = doc["ranking"]
+    assert (ranking["slots"], ranking["quota"], ranking["groups"]["i3"]) == (2, 1, "g1")
+    floors = ranking["floors"]
+    shown = Counter(e["arm"] for e in events if e["type"] == "exposure")
+    assert {row["item"]: row["shown"] for row in floors["items"]} == dict(shown)
+    assert all(row["met"] for row in floors["items"]) and floors["min_exposures"] == 30
+    model = ranking["position_model"]
+    assert model["shown"] == 1200 and model["examination"][0] == 1.0
+    assert model["examination"][1] == pytest.approx(0.5, abs=0.1)
+    assert "ranking" not in build_report(store, store.create_experiment(spec(), NOW), NOW).to_dict()
