@@ -24,6 +24,7 @@ from typing import Any
 import click
 import httpx
 
+from cli.demo_recs import RECS, ListOutcome, print_recs_report, recs_spec, summarize_recs
 from cli.demo_report import print_profiles_report, print_report, summarize, summarize_profiles, write_files
 from cli.demo_visitors import (
     EXPERIMENT,
@@ -193,9 +194,10 @@ def _through_edge(
     *,
     concurrency: int,
     rate: float,
-) -> tuple[list[Outcome], list[Outcome]]:
+) -> tuple[list[Outcome], list[Outcome], list[ListOutcome]]:
     """Define and publish ``specs``, send ``visits`` through the edge, and wait until every event is
-    stored: each visit's outcome in the first experiment, and in the second (profile world) if any."""
+    stored: each visit's outcome in the first experiment, and in the profile world its outcome in the
+    second and its recommendations list."""
     for spec in specs:
         created = admin.post("/v1/experiments", json=spec)
         if created.status_code != 201:
@@ -215,7 +217,7 @@ def _run_experiment(
 ) -> tuple[list[Outcome], dict[str, Any] | None]:
     """The hero through the edge, then one more publish: each visit's outcome, and the control
     plane's report (None if it has none)."""
-    outcomes, _ = _through_edge(
+    outcomes, _, _ = _through_edge(
         admin, edge_url, data_dir, visits, [experiment_spec()], concurrency=concurrency, rate=rate
     )
     admin.post(f"/v1/experiments/{EXPERIMENT}/publish").raise_for_status()
@@ -228,17 +230,32 @@ def _profiles_demo(
 ) -> None:
     """The hero without and with profile features, decided on the same visits."""
     started = time.monotonic()
-    specs = [experiment_spec(), experiment_spec(profiles=True)]
-    without, with_profiles = _through_edge(
+    specs = [experiment_spec(), experiment_spec(profiles=True), recs_spec()]
+    without, with_profiles, lists = _through_edge(
         admin, edge_url, data_dir, visits, specs, concurrency=concurrency, rate=rate
     )
     summary = summarize_profiles(visits, without, with_profiles)
+    admin.post(f"/v1/experiments/{RECS}/publish").raise_for_status()
+    report = admin.get(f"/v1/experiments/{RECS}/report")
+    summary["recommendations"] = summarize_recs(
+        [v.interest for v in visits], lists, report.json() if report.status_code == 200 else None
+    )
     (data_dir / "summary-profiles.json").write_text(json.dumps(summary, indent=2))
     print_profiles_report(summary, time.monotonic() - started)
-    errors = summary["without_profiles"]["errors"] + summary["with_profiles"]["errors"]
+    print_recs_report(summary["recommendations"])
+    recs = summary["recommendations"]
+    errors = summary["without_profiles"]["errors"] + summary["with_profiles"]["errors"] + recs["errors"]
     if errors:
-        seen = summary["without_profiles"]["error_examples"] + summary["with_profiles"]["error_examples"]
+        seen = (
+            summary["without_profiles"]["error_examples"]
+            + summary["with_profiles"]["error_examples"]
+            + recs["error_examples"]
+        )
         raise click.ClickException(f"{errors} visits failed: {sorted(set(seen))}")
+    if recs["lists_below_quota"]:
+        raise click.ClickException(
+            f"{recs['lists_below_quota']} recommendation lists broke the diversity quota"
+        )
 
 
 def _keep_serving(procs: list[subprocess.Popen[bytes]], data_dir: Path) -> None:

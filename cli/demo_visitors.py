@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cli.demo_recs import RECS, ListOutcome, clicks
+
 __all__ = [
     "ARMS",
     "EXPERIMENT",
@@ -128,8 +130,11 @@ class Simulator:
         self.profiles = profiles
         self.started = time.monotonic()
         self.outcomes = [Outcome() for _ in visits]
-        # --profiles: the same visits' decisions in the experiment that also knows the visitor's profile.
+        # --profiles: the same visits' decisions in the experiment that also knows the visitor's profile,
+        # and their recommendations lists (cli.demo_recs), with the clicks' own draws.
         self.second = [Outcome() for _ in visits] if profiles else []
+        self.lists = [ListOutcome() for _ in visits] if profiles else []
+        self.click_rng = random.Random(len(visits))
         self.cookies: dict[int, str] = {}
         self.queue: asyncio.Queue[Visit] = asyncio.Queue()
         for visit in visits:
@@ -156,7 +161,7 @@ class Simulator:
         started = time.perf_counter()
         url = f"{self.edge_url}/v1/decide"
         params = [("experiment", EXPERIMENT)] + (
-            [("experiment", PROFILE_EXPERIMENT)] if self.profiles else []
+            [("experiment", PROFILE_EXPERIMENT), ("experiment", RECS)] if self.profiles else []
         )
         async with session.get(url, params=params, headers=headers) as r:
             body = await r.json()
@@ -173,6 +178,7 @@ class Simulator:
         await self.settle(session, visit, out, decisions[0], u=visit.u, uid=uid)
         if self.profiles:
             await self.settle(session, visit, self.second[visit.index], decisions[1], u=visit.u2, uid=uid)
+            await self.click(session, visit, decisions[2], uid)
             if visit.consent and uid is not None:
                 await self.browse(session, visit, uid)
 
@@ -191,6 +197,20 @@ class Simulator:
                 await b.read()
                 if b.status != 202:
                     out.error = f"beacon: HTTP {b.status}"
+
+    async def click(self, session: Any, visit: Visit, decision: dict[str, Any], uid: str | None) -> None:
+        """The recommendations list: the positions the visitor clicks, each beaconed with its token."""
+        out, tokens = clicks(decision, visit.interest, self.click_rng)
+        self.lists[visit.index] = out
+        for token in tokens:
+            async with session.post(
+                f"{self.edge_url}/v1/events",
+                headers=self.headers(visit, uid),
+                json={"token": token, "value": 1},
+            ) as b:
+                await b.read()
+                if b.status != 202:
+                    out.error = f"click beacon: HTTP {b.status}"
 
     async def browse(self, session: Any, visit: Visit, uid: str) -> None:
         """The pages the visitor views on this visit, as perch.js reports them (page_view signals)."""
@@ -230,7 +250,7 @@ async def simulate(
     progress: Any,
     *,
     profiles: bool = False,
-) -> tuple[list[Outcome], list[Outcome]]:
+) -> tuple[list[Outcome], list[Outcome], list[ListOutcome]]:
     # aiohttp rather than httpx here: at thousands of requests a second on two shared
     # cores the client's own overhead decides how fast the demo runs.
     import aiohttp
@@ -242,7 +262,7 @@ async def simulate(
         connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
         await asyncio.gather(*(simulator.worker(session, progress) for _ in range(concurrency)))
-    return simulator.outcomes, simulator.second
+    return simulator.outcomes, simulator.second, simulator.lists
 
 
 def experiment_spec(*, profiles: bool = False) -> dict[str, Any]:

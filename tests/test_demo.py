@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,37 @@ def test_the_profile_demo_runs_signals_profiles_and_both_experiments(tmp_path: P
     assert summary["visits"] == 3000
     assert summary["with_profiles"]["errors"] == summary["without_profiles"]["errors"] == 0
     assert len(list((data / "kv").glob("perch%3Aprofile%3A*"))) > 100  # profiles built and published
+    recs = summary["recommendations"]
+    assert "Recommendations block: 5 positions from 20 items" in result.stdout
+    assert recs["errors"] == 0 and recs["lists"] > 2_900  # the first lists may precede any snapshot
+    assert recs["lists_below_quota"] == 0 and recs["min_outside_share"] >= 0.2
+    assert recs["report_floors_met"] is not None and recs["examination_fitted"][0] == 1.0
+
+
+def test_the_recommendations_world_values_lists_as_documented() -> None:
+    from cli.demo_recs import (
+        EXAMINATION,
+        ITEMS,
+        ListOutcome,
+        attractiveness,
+        expected_clicks,
+        oracle_list,
+        summarize_recs,
+        uniform_expected,
+    )
+
+    best = oracle_list("cookware")
+    assert len(best) == 5 and best == sorted(best, key=lambda i: -attractiveness(i, "cookware"))
+    assert expected_clicks(best, "cookware") > uniform_expected("cookware")
+    # A uniformly random list, averaged over many draws, is what uniform_expected says.
+    rng = random.Random(1)
+    mean = sum(expected_clicks(rng.sample(ITEMS, 5), "gifts") for _ in range(20_000)) / 20_000
+    assert mean == pytest.approx(uniform_expected("gifts"), rel=0.02)
+    diverse = oracle_list("running-shoes", diverse=True)
+    assert any(not i.startswith("running-shoes") for i in diverse)
+    assert EXAMINATION[0] == 1.0
+    shown = ListOutcome(items=best, groups=["cookware"] * 5, reason="personalized", primary="cookware")
+    shown.expected = expected_clicks(best, "cookware")
+    summary = summarize_recs(["cookware"], [shown], None)
+    assert summary["captured"] == pytest.approx(1.0)
+    assert summary["lists_below_quota"] == 1  # five of one group: the quota was broken, and it says so

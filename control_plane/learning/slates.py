@@ -12,10 +12,14 @@ estimated reward per list of a target policy from lists logged by another:
   independent), as Open Bandit Pipeline does. ``tests/control_plane/learning/obp_slates.json``
   holds OBP 0.5.7's own results on synthetic logs, matched to 1e-9.
 
-**Position bias.** A position-based model: P(click | item i at position p) = theta_p x gamma_i,
-where theta_p is the chance position p is examined and gamma_i the item's attractiveness. Fitted by
-expectation-maximisation on the (item, position) -> (shown, clicked) table; theta is reported
-relative to the first position (the model fixes it only up to that scale).
+**Position bias.** A position-based model: P(click | item i at position p in context cell c) =
+theta_p x gamma_ic, where theta_p is the chance position p is examined and gamma_ic the item's
+attractiveness to the visitors of that cell. Per cell, because a personalizing ranker puts what
+each visitor likes most on top: pooled over visitors, an item's attractiveness would be confounded
+with the positions it gets, and the examination of low positions underestimated. Fitted by
+expectation-maximisation on the (item, cell, position) -> (shown, clicked) table; theta is
+reported relative to the first position (the model fixes it only up to that scale), and each
+item's attractiveness as its average over the cells, weighted by how often it was shown.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class PositionModel:
     """A fitted position-based model: examination per position (the first = 1), attractiveness per item."""
 
     examination: tuple[float, ...]
-    attractiveness: Mapping[str, float]
+    attractiveness: Mapping[str, float]  # per item, over its cells weighted by times shown
     shown: int
     clicks: int
     iterations: int
@@ -124,25 +128,26 @@ class PositionModel:
 
 
 def fit_position_model(
-    table: Mapping[tuple[str, int], tuple[int, int]],
+    table: Mapping[tuple[str, str, int], tuple[int, int]],
     slots: int,
     *,
     iterations: int = 200,
     tolerance: float = 1e-7,
 ) -> PositionModel | None:
-    """Fit theta (per position) and gamma (per item) to ``(item, position) -> (shown, clicked)``.
+    """Fit theta (per position) and gamma (per item and cell) to ``(item, cell, position) -> (shown,
+    clicked)``.
 
     None when nothing was clicked (the model says nothing then). Clicks are capped at the times
     shown, and positions past ``slots`` are ignored: hostile or stale rows cannot break the fit.
     """
-    items: Sequence[str] = sorted({item for item, _ in table})
-    index = {item: i for i, item in enumerate(items)}
+    items: Sequence[tuple[str, str]] = sorted({(item, cell) for item, cell, _ in table})
+    index = {key: i for i, key in enumerate(items)}
     n = np.zeros((len(items), slots))
     c = np.zeros((len(items), slots))
-    for (item, position), (shown, clicked) in table.items():
+    for (item, cell, position), (shown, clicked) in table.items():
         if 0 <= position < slots and shown > 0:
-            n[index[item], position] += shown
-            c[index[item], position] += min(max(clicked, 0), shown)
+            n[index[item, cell], position] += shown
+            c[index[item, cell], position] += min(max(clicked, 0), shown)
     if c.sum() == 0:
         return None
     theta = np.full(slots, 0.5)
@@ -165,9 +170,15 @@ def fit_position_model(
         if step < tolerance:
             break
     top = theta[0] if theta[0] > 0 else 1.0
+    weight: dict[str, float] = {}
+    pooled: dict[str, float] = {}
+    for (item, _), i in index.items():
+        times = float(n[i].sum())
+        weight[item] = weight.get(item, 0.0) + times
+        pooled[item] = pooled.get(item, 0.0) + times * float(gamma[i] * top)
     return PositionModel(
         examination=tuple(float(t / top) for t in theta),
-        attractiveness={item: float(gamma[i] * top) for item, i in index.items()},
+        attractiveness={item: pooled[item] / weight[item] for item in sorted(pooled) if weight[item] > 0},
         shown=int(n.sum()),
         clicks=int(c.sum()),
         iterations=done,

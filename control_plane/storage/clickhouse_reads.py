@@ -172,19 +172,20 @@ class EventReads:
         )
         return {tuple(json.loads(path)): int(n) for path, n in rows}
 
-    def position_clicks(self, experiment: str, since_ms: int) -> dict[tuple[str, int], tuple[int, int]]:
-        """(item, position) -> (shown, rewarded) of a ranked experiment (as the SQL store); the
-        position is the last two hex digits of the decision id (core.ranking)."""
+    def position_clicks(self, experiment: str, since_ms: int) -> dict[tuple[str, str, int], tuple[int, int]]:
+        """(item, context path, position) -> (shown, rewarded) of a ranked experiment (as the SQL
+        store); the position is the last two hex digits of the decision id (core.ranking)."""
         rows = self.ch.rows(
-            "SELECT x_arm, x_pos, count(), countIf(ifNull(r, 0) > 0) FROM ("
-            "SELECT decision_id, any(arm) AS x_arm, right(toString(decision_id), 2) AS x_pos "
+            "SELECT x_arm, x_path, x_pos, count(), countIf(ifNull(r, 0) > 0) FROM ("
+            "SELECT decision_id, any(arm) AS x_arm, any(path) AS x_path, "
+            "right(toString(decision_id), 2) AS x_pos "
             f"FROM {self.layout.table('exposures')} "
             "WHERE experiment = {e:String} AND reason = 'personalized' AND ts_ms >= {s:Int64} "
             f"GROUP BY decision_id) AS x LEFT JOIN ({self._credits()}) AS o USING (decision_id) "
-            "GROUP BY x_arm, x_pos",
+            "GROUP BY x_arm, x_path, x_pos",
             {"e": experiment, "s": since_ms},
         )
-        return {(str(a), int(str(p), 16)): (int(n), int(c)) for a, p, n, c in rows}
+        return {(str(a), str(path), int(str(p), 16)): (int(n), int(c)) for a, path, p, n, c in rows}
 
     def exposures_per_arm(self, experiment: str, since_ms: int, until_ms: int) -> dict[str, int]:
         """Personalized exposures per arm stamped in [since_ms, until_ms) (as the SQL store)."""

@@ -340,15 +340,17 @@ class Store(SnapshotStore):
         with self.engine.connect() as conn:
             return {tuple(json.loads(path)): int(n) for path, n in conn.execute(query)}
 
-    def position_clicks(self, experiment: str, since_ms: int) -> dict[tuple[str, int], tuple[int, int]]:
-        """(item, position) -> (shown, rewarded) of a ranked experiment's personalized positions since
-        ``since_ms``; the position is the last two hex digits of the decision id (core.ranking)."""
+    def position_clicks(self, experiment: str, since_ms: int) -> dict[tuple[str, str, int], tuple[int, int]]:
+        """(item, context path, position) -> (shown, rewarded) of a ranked experiment's personalized
+        positions since ``since_ms``; the position is the last two hex digits of the decision id
+        (core.ranking)."""
         if self.events is not None:
             return self.events.position_clicks(experiment, since_ms)
         position = func.substr(exposures.c.decision_id, 31, 2)
         query = (
             select(
                 exposures.c.arm,
+                exposures.c.path,
                 position,
                 func.count(),
                 func.sum(case((exposures.c.reward > 0, 1), else_=0)),
@@ -358,10 +360,13 @@ class Store(SnapshotStore):
                 exposures.c.reason == "personalized",
                 exposures.c.ts_ms >= since_ms,
             )
-            .group_by(exposures.c.arm, position)
+            .group_by(exposures.c.arm, exposures.c.path, position)
         )
         with self.engine.connect() as conn:
-            return {(arm, int(pos, 16)): (int(n), int(c or 0)) for arm, pos, n, c in conn.execute(query)}
+            return {
+                (arm, path, int(pos, 16)): (int(n), int(c or 0))
+                for arm, path, pos, n, c in conn.execute(query)
+            }
 
     def exposures_per_arm(self, experiment: str, since_ms: int, until_ms: int) -> dict[str, int]:
         """Personalized exposures per arm stamped in [since_ms, until_ms) (a ranked item's floor)."""

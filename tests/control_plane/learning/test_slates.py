@@ -64,7 +64,7 @@ def test_the_position_model_recovers_examination_and_attractiveness() -> None:
     for i in range(12):
         for p in range(5):
             shown = 4_000
-            table[f"item-{i}", p] = (shown, int(rng.binomial(shown, theta[p] * gamma[i])))
+            table[f"item-{i}", "[]", p] = (shown, int(rng.binomial(shown, theta[p] * gamma[i])))
     model = fit_position_model(table, 5)
     assert model is not None
     np.testing.assert_allclose(model.examination, theta, rtol=0.08)
@@ -74,7 +74,21 @@ def test_the_position_model_recovers_examination_and_attractiveness() -> None:
 
 
 def test_the_position_model_shrugs_off_impossible_rows() -> None:
-    table = {("a", 0): (10, 50), ("a", 9): (5, 5), ("b", -1): (3, 1), ("b", 1): (10, 1)}
+    table = {("a", "c", 0): (10, 50), ("a", "c", 9): (5, 5), ("b", "c", -1): (3, 1), ("b", "c", 1): (10, 1)}
     model = fit_position_model(table, 2)
     assert model is not None and model.clicks == 11 and model.shown == 20
-    assert fit_position_model({("a", 0): (10, 0)}, 2) is None
+    assert fit_position_model({("a", "c", 0): (10, 0)}, 2) is None
+
+
+def test_cells_keep_a_personalizing_rankers_choices_from_biasing_the_examination() -> None:
+    # Each cell's favourite item sits on top: pooled over cells, position 2 would look unexamined.
+    rng = np.random.default_rng(11)
+    theta = (1.0, 0.5)
+    table = {}
+    for cell, (top, low) in {'["a"]': ("x", "y"), '["b"]': ("y", "x")}.items():
+        for item, p, gamma in ((top, 0, 0.4), (low, 1, 0.05), (top, 1, 0.4), (low, 0, 0.05)):
+            shown = 20_000 if (item == top) == (p == 0) else 2_000
+            table[item, cell, p] = (shown, int(rng.binomial(shown, theta[p] * gamma)))
+    model = fit_position_model(table, 2)
+    assert model is not None
+    assert model.examination[1] == pytest.approx(0.5, abs=0.05)
