@@ -23,6 +23,7 @@ from benchmarks.shapes import (
     context_for,
     contextual_context,
     contextual_snapshot,
+    ranked_snapshot,
     snapshot_of_shape,
 )
 from core import encode_snapshot
@@ -118,6 +119,28 @@ def _contextual(isolate: _Isolate, n: int, cold_budget_s: float) -> dict[str, An
     }
 
 
+def _ranked(isolate: _Isolate, n: int) -> dict[str, Any]:
+    """A ranked decision point's warm decide (5 of 50 items), for a visitor with a known interest
+    and for one without (the top item's group is the primary then)."""
+    snap = ranked_snapshot()
+    assert snap.ranking is not None
+    data = _b64(encode_snapshot(snap))
+    context = context_for(len(snap.segments))
+    runs = {
+        who: isolate.call("ranked_latency", data, context, n, primary)["samples_ns"]
+        for who, primary in (("interest", "g1"), ("no_interest", None))
+    }
+    return {
+        "items": len(snap.arms),
+        "slots": snap.ranking.slots,
+        "segments": len(snap.segments),
+        "groups": len(snap.ranking.group_names),
+        "bytes": len(base64.b64decode(data)),
+        "decide": summarize([x for samples in runs.values() for x in samples]),
+        **{who: summarize(samples) for who, samples in runs.items()},
+    }
+
+
 def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Summaries of two halves of one measurement, as one (their raw samples pooled)."""
     return {
@@ -186,5 +209,6 @@ def _measure(
     out["profiles"] = {mode: _merged(runs) for mode, runs in hydration.items()}
     out["profiles"]["reads"] = [r["profile_reads"] for r in hydration["hit"]]
     out["contextual"] = _contextual(isolate, n, cold_budget_s)
+    out["ranked"] = _ranked(isolate, n)
     out["load_after"] = load_average()
     return out

@@ -113,6 +113,28 @@ def decide_latency(
     return {**summarize(out), "samples_ns": out} if raw else summarize(out)
 
 
+def ranked_latency(
+    snapshot_b64: str, context: dict[str, str], n: int, primary: str | None, warmup: int = 200
+) -> dict[str, Any]:
+    """``n`` warm ranked decisions (core.slate), each a new visitor; ``primary`` their interest."""
+    from core import decide_ranked, decode_snapshot
+
+    snap = decode_snapshot(base64.b64decode(snapshot_b64))
+    rng = random.Random(SEED)
+    now = snap.created_at + 1_000
+    units = _units(n + warmup)
+    clock = time.perf_counter_ns
+    out = [0] * n
+    for i in range(warmup):
+        decide_ranked(snap, units[n + i], context, now_ms=now, rng=rng, primary=primary)
+    for i in range(n):
+        unit = units[i]
+        t0 = clock()
+        decide_ranked(snap, unit, context, now_ms=now, rng=rng, primary=primary)
+        out[i] = clock() - t0
+    return {**summarize(out), "samples_ns": out}
+
+
 def cold_latency(
     snapshot_b64: str, context: dict[str, str], n: int, budget_s: float | None = None, warmup: int = 20
 ) -> dict[str, Any]:

@@ -73,6 +73,19 @@ def _pyodide_rows(py: dict[str, Any]) -> list[Row]:
         ("Pyodide Server-Timing p99 of those requests", f"{ms(st)} ms", "—", ""),
         *_hydration_rows(py.get("profiles")),
         *contextual_verdicts(py.get("contextual")),
+        *_ranked_rows(py.get("ranked")),
+    ]
+
+
+def _ranked_rows(ranked: dict[str, Any] | None) -> list[Row]:
+    if not ranked:
+        return []
+    v = p(ranked["decide"], "p99_us")
+    label = f"{ranked['slots']} of {ranked['items']} items, {ranked['segments']} segments"
+    return [
+        _target_row(
+            f"Pyodide ranked warm decision p99 ({label})", f"{ms(v)} ms", "pyodide.ranked.decide_p99_us", v
+        )
     ]
 
 

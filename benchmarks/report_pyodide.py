@@ -37,7 +37,37 @@ def pyodide_section(py: dict[str, Any]) -> list[str]:
     ctx = py.get("contextual")
     if ctx:
         lines += _contextual(ctx)
+    ranked = py.get("ranked")
+    if ranked:
+        lines += _ranked(ranked)
     return lines
+
+
+def _ranked(r: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        f"**Ranked decision point** (schema 3: {r['slots']} positions from {r['items']} items in "
+        f"{r['groups']} groups, {r['segments']} segments, every fifth item with a floor to honour, "
+        f"the per-position propensity table; {r['bytes']:,} bytes): warm `decide_ranked`, a new "
+        "visitor each time, with a profile interest and without one (then the top item's group is "
+        "the primary):",
+        "",
+        *table(
+            ["visitor", "n", "p50", "p99", "p99.9", "max"],
+            [
+                [
+                    name,
+                    f"{v.get('n', 0):,}",
+                    *(ms(p(v, k)) for k in ("p50_us", "p99_us", "p999_us", "max_us")),
+                ]
+                for name, v in (
+                    ("with an interest", r["interest"]),
+                    ("without", r["no_interest"]),
+                    ("both", r["decide"]),
+                )
+            ],
+        ),
+    ]
 
 
 def _row(key: str, s: dict[str, Any]) -> list[str]:

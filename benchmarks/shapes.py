@@ -130,3 +130,32 @@ def contextual_snapshot(
 def contextual_context(features: int = CONTEXTUAL[1]) -> dict[str, str]:
     """A visitor with every feature set, all but one to a learnt value."""
     return {f"f{j}": ("v3" if j else "never-seen") for j in range(features)}
+
+
+# The ranked shape of issue 15's target: 5 positions from 50 items in 5 groups, over 50 segments.
+RANKED = (50, 5, 5, 50)
+
+
+def ranked_snapshot(
+    items: int = RANKED[0], slots: int = RANKED[1], groups: int = RANKED[2], segments: int = RANKED[3]
+) -> Snapshot:
+    """A schema 3 snapshot as the learner makes it: every fifth item owed some forced exposures, and
+    the per-position propensities estimated (control_plane.learning.ranking)."""
+    import dataclasses
+
+    import numpy as np
+
+    from control_plane.learning.ranking import position_table
+    from core import Ranking
+
+    base = snapshot_of_shape(items, segments)
+    names = [f"g{i % groups}" for i in range(items)]
+    forced = [0.05 if i % 5 == 4 else 0.0 for i in range(items)] * segments
+    snap = dataclasses.replace(
+        base, experiment=f"bench-ranked-{slots}of{items}", ranking=Ranking(slots, 0.2, names, forced)
+    )
+    table = position_table(snap, np.random.default_rng(SEED), draws=500)
+    assert snap.ranking is not None
+    return dataclasses.replace(
+        snap, ranking=dataclasses.replace(snap.ranking, positions=table.ravel().tolist())
+    )

@@ -34,6 +34,8 @@ TARGETS: dict[str, Target] = {
     "pyodide.contextual.warm_p99_us": Target(200, "≤ 0.2 ms"),
     "pyodide.contextual.cold_p99_us": Target(1000, "≤ 1 ms"),
     "pyodide.contextual.fetch_p99_us": Target(1150, "≤ 1.15 ms"),
+    # A ranked decision point: 5 positions from 50 items (core.slate).
+    "pyodide.ranked.decide_p99_us": Target(500, "≤ 0.5 ms"),
     # Reading a visitor's profile (KV in memory) and adding it to the context, on top of the request.
     "pyodide.profile_overhead_p99_us": Target(300, "≤ 0.3 ms"),
     "core.mabwiser_ratio": Target(5.0, "≥ 5x", higher_is_better=True),
@@ -60,6 +62,7 @@ README_ROWS: dict[str, tuple[str, ...]] = {
     "Pyodide: cold path": ("pyodide.cold_p99_us", "pyodide.contextual.cold_p99_us"),
     "Pyodide: whole `Default.fetch` p99": ("pyodide.fetch_p99_us", "pyodide.contextual.fetch_p99_us"),
     "Pyodide: profile hydration": ("pyodide.profile_overhead_p99_us",),
+    "Pyodide: ranked `decide`": ("pyodide.ranked.decide_p99_us",),
     "CPython: MABWiser TS `predict` time": ("core.mabwiser_ratio",),
     "learn-and-publish cycle, contextual": ("learner.contextual_cycle_s",),
     "learning, share of the oracle's lift": ("learning.additive_captured", "learning.ahead"),

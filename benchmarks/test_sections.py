@@ -55,8 +55,11 @@ def test_pyodide_section_runs_in_real_pyodide() -> None:
     # Every visitor of the hydration runs had their profile read from KV, and found it.
     assert py["profiles"]["reads"] and all(set(r) == {"hit"} for r in py["profiles"]["reads"])
     assert py["profiles"]["hit"]["fetch"]["n"] == py["profiles"]["off"]["fetch"]["n"] == 50
+    ranked = py["ranked"]
+    assert (ranked["items"], ranked["slots"], ranked["decide"]["n"]) == (50, 5, 100)
     text = report.render(results)
     assert "## 2. Edge in real Pyodide" in text and "profile hydration p99 overhead" in text
+    assert "Pyodide ranked warm decision p99 (5 of 50 items, 50 segments)" in text
 
 
 def test_machine_description_survives_a_clean_checkout() -> None:

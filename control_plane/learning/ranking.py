@@ -10,6 +10,7 @@
 * **Per-position propensities** (segments snapshots): ``P(item at position | segment, primary
   group)`` for the edge's procedure (core.ranking), by Monte Carlo, vectorised over draws. The
   distribution, not the edge's generator, defines a propensity, so numpy's Beta draws serve.
+  A table past ``MAX_POSITION_CELLS`` is not shipped (the exposures then carry none).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ __all__ = ["FloorProgress", "floor_progress", "forced_probabilities", "position_
 # cost stays bounded whatever the snapshot's shape.
 DRAWS = 4_000
 MAX_WORK = 40_000_000  # draws x items summed over all cells
+# Past this many cells (8 MB of float32) the snapshot ships no position table and the edge logs
+# no per-position propensity (as for a contextual snapshot): KV values stay small and quick to decode.
+MAX_POSITION_CELLS = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +205,8 @@ def with_ranking(
     forced = forced_probabilities(spec, progress, _inclusion(snapshot, rng) if progress else np.zeros(n))
     ranking = Ranking(spec.ranking.slots, spec.ranking.diversity, groups, np.tile(forced, segments).tolist())
     snapshot = dataclasses.replace(snapshot, ranking=ranking)
-    if snapshot.model is not None:
+    cells = segments * (1 + len(ranking.group_names)) * n * ranking.slots
+    if snapshot.model is not None or cells > MAX_POSITION_CELLS:
         return snapshot
     positions = position_table(snapshot, rng)
     return dataclasses.replace(

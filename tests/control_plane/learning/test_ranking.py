@@ -187,3 +187,14 @@ def test_a_contextual_ranked_snapshot_has_floors_but_no_position_table() -> None
     assert snap.model is not None and snap.ranking is not None and not len(snap.ranking.positions)
     d = decide_ranked(snap, "u1", {"device": "mobile"}, now_ms=NOW, rng=random.Random(1))
     assert len(d.items) == 4 and all(i.propensity is None for i in d.items)
+
+
+def test_a_position_table_too_large_for_kv_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from control_plane.learning import ranking
+
+    monkeypatch.setattr(ranking, "MAX_POSITION_CELLS", 100)
+    snap = learn(ranked_spec(), cells(RATES), version=1, now_ms=NOW)
+    assert snap.ranking is not None and not len(snap.ranking.positions)
+    assert all(
+        i.propensity is None for i in decide_ranked(snap, "u", {}, now_ms=NOW, rng=random.Random(1)).items
+    )
