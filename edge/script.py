@@ -8,6 +8,10 @@ with ``keepalive`` where that is refused) to the edge's ``/v1/signals`` on the s
 * what the site calls: ``perch.search(term, {category})``, ``perch.addToCart({category, value})``,
   ``perch.purchase({value})``, ``perch.track(name, {category, value})`` (a ``custom`` signal).
 
+A click inside a ranked slot (an element with ``data-perch-tokens``, edge.pages) is an outcome of
+the clicked child's position: its token goes to ``/v1/events`` (``{"token", "value": 1}``), so the
+click is credited to that item at that position.
+
 The visitor is who their cookies say at the edge: the script never names anyone. Nothing is sent
 without consent (the edge records nothing then either).
 """
@@ -37,10 +41,11 @@ SCRIPT = """\
     var c = String(value).toLowerCase().replace(/[^a-z0-9 _\\-\\/.&]+/g, "-").replace(/^[^a-z0-9]+/, "");
     return c ? c.slice(0, 64) : undefined;
   }
-  function send(body) {
-    if (nav.sendBeacon && nav.sendBeacon(url, new Blob([body], { type: "application/json" }))) return;
+  function send(body, to) {
+    to = to || url;
+    if (nav.sendBeacon && nav.sendBeacon(to, new Blob([body], { type: "application/json" }))) return;
     try {
-      fetch(url, { method: "POST", body: body, keepalive: true, credentials: "same-origin",
+      fetch(to, { method: "POST", body: body, keepalive: true, credentials: "same-origin",
         headers: { "content-type": "application/json" } }).catch(function () {});
     } catch (e) { /* the page must never break on us */ }
   }
@@ -69,6 +74,14 @@ SCRIPT = """\
     flush();
   });
   signal("page_view");
+  doc.addEventListener("click", function (e) {
+    var node = e.target, list = node && node.closest && node.closest("[data-perch-tokens]");
+    if (!list) return;
+    while (node.parentElement !== list) node = node.parentElement;
+    var i = Array.prototype.indexOf.call(list.children, node);
+    var token = list.getAttribute("data-perch-tokens").split(" ")[i];
+    if (token) send(JSON.stringify({ token: token, value: 1 }), url.replace(/signals$/, "events"));
+  }, true);
 
   window.perch = {
     track: function (name, o) { o = o || {}; o.name = name; signal("custom", o); },

@@ -11,7 +11,7 @@ from core import decode_snapshot, encode_snapshot
 from tests.vectors import runner
 
 
-@pytest.mark.parametrize("name", ["hashing", "decisions", "rejections"])
+@pytest.mark.parametrize("name", ["hashing", "decisions", "ranked", "rejections"])
 def test_cpython_agrees_with_the_vectors(name: str) -> None:
     check = getattr(runner, f"check_{name}")
     assert check(runner.load(f"{name}.json")) == []
@@ -23,6 +23,24 @@ def test_vectors_cover_every_path() -> None:
     assert any(c["unit"] is None for c in cases)
     assert len({c["expected"]["segment"] for c in cases}) >= 6
     assert len({c["expected"]["arm"] for c in cases if c["snapshot"] == "wide"}) >= 10
+
+
+def test_ranked_vectors_cover_every_path() -> None:
+    cases = runner.load("ranked.json")["cases"]
+    assert {c["expected"]["reason"] for c in cases} == {"personalized", "holdout", "consent", "stale"}
+    assert {c["expected"]["primary_group"] for c in cases} >= {"", "shoes", "pans", "bags"}
+    lists = [tuple(i["arm"] for i in c["expected"]["items"]) for c in cases if c["snapshot"] == "recs"]
+    assert len(set(lists)) > 40  # the draws vary, the procedure is what the vectors pin
+    floored = [c for c in cases if any(i["arm"] in ("arm-5", "arm-11") for i in c["expected"]["items"])]
+    assert floored  # the forced items show up
+
+
+def test_a_changed_ranked_list_is_reported() -> None:
+    doc = copy.deepcopy(runner.load("ranked.json"))
+    case = next(c for c in doc["cases"] if c["expected"]["reason"] == "personalized")
+    items = case["expected"]["items"]
+    items[0], items[1] = items[1], items[0]
+    assert len(runner.check_ranked(doc)) == 1
 
 
 def test_a_changed_decision_is_reported() -> None:
@@ -37,6 +55,10 @@ def test_a_changed_decision_is_reported() -> None:
 
 def test_vector_snapshots_reencode_to_the_same_bytes() -> None:
     # The control plane encodes with the same code: its bytes must not drift.
-    for raw in runner.load("decisions.json")["snapshots"].values():
+    snapshots = [
+        *runner.load("decisions.json")["snapshots"].values(),
+        *runner.load("ranked.json")["snapshots"].values(),
+    ]
+    for raw in snapshots:
         data = base64.b64decode(raw)
         assert encode_snapshot(decode_snapshot(data)) == data

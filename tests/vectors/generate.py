@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import random
 import sys
@@ -21,6 +22,7 @@ from core import (
     Arm,
     Block,
     ContextualModel,
+    Ranking,
     Segment,
     Snapshot,
     SnapshotError,
@@ -29,7 +31,7 @@ from core import (
     encode_snapshot,
 )
 from tests.allocation import monte_carlo_allocation
-from tests.vectors.runner import HERE, run_decision
+from tests.vectors.runner import HERE, run_decision, run_ranked
 
 CREATED = 1_780_000_000_000
 DEVICES = ["desktop", "mobile", "tablet"]
@@ -132,6 +134,46 @@ def snapshots() -> dict[str, Snapshot]:
         "partial": _partial(4),
         "contextual": _contextual(5),
     }
+
+
+def ranked_snapshots(snaps: dict[str, Snapshot]) -> dict[str, Snapshot]:
+    """Ranked decision points: 12 items in 3 groups (plus 2 ungrouped) over the hero's segment tree,
+    with floors to honour and a per-position table; and a contextual one (no table)."""
+    base = _snapshot("recs", 14, list(snaps["hero"].segments), holdout=0.1, floor=0.05, seed=4)
+    groups = [("shoes", "pans", "bags")[i % 3] if i < 12 else "" for i in range(14)]
+    segments = len(base.segments)
+    forced = [0.3 if i in (5, 11) else 0.0 for i in range(14)] * segments
+    ranking = Ranking(5, 0.2, groups, forced)
+    ranked = dataclasses.replace(base, ranking=ranking)
+    table = [round(random.Random(i).random(), 3) for i in range(segments * 4 * 14 * 5)]
+    ranked = dataclasses.replace(ranked, ranking=dataclasses.replace(ranking, positions=table))
+    ctx = snaps["contextual"]
+    names = [("shoes", "pans")[i % 2] for i in range(len(ctx.arms))]
+    contextual = dataclasses.replace(
+        ctx, experiment="recs-ctx", ranking=Ranking(3, 0.34, names, [0.0] * len(ctx.arms))
+    )
+    return {"recs": ranked, "recs-ctx": contextual}
+
+
+def ranked_cases(snaps: dict[str, Snapshot]) -> list[dict[str, Any]]:
+    rng = random.Random(43)
+    cases = []
+    for name in snaps:
+        for i in range(80):
+            unit = None if i % 10 == 9 else f"visitor-{rng.randrange(10**6)}"
+            context = {"device": rng.choice(DEVICES), "source": rng.choice(SOURCES)} if i % 4 else {}
+            case = {
+                "snapshot": name,
+                "unit": unit,
+                "context": context,
+                "now_ms": CREATED + (86_400_000 if i % 17 == 3 else 5_000),
+                "rng_seed": rng.randrange(2**32),
+                "primary": rng.choice([None, "shoes", "pans", "bags", "hats"]),
+                "consent": i % 13 != 5,
+            }
+            case["expected"] = run_ranked(snaps, case)
+            cases.append(case)
+    return cases
 
 
 def hashing_cases() -> list[dict[str, Any]]:
@@ -241,11 +283,16 @@ def main() -> int:
     args = parser.parse_args()
     snaps = snapshots()
     encoded = {name: encode_snapshot(s) for name, s in snaps.items()}
+    ranked = ranked_snapshots(snaps)
     files = {
         "hashing.json": {"hash_version": 1, "cases": hashing_cases()},
         "decisions.json": {
             "snapshots": {name: base64.b64encode(data).decode() for name, data in encoded.items()},
             "cases": decision_cases(snaps),
+        },
+        "ranked.json": {
+            "snapshots": {name: base64.b64encode(encode_snapshot(s)).decode() for name, s in ranked.items()},
+            "cases": ranked_cases(ranked),
         },
         "rejections.json": {
             "cases": rejection_cases(encoded["hero"]) + model_rejection_cases(encoded["contextual"])

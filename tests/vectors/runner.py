@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from core import SnapshotError, bucket, decide, decode_snapshot
+from core import SnapshotError, bucket, decide, decide_ranked, decode_snapshot
 
 HERE = Path(__file__).parent
 
@@ -29,6 +29,19 @@ def run_decision(snapshots: dict[str, Any], case: dict[str, Any]) -> dict[str, A
         case["context"],
         now_ms=case["now_ms"],
         rng=random.Random(case["rng_seed"]),
+        consent=case["consent"],
+    )
+    return decision.to_dict()
+
+
+def run_ranked(snapshots: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
+    decision = decide_ranked(
+        snapshots[case["snapshot"]],
+        case["unit"],
+        case["context"],
+        now_ms=case["now_ms"],
+        rng=random.Random(case["rng_seed"]),
+        primary=case["primary"],
         consent=case["consent"],
     )
     return decision.to_dict()
@@ -56,6 +69,17 @@ def check_decisions(doc: dict[str, Any]) -> list[str]:
     return bad
 
 
+def check_ranked(doc: dict[str, Any]) -> list[str]:
+    snapshots = {name: decode_snapshot(base64.b64decode(raw)) for name, raw in doc["snapshots"].items()}
+    bad = []
+    for i, case in enumerate(doc["cases"]):
+        got = run_ranked(snapshots, case)
+        if got != case["expected"]:
+            diff = {k: (got.get(k), v) for k, v in case["expected"].items() if got.get(k) != v}
+            bad.append(f"ranked case {i} ({case['unit']!r}, {case['context']}): got vs vector {diff}")
+    return bad
+
+
 def check_rejections(doc: dict[str, Any]) -> list[str]:
     bad = []
     for case in doc["cases"]:
@@ -73,6 +97,7 @@ def check_all() -> dict[str, list[str]]:
     return {
         "hashing": check_hashing(load("hashing.json")),
         "decisions": check_decisions(load("decisions.json")),
+        "ranked": check_ranked(load("ranked.json")),
         "rejections": check_rejections(load("rejections.json")),
     }
 
