@@ -351,6 +351,50 @@ def _clusters_section(clusters: Mapping[str, Any] | None, arms: Sequence[str]) -
     )
 
 
+def _ranking_section(ranking: Mapping[str, Any] | None) -> str:
+    """A ranked experiment: each item's progress to its floor this period, and the position bias."""
+    if not ranking:
+        return ""
+    meta = (
+        f"{ranking['slots']} positions; at least {ranking['quota']} outside the visitor's primary "
+        f"interest group (diversity {ranking['diversity']:.0%})."
+    )
+    parts = [f'<section id="ranking"><h2>Ranking</h2><p class="meta">{_h(meta)}</p>']
+    floors = ranking.get("floors")
+    model = ranking.get("position_model") or {}
+    attractiveness = model.get("attractiveness", {})
+    if floors:
+        need = floors["min_exposures"]
+        rows = [
+            [
+                row["item"],
+                ranking["groups"].get(row["item"], fmt.DASH),
+                fmt.count(row["shown"]),
+                "met" if row["met"] else f"{row['shown'] / need:.0%}",
+                fmt.DASH if row["item"] not in attractiveness else f"{attractiveness[row['item']]:.2%}",
+            ]
+            for row in floors["items"]
+        ]
+        head = [("item", False), ("group", False), ("shown this period", True), ("floor", True)]
+        head.append(("attractiveness", True))
+        caption = (
+            f"Floor: {fmt.count(need)} per item from {fmt.utc(floors['period_start_ms'])} to "
+            f"{fmt.utc(floors['period_end_ms'])}."
+        )
+        parts.append(f'<p class="muted">{_h(caption)}</p>{table(head, rows, "floors")}')
+    if model:
+        rows = [[p + 1, f"{x:.2f}"] for p, x in enumerate(model["examination"])]
+        caption = (
+            f"Position bias: examination per position relative to the first, fitted on "
+            f"{fmt.count(model['shown'])} positions shown and {fmt.count(model['clicks'])} rewarded."
+        )
+        parts.append(
+            f'<p class="muted">{_h(caption)}</p>'
+            f"{table([('position', True), ('examined', True)], rows, 'positions')}"
+        )
+    return "".join(parts) + "</section>"
+
+
 def experiment_page(
     record: ExperimentRecord, report: Report, now_ms: int, clusters: Mapping[str, Any] | None = None
 ) -> str:
@@ -364,6 +408,7 @@ def experiment_page(
         _lift_section(report),
         _segments_section(report),
         _effects_section(report.feature_effects),
+        _ranking_section(report.ranking),
         _clusters_section(clusters, [a.key for a in record.spec.arms]),
         _snapshots_section(report.snapshots, now_ms),
         _data_section(report),

@@ -22,6 +22,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from control_plane.distribution.kv_publishers import LocalKVPublisher
+from control_plane.experiments import ExperimentSpec
 from control_plane.http.app import create_app
 from control_plane.http.dashboard import SESSION_COOKIE, SESSION_TTL_S, dashboard_routes, experiment_page
 from control_plane.learning.report_types import (
@@ -726,3 +727,47 @@ def test_the_experiment_page_shows_the_behavioural_clusters(browser: Browserish,
     run, cook = rows["running-shoes, socks"], rows["pans, recipes"]
     assert run[1] == cook[1] == "15"
     assert (run[3], run[4]) == ("—", "75.0% of 4") and (cook[3], cook[4]) == ("0.0% of 5", "—")
+
+
+def test_a_ranked_experiment_shows_its_floors_and_position_bias(sqlite_store: Store) -> None:
+    record = sqlite_store.create_experiment(
+        ExperimentSpec.create(
+            {
+                "key": "recs",
+                "arms": [{"key": "i0", "group": "g0"}, {"key": "i1", "group": "g1"}],
+                "default_arm": "i0",
+                "ranking": {"slots": 2, "min_exposures": 10},
+            }
+        ),
+        0,
+    )
+    ranking = {
+        "slots": 2,
+        "diversity": 0.2,
+        "quota": 1,
+        "groups": {"i0": "g0", EVIL: "g1"},
+        "floors": {
+            "period_start_ms": 0,
+            "period_end_ms": 86_400_000,
+            "min_exposures": 10,
+            "requests_left": 3.0,
+            "items": [{"item": "i0", "shown": 12, "met": True}, {"item": EVIL, "shown": 4, "met": False}],
+        },
+        "position_model": {
+            "examination": [1.0, 0.6],
+            "attractiveness": {"i0": 0.05},
+            "shown": 16,
+            "clicks": 3,
+        },
+    }
+    page = experiment_page(record, replace(report_for(record, 0), ranking=ranking), 0)
+    section = re.search(r'<section id="ranking">.*?</section>', page, flags=re.S)
+    assert section is not None
+    cells = [
+        re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", section.group(0))
+    ]
+    assert ["i0", "g0", "12", "met", "5.00%"] in cells
+    assert any(row[2:4] == ["4", "40%"] for row in cells)
+    assert ["2", "0.60"] in cells
+    assert EVIL not in page
+    assert '<section id="ranking">' not in experiment_page(record, report_for(record, 0), 0)
