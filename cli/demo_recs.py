@@ -13,6 +13,7 @@ left alone, a learner would stop showing it, which is what the exposure floors a
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ __all__ = [
 RECS = "recs"
 SLOTS = 5
 DIVERSITY = 0.2
-MIN_EXPOSURES = 1_500  # per item per hour: the floor
+MIN_EXPOSURES = 200  # per item and segment per period: the floor
+PERIOD_S = 60  # a minute: the demo is a day's traffic in two minutes
 EXAMINATION = (1.0, 0.8, 0.65, 0.5, 0.4)
 INTEREST_BOOST = 2.5
 GROUPS = ("running-shoes", "cookware", "travel-bags", "gifts")
@@ -76,7 +78,9 @@ class ListOutcome:
     items: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     reason: str = ""
+    segment: str = ""
     primary: str = ""
+    at_s: float = 0.0  # when it was answered (the floors' period it belongs to)
     clicks: int = 0
     expected: float = 0.0
     error: str | None = None
@@ -84,7 +88,12 @@ class ListOutcome:
 
 def clicks(decision: dict[str, Any], interest: str, rng: random.Random) -> tuple[ListOutcome, list[str]]:
     """What the visitor does with a list: the outcome, and the tokens of the positions clicked."""
-    out = ListOutcome(reason=decision["reason"], primary=decision.get("primary_group") or "")
+    out = ListOutcome(
+        reason=decision["reason"],
+        segment=decision.get("segment") or "",
+        primary=decision.get("primary_group") or "",
+        at_s=time.time(),
+    )
     tokens = []
     for p, item in enumerate(decision.get("items") or []):
         out.items.append(item["arm"])
@@ -117,7 +126,12 @@ def recs_spec() -> dict[str, Any]:
             }
             for item in ITEMS
         ],
-        "ranking": {"slots": SLOTS, "diversity": DIVERSITY, "min_exposures": MIN_EXPOSURES, "period_s": 3600},
+        "ranking": {
+            "slots": SLOTS,
+            "diversity": DIVERSITY,
+            "min_exposures": MIN_EXPOSURES,
+            "period_s": PERIOD_S,
+        },
     }
 
 
@@ -131,10 +145,20 @@ def summarize_recs(
     owed = quota(DIVERSITY, SLOTS)
     shares = [sum(g != (o.primary or interest) for g in o.groups) / len(o.groups) for interest, o in done]
     personalized = [(i, o) for i, o in done if o.reason == "personalized"]
-    shown: dict[str, int] = dict.fromkeys(ITEMS, 0)
-    for _, o in done:
-        for item in o.items:
-            shown[item] += 1
+    # Floors hold per item in each (period, segment) of personalized lists: checked in the periods
+    # the run covered whole, in the segments with room (lists enough for every item to get twice
+    # its floor).
+    per_cell: dict[str, dict[str, int]] = {}
+    periods = [int(o.at_s // PERIOD_S) for _, o in personalized]
+    whole = set(range(min(periods, default=0) + 1, max(periods, default=0)))
+    for (_, o), period in zip(personalized, periods, strict=True):
+        if period in whole:
+            minute = time.strftime("%H:%M", time.gmtime(period * PERIOD_S))
+            counts = per_cell.setdefault(f"{minute} {o.segment}", dict.fromkeys(ITEMS, 0))
+            for item in o.items:
+                counts[item] += 1
+    room = 2 * len(ITEMS) * MIN_EXPOSURES
+    held = {s: c for s, c in per_cell.items() if sum(c.values()) >= room}
 
     def gap(pairs: list[tuple[str, ListOutcome]], diverse: bool) -> float | None:
         best = sum(
@@ -159,9 +183,14 @@ def summarize_recs(
         "captured_personalized_of_diverse_oracle": gap(personalized, True),
         "min_outside_share": min(shares, default=None),
         "lists_below_quota": sum(s * SLOTS < owed for s in shares),
-        "shown_per_item": shown,
+        "shown_per_period_and_segment": per_cell,
+        "periods_whole": len(whole),
         "min_exposures": MIN_EXPOSURES,
-        "items_below_floor_in_run": sorted(i for i, n in shown.items() if n < MIN_EXPOSURES),
+        "floor_segments": sorted(held),
+        "least_in_a_floor_segment": min((n for c in held.values() for n in c.values()), default=None),
+        "below_floor_in_run": sorted(
+            f"{s}/{i}" for s, c in held.items() for i, n in c.items() if n < MIN_EXPOSURES
+        ),
         "report_floors_met": None if floors is None else sum(row["met"] for row in floors["items"]),
         "examination_true": list(EXAMINATION),
         "examination_fitted": None if model is None else model["examination"],
@@ -192,14 +221,15 @@ def print_recs_report(summary: dict[str, Any]) -> None:
         f"  outside the primary interest group: at least {pct(summary['min_outside_share'])} of every list "
         f"(quota {quota(DIVERSITY, SLOTS)} of {SLOTS}); lists below it: {summary['lists_below_quota']}"
     )
-    least = min(summary["shown_per_item"].values())
-    below = summary["items_below_floor_in_run"]
+    least = summary["least_in_a_floor_segment"]
+    below = summary["below_floor_in_run"]
     click.echo(
-        f"  floors ({summary['min_exposures']:,} per item per hour): "
-        f"every item shown at least {least:,} times"
+        f"  floors ({summary['min_exposures']:,} per item and segment per minute): in each of "
+        f"{len(summary['floor_segments'])} (minute, segment) cells of the {summary['periods_whole']} whole "
+        f"minutes every item shown at least {least or 0:,} times"
         + (f"; below: {', '.join(below)}" if below else " — met")
         + (
-            f"; this hour's report: {summary['report_floors_met']} of {len(ITEMS)} met"
+            f"; the last minute's report: {summary['report_floors_met']} of {len(ITEMS)} met"
             if summary["report_floors_met"] is not None
             else ""
         )

@@ -213,7 +213,7 @@ def _learn(
     follow = spec.contextual.recent_exposures if spec.model == "contextual" else 0
     cells, recent, matured = maturity(store, spec, cells, now, follow)
     units = store.units_per_path(spec.key)
-    progress = floor_progress(spec, now, store.exposures_per_arm)
+    progress = floor_progress(spec, now, store.exposures_per_segment)
     snapshot = learn(
         spec, cells, version=version, now_ms=now, draws=draws, units=units, recent=recent, progress=progress
     )

@@ -1,12 +1,13 @@
 """What the learner adds to a ranked experiment's snapshot: exposure floors and position propensities.
 
-* **Floors.** ``min_exposures`` per item per period: from what each item was shown so far this
-  period and the requests expected in the rest of it (the last full period's pace), the learner
-  sets each item's ``forced`` probability, the chance the edge places it in a list whatever its
-  score, to just what closes the gap on top of how often the item is shown anyway:
-  ``p = (needed - q R) / ((1 - q) R)``, clipped to [0, 1], with ``needed`` the exposures still
-  missing, ``R`` the requests expected and ``q`` the item's own inclusion rate without forcing.
-  Floors are per item over the whole experiment (the same row in every segment).
+* **Floors.** ``min_exposures`` per item and segment per period: in each segment of the snapshot
+  (the one the edge serves a visitor from; a contextual snapshot has one), from what each item was
+  shown there so far this period and the lists expected there in the rest of it (at the last
+  ``period_s``'s pace), the learner sets the item's ``forced`` probability, the chance the edge
+  places it in a list whatever its score, to just what closes the gap on top of how often it is
+  shown anyway: ``p = (missing - q R) / ((1 - q) R)``, clipped to [0, 1], with ``missing`` the
+  exposures it still lacks, ``R`` the lists expected and ``q`` its inclusion rate without forcing.
+  A segment with no lists in the last period has no pace to plan with: nothing is forced there.
 * **Per-position propensities** (segments snapshots): ``P(item at position | segment, primary
   group)`` for the edge's procedure (core.ranking), by Monte Carlo, vectorised over draws. The
   distribution, not the edge's generator, defines a propensity, so numpy's Beta draws serve.
@@ -26,7 +27,14 @@ import numpy.typing as npt
 from control_plane.experiments import ExperimentSpec
 from core import Ranking, Snapshot, quota
 
-__all__ = ["FloorProgress", "floor_progress", "forced_probabilities", "position_table", "with_ranking"]
+__all__ = [
+    "Counts",
+    "FloorProgress",
+    "floor_progress",
+    "forced_probabilities",
+    "position_table",
+    "with_ranking",
+]
 
 # Monte Carlo draws per (segment, primary group), fewer when the table is large: a cycle's
 # cost stays bounded whatever the snapshot's shape.
@@ -39,49 +47,63 @@ MAX_POSITION_CELLS = 2_000_000
 
 @dataclass(frozen=True, slots=True)
 class FloorProgress:
-    """Where each item stands against its floor this period (from the store)."""
+    """Where each item stands against its floor this period, per segment (from the store)."""
 
     period_start_ms: int
     period_end_ms: int
-    shown: Mapping[str, int]  # personalized exposures per item since the period started
-    requests_left: float  # lists expected before the period ends, at the last period's pace
+    # Personalized exposures per (segment key, item) since the period started.
+    shown: Mapping[tuple[str, str], int]
+    # Lists expected per segment key before the period ends, at the last period's pace.
+    requests_left: Mapping[str, float]
 
     def to_dict(self, spec: ExperimentSpec) -> dict[str, Any]:
-        """Per item: shown / needed this period, for the report."""
+        """Per item, for the report: shown this period (all segments), the least in any segment
+        with lists to plan with, and whether every such segment reached the floor."""
         assert spec.ranking is not None
         need = spec.ranking.min_exposures
+        active = sorted(s for s, r in self.requests_left.items() if r > 0)
+        rows = []
+        for a in spec.arms:
+            per = [int(self.shown.get((s, a.key), 0)) for s in active]
+            rows.append(
+                {
+                    "item": a.key,
+                    "shown": sum(n for (_, item), n in self.shown.items() if item == a.key),
+                    "least": min(per, default=0),
+                    "met": all(n >= need for n in per),
+                }
+            )
         return {
             "period_start_ms": self.period_start_ms,
             "period_end_ms": self.period_end_ms,
             "min_exposures": need,
-            "requests_left": round(self.requests_left, 1),
-            "items": [
-                {
-                    "item": a.key,
-                    "shown": int(self.shown.get(a.key, 0)),
-                    "met": self.shown.get(a.key, 0) >= need,
-                }
-                for a in spec.arms
-            ],
+            "segments": active,
+            "requests_left": {s: round(self.requests_left[s], 1) for s in active},
+            "items": rows,
         }
 
 
-def floor_progress(
-    spec: ExperimentSpec, now_ms: int, exposures_per_arm: Callable[[str, int, int], Mapping[str, int]]
-) -> FloorProgress | None:
-    """This period's progress to the floors, from the store's ``exposures_per_arm``; None without floors.
+Counts = Callable[[str, int, int], Mapping[tuple[str, str], int]]
 
-    The pace is the last ``period_s`` of lists (exposures / slots), so a new period starts with the
-    pace of the one before, and a quiet hour lowers it only as much as it weighs in a period.
+
+def floor_progress(spec: ExperimentSpec, now_ms: int, exposures_per_segment: Counts) -> FloorProgress | None:
+    """This period's progress to the floors, from the store's ``exposures_per_segment`` ((segment,
+    item) -> exposures in a time range); None without floors.
+
+    The pace is the last ``period_s`` of lists (exposures / slots) in each segment, so a new period
+    starts with the pace of the one before, and a quiet hour lowers it only as much as it weighs.
     """
     if spec.ranking is None or not spec.ranking.min_exposures:
         return None
     period_ms = spec.ranking.period_s * 1000
     start = now_ms - now_ms % period_ms
-    shown = exposures_per_arm(spec.key, start, now_ms + 1)
-    recent = sum(exposures_per_arm(spec.key, now_ms + 1 - period_ms, now_ms + 1).values())
-    lists_per_ms = recent / spec.ranking.slots / period_ms
-    return FloorProgress(start, start + period_ms, dict(shown), lists_per_ms * (start + period_ms - now_ms))
+    shown = exposures_per_segment(spec.key, start, now_ms + 1)
+    recent: dict[str, int] = {}
+    for (segment, _), n in exposures_per_segment(spec.key, now_ms + 1 - period_ms, now_ms + 1).items():
+        recent[segment] = recent.get(segment, 0) + n
+    left_ms = start + period_ms - now_ms
+    pace = {s: n / spec.ranking.slots / period_ms * left_ms for s, n in recent.items()}
+    return FloorProgress(start, start + period_ms, dict(shown), pace)
 
 
 def _groups(spec: ExperimentSpec) -> list[str]:
@@ -90,18 +112,28 @@ def _groups(spec: ExperimentSpec) -> list[str]:
 
 
 def forced_probabilities(
-    spec: ExperimentSpec, progress: FloorProgress | None, inclusion: npt.NDArray[np.float64]
+    spec: ExperimentSpec,
+    progress: FloorProgress | None,
+    segments: list[str],
+    inclusion: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float64]:
-    """Per item, the chance it is forced into a list (zeros without a floor or a pace to plan with)."""
+    """segments x items: the chance each item is forced into a list in each segment (0 without a
+    floor, or where the segment has no pace to plan with). ``inclusion``: segments x items."""
     assert spec.ranking is not None
-    n = len(spec.arms)
+    out = np.zeros((len(segments), len(spec.arms)))
     need = spec.ranking.min_exposures
-    if not need or progress is None or progress.requests_left <= 0.0:
-        return np.zeros(n)
-    missing = np.array([max(0, need - progress.shown.get(a.key, 0)) for a in spec.arms], dtype=np.float64)
-    r = progress.requests_left
-    q = np.clip(inclusion, 0.0, 1.0 - 1e-9)
-    return np.clip((missing - q * r) / ((1.0 - q) * r), 0.0, 1.0)
+    if not need or progress is None:
+        return out
+    for s, key in enumerate(segments):
+        r = progress.requests_left.get(key, 0.0)
+        if r <= 0.0:
+            continue
+        missing = np.array(
+            [max(0, need - progress.shown.get((key, a.key), 0)) for a in spec.arms], dtype=float
+        )
+        q = np.clip(inclusion[s], 0.0, 1.0 - 1e-9)
+        out[s] = np.clip((missing - q * r) / ((1.0 - q) * r), 0.0, 1.0)
+    return out
 
 
 def _cell_positions(
@@ -147,11 +179,12 @@ def _cell_positions(
 
 
 def position_table(
-    snapshot: Snapshot, rng: np.random.Generator, draws: int = DRAWS
+    snapshot: Snapshot, rng: np.random.Generator, draws: int = DRAWS, *, unknown_only: bool = False
 ) -> npt.NDArray[np.float64]:
     """segments x (1 + G) x items x slots: P(item at position | segment, primary group).
 
-    Index 0 of the group axis is "no primary group known" (the top-scored item's group is used).
+    Index 0 of the group axis is "no primary group known" (the top-scored item's group is used);
+    with ``unknown_only`` only that index is computed (the others stay 0).
     """
     ranking = snapshot.ranking
     assert ranking is not None and snapshot.model is None
@@ -165,7 +198,7 @@ def position_table(
     forced = np.asarray(ranking.forced, dtype=np.float64).reshape(segments, n)
     out = np.zeros((segments, 1 + len(names), n, ranking.slots))
     for s in range(segments):
-        for g in range(1 + len(names)):
+        for g in range(1 if unknown_only else 1 + len(names)):
             out[s, g] = _cell_positions(
                 alpha[s],
                 beta[s],
@@ -182,15 +215,15 @@ def position_table(
 
 
 def _inclusion(snapshot: Snapshot, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """Each item's chance to be in a list without forcing (segment 0, no primary group known).
+    """segments x items: each item's chance to be in a list without forcing (no primary group known).
 
     A contextual snapshot's depends on the context; there it is taken as 0, which errs towards
     forcing more, never less.
     """
     if snapshot.model is not None:
-        return np.zeros(len(snapshot.arms))
-    table = position_table(snapshot, rng, draws=2_000)
-    return np.asarray(table[0, 0].sum(axis=1), dtype=np.float64)
+        return np.zeros((len(snapshot.segments), len(snapshot.arms)))
+    table = position_table(snapshot, rng, draws=2_000, unknown_only=True)
+    return np.asarray(table[:, 0].sum(axis=2), dtype=np.float64)
 
 
 def with_ranking(
@@ -202,8 +235,10 @@ def with_ranking(
     groups = _groups(spec)
     free = Ranking(spec.ranking.slots, spec.ranking.diversity, groups, [0.0] * (n * segments))
     snapshot = dataclasses.replace(snapshot, ranking=free)
-    forced = forced_probabilities(spec, progress, _inclusion(snapshot, rng) if progress else np.zeros(n))
-    ranking = Ranking(spec.ranking.slots, spec.ranking.diversity, groups, np.tile(forced, segments).tolist())
+    keys = [s.key for s in snapshot.segments]
+    inclusion = _inclusion(snapshot, rng) if progress else np.zeros((segments, n))
+    forced = forced_probabilities(spec, progress, keys, inclusion)
+    ranking = Ranking(spec.ranking.slots, spec.ranking.diversity, groups, forced.ravel().tolist())
     snapshot = dataclasses.replace(snapshot, ranking=ranking)
     cells = segments * (1 + len(ranking.group_names)) * n * ranking.slots
     if snapshot.model is not None or cells > MAX_POSITION_CELLS:

@@ -409,7 +409,7 @@ def _ranking(store: Store, spec: ExperimentSpec, now_ms: int) -> dict[str, Any] 
     """A ranked experiment's list, floors and position bias (the last 30 days of positions)."""
     if spec.ranking is None:
         return None
-    progress = floor_progress(spec, now_ms, store.exposures_per_arm)
+    progress = floor_progress(spec, now_ms, store.exposures_per_segment)
     model = fit_position_model(
         store.position_clicks(spec.key, now_ms - POSITION_WINDOW_MS), spec.ranking.slots
     )

@@ -187,15 +187,18 @@ class EventReads:
         )
         return {(str(a), str(path), int(str(p), 16)): (int(n), int(c)) for a, path, p, n, c in rows}
 
-    def exposures_per_arm(self, experiment: str, since_ms: int, until_ms: int) -> dict[str, int]:
-        """Personalized exposures per arm stamped in [since_ms, until_ms) (as the SQL store)."""
+    def exposures_per_segment(
+        self, experiment: str, since_ms: int, until_ms: int
+    ) -> dict[tuple[str, str], int]:
+        """Personalized exposures per (serving segment, arm) stamped in [since_ms, until_ms) (as the
+        SQL store)."""
         rows = self.ch.rows(
-            f"SELECT arm, uniqExact(decision_id) FROM {self.layout.table('exposures')} "
+            f"SELECT segment, arm, uniqExact(decision_id) FROM {self.layout.table('exposures')} "
             "WHERE experiment = {e:String} AND reason = 'personalized' "
-            "AND ts_ms >= {s:Int64} AND ts_ms < {u:Int64} GROUP BY arm",
+            "AND ts_ms >= {s:Int64} AND ts_ms < {u:Int64} GROUP BY segment, arm",
             {"e": experiment, "s": since_ms, "u": until_ms},
         )
-        return {str(arm): int(n) for arm, n in rows}
+        return {(str(segment), str(arm)): int(n) for segment, arm, n in rows}
 
     def data_mark(self, experiment: str) -> int:
         """Changes whenever the experiment's cells do (the publisher's digest): the raw sums only grow

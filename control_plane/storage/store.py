@@ -368,22 +368,25 @@ class Store(SnapshotStore):
                 for arm, path, pos, n, c in conn.execute(query)
             }
 
-    def exposures_per_arm(self, experiment: str, since_ms: int, until_ms: int) -> dict[str, int]:
-        """Personalized exposures per arm stamped in [since_ms, until_ms) (a ranked item's floor)."""
+    def exposures_per_segment(
+        self, experiment: str, since_ms: int, until_ms: int
+    ) -> dict[tuple[str, str], int]:
+        """Personalized exposures per (serving segment, arm) stamped in [since_ms, until_ms): a ranked
+        item's progress to its floor in each segment."""
         if self.events is not None:
-            return self.events.exposures_per_arm(experiment, since_ms, until_ms)
+            return self.events.exposures_per_segment(experiment, since_ms, until_ms)
         query = (
-            select(exposures.c.arm, func.count())
+            select(exposures.c.segment, exposures.c.arm, func.count())
             .where(
                 exposures.c.experiment == experiment,
                 exposures.c.reason == "personalized",
                 exposures.c.ts_ms >= since_ms,
                 exposures.c.ts_ms < until_ms,
             )
-            .group_by(exposures.c.arm)
+            .group_by(exposures.c.segment, exposures.c.arm)
         )
         with self.engine.connect() as conn:
-            return {arm: int(n) for arm, n in conn.execute(query)}
+            return {(segment or "", arm): int(n) for segment, arm, n in conn.execute(query)}
 
     # --- dashboard sessions ------------------------------------------------------------------
 

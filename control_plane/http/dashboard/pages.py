@@ -370,16 +370,18 @@ def _ranking_section(ranking: Mapping[str, Any] | None) -> str:
                 row["item"],
                 ranking["groups"].get(row["item"], fmt.DASH),
                 fmt.count(row["shown"]),
-                "met" if row["met"] else f"{row['shown'] / need:.0%}",
+                fmt.count(row.get("least", row["shown"])),
+                "met" if row["met"] else f"{row.get('least', row['shown']) / need:.0%}",
                 fmt.DASH if row["item"] not in attractiveness else f"{attractiveness[row['item']]:.2%}",
             ]
             for row in floors["items"]
         ]
-        head = [("item", False), ("group", False), ("shown this period", True), ("floor", True)]
+        head = [("item", False), ("group", False), ("shown this period", True)]
+        head += [("least in a segment", True), ("floor", True)]
         head.append(("attractiveness", True))
         caption = (
-            f"Floor: {fmt.count(need)} per item from {fmt.utc(floors['period_start_ms'])} to "
-            f"{fmt.utc(floors['period_end_ms'])}."
+            f"Floor: {fmt.count(need)} per item in each of {len(floors.get('segments', []))} segments "
+            f"with traffic, from {fmt.utc(floors['period_start_ms'])} to {fmt.utc(floors['period_end_ms'])}."
         )
         parts.append(f'<p class="muted">{_h(caption)}</p>{table(head, rows, "floors")}')
     if model:

@@ -750,8 +750,12 @@ def test_a_ranked_experiment_shows_its_floors_and_position_bias(sqlite_store: St
             "period_start_ms": 0,
             "period_end_ms": 86_400_000,
             "min_exposures": 10,
-            "requests_left": 3.0,
-            "items": [{"item": "i0", "shown": 12, "met": True}, {"item": EVIL, "shown": 4, "met": False}],
+            "segments": ["all"],
+            "requests_left": {"all": 3.0},
+            "items": [
+                {"item": "i0", "shown": 12, "least": 12, "met": True},
+                {"item": EVIL, "shown": 4, "least": 4, "met": False},
+            ],
         },
         "position_model": {
             "examination": [1.0, 0.6],
@@ -766,8 +770,8 @@ def test_a_ranked_experiment_shows_its_floors_and_position_bias(sqlite_store: St
     cells = [
         re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", section.group(0))
     ]
-    assert ["i0", "g0", "12", "met", "5.00%"] in cells
-    assert any(row[2:4] == ["4", "40%"] for row in cells)
+    assert ["i0", "g0", "12", "12", "met", "5.00%"] in cells
+    assert any(row[2:5] == ["4", "4", "40%"] for row in cells)
     assert ["2", "0.60"] in cells
     assert EVIL not in page
     assert '<section id="ranking">' not in experiment_page(record, report_for(record, 0), 0)

@@ -61,7 +61,7 @@ def test_spec_takes_groups_on_the_items_and_round_trips() -> None:
     [
         ({"slots": 0}, r"ranking.slots=0, must be an integer in \[1, 32\]"),
         ({"diversity": 2}, "ranking.diversity"),
-        ({"period_s": 60}, r"ranking.period_s=60, must be whole seconds from 3600"),
+        ({"period_s": 59}, r"ranking.period_s=59, must be whole seconds from 60 \(a minute\)"),
         ({"min_exposures": -1}, "ranking.min_exposures=-1"),
         ({"groups": {"nope": "g"}}, r"ranking.groups names \['nope'\], which are not items"),
         (
@@ -126,55 +126,71 @@ def test_every_row_of_the_table_is_a_distribution_over_items_per_position() -> N
 
 def test_floors_force_exactly_the_missing_exposures_on_top_of_natural_inclusion() -> None:
     spec = ranked_spec(min_exposures=100)
-    progress = FloorProgress(0, DAY_MS, {"i0": 100, "i1": 40}, requests_left=1_000.0)
-    inclusion = np.array([0.05] * 12)
-    p = forced_probabilities(spec, progress, inclusion)
-    assert p[0] == 0.0  # met
+    shown = {("all", "i0"): 100, ("all", "i1"): 40, ("mobile", "i0"): 100}
+    progress = FloorProgress(0, DAY_MS, shown, {"all": 1_000.0, "mobile": 500.0})
+    inclusion = np.full((3, 12), 0.05)
+    p = forced_probabilities(spec, progress, ["all", "mobile", "desktop"], inclusion)
+    assert p[0, 0] == 0.0  # met
     # i1: 60 missing, 50 expected anyway -> 10 more from the 950 lists it would miss.
-    assert p[1] == pytest.approx(10 / 950)
-    assert p[2] == pytest.approx(50 / 950)
-    assert forced_probabilities(spec, FloorProgress(0, 1, {}, 0.0), inclusion).max() == 0.0
-    assert forced_probabilities(ranked_spec(), progress, inclusion).max() == 0.0
+    assert p[0, 1] == pytest.approx(10 / 950)
+    assert p[0, 2] == pytest.approx(50 / 950)
+    # Each segment its own: i1 has nothing in "mobile" yet (100 missing, 25 expected, of 475).
+    assert p[1, 0] == 0.0 and p[1, 1] == pytest.approx(75 / 475)
+    assert p[2].max() == 0.0  # no lists there in the last period: nothing to plan with
+    assert forced_probabilities(ranked_spec(), progress, ["all", "mobile", "desktop"], inclusion).max() == 0.0
 
 
-def test_floor_progress_reads_this_period_and_the_last_periods_pace() -> None:
+def test_floor_progress_reads_this_period_and_the_last_periods_pace_per_segment() -> None:
     calls: list[tuple[int, int]] = []
 
-    def per_arm(experiment: str, since: int, until: int) -> dict[str, int]:
+    def per_segment(experiment: str, since: int, until: int) -> dict[tuple[str, str], int]:
         calls.append((since, until))
-        return {"i0": 30, "i1": 10}
+        return {("all", "i0"): 30, ("all", "i1"): 10, ("device:mobile", "i0"): 8}
 
     now = 20 * DAY_MS + DAY_MS // 4  # a quarter into a UTC day
-    progress = floor_progress(ranked_spec(min_exposures=10), now, per_arm)
+    spec = ranked_spec(min_exposures=10)
+    progress = floor_progress(spec, now, per_segment)
     assert progress is not None
     assert calls == [(20 * DAY_MS, now + 1), (now + 1 - DAY_MS, now + 1)]
-    assert progress.shown == {"i0": 30, "i1": 10}
+    assert progress.shown[("all", "i0")] == 30
     # 40 exposures a day at 4 per list: 10 lists a day, three quarters of a day left.
-    assert progress.requests_left == pytest.approx(7.5)
-    assert floor_progress(ranked_spec(), now, per_arm) is None
+    assert progress.requests_left["all"] == pytest.approx(7.5)
+    assert progress.requests_left["device:mobile"] == pytest.approx(1.5)
+    doc = progress.to_dict(spec)
+    i0 = next(row for row in doc["items"] if row["item"] == "i0")
+    assert (i0["shown"], i0["least"], i0["met"]) == (38, 8, False)  # 8 of 10 in device:mobile
+    assert doc["segments"] == ["all", "device:mobile"]
+    assert floor_progress(ranked_spec(), now, per_segment) is None
 
 
-def test_a_starved_item_gets_its_floor_through_the_edge() -> None:
+def test_a_starved_item_gets_its_floor_in_every_segment_through_the_edge() -> None:
     # i0 is the worst item everywhere: left alone it is almost never shown.
     rates = {"mobile": [0.001] + [0.1] * 11, "desktop": [0.001] + [0.1] * 11}
     spec = ranked_spec(min_exposures=300)
     lists = 2_000
-    progress = FloorProgress(0, DAY_MS, {f"i{i}": 1_000 for i in range(1, 12)}, requests_left=float(lists))
+    snap0 = learn(spec, cells(rates), version=1, now_ms=NOW)
+    keys = [s.key for s in snap0.segments]
+    shown = {(k, f"i{i}"): 1_000 for k in keys for i in range(1, 12)}
+    progress = FloorProgress(0, DAY_MS, shown, dict.fromkeys(keys, float(lists)))
     snap = learn(spec, cells(rates), version=1, now_ms=NOW, progress=progress)
-    assert snap.ranking is not None and snap.ranking.forced[0] > 0.1
-    shown = sum(
-        any(
-            item.arm == "i0"
-            for item in decide_ranked(snap, f"u{u}", {}, now_ms=NOW, rng=random.Random(u)).items
+    assert snap.ranking is not None
+    for context in ({"device": "mobile"}, {"device": "desktop"}):
+        s = snap.segment_for(context)
+        assert snap.ranking.forced[s * 12] > 0.1
+        seen = sum(
+            any(
+                item.arm == "i0"
+                for item in decide_ranked(snap, f"u{u}", context, now_ms=NOW, rng=random.Random(u)).items
+            )
+            for u in range(lists)
         )
-        for u in range(lists)
-    )
-    assert 300 * 0.85 < shown < 300 * 1.25
-    free = learn(spec, cells(rates), version=1, now_ms=NOW)
+        assert 300 * 0.85 < seen < 300 * 1.25, context
     alone = sum(
         any(
             item.arm == "i0"
-            for item in decide_ranked(free, f"u{u}", {}, now_ms=NOW, rng=random.Random(u)).items
+            for item in decide_ranked(
+                snap0, f"u{u}", {"device": "mobile"}, now_ms=NOW, rng=random.Random(u)
+            ).items
         )
         for u in range(lists)
     )
