@@ -224,15 +224,10 @@ def print_recs_report(summary: dict[str, Any]) -> None:
     least = summary["least_in_a_floor_segment"]
     below = summary["below_floor_in_run"]
     click.echo(
-        f"  floors ({summary['min_exposures']:,} per item and segment per minute): in each of "
-        f"{len(summary['floor_segments'])} (minute, segment) cells of the {summary['periods_whole']} whole "
-        f"minutes every item shown at least {least or 0:,} times"
+        f"  floors ({summary['min_exposures']:,} per item and segment per minute): over the run's "
+        f"{summary['periods_whole']} whole minute(s), in each of the {len(summary['floor_segments'])} "
+        f"(minute, segment) cells with room, every item shown at least {least or 0:,} times"
         + (f"; below: {', '.join(below)}" if below else " — met")
-        + (
-            f"; the last minute's report: {summary['report_floors_met']} of {len(ITEMS)} met"
-            if summary["report_floors_met"] is not None
-            else ""
-        )
     )
     fitted = summary["examination_fitted"]
     if fitted:
