@@ -33,8 +33,8 @@ __all__ = [
 RECS = "recs"
 SLOTS = 5
 DIVERSITY = 0.2
-MIN_EXPOSURES = 200  # per item and segment per period: the floor
-PERIOD_S = 60  # a minute: the demo is a day's traffic in two minutes
+MIN_EXPOSURES = 100  # per item and segment per period: the floor
+PERIOD_S = 30  # the demo is a day's traffic in under two minutes: its "day" is 30 s
 EXAMINATION = (1.0, 0.8, 0.65, 0.5, 0.4)
 INTEREST_BOOST = 2.5
 GROUPS = ("running-shoes", "cookware", "travel-bags", "gifts")
@@ -153,8 +153,8 @@ def summarize_recs(
     whole = set(range(min(periods, default=0) + 1, max(periods, default=0)))
     for (_, o), period in zip(personalized, periods, strict=True):
         if period in whole:
-            minute = time.strftime("%H:%M", time.gmtime(period * PERIOD_S))
-            counts = per_cell.setdefault(f"{minute} {o.segment}", dict.fromkeys(ITEMS, 0))
+            start = time.strftime("%H:%M:%S", time.gmtime(period * PERIOD_S))
+            counts = per_cell.setdefault(f"{start} {o.segment}", dict.fromkeys(ITEMS, 0))
             for item in o.items:
                 counts[item] += 1
     room = 2 * len(ITEMS) * MIN_EXPOSURES
@@ -223,12 +223,15 @@ def print_recs_report(summary: dict[str, Any]) -> None:
     )
     least = summary["least_in_a_floor_segment"]
     below = summary["below_floor_in_run"]
-    click.echo(
-        f"  floors ({summary['min_exposures']:,} per item and segment per minute): over the run's "
-        f"{summary['periods_whole']} whole minute(s), in each of the {len(summary['floor_segments'])} "
-        f"(minute, segment) cells with room, every item shown at least {least or 0:,} times"
-        + (f"; below: {', '.join(below)}" if below else " — met")
-    )
+    head = f"  floors ({summary['min_exposures']:,} per item and segment per {PERIOD_S} s period)"
+    if not summary["floor_segments"]:
+        click.echo(f"{head}: not checked, the run covered no whole period with room for them")
+    else:
+        click.echo(
+            f"{head}: over the run's {summary['periods_whole']} whole periods, in each of the "
+            f"{len(summary['floor_segments'])} (period, segment) cells with room, every item shown at "
+            f"least {least:,} times" + (f"; below: {', '.join(below)}" if below else " — met")
+        )
     fitted = summary["examination_fitted"]
     if fitted:
         pairs = ", ".join(

@@ -188,10 +188,10 @@ class Ranked:
         if (
             isinstance(self.period_s, bool)
             or not isinstance(self.period_s, int)
-            or not 60 <= self.period_s <= 366 * 86_400
+            or not 10 <= self.period_s <= 366 * 86_400
         ):
             raise ExperimentError(
-                f"ranking.period_s={self.period_s!r}, must be whole seconds from 60 (a minute) to a year"
+                f"ranking.period_s={self.period_s!r}, must be whole seconds from 10 to a year (366 days)"
             )
         object.__setattr__(self, "groups", dict(self.groups))
 

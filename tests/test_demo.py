@@ -105,6 +105,7 @@ def test_the_profile_demo_runs_signals_profiles_and_both_experiments(tmp_path: P
     assert recs["errors"] == 0 and recs["lists"] > 2_900  # the first lists may precede any snapshot
     assert recs["lists_below_quota"] == 0 and recs["min_outside_share"] >= 0.2
     assert recs["report_floors_met"] is not None and recs["examination_fitted"][0] == 1.0
+    assert recs["below_floor_in_run"] == []
 
 
 def test_the_recommendations_world_values_lists_as_documented() -> None:
