@@ -2,12 +2,17 @@
 
 * **Floors.** ``min_exposures`` per item and segment per period: in each segment of the snapshot
   (the one the edge serves a visitor from; a contextual snapshot has one), from what each item was
-  shown there so far this period and the lists expected there in the rest of it (at the last
+  shown there so far this period and the lists expected there before the *deadline* (at the last
   ``period_s``'s pace), the learner sets the item's ``forced`` probability, the chance the edge
-  places it in a list whatever its score, to just what closes the gap on top of how often it is
-  shown anyway: ``p = (missing - q R) / ((1 - q) R)``, clipped to [0, 1], with ``missing`` the
-  exposures it still lacks, ``R`` the lists expected and ``q`` its inclusion rate without forcing.
-  A segment with no lists in the last period has no pace to plan with: nothing is forced there.
+  places it in a list whatever its score, to what closes the gap on top of how often it is shown
+  anyway: ``p = (missing - q R) / ((1 - q) R)``, clipped to [0, 1], with ``missing`` the exposures
+  it still lacks, ``R`` the lists expected and ``q`` its inclusion rate without forcing.
+
+  Two margins make "at least N" hold, not "N on average": the aim is ``N + 3 sqrt(N)`` (a count of
+  chance inclusions varies by about its square root), and the deadline is the period's middle (its
+  end once the middle has passed), so a pace that falls, a segment that shrinks or a learner that
+  sees the counts late leaves time to catch up. A segment with no lists in the last period has no
+  pace to plan with: nothing is forced there.
 * **Per-position propensities** (segments snapshots): ``P(item at position | segment, primary
   group)`` for the edge's procedure (core.ranking), by Monte Carlo, vectorised over draws. The
   distribution, not the edge's generator, defines a propensity, so numpy's Beta draws serve.
@@ -17,6 +22,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +59,8 @@ class FloorProgress:
     period_end_ms: int
     # Personalized exposures per (segment key, item) since the period started.
     shown: Mapping[tuple[str, str], int]
-    # Lists expected per segment key before the period ends, at the last period's pace.
+    # Lists expected per segment key before the deadline (the period's middle, then its end), at
+    # the last period's pace.
     requests_left: Mapping[str, float]
 
     def to_dict(self, spec: ExperimentSpec) -> dict[str, Any]:
@@ -101,7 +108,8 @@ def floor_progress(spec: ExperimentSpec, now_ms: int, exposures_per_segment: Cou
     recent: dict[str, int] = {}
     for (segment, _), n in exposures_per_segment(spec.key, now_ms + 1 - period_ms, now_ms + 1).items():
         recent[segment] = recent.get(segment, 0) + n
-    left_ms = start + period_ms - now_ms
+    middle = start + period_ms // 2
+    left_ms = (middle if now_ms < middle else start + period_ms) - now_ms
     pace = {s: n / spec.ranking.slots / period_ms * left_ms for s, n in recent.items()}
     return FloorProgress(start, start + period_ms, dict(shown), pace)
 
@@ -121,9 +129,9 @@ def forced_probabilities(
     floor, or where the segment has no pace to plan with). ``inclusion``: segments x items."""
     assert spec.ranking is not None
     out = np.zeros((len(segments), len(spec.arms)))
-    need = spec.ranking.min_exposures
-    if not need or progress is None:
+    if not spec.ranking.min_exposures or progress is None:
         return out
+    need = spec.ranking.min_exposures + 3.0 * math.sqrt(spec.ranking.min_exposures)
     for s, key in enumerate(segments):
         r = progress.requests_left.get(key, 0.0)
         if r <= 0.0:
