@@ -472,9 +472,10 @@ def test_signals_through_the_queue_stay_in_the_database_for_the_profile_builder(
     from core import signal_event, unit_tag
 
     log = _log_for(hero, chdb)
+    # One clock reading: a clock ticking between the signals could give two of them one time, one id.
+    now = _now()
     signals = [
-        signal_event("ann", unit_tag(SECRET, "ann"), "page_view", _now() - i, category="books")
-        for i in range(3)
+        signal_event("ann", unit_tag(SECRET, "ann"), "page_view", now - i, category="books") for i in range(3)
     ]
     _consume(hero, log, [*traffic(40, seed=15, now=_now()), *signals, *signals[:1]], tmp_path / "q")
     assert [s["category"] for s in privacy.export(hero, "ann")["signals"]] == [
