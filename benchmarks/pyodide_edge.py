@@ -91,25 +91,33 @@ def timer_overhead(n: int = 10_000) -> dict[str, float]:
     return summarize(out)
 
 
-def decide_latency(
-    snapshot_b64: str, context: dict[str, str], n: int, warmup: int = 200, raw: bool = False
-) -> dict[str, Any]:
-    """``n`` warm decisions; ``raw`` also returns every duration in ns (to merge passes)."""
-    from core import decide, decode_snapshot
+def _warm(snapshot_b64: str, context: dict[str, str], n: int, warmup: int, **kw: Any) -> list[int]:
+    """Nanoseconds of ``n`` warm decisions of new visitors (after ``warmup``): ``decide``, or
+    ``decide_ranked`` given ``primary`` (``kw``) for a snapshot with a ranking."""
+    from core import decide, decide_ranked, decode_snapshot
 
     snap = decode_snapshot(base64.b64decode(snapshot_b64))
+    chooser: Any = decide_ranked if snap.ranking is not None else decide
     rng = random.Random(SEED)
     now = snap.created_at + 1_000
     units = _units(n + warmup)
     clock = time.perf_counter_ns
     out = [0] * n
     for i in range(warmup):
-        decide(snap, units[n + i], context, now_ms=now, rng=rng)
+        chooser(snap, units[n + i], context, now_ms=now, rng=rng, **kw)
     for i in range(n):
         unit = units[i]
         t0 = clock()
-        decide(snap, unit, context, now_ms=now, rng=rng)
+        chooser(snap, unit, context, now_ms=now, rng=rng, **kw)
         out[i] = clock() - t0
+    return out
+
+
+def decide_latency(
+    snapshot_b64: str, context: dict[str, str], n: int, warmup: int = 200, raw: bool = False
+) -> dict[str, Any]:
+    """``n`` warm decisions; ``raw`` also returns every duration in ns (to merge passes)."""
+    out = _warm(snapshot_b64, context, n, warmup)
     return {**summarize(out), "samples_ns": out} if raw else summarize(out)
 
 
@@ -117,21 +125,7 @@ def ranked_latency(
     snapshot_b64: str, context: dict[str, str], n: int, primary: str | None, warmup: int = 200
 ) -> dict[str, Any]:
     """``n`` warm ranked decisions (core.slate), each a new visitor; ``primary`` their interest."""
-    from core import decide_ranked, decode_snapshot
-
-    snap = decode_snapshot(base64.b64decode(snapshot_b64))
-    rng = random.Random(SEED)
-    now = snap.created_at + 1_000
-    units = _units(n + warmup)
-    clock = time.perf_counter_ns
-    out = [0] * n
-    for i in range(warmup):
-        decide_ranked(snap, units[n + i], context, now_ms=now, rng=rng, primary=primary)
-    for i in range(n):
-        unit = units[i]
-        t0 = clock()
-        decide_ranked(snap, unit, context, now_ms=now, rng=rng, primary=primary)
-        out[i] = clock() - t0
+    out = _warm(snapshot_b64, context, n, warmup, primary=primary)
     return {**summarize(out), "samples_ns": out}
 
 

@@ -52,22 +52,22 @@ def _ranked(r: dict[str, Any]) -> list[str]:
         "visitor each time, with a profile interest and without one (then the top item's group is "
         "the primary):",
         "",
-        *table(
-            ["visitor", "n", "p50", "p99", "p99.9", "max"],
-            [
-                [
-                    name,
-                    f"{v.get('n', 0):,}",
-                    *(ms(p(v, k)) for k in ("p50_us", "p99_us", "p999_us", "max_us")),
-                ]
-                for name, v in (
-                    ("with an interest", r["interest"]),
-                    ("without", r["no_interest"]),
-                    ("both", r["decide"]),
-                )
-            ],
+        *_latencies(
+            "visitor",
+            (("with an interest", r["interest"]), ("without", r["no_interest"]), ("both", r["decide"])),
         ),
     ]
+
+
+def _latencies(what: str, rows: tuple[tuple[str, dict[str, Any]], ...]) -> list[str]:
+    """A table of latency summaries: n, p50, p99, p99.9 and max in ms, one row per (name, summary)."""
+    return table(
+        [what, "n", "p50", "p99", "p99.9", "max"],
+        [
+            [name, f"{v.get('n', 0):,}", *(ms(p(v, k)) for k in ("p50_us", "p99_us", "p999_us", "max_us"))]
+            for name, v in rows
+        ],
+    )
 
 
 def _row(key: str, s: dict[str, Any]) -> list[str]:
@@ -148,19 +148,12 @@ def _contextual(ctx: dict[str, Any]) -> list[str]:
         "feature set, one to a value the model never saw): warm `decide`, the cold path (decode + "
         "decide) and the whole `Default.fetch` as above:",
         "",
-        *table(
-            ["what", "n", "p50", "p99", "p99.9", "max"],
-            [
-                [
-                    name,
-                    f"{v.get('n', 0):,}",
-                    *(ms(p(v, k)) for k in ("p50_us", "p99_us", "p999_us", "max_us")),
-                ]
-                for name, v in (
-                    ("warm decide", ctx["decide"]),
-                    ("decode + decide", ctx["cold"]),
-                    ("Default.fetch", ctx["fetch"]["fetch"]),
-                )
-            ],
+        *_latencies(
+            "what",
+            (
+                ("warm decide", ctx["decide"]),
+                ("decode + decide", ctx["cold"]),
+                ("Default.fetch", ctx["fetch"]["fetch"]),
+            ),
         ),
     ]

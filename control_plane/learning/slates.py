@@ -65,7 +65,10 @@ def _per_list(s: npt.NDArray[np.object_], terms: FloatArray) -> float:
 def standard_ips(
     slate: npt.ArrayLike, reward: npt.ArrayLike, logged: npt.ArrayLike, target: npt.ArrayLike
 ) -> float:
-    """``logged``/``target``: each row's whole-list probability (the same on every row of a list)."""
+    """``logged``/``target``: each row's whole-list probability (the same on every row of a list).
+
+    The same weighted sum as :func:`independent_ips`: what differs is which probabilities it is given.
+    """
     s, r, b, e = _inputs(slate, reward, logged, target)
     return _per_list(s, r * e / b)
 
@@ -82,8 +85,7 @@ def independent_ips(
     slate: npt.ArrayLike, reward: npt.ArrayLike, logged: npt.ArrayLike, target: npt.ArrayLike
 ) -> float:
     """``logged``/``target``: each row's item-at-its-position probability."""
-    s, r, b, e = _inputs(slate, reward, logged, target)
-    return _per_list(s, r * e / b)
+    return standard_ips(slate, reward, logged, target)
 
 
 def self_normalized_independent_ips(

@@ -58,26 +58,23 @@ def check_hashing(doc: dict[str, Any]) -> list[str]:
     return bad
 
 
-def check_decisions(doc: dict[str, Any]) -> list[str]:
+def _check(doc: dict[str, Any], run: Any, label: str) -> list[str]:
     snapshots = {name: decode_snapshot(base64.b64decode(raw)) for name, raw in doc["snapshots"].items()}
     bad = []
     for i, case in enumerate(doc["cases"]):
-        got = run_decision(snapshots, case)
+        got = run(snapshots, case)
         if got != case["expected"]:
             diff = {k: (got.get(k), v) for k, v in case["expected"].items() if got.get(k) != v}
-            bad.append(f"case {i} ({case['unit']!r}, {case['context']}): got vs vector {diff}")
+            bad.append(f"{label} {i} ({case['unit']!r}, {case['context']}): got vs vector {diff}")
     return bad
+
+
+def check_decisions(doc: dict[str, Any]) -> list[str]:
+    return _check(doc, run_decision, "case")
 
 
 def check_ranked(doc: dict[str, Any]) -> list[str]:
-    snapshots = {name: decode_snapshot(base64.b64decode(raw)) for name, raw in doc["snapshots"].items()}
-    bad = []
-    for i, case in enumerate(doc["cases"]):
-        got = run_ranked(snapshots, case)
-        if got != case["expected"]:
-            diff = {k: (got.get(k), v) for k, v in case["expected"].items() if got.get(k) != v}
-            bad.append(f"ranked case {i} ({case['unit']!r}, {case['context']}): got vs vector {diff}")
-    return bad
+    return _check(doc, run_ranked, "ranked case")
 
 
 def check_rejections(doc: dict[str, Any]) -> list[str]:
