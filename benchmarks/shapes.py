@@ -155,7 +155,7 @@ def ranked_snapshot(
         base, experiment=f"bench-ranked-{slots}of{items}", ranking=Ranking(slots, 0.2, names, forced)
     )
     table = position_table(snap, np.random.default_rng(SEED), draws=500)
-    assert snap.ranking is not None
+    assert snap.ranking is not None and table is not None
     return dataclasses.replace(
         snap, ranking=dataclasses.replace(snap.ranking, positions=table.ravel().tolist())
     )

@@ -13,9 +13,11 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 
-from core import KEY_RE, MAX_SLOTS, Arm, PerchError, SnapshotError, is_text
+from core import KEY_RE, MAX_SLOTS, Arm, PerchError, SnapshotError, is_text, quota
+from core.signals import CATEGORY_RE
 
 __all__ = ["Contextual", "ExperimentError", "ExperimentSpec", "Prior", "Reward"]
 
@@ -148,11 +150,53 @@ class Contextual:
         object.__setattr__(self, "numeric", tuple(self.numeric))
 
 
+_VOID = frozenset(
+    ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"]
+)  # elements with no end tag
+
+
+class _TopLevel(HTMLParser):
+    """Counts a fragment's top-level elements and whether any text sits beside them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.depth = self.elements = 0
+        self.text = False
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if self.depth == 0:
+            self.elements += 1
+        if tag not in _VOID:
+            self.depth += 1
+
+    def handle_startendtag(self, tag: str, attrs: object) -> None:
+        if self.depth == 0:
+            self.elements += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in _VOID:
+            self.depth = max(0, self.depth - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self.depth == 0 and data.strip():
+            self.text = True
+
+
+def one_element(fragment: str) -> bool:
+    """Whether ``fragment`` is a single element (with whatever inside it): a ranked item's child of
+    the list, so that the i-th child of a filled list is the i-th item (edge.pages, perch.js)."""
+    parser = _TopLevel()
+    parser.feed(fragment)
+    parser.close()
+    return parser.elements == 1 and not parser.text and parser.depth == 0
+
+
 @dataclass(frozen=True, slots=True)
 class Ranked:
     """A ranked decision point (core.ranking): ``slots`` of the arms (its items) are shown per request.
 
-    ``groups`` maps item keys to their group (category), for the diversity quota: at least
+    ``groups`` maps item keys to their group (a content category, as profiles name interests), for
+    the diversity quota: at least
     ``diversity`` of the positions (rounded up to whole positions) go to items outside the
     visitor's primary interest group. ``min_exposures`` per item per ``period_s`` (periods aligned
     to the Unix epoch, so a day is a UTC day) is the exposure floor: the learner forces an item into
@@ -173,11 +217,12 @@ class Ranked:
         if not isinstance(self.groups, Mapping):
             raise ExperimentError("ranking.groups: an object of item key -> group name")
         for item, group in self.groups.items():
-            if not isinstance(group, str) or not KEY_RE.fullmatch(group):
+            # A group is matched against the visitor's interest, a content category (core.signals).
+            if not isinstance(group, str) or not CATEGORY_RE.fullmatch(group):
                 raise ExperimentError(
-                    f"ranking.groups[{item!r}]={group!r}: a group name of 1-128 letters, digits and '_.:-'"[
-                        :300
-                    ]
+                    f"ranking.groups[{item!r}]={group!r}: a group is a content category as perch.js "
+                    "reports it, 1-64 of lowercase letters, digits and ' _-/.&', starting with a "
+                    "letter or digit"[:300]
                 )
         if (
             isinstance(self.min_exposures, bool)
@@ -274,15 +319,33 @@ class ExperimentSpec:
             raise ExperimentError(
                 f"contextual names {stray}, which are not in features {list(features)}"[:300]
             )
-        if self.ranking is not None:
-            if not isinstance(self.ranking, Ranked):
-                raise ExperimentError("ranking must be an object")
-            strays = sorted(set(self.ranking.groups) - set(keys))
-            if strays:
-                raise ExperimentError(f"ranking.groups names {strays}, which are not items (arms)"[:300])
+        self._check_ranking(arms)
         object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "salt", self.salt or self.key)
+
+    def _check_ranking(self, arms: tuple[Arm, ...]) -> None:
+        if self.ranking is None:
+            return
+        keys = [a.key for a in arms]
+        if not isinstance(self.ranking, Ranked):
+            raise ExperimentError("ranking must be an object")
+        strays = sorted(set(self.ranking.groups) - set(keys))
+        if strays:
+            raise ExperimentError(f"ranking.groups names {strays}, which are not items (arms)"[:300])
+        several = [a.key for a in arms if a.html is not None and not one_element(a.html)]
+        if several:
+            raise ExperimentError(
+                f"items {several}: a ranked item's html must be one element (e.g. one <li>...</li>), "
+                "the list's child that a click is credited through"[:300]
+            )
+        shown = min(self.ranking.slots, len(arms))
+        if self.ranking.diversity < 1.0 and quota(self.ranking.diversity, shown) >= shown:
+            raise ExperimentError(
+                f"ranking: diversity {self.ranking.diversity} of {shown} position(s) rounds up to "
+                "every position, so the best item could never be shown; use more slots, or "
+                "diversity 0 (or 1 to mean it)"
+            )
 
     def interaction_groups(self) -> tuple[tuple[str, ...], ...]:
         """The interactions the contextual model encodes: the declared ones, or by default every

@@ -15,6 +15,10 @@ segment, or one normal per item from the contextual model), then fills ``slots``
    the positions left are exactly the outside positions still owed.
 3. **The chosen items are shown by score**, highest first, whatever made them chosen.
 
+The quota wins over a floor: a forced item of the primary group is passed over when the positions
+left are owed to outside items, and forced items beyond ``slots`` are dropped by score. So a forced
+item is not always shown; the learner's floors (control_plane.learning.ranking) aim with a margin.
+
 Each position is logged as a decision of its own (its item is its arm), so exposures, decision
 tokens, outcome crediting and the learner work per item unchanged. Position ``p``'s decision id is
 the request's ``slate`` prefix (30 hex digits) followed by ``p`` as two hex digits, which is how

@@ -76,10 +76,12 @@ SCRIPT = """\
   signal("page_view");
   doc.addEventListener("click", function (e) {
     var node = e.target, list = node && node.closest && node.closest("[data-perch-tokens]");
-    if (!list) return;
-    while (node.parentElement !== list) node = node.parentElement;
-    var i = Array.prototype.indexOf.call(list.children, node);
-    var token = list.getAttribute("data-perch-tokens").split(" ")[i];
+    if (!list || node === list) return;
+    while (node && node.parentElement !== list) node = node.parentElement;
+    var tokens = list.getAttribute("data-perch-tokens").split(" ");
+    // One child per item, or no telling which item was clicked: then nothing is credited.
+    if (!node || list.children.length !== tokens.length) return;
+    var token = tokens[Array.prototype.indexOf.call(list.children, node)];
     if (token) send(JSON.stringify({ token: token, value: 1 }), url.replace(/signals$/, "events"));
   }, true);
 

@@ -205,9 +205,13 @@ class Visit:
             unit = self.identity.unit if consent else None  # as without consent: nothing names them
             note = self.hydration.note() if self.hydration is not None else None
             if snap.ranking is not None:
-                # The primary interest: the profile's, else this session's (edge.session).
-                interest = profile.features.get("interest") if profile is not None else None
-                primary = interest or context.get("session.interest")
+                # The primary interest: the profile's, else this session's (edge.session), whichever
+                # first names a group of items (else the top-scored item's group, core.ranking).
+                candidates = (
+                    profile.features.get("interest") if profile is not None else None,
+                    context.get("session.interest"),
+                )
+                primary = next((c for c in candidates if c in snap.ranking.group_names), None)
                 ranked = decide_ranked(
                     snap,
                     self.identity.unit,

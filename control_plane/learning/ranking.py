@@ -42,9 +42,10 @@ __all__ = [
     "with_ranking",
 ]
 
-# Monte Carlo draws per (segment, primary group), fewer when the table is large: a cycle's
-# cost stays bounded whatever the snapshot's shape.
+# Monte Carlo draws per (segment, primary group), fewer when the table is large, and no table at all
+# when even MIN_DRAWS per cell would pass MAX_WORK: a cycle's cost stays bounded whatever the shape.
 DRAWS = 4_000
+MIN_DRAWS = 500
 MAX_WORK = 40_000_000  # draws x items summed over all cells
 # Past this many cells (8 MB of float32) the snapshot ships no position table and the edge logs
 # no per-position propensity (as for a contextual snapshot): KV values stay small and quick to decode.
@@ -65,7 +66,8 @@ class FloorProgress:
 
     def to_dict(self, spec: ExperimentSpec) -> dict[str, Any]:
         """Per item, for the report: shown this period (all segments), the least in any segment
-        with lists to plan with, and whether every such segment reached the floor."""
+        with lists to plan with, and whether every such segment reached the floor (None if none had
+        lists)."""
         assert spec.ranking is not None
         need = spec.ranking.min_exposures
         active = sorted(s for s, r in self.requests_left.items() if r > 0)
@@ -76,8 +78,9 @@ class FloorProgress:
                 {
                     "item": a.key,
                     "shown": sum(n for (_, item), n in self.shown.items() if item == a.key),
-                    "least": min(per, default=0),
-                    "met": all(n >= need for n in per),
+                    "least": min(per, default=None),
+                    # None: no segment had lists in the last period, so nothing was planned or checked.
+                    "met": all(n >= need for n in per) if per else None,
                 }
             )
         return {
@@ -169,7 +172,9 @@ def _cell_positions(
     prim = groups[np.argmax(scores, axis=1)] if primary is None else np.full(draws, primary)
     inside = (groups[None, :] == prim[:, None]) & (prim[:, None] >= 0)
     owed = np.where(prim >= 0, np.minimum(quota(diversity, k), (~inside).sum(axis=1)), 0)
-    order = np.argsort(-(scores + 2.0 * pinned), axis=1, kind="stable")
+    # Forced first, then by score, ties by index: exactly core.ranking's order. (Adding an offset to
+    # the scores would not do: a score below 1e-16, common for a starved item, would vanish in it.)
+    order = np.lexsort((-scores, ~pinned), axis=-1)
     inside_in_order = np.take_along_axis(inside, order, axis=1)
     taken = np.zeros(draws, dtype=np.int64)
     chosen = np.zeros((draws, n), dtype=bool)
@@ -188,8 +193,9 @@ def _cell_positions(
 
 def position_table(
     snapshot: Snapshot, rng: np.random.Generator, draws: int = DRAWS, *, unknown_only: bool = False
-) -> npt.NDArray[np.float64]:
-    """segments x (1 + G) x items x slots: P(item at position | segment, primary group).
+) -> npt.NDArray[np.float64] | None:
+    """segments x (1 + G) x items x slots: P(item at position | segment, primary group); None when
+    it would cost more than ``MAX_WORK``.
 
     Index 0 of the group axis is "no primary group known" (the top-scored item's group is used);
     with ``unknown_only`` only that index is computed (the others stay 0).
@@ -199,8 +205,10 @@ def position_table(
     n, segments = len(snapshot.arms), len(snapshot.segments)
     names = ranking.group_names
     groups = np.array([names.index(g) if g else -1 for g in ranking.groups], dtype=np.int64)
-    cells = segments * (1 + len(names))
-    draws = max(500, min(draws, MAX_WORK // max(1, cells * n)))
+    cells = segments * (1 if unknown_only else 1 + len(names))
+    draws = min(draws, MAX_WORK // max(1, cells * n))
+    if draws < min(MIN_DRAWS, DRAWS):
+        return None
     alpha = np.asarray(snapshot.alpha, dtype=np.float64).reshape(segments, n)
     beta = np.asarray(snapshot.beta, dtype=np.float64).reshape(segments, n)
     forced = np.asarray(ranking.forced, dtype=np.float64).reshape(segments, n)
@@ -225,12 +233,12 @@ def position_table(
 def _inclusion(snapshot: Snapshot, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     """segments x items: each item's chance to be in a list without forcing (no primary group known).
 
-    A contextual snapshot's depends on the context; there it is taken as 0, which errs towards
-    forcing more, never less.
+    A contextual snapshot's depends on the context, and a snapshot too large to simulate has none;
+    there it is taken as 0, which errs towards forcing more, never less.
     """
-    if snapshot.model is not None:
+    table = None if snapshot.model is not None else position_table(snapshot, rng, 2_000, unknown_only=True)
+    if table is None:
         return np.zeros((len(snapshot.segments), len(snapshot.arms)))
-    table = position_table(snapshot, rng, draws=2_000, unknown_only=True)
     return np.asarray(table[:, 0].sum(axis=2), dtype=np.float64)
 
 
@@ -252,6 +260,8 @@ def with_ranking(
     if snapshot.model is not None or cells > MAX_POSITION_CELLS:
         return snapshot
     positions = position_table(snapshot, rng)
+    if positions is None:
+        return snapshot
     return dataclasses.replace(
         snapshot, ranking=dataclasses.replace(ranking, positions=positions.ravel().tolist())
     )

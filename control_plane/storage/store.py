@@ -201,7 +201,26 @@ class Store(SnapshotStore):
                 raise ExperimentError(
                     f"arms {sorted(removed)} cannot be removed (their data would be orphaned)"
                 )
-            spec = ExperimentSpec.from_dict({**current, **changes})
+            if "ranking" in changes and (changes["ranking"] is None) != (current.get("ranking") is None):
+                raise ExperimentError(
+                    "ranking cannot be added or removed after creation: a list and a single decision "
+                    "are different experiments (create a new one)"
+                )
+            merged = {**current, **changes}
+            if isinstance(changes.get("ranking"), Mapping) and isinstance(current.get("ranking"), Mapping):
+                # One level deep: PATCH {"ranking": {"slots": 3}} keeps the groups and the floors.
+                merged["ranking"] = {**current["ranking"], **changes["ranking"]}
+            ranking, arms = merged.get("ranking"), changes.get("arms")
+            if (
+                isinstance(ranking, Mapping)
+                and isinstance(arms, list)
+                and isinstance(ranking.get("groups"), Mapping)
+            ):
+                # A group given on a PATCHed item replaces the one stored for it.
+                regrouped = {a.get("key") for a in arms if isinstance(a, Mapping) and "group" in a}
+                kept = {k: v for k, v in ranking["groups"].items() if k not in regrouped}
+                merged["ranking"] = {**ranking, "groups": kept}
+            spec = ExperimentSpec.from_dict(merged)
             version = row.version + 1
             conn.execute(
                 experiments.update()

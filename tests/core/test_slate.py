@@ -131,7 +131,7 @@ def test_schema_3_round_trips_and_older_schemas_stay_as_they_were() -> None:
     assert decode_snapshot(encode_snapshot(plain)).ranking is None
 
 
-def test_decide_and_decide_ranked_refuse_each_others_snapshots() -> None:
+def test_decide_ranked_refuses_a_single_decision_snapshot() -> None:
     with pytest.raises(ValueError, match="not a ranked decision point"):
         run(build_snapshot(), "u-1")
     # A single decision on a ranked snapshot still works: its arms are plain arms.

@@ -118,3 +118,25 @@ def test_a_page_with_a_broken_ranked_snapshot_still_renders(edge: Edge, platform
     html = asyncio.run(read_body(response)).decode()
     assert response.status == 200
     assert "<li>origin 1</li><li>origin 2</li>" in html
+
+
+def test_the_session_interest_counts_when_the_profiles_names_no_group(
+    edge: Edge, platform: FakePlatform
+) -> None:
+    from edge.session import Session, session_cookie
+
+    platform.put(build_ranked_snapshot())
+    now_s = platform.now_ms() // 1000
+    primaries = set()
+    for i in range(12):  # visitors whose top-scored items differ: only the session can make it g2
+        uid = f"{i:032x}"
+        cookie = session_cookie(
+            Session(now_s - 60, now_s - 60, now_s - 30, -1, 2, 1, "g2"), SECRET, uid, 3600
+        )
+        platform.kv[profile_key(unit_tag(SECRET, uid))] = encode_profile(
+            Profile(features={"interest": "books"}, updated_ms=1)
+        )
+        headers = {"cookie": f"perch_uid={uid}; {cookie.split(';', 1)[0]}"}
+        _, doc, _ = body_json(edge, platform, "https://s.test/v1/decide?experiment=recs", headers=headers)
+        primaries.add(doc["decisions"][0]["primary_group"])
+    assert primaries == {"g2"}  # "books" names no group of items; the session's "g2" does

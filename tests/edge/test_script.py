@@ -10,9 +10,11 @@ from edge.script import SCRIPT
 from tests.control_plane.http.test_dashboard import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 PAGE = """<!doctype html><html><head><script src="/v1/perch.js"></script></head><body>
-<ul data-perch-tokens="t1.first t1.second t1.third" data-perch-slot="recs">
+<ul data-perch-tokens="t1.first t1.second t1.third" data-perch-slot="recs" id="list" style="padding:40px">
 <li><a href="#a">first</a></li><li><a href="#b"><span id="deep">second</span></a></li><li>third</li>
-</ul><p id="outside">not a list</p></body></html>"""
+</ul><p id="outside">not a list</p>
+<ol data-perch-tokens="t2.a t2.b"><li id="ambiguous">one of three</li><li>two</li><li>three</li></ol>
+</body></html>"""
 
 
 @pytest.mark.browser
@@ -21,6 +23,7 @@ def test_a_click_in_a_ranked_list_sends_that_positions_token() -> None:
     from playwright.sync_api import Route, sync_playwright
 
     beacons: list[tuple[str, object]] = []
+    errors: list[str] = []
 
     def serve(route: Route) -> None:
         request = route.request
@@ -37,13 +40,17 @@ def test_a_click_in_a_ranked_list_sends_that_positions_token() -> None:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = chromium.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.route("https://shop.test/**", serve)
             page.goto("https://shop.test/shop")
             page.click("#deep")  # inside the second item, two levels down
             page.click("#outside")
+            page.click("#list", position={"x": 5, "y": 5})  # the list's own padding: no item
+            page.click("#ambiguous")  # three children for two tokens: no telling which item
             page.click("text=third")
             page.wait_for_timeout(300)
         finally:
             chromium.close()
     events = [body for path, body in beacons if path == "/v1/events"]
     assert events == [{"token": "t1.second", "value": 1}, {"token": "t1.third", "value": 1}]
+    assert errors == []

@@ -75,12 +75,16 @@ def test_spec_refuses_broken_rankings(ranking: dict[str, object], rule: str) -> 
         ranked_spec(**ranking)
 
 
-def test_a_group_name_must_be_a_key() -> None:
+def test_a_group_name_must_be_a_category_as_interests_are() -> None:
     doc = ranked_spec().to_dict()
-    doc["arms"][1]["group"] = "bad group"
+    doc["arms"][1]["group"] = "Bad Group"
     del doc["ranking"]["groups"]
-    with pytest.raises(ExperimentError, match=r"ranking.groups\['i1'\]='bad group': a group name of 1-128"):
+    with pytest.raises(
+        ExperimentError, match=r"ranking.groups\['i1'\]='Bad Group': a group is a content category"
+    ):
         ExperimentSpec.from_dict(doc)
+    doc["arms"][1]["group"] = "home & garden"  # what perch.js reports for such a page
+    assert ExperimentSpec.from_dict(doc).ranking.groups["i1"] == "home & garden"  # type: ignore[union-attr]
 
 
 def test_a_group_on_an_item_of_a_single_decision_experiment_is_refused() -> None:
@@ -218,3 +222,78 @@ def test_a_position_table_too_large_for_kv_is_left_out(monkeypatch: pytest.Monke
     assert all(
         i.propensity is None for i in decide_ranked(snap, "u", {}, now_ms=NOW, rng=random.Random(1)).items
     )
+
+
+def test_forced_starved_items_are_ordered_as_the_edge_orders_them() -> None:
+    # Shapes this small put half the Beta draws below 1e-16: an offset added to such scores would
+    # erase them, and the table would order forced items by index where the edge orders by score.
+    import dataclasses
+
+    from control_plane.learning.ranking import position_table
+    from core import Arm, Ranking, Segment, Snapshot
+
+    n = 6
+    snap = Snapshot(
+        experiment="starved",
+        version=1,
+        created_at=NOW,
+        max_age_s=3600.0,
+        salt="s",
+        default_arm="i0",
+        holdout=0.0,
+        floor=0.0,
+        arms=[Arm(f"i{i}") for i in range(n)],
+        segments=[Segment("all")],
+        alpha=[0.02] * n,
+        beta=[200.0] * n,
+        allocation=[1 / n] * n,
+        ranking=Ranking(3, 0.0, [""] * n, [0.0] + [1.0] * 5),
+    )
+    table = position_table(snap, np.random.default_rng(5), draws=20_000)
+    assert table is not None
+    snap = dataclasses.replace(
+        snap,
+        ranking=dataclasses.replace(snap.ranking, positions=table.ravel().tolist()),  # type: ignore[arg-type]
+    )
+    lists = 20_000
+    counts: Counter[tuple[int, int]] = Counter()
+    for u in range(lists):
+        for item in decide_ranked(snap, f"u{u}", {}, now_ms=NOW, rng=random.Random(u)).items:
+            counts[snap.arm_index[item.arm], item.position] += 1
+    for i in range(n):
+        for p in range(3):
+            expected = float(table[0, 0, i, p])
+            se = np.sqrt(expected * (1 - expected) * 2 / lists) + 1e-3
+            assert abs(counts[i, p] / lists - expected) < 4.5 * se, (i, p, counts[i, p] / lists, expected)
+
+
+def test_floors_with_no_segment_to_plan_in_are_not_reported_met() -> None:
+    doc = FloorProgress(0, DAY_MS, {}, {}).to_dict(ranked_spec(min_exposures=10))
+    assert {(row["least"], row["met"]) for row in doc["items"]} == {(None, None)}
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        ({"slots": 1}, r"diversity 0.2 of 1 position\(s\) rounds up to every position"),
+        ({"groups": {"i1": "Shoes"}}, "a group is a content category as perch.js reports it"),
+    ],
+)
+def test_rankings_that_could_not_work_are_refused(change: dict[str, object], rule: str) -> None:
+    doc = ranked_spec().to_dict()
+    doc["arms"] = [{k: v for k, v in a.items() if k != "group"} for a in doc["arms"]]
+    doc["ranking"] = {**doc["ranking"], "groups": {}, **change}
+    with pytest.raises(ExperimentError, match=rule):
+        ExperimentSpec.from_dict(doc)
+    assert ExperimentSpec.from_dict(
+        {**doc, "ranking": {**doc["ranking"], "slots": 1, "diversity": 0.0, "groups": {}}}
+    )
+
+
+def test_a_ranked_items_html_must_be_one_element() -> None:
+    doc = ranked_spec().to_dict()
+    doc["arms"][3]["html"] = "<li>one</li><li>two</li>"
+    with pytest.raises(ExperimentError, match=r"items \['i3'\]: a ranked item's html must be one element"):
+        ExperimentSpec.from_dict(doc)
+    doc["arms"][3]["html"] = "  <li class='x'>one <img src=a.png> <b>bold</b></li>\n"
+    assert ExperimentSpec.from_dict(doc).arms[3].html is not None

@@ -175,3 +175,25 @@ def test_m8_pending_outcomes_expire_after_the_reward_window(any_store: Store) ->
     assert store.outcome_statuses("hero") == {}
     # An unknown experiment's wait the longest window there is (ClickHouse never stored them).
     assert store.expire_pending(NOW + 91 * 86_400_000) == (0 if on_clickhouse(store) else 3)
+
+
+def test_a_ranked_experiments_patch_merges_its_ranking_and_keeps_it_ranked(store: Store) -> None:
+    from control_plane.experiments import ExperimentSpec
+
+    items = [{"key": f"i{i}", "group": f"g{i % 2}"} for i in range(4)]
+    ranked = ExperimentSpec.create(
+        {"key": "recs", "arms": items, "default_arm": "i0", "ranking": {"slots": 3, "min_exposures": 50}}
+    )
+    store.create_experiment(ranked, NOW)
+    updated = store.update_experiment("recs", {"ranking": {"slots": 2}}, NOW + 1).spec.ranking
+    assert updated is not None
+    assert (updated.slots, updated.min_exposures, updated.groups["i3"]) == (2, 50, "g1")
+    # A group given on a PATCHed item replaces the stored one.
+    regrouped = [{**item, "group": "g9"} if item["key"] == "i3" else item for item in items]
+    changed = store.update_experiment("recs", {"arms": regrouped}, NOW + 2).spec.ranking
+    assert changed is not None and changed.groups["i3"] == "g9" and changed.groups["i2"] == "g0"
+    with pytest.raises(ExperimentError, match="ranking cannot be added or removed after creation"):
+        store.update_experiment("recs", {"ranking": None}, NOW + 3)
+    store.create_experiment(spec(), NOW)
+    with pytest.raises(ExperimentError, match="ranking cannot be added or removed after creation"):
+        store.update_experiment("hero", {"ranking": {"slots": 2}}, NOW + 3)
