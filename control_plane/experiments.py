@@ -421,7 +421,8 @@ class ExperimentSpec:
                 raise ExperimentError("ranking must be an object")
             if groups and ranking is None:
                 raise ExperimentError("arms have a group, which only a ranked experiment uses (add ranking)")
-            declared = (ranking or {}).get("groups") or {}
+            declared = (ranking or {}).get("groups")
+            declared = {} if declared is None else declared
             if not isinstance(declared, Mapping):
                 raise ExperimentError("ranking.groups: an object of item key -> group name")
             declared = dict(declared)

@@ -64,6 +64,8 @@ def test_spec_takes_groups_on_the_items_and_round_trips() -> None:
         ({"period_s": 9}, r"ranking.period_s=9, must be whole seconds from 10 to a year"),
         ({"min_exposures": -1}, "ranking.min_exposures=-1"),
         ({"groups": {"nope": "g"}}, r"ranking.groups names \['nope'\], which are not items"),
+        ({"groups": 0}, r"ranking.groups: an object of item key -> group name"),
+        ({"groups": []}, r"ranking.groups: an object of item key -> group name"),
         (
             {"groups": {"i1": "g2"}},
             r"item 'i1': group given twice \('g1' on the item, 'g2' in ranking.groups\)",
