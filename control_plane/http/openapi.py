@@ -52,7 +52,13 @@ _SPEC = {
                 "type": "object",
                 "required": ["key"],
                 "additionalProperties": False,
-                "properties": {"key": _KEY, "payload": {}, "html": {"type": "string"}},
+                "properties": {
+                    "key": _KEY,
+                    "payload": {},
+                    "html": {"type": "string"},
+                    # Ranked experiments only: the item's group (a content category).
+                    "group": {"type": "string", "minLength": 1, "maxLength": 64},
+                },
             },
         },
         "default_arm": _KEY,
@@ -60,7 +66,7 @@ _SPEC = {
         "floor": {"type": "number", "minimum": 0, "maximum": 1},
         "features": {
             "type": "array",
-            "maxItems": 4,
+            "maxItems": 16,  # 4 for model "segments"
             "items": {"type": "string", "minLength": 1, "maxLength": 64},
         },
         "reward": {
@@ -86,6 +92,20 @@ _SPEC = {
         "max_segments": {"type": "integer", "minimum": 1, "maximum": 10000},
         "min_segment_units": {"type": "integer", "minimum": 1, "maximum": 1000000},
         "salt": {"type": "string", "maxLength": 128},
+        "model": {"enum": ["segments", "contextual"]},
+        "contextual": {"type": "object"},
+        "ranking": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "description": "A ranked decision point: `slots` of the arms (its items) per request.",
+            "properties": {
+                "slots": {"type": "integer", "minimum": 1, "maximum": 32},
+                "diversity": {"type": "number", "minimum": 0, "maximum": 1},
+                "groups": {"type": "object", "additionalProperties": {"type": "string"}},
+                "min_exposures": {"type": "integer", "minimum": 0},
+                "period_s": {"type": "integer", "minimum": 10, "maximum": 31622400},
+            },
+        },
     },
 }
 
