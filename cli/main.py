@@ -26,6 +26,7 @@ from core import (
     Snapshot,
     bucket,
     decide,
+    decide_ranked,
     decode_snapshot,
     encode_snapshot,
 )
@@ -60,6 +61,15 @@ def _summary(snap: Snapshot) -> dict[str, Any]:
             "blocks": [
                 {"kind": b.kind, "inputs": list(b.inputs), "values": len(b.values)} for b in snap.model.blocks
             ],
+        },
+        "ranking": None
+        if snap.ranking is None
+        else {
+            "slots": snap.ranking.slots,
+            "diversity": snap.ranking.diversity,
+            "groups": dict(zip((a.key for a in snap.arms), snap.ranking.groups, strict=True)),
+            "forced": max(snap.ranking.forced, default=0.0) > 0.0,
+            "position_table": bool(len(snap.ranking.positions)),
         },
         "segments": [
             {
@@ -126,10 +136,17 @@ def snapshot_inspect(path: Path) -> None:
 @click.option("--now-ms", type=int, help="Decision time in ms since the epoch (default: now).")
 @click.option("--no-consent", is_flag=True, help="Visitor withheld consent (do not personalize).")
 @click.option("--seed", type=int, help="Seed for the decision id and anonymous draws.")
+@click.option("--primary", help="A ranked snapshot: the visitor's primary interest (the profile's).")
 def snapshot_decide(  # noqa: PLR0917 - one parameter per click option
-    path: Path, unit: str | None, ctx: tuple[str, ...], now_ms: int | None, no_consent: bool, seed: int | None
+    path: Path,
+    unit: str | None,
+    ctx: tuple[str, ...],
+    now_ms: int | None,
+    no_consent: bool,
+    seed: int | None,
+    primary: str | None,
 ) -> None:
-    """Show the decision the edge would make for one visitor."""
+    """Show the decision the edge would make for one visitor (a ranked snapshot: its list)."""
     context: dict[str, str] = {}
     for item in ctx:
         name, sep, value = item.partition("=")
@@ -137,14 +154,15 @@ def snapshot_decide(  # noqa: PLR0917 - one parameter per click option
             raise click.BadParameter(f"{item!r}: expected FEATURE=VALUE", param_hint="--ctx")
         context[name] = value
     rng = random.Random(seed) if seed is not None else random.SystemRandom()
-    decision = decide(
-        _load(path),
-        unit,
-        context,
-        now_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000,
-        rng=rng,
-        consent=not no_consent,
-    )
+    snap = _load(path)
+    when = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    if snap.ranking is not None:
+        ranked = decide_ranked(
+            snap, unit, context, now_ms=when, rng=rng, primary=primary, consent=not no_consent
+        )
+        click.echo(json.dumps(ranked.to_dict(), indent=2))
+        return
+    decision = decide(snap, unit, context, now_ms=when, rng=rng, consent=not no_consent)
     click.echo(json.dumps(decision.to_dict(), indent=2))
 
 

@@ -123,3 +123,17 @@ def test_a_contextual_snapshot_encodes_inspects_and_decides(tmp_path: Path) -> N
     # No device at all: "unknown", as the edge would see it (core.features), and blue wins.
     missing = json.loads(runner.invoke(main, base).output)
     assert missing["arm"] == "blue"
+
+
+def test_snapshot_decide_shows_a_ranked_snapshots_list(tmp_path: Path) -> None:
+    from tests.factories import build_ranked_snapshot
+
+    snap = build_ranked_snapshot()
+    path = tmp_path / "recs.bin"
+    path.write_bytes(encode_snapshot(snap))
+    runner = CliRunner()
+    args = ["snapshot", "decide", str(path), "--unit", "u-1", "--seed", "1", "--primary", "g2"]
+    decision = json.loads(runner.invoke(main, [*args, "--now-ms", str(snap.created_at)]).output)
+    assert len(decision["items"]) == 5 and decision["primary_group"] == "g2"
+    summary = json.loads(runner.invoke(main, ["snapshot", "inspect", str(path)]).output)
+    assert summary["ranking"]["slots"] == 5 and summary["ranking"]["groups"]["item-6"] == "g2"
