@@ -13,9 +13,9 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from html.parser import HTMLParser
 from typing import Any
 
+from control_plane.fragments import one_element
 from core import KEY_RE, MAX_SLOTS, Arm, PerchError, SnapshotError, is_text, quota
 from core.signals import CATEGORY_RE
 
@@ -148,47 +148,6 @@ class Contextual:
             _number("contextual.prior_scale", self.prior_scale, 0.0, 100.0, low_open=True)
         object.__setattr__(self, "interactions", None if self.interactions is None else tuple(pairs))
         object.__setattr__(self, "numeric", tuple(self.numeric))
-
-
-_VOID = frozenset(
-    ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"]
-)  # elements with no end tag
-
-
-class _TopLevel(HTMLParser):
-    """Counts a fragment's top-level elements and whether any text sits beside them."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.depth = self.elements = 0
-        self.text = False
-
-    def handle_starttag(self, tag: str, attrs: object) -> None:
-        if self.depth == 0:
-            self.elements += 1
-        if tag not in _VOID:
-            self.depth += 1
-
-    def handle_startendtag(self, tag: str, attrs: object) -> None:
-        if self.depth == 0:
-            self.elements += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag not in _VOID:
-            self.depth = max(0, self.depth - 1)
-
-    def handle_data(self, data: str) -> None:
-        if self.depth == 0 and data.strip():
-            self.text = True
-
-
-def one_element(fragment: str) -> bool:
-    """Whether ``fragment`` is a single element (with whatever inside it): a ranked item's child of
-    the list, so that the i-th child of a filled list is the i-th item (edge.pages, perch.js)."""
-    parser = _TopLevel()
-    parser.feed(fragment)
-    parser.close()
-    return parser.elements == 1 and not parser.text and parser.depth == 0
 
 
 @dataclass(frozen=True, slots=True)
