@@ -80,7 +80,8 @@ const bytesOf = (v) => {
 // is "KvNamespace" in _BindingWrapper, which converts results with python_from_rpc
 // (ArrayBuffer -> memoryview, null -> None), as in workerd.
 class KvNamespace {
-  // mode: 'ok', 'error' (every read rejects) or 'slow' (reads take 2 s).
+  // mode: 'ok', 'error' (every read rejects), 'slow' (reads take 2 s) or 'slow_profiles' (reads of
+  // visitor profiles, perch:profile:*, take 2 s).
   constructor(init = {}, mode = 'ok') {
     this.mode = mode;
     this.reads = 0;
@@ -92,7 +93,9 @@ class KvNamespace {
   async get(key, options) {
     this.reads += 1;
     if (this.mode === 'error') throw new Error('KV unavailable (injected)');
-    if (this.mode === 'slow') await new Promise((r) => setTimeout(r, 2000));
+    if (this.mode === 'slow' || (this.mode === 'slow_profiles' && key.startsWith('perch:profile:'))) {
+      await new Promise((r) => setTimeout(r, 2000));
+    }
     const type = typeof options === 'string' ? options : (options?.type ?? 'text');
     const v = this.store.get(key);
     if (v === undefined) return null;

@@ -14,7 +14,19 @@ from typing import Any
 
 import pytest
 
-from core import DecisionToken, decide, encode_snapshot, mint_token, snapshot_key, unit_tag, verify
+from core import (
+    DecisionToken,
+    Profile,
+    Segment,
+    decide,
+    encode_profile,
+    encode_snapshot,
+    mint_token,
+    profile_key,
+    snapshot_key,
+    unit_tag,
+    verify,
+)
 from edge.config import KV_BINDING, Var
 from tests.factories import build_snapshot
 from tests.pyodide.conftest import Harness, node_executable
@@ -324,3 +336,56 @@ def test_randomness_at_import_would_be_caught(pyodide: Harness) -> None:
     # Worker's entry imported fine above, and a module that draws is refused.
     r = pyodide(op="call", module="draws_at_import", func="__repr__")
     assert not r["ok"] and "forbids randomness" in r["error"]
+
+
+def _profiled_snapshot() -> Any:
+    """Segments on the profile's interest: the decision's segment shows whether the profile was read."""
+    return build_snapshot(
+        experiment="pyo-profile",
+        created_at=int(time.time() * 1000) - 1_000,
+        holdout=0.0,
+        segments=[Segment("all"), Segment("runner", {"profile.interest": "running"}, 0)],
+        alpha=[2.0, 30.0, 5.0] * 2,
+        beta=[50.0, 40.0, 60.0] * 2,
+        allocation=[0.1, 0.8, 0.1] * 2,
+    )
+
+
+def _runner_profile(uid: str) -> dict[str, bytes]:
+    runner = Profile(features={"interest": "running"}, because={"interest": "you viewed running shoes"})
+    return {profile_key(unit_tag(SECRET, uid)): encode_profile(runner)}
+
+
+def test_a_visitors_profile_is_read_within_the_deadline(pyodide: Harness, servers: _Servers) -> None:
+    r = _fetch(
+        pyodide,
+        servers,
+        "https://shop.test/v1/decide?experiment=pyo-profile",
+        headers=[["cookie", f"perch_uid={'2' * 32}"]],  # a visitor no other test has sent
+        kv=_kv(_profiled_snapshot(), raw=_runner_profile("2" * 32)),
+        extra_vars={Var.PROFILES: "on"},
+    )
+    (decision,) = json.loads(r["body_text"])["decisions"]
+    assert (decision["reason"], decision["segment"]) == ("personalized", "runner")
+    assert "not read in time" not in decision["why"]
+    servers.received.clear()
+
+
+def test_a_slow_profile_read_gives_up_at_the_deadline(pyodide: Harness, servers: _Servers) -> None:
+    # Profiles take 2 s to read: the request goes on without one after 20 ms, and the read
+    # finishes in the background (waitUntil).
+    r = _fetch(
+        pyodide,
+        servers,
+        "https://shop.test/v1/decide?experiment=pyo-profile",
+        headers=[["cookie", f"perch_uid={'1' * 32}"]],
+        kv=_kv(_profiled_snapshot(), raw=_runner_profile("1" * 32)),
+        kv_mode={KV_BINDING: "slow_profiles"},
+        extra_vars={Var.PROFILES: "on"},
+    )
+    (decision,) = json.loads(r["body_text"])["decisions"]
+    assert (decision["reason"], decision["segment"]) == ("personalized", "all")
+    assert "profile not read in time" in decision["why"]
+    assert r["ms"] < 1_000, r["ms"]  # answered without waiting for the 2 s read
+    assert r["wait_until"]["rejected"] == []  # the background read ended cleanly
+    servers.received.clear()
