@@ -9,12 +9,17 @@ paths x 10 arms, random decision ids and unit hashes, times spread over a day. T
 * the cell read: :meth:`EventLog.cells` (what a learning cycle reads), median of repeats, on the
   deltas as the views left them (background merges may or may not have run: a learner sees that).
 
-The ingestion rate through ``perch consume`` into chDB is measured with the other consumers
-(benchmarks/bench_consume.py).
+* ingestion's store step (:meth:`EventLog.store`: the lookups that keep it exact, then the inserts)
+  for consumer-sized groups, into the full experiment and into one with no rows: the lookups read
+  granules of the table, so this is what a full table costs a consumer.
+
+The ingestion rate through ``perch consume`` into chDB (an empty store) is measured with the other
+consumers (benchmarks/bench_consume.py).
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import statistics
 import tempfile
@@ -27,7 +32,9 @@ from benchmarks.targets import TARGETS
 __all__ = ["run", "section", "verdicts"]
 
 EXPERIMENT = "ch-bench"
+EMPTY_EXPERIMENT = "ch-bench-empty"
 BLOCK = 1_000_000
+GROUPS = 8
 
 
 def run(*, exposures: int = 10**7, repeats: int = 7) -> dict[str, Any]:
@@ -60,6 +67,11 @@ def run(*, exposures: int = 10**7, repeats: int = 7) -> dict[str, Any]:
             t = time.perf_counter()
             cells = log.cells(EXPERIMENT, 7 * 86400.0, now_ms)
             reads.append((time.perf_counter() - t) * 1000)
+        # What a consumer's groups cost once the table is full, against an experiment with no rows.
+        ingest = {
+            "empty": _ingest_rate(log, EMPTY_EXPERIMENT, now_ms, seed=1),
+            "full": _ingest_rate(log, EXPERIMENT, now_ms, seed=2),
+        }
         delta_rows = log.ch.rows(f"SELECT count() FROM `{db}`.stat_deltas")[0][0]
         log.ch.command(f"OPTIMIZE TABLE `{db}`.exposures FINAL")
         counted = sum(c.exposures for arms in cells.values() for c in arms.values())
@@ -73,10 +85,41 @@ def run(*, exposures: int = 10**7, repeats: int = 7) -> dict[str, Any]:
             "bytes_per_exposure": log.bytes_per_exposure(),
             # Decayed (7-day half-life) over a day of traffic: between half and all of the rows.
             "cells_hold": counted,
+            "ingest": ingest,
         }
     finally:
         log.ch.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _ingest_rate(log: Any, experiment: str, now_ms: int, *, seed: int) -> dict[str, float]:
+    """Events/s of :meth:`EventLog.store` (the lookups that keep it exact, then the inserts) for
+    ``GROUPS`` groups of a consumer's size: 3,750 new exposures, a third converting, half of those
+    with a token's cell. Parsing and verification are left out: they do not depend on the table."""
+    from control_plane.storage.clickhouse_events import Exposure, Outcome, Rule
+
+    rng = random.Random(seed)
+    rules = {experiment: Rule(window_ms=3_600_000)}
+    seconds, events = 0.0, 0
+    for _ in range(GROUPS):
+        exposures, outcomes = [], []
+        for _ in range(3_750):
+            decision = f"{rng.getrandbits(128):032x}"
+            path, arm = f'["d{rng.randrange(5)}", "s{rng.randrange(10)}"]', f"a{rng.randrange(10)}"
+            ts = now_ms - rng.randrange(600_000)
+            exposures.append(
+                Exposure(experiment, decision, arm, decision, path, "all", "personalized", 0.1, 1, ts)
+            )
+            if rng.random() < 1 / 3:
+                cell = (path, arm, ts, "personalized") if rng.random() < 0.5 else None
+                outcomes.append(
+                    Outcome(experiment, decision, f"o-{decision}", 1.0, decision, ts + 1_000, cell)
+                )
+        started = time.perf_counter()
+        log.store(exposures, outcomes, rules, now_ms)
+        seconds += time.perf_counter() - started
+        events += len(exposures) + len(outcomes)
+    return {"events": events, "seconds": seconds, "events_per_s": events / seconds}
 
 
 def verdicts(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
@@ -111,5 +154,20 @@ def section(data: dict[str, Any]) -> list[str]:
         f"| bytes per stored exposure (merged parts) | {data['bytes_per_exposure']:.1f} B |",
         f"| learner's cell read, median of {len(data['cell_read_ms_all'])} | {data['cell_read_ms']:.1f} ms |",
         f"| cells read | {data['cells']:,} |",
+        *_ingest_rows(data),
         "",
+    ]
+
+
+def _ingest_rows(data: dict[str, Any]) -> list[str]:
+    """The store step of ingestion (exactness lookups, then inserts) with the table full and empty."""
+    ingest = data.get("ingest")
+    if not ingest:
+        return []
+    full, empty = ingest["full"]["events_per_s"], ingest["empty"]["events_per_s"]
+    return [
+        f"| `EventLog.store`, {GROUPS} groups of ~5,000 events, into an experiment with no rows | "
+        f"{empty:,.0f} events/s |",
+        f"| the same into the experiment holding the {data['exposures']:,} exposures | {full:,.0f} events/s "
+        f"({full / empty:.2f}x) |",
     ]

@@ -277,11 +277,21 @@ class EventLog(EventReads, VisitorRights):
     def _pending_for(self, keys: set[tuple[str, str]]) -> list[Outcome]:
         out: list[Outcome] = []
         for experiment, ids in self._by_experiment(keys).items():
+            # Two steps: the decisions with any pending row (no FINAL, which costs several times
+            # more over thousands of decisions), then only those with FINAL (a pending row may have
+            # been credited since, as a newer version). Few outcomes wait, so the second is small.
+            waiting = self.ch.rows(
+                f"SELECT DISTINCT decision_id FROM {self.layout.table('outcomes')} "
+                "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)} AND status = 'pending'",
+                {"e": experiment, "ids": ids},
+            )
+            if not waiting:
+                continue
             rows = self.ch.rows(
                 "SELECT decision_id, event_id, value, unit_hash, ts_ms "
                 f"FROM {self.layout.table('outcomes')} FINAL "
                 "WHERE experiment = {e:String} AND decision_id IN {ids:Array(UUID)} AND status = 'pending'",
-                {"e": experiment, "ids": ids},
+                {"e": experiment, "ids": [uuid_hex(r[0]) for r in waiting]},
             )
             out.extend(
                 Outcome(experiment, uuid_hex(d), i, float(v), u or None, int(t)) for d, i, v, u, t in rows

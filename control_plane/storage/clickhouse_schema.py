@@ -43,6 +43,12 @@ __all__ = ["DEDUP_WINDOW", "TABLES", "VIEWS", "Layout", "statements"]
 # Inserts remembered per table for deduplication: at 5,000-event groups and one block per queue
 # message, far more than a consumer could retry while holding its lease.
 DEDUP_WINDOW = 10_000
+# Rows per index granule of exposures and outcomes (ClickHouse's default is 8,192). A consumer looks
+# its group's few thousand random decision ids up before inserting, and each id costs a granule
+# read: smaller granules make that read smaller once the table is large (measured at 10^7
+# exposures, benchmarks/RESULTS.md 5c), for a larger primary index (a mark per 1,024 rows). A table
+# made before this setting keeps its granules: ClickHouse cannot change them in place.
+LOOKUP_GRANULARITY = 1024
 TABLES = ("exposures", "outcomes", "stat_deltas", "erasures")
 VIEWS = ("exposure_deltas", "outcome_deltas", "erasure_deltas")
 
@@ -174,6 +180,7 @@ def statements(layout: Layout) -> list[str]:
             f"ENGINE = {engine_sql} ORDER BY {order}"
             + (" TTL keep_until" if ttl else "")
             + f" SETTINGS {window}"
+            + (f", index_granularity = {LOOKUP_GRANULARITY}" if name in ("exposures", "outcomes") else "")
         )
         if cluster:
             out.append(

@@ -248,3 +248,22 @@ def test_a_timestamp_past_2106_is_stored_within_datetime(log: EventLog) -> None:
     assert log.store([shown], [future], RULES, now).statuses == {"late": 1}
     ((until,),) = log.ch.rows(f"SELECT toUInt32(keep_until) FROM `{log.ch.database}`.outcomes")
     assert until == 4_294_967_295
+
+
+def test_an_expired_outcome_is_not_credited_by_its_late_exposure_among_many(log: EventLog) -> None:
+    # The pending lookup first finds decisions with any pending row, then reads only those FINAL: an
+    # outcome expired since (a newer row version, the pending one not yet merged away) stays expired.
+    now = int(time.time() * 1000)
+    waiting = "cd" * 16
+    assert log.store([], [Outcome("exp", waiting, "o1", 1.0, "u", now - 10_000)], RULES, now).statuses == {
+        "pending": 1
+    }
+    assert log.expire_pending({"exp": now}) == {"exp": 1}
+    others = [
+        Exposure("exp", f"{i:032x}", "x", "u", '["a"]', "all", "personalized", 0.5, 1, now - 20_000)
+        for i in range(1, 200)
+    ]
+    late = Exposure("exp", waiting, "y", "u", '["a"]', "all", "personalized", 0.5, 1, now - 20_000)
+    stored = log.store([*others, late], [], RULES, now)
+    assert stored.exposures == 200 and stored.statuses == {}
+    assert log.totals("exp") == {('["a"]', "x"): Totals(199.0, 0.0), ('["a"]', "y"): Totals(1.0, 0.0)}

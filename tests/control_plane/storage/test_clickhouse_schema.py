@@ -7,7 +7,14 @@ import pytest
 
 from control_plane.storage.clickhouse import Chdb, ClickHouseError
 from control_plane.storage.clickhouse_events import EventLog, Exposure
-from control_plane.storage.clickhouse_schema import DEDUP_WINDOW, TABLES, VIEWS, Layout, statements
+from control_plane.storage.clickhouse_schema import (
+    DEDUP_WINDOW,
+    LOOKUP_GRANULARITY,
+    TABLES,
+    VIEWS,
+    Layout,
+    statements,
+)
 
 
 def _exposures(n: int) -> list[Exposure]:
@@ -30,6 +37,16 @@ def test_every_table_has_a_deduplication_window(chdb: Chdb) -> None:
         assert re.search(rf"deduplication_window = {DEDUP_WINDOW}\b", full), (name, full)
     views = {name for name, engine, _ in rows if engine == "MaterializedView"}
     assert views == set(VIEWS)
+
+
+def test_the_tables_looked_up_by_id_have_small_granules(chdb: Chdb) -> None:
+    # A consumer looks thousands of random ids up per group: each costs a granule read.
+    EventLog(chdb).migrate()
+    rows = chdb.rows(
+        "SELECT name, engine_full FROM system.tables WHERE database = {d:String}", {"d": chdb.database}
+    )
+    granular = {name for name, full in rows if f"index_granularity = {LOOKUP_GRANULARITY}" in full}
+    assert granular == {"exposures", "outcomes"}
 
 
 def test_migrate_is_idempotent(chdb: Chdb) -> None:
