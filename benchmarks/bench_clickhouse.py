@@ -67,14 +67,11 @@ def run(*, exposures: int = 10**7, repeats: int = 7) -> dict[str, Any]:
             t = time.perf_counter()
             cells = log.cells(EXPERIMENT, 7 * 86400.0, now_ms)
             reads.append((time.perf_counter() - t) * 1000)
-        # What a consumer's groups cost once the table is full, against an experiment with no rows.
-        ingest = {
-            "empty": _ingest_rate(log, EMPTY_EXPERIMENT, now_ms, seed=1),
-            "full": _ingest_rate(log, EXPERIMENT, now_ms, seed=2),
-        }
         delta_rows = log.ch.rows(f"SELECT count() FROM `{db}`.stat_deltas")[0][0]
         log.ch.command(f"OPTIMIZE TABLE `{db}`.exposures FINAL")
+        per_exposure = log.bytes_per_exposure()
         counted = sum(c.exposures for arms in cells.values() for c in arms.values())
+        ingest = _ingest(log, now_ms, outcomes=exposures // 3)
         return {
             "exposures": exposures,
             "load_s": load_s,
@@ -82,7 +79,7 @@ def run(*, exposures: int = 10**7, repeats: int = 7) -> dict[str, Any]:
             "delta_rows": int(delta_rows),
             "cell_read_ms": statistics.median(reads),
             "cell_read_ms_all": reads,
-            "bytes_per_exposure": log.bytes_per_exposure(),
+            "bytes_per_exposure": per_exposure,
             # Decayed (7-day half-life) over a day of traffic: between half and all of the rows.
             "cells_hold": counted,
             "ingest": ingest,
@@ -92,34 +89,79 @@ def run(*, exposures: int = 10**7, repeats: int = 7) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _ingest_rate(log: Any, experiment: str, now_ms: int, *, seed: int) -> dict[str, float]:
-    """Events/s of :meth:`EventLog.store` (the lookups that keep it exact, then the inserts) for
-    ``GROUPS`` groups of a consumer's size: 3,750 new exposures, a third converting, half of those
-    with a token's cell. Parsing and verification are left out: they do not depend on the table."""
-    from control_plane.storage.clickhouse_events import Exposure, Outcome, Rule
+def _ingest(log: Any, now_ms: int, *, outcomes: int) -> dict[str, Any]:
+    """What a consumer's groups cost once the tables are full, against an experiment with none.
+
+    The full experiment also gets ``outcomes`` stored outcomes (1 % of them still pending), since
+    three of the four lookups read the outcomes table; both tables are merged before the clock
+    starts, and the groups alternate between the two experiments, so both see the same machine.
+    """
+    from control_plane.storage.clickhouse_events import Rule
+
+    db = log.ch.database
+    log.ch.command(
+        f"INSERT INTO `{db}`.outcomes (experiment, decision_id, event_id, value, unit_hash, ts_ms, status, "
+        "credited, path, arm, decision_ts_ms, counted, half_life_s, keep_until, version) "
+        "SELECT {e:String}, generateUUIDv4(number), concat('o-', toString(number)), 1.0, '', "
+        "{now:Int64} - rand(1) % 86400000, if(number % 100 = 0, 'pending', 'joined'), "
+        "if(number % 100 = 0, 0.0, 1.0), '[\"d0\", \"s0\"]', 'a0', {now:Int64} - 86400000, 1, 0, "
+        "toDateTime({now:Int64} / 1000 + 86400 * 91), if(number % 100 = 0, 0, 1) FROM numbers({n:UInt64})",
+        {"e": EXPERIMENT, "now": now_ms, "n": outcomes},
+    )
+    for table in ("exposures", "outcomes"):
+        log.ch.command(f"OPTIMIZE TABLE `{db}`.{table} FINAL")
+    plans = {name: _groups(experiment, now_ms, seed) for name, experiment, seed in _CASES}
+    rules = {name: {experiment: Rule(window_ms=3_600_000)} for name, experiment, _ in _CASES}
+    seconds = {name: 0.0 for name in plans}
+    events = {name: 0 for name in plans}
+    statuses: dict[str, dict[str, int]] = {name: {} for name in plans}
+    for g in range(GROUPS):
+        for name, groups in plans.items():
+            shown, converted = groups[g]
+            started = time.perf_counter()
+            stored = log.store(shown, converted, rules[name], now_ms)
+            seconds[name] += time.perf_counter() - started
+            events[name] += len(shown) + len(converted)
+            for status, n in stored.statuses.items():
+                statuses[name][status] = statuses[name].get(status, 0) + n
+    return {
+        "outcomes": outcomes,
+        **{
+            name: {
+                "events": events[name],
+                "seconds": seconds[name],
+                "events_per_s": events[name] / seconds[name],
+                "statuses": statuses[name],
+            }
+            for name in plans
+        },
+    }
+
+
+_CASES = (("empty", EMPTY_EXPERIMENT, 1), ("full", EXPERIMENT, 2))
+
+
+def _groups(experiment: str, now_ms: int, seed: int) -> list[tuple[list[Any], list[Any]]]:
+    """``GROUPS`` groups of a consumer's size: 3,750 new exposures, a third converting, half of those
+    with a token's cell; 5 % of the conversions arrive a group before their exposure (pending, then
+    credited when it comes). Parsing and verification are left out: they do not depend on the table."""
+    from control_plane.storage.clickhouse_events import Exposure, Outcome
 
     rng = random.Random(seed)
-    rules = {experiment: Rule(window_ms=3_600_000)}
-    seconds, events = 0.0, 0
-    for _ in range(GROUPS):
-        exposures, outcomes = [], []
+    out: list[tuple[list[Any], list[Any]]] = [([], []) for _ in range(GROUPS)]
+    for g in range(GROUPS):
         for _ in range(3_750):
             decision = f"{rng.getrandbits(128):032x}"
             path, arm = f'["d{rng.randrange(5)}", "s{rng.randrange(10)}"]', f"a{rng.randrange(10)}"
             ts = now_ms - rng.randrange(600_000)
-            exposures.append(
-                Exposure(experiment, decision, arm, decision, path, "all", "personalized", 0.1, 1, ts)
-            )
+            exposure = Exposure(experiment, decision, arm, decision, path, "all", "personalized", 0.1, 1, ts)
+            out[g][0].append(exposure)
             if rng.random() < 1 / 3:
                 cell = (path, arm, ts, "personalized") if rng.random() < 0.5 else None
-                outcomes.append(
-                    Outcome(experiment, decision, f"o-{decision}", 1.0, decision, ts + 1_000, cell)
-                )
-        started = time.perf_counter()
-        log.store(exposures, outcomes, rules, now_ms)
-        seconds += time.perf_counter() - started
-        events += len(exposures) + len(outcomes)
-    return {"events": events, "seconds": seconds, "events_per_s": events / seconds}
+                early = g > 0 and cell is None and rng.random() < 0.1
+                outcome = Outcome(experiment, decision, f"o-{decision}", 1.0, decision, ts + 1_000, cell)
+                out[g - 1 if early else g][1].append(outcome)
+    return out
 
 
 def verdicts(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
@@ -166,8 +208,8 @@ def _ingest_rows(data: dict[str, Any]) -> list[str]:
         return []
     full, empty = ingest["full"]["events_per_s"], ingest["empty"]["events_per_s"]
     return [
-        f"| `EventLog.store`, {GROUPS} groups of ~5,000 events, into an experiment with no rows | "
-        f"{empty:,.0f} events/s |",
-        f"| the same into the experiment holding the {data['exposures']:,} exposures | {full:,.0f} events/s "
-        f"({full / empty:.2f}x) |",
+        f"| `EventLog.store`, {GROUPS} groups of ~5,000 events (some outcomes a group before their "
+        f"exposure), into an experiment with no rows | {empty:,.0f} events/s |",
+        f"| the same, alternated, into the experiment holding the {data['exposures']:,} exposures and "
+        f"{ingest['outcomes']:,} outcomes | {full:,.0f} events/s ({full / empty:.2f}x) |",
     ]

@@ -74,6 +74,7 @@ README_ROWS: dict[str, tuple[str, ...]] = {
     "… into ClickHouse (chDB)": ("consume.chdb_events_per_s",),
     "ClickHouse (chDB): bytes per stored exposure": ("clickhouse.bytes_per_exposure",),
     "ClickHouse (chDB): learner's cell read": ("clickhouse.cell_read_ms",),
+    "ClickHouse (chDB): ingestion's store step": (),  # no target: how lookups grow with the table
     "profile cycle": ("profiles.growth",),
 }
 

@@ -69,8 +69,13 @@ def dedup_token(kind: str, ids: Iterable[str]) -> str:
 
 
 def uuid_hex(value: object) -> str:
-    """A UUID column's value (a :class:`uuid.UUID` from either executor) as our 32 hex characters."""
-    return value.hex if isinstance(value, uuid.UUID) else str(value).replace("-", "").lower()
+    """A UUID column's value as our 32 hex characters: a :class:`uuid.UUID` from either executor,
+    16 raw bytes (pyarrow before 18 has no UUID type), or text."""
+    if isinstance(value, uuid.UUID):
+        return value.hex
+    if isinstance(value, bytes) and len(value) == 16:
+        return value.hex()
+    return str(value).replace("-", "").lower()
 
 
 def is_clickhouse_url(url: str) -> bool:

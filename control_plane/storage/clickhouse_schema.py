@@ -46,8 +46,10 @@ DEDUP_WINDOW = 10_000
 # Rows per index granule of exposures and outcomes (ClickHouse's default is 8,192). A consumer looks
 # its group's few thousand random decision ids up before inserting, and each id costs a granule
 # read: smaller granules make that read smaller once the table is large (measured at 10^7
-# exposures, benchmarks/RESULTS.md 5c), for a larger primary index (a mark per 1,024 rows). A table
-# made before this setting keeps its granules: ClickHouse cannot change them in place.
+# exposures, benchmarks/RESULTS-clickhouse.md 5c), for a larger primary index (a mark per 1,024
+# rows). A table made before this setting keeps its granules: ClickHouse cannot change them in
+# place. On a cluster the granularity is part of a replicated table's metadata: a new replica of a
+# table made before must be created with that table's granularity (8,192), not this one.
 LOOKUP_GRANULARITY = 1024
 TABLES = ("exposures", "outcomes", "stat_deltas", "erasures")
 VIEWS = ("exposure_deltas", "outcome_deltas", "erasure_deltas")

@@ -8,6 +8,7 @@ from control_plane.storage.clickhouse import (
     ClickHouseServer,
     executor_for,
     is_clickhouse_url,
+    uuid_hex,
 )
 
 
@@ -23,6 +24,14 @@ def test_parameters_survive_quotes_backslashes_and_arrays(chdb: Chdb) -> None:
 def test_uuids_come_back_as_uuids_and_take_hex_without_dashes(chdb: Chdb) -> None:
     ((value,),) = chdb.rows("SELECT toUUID({u:String})", {"u": "0123456789abcdef0123456789abcdef"})
     assert value.hex == "0123456789abcdef0123456789abcdef"
+
+
+def test_uuid_hex_takes_every_form_a_driver_may_give() -> None:
+    import uuid
+
+    hex32 = "0123456789abcdef0123456789abcdef"
+    forms = [uuid.UUID(hex32), bytes.fromhex(hex32), "01234567-89ab-cdef-0123-456789ABCDEF"]
+    assert [uuid_hex(v) for v in forms] == [hex32] * 3  # bytes: pyarrow before 18 has no UUID type
 
 
 def test_a_refused_statement_is_a_clickhouse_error_that_says_why(chdb: Chdb) -> None:

@@ -255,10 +255,13 @@ def test_an_expired_outcome_is_not_credited_by_its_late_exposure_among_many(log:
     # outcome expired since (a newer row version, the pending one not yet merged away) stays expired.
     now = int(time.time() * 1000)
     waiting = "cd" * 16
+    outcomes = log.layout.table("outcomes")
+    log.ch.command(f"SYSTEM STOP MERGES {outcomes}")  # keep both row versions apart
     assert log.store([], [Outcome("exp", waiting, "o1", 1.0, "u", now - 10_000)], RULES, now).statuses == {
         "pending": 1
     }
     assert log.expire_pending({"exp": now}) == {"exp": 1}
+    assert log.ch.rows(f"SELECT status FROM {outcomes} ORDER BY version") == [("pending",), ("expired",)]
     others = [
         Exposure("exp", f"{i:032x}", "x", "u", '["a"]', "all", "personalized", 0.5, 1, now - 20_000)
         for i in range(1, 200)
