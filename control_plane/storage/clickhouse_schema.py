@@ -48,9 +48,10 @@ DEDUP_WINDOW = 10_000
 # read: smaller granules make that read smaller once the table is large (3,750 ids among 10^7
 # exposures: 170 ms with 8,192-row granules, 80-90 ms with 1,024, no better with 256), for a larger
 # primary index (a mark per 1,024 rows). The lookups still grow with the table:
-# benchmarks/RESULTS-clickhouse.md 5c. A table made before this setting keeps its granules: ClickHouse cannot change them in
-# place. On a cluster the granularity is part of a replicated table's metadata: a new replica of a
-# table made before must be created with that table's granularity (8,192), not this one.
+# benchmarks/RESULTS-clickhouse.md 5c. A table made before this setting keeps its granules:
+# ClickHouse cannot change them in place. On a cluster the granularity is part of a replicated
+# table's metadata: a new replica of a table made before must be created with that table's
+# granularity (8,192), not this one.
 LOOKUP_GRANULARITY = 1024
 TABLES = ("exposures", "outcomes", "stat_deltas", "erasures")
 VIEWS = ("exposure_deltas", "outcome_deltas", "erasure_deltas")

@@ -45,7 +45,8 @@ def test_the_tables_looked_up_by_id_have_small_granules(chdb: Chdb) -> None:
     rows = chdb.rows(
         "SELECT name, engine_full FROM system.tables WHERE database = {d:String}", {"d": chdb.database}
     )
-    granular = {name for name, full in rows if re.search(rf"index_granularity = {LOOKUP_GRANULARITY}\b", full)}
+    setting = re.compile(rf"index_granularity = {LOOKUP_GRANULARITY}\b")
+    granular = {name for name, full in rows if setting.search(full)}
     assert granular == {"exposures", "outcomes"}
 
 
